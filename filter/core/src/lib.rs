@@ -1,0 +1,1 @@
+//! missiongate pure core (being written).

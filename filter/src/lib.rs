@@ -1,0 +1,1 @@
+//! missiongate proxy-wasm host layer (being written).

@@ -1,0 +1,8 @@
+//! missiongate wire contract (`SPEC.md`): the one place where the types that cross the wire live.
+//!
+//! Filter, portal and tests all depend on this crate so the two sides cannot drift. It has no
+//! proxy-wasm dependency and takes no clock or randomness of its own: callers pass them in.
+
+pub mod b64;
+pub mod jcs;
+pub mod digest;
