@@ -1,8 +1,13 @@
 //! missiongate wire contract (`SPEC.md`): the one place where the types that cross the wire live.
 //!
 //! Filter, portal and tests all depend on this crate so the two sides cannot drift. It has no
-//! proxy-wasm dependency and takes no clock or randomness of its own: callers pass them in.
+//! proxy-wasm dependency and takes no clock or randomness of its own: callers pass them in
+//! (the optional `sign` feature, for the portal and tests, uses the OS RNG).
 
 pub mod b64;
-pub mod jcs;
+pub mod claims;
 pub mod digest;
+pub mod jcs;
+pub mod jose;
+pub mod problem;
+pub mod time;
