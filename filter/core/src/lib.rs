@@ -1,1 +1,17 @@
-//! missiongate pure core (being written).
+//! missiongate pure core: token checks, Mission state, authority matching, decisions and evidence.
+//!
+//! No proxy-wasm dependency. The clock (`now`, Unix seconds) and randomness (a seed) are inputs, so
+//! the core behaves the same natively, inside Envoy and in tests.
+
+pub mod authority;
+pub mod config;
+pub mod decision;
+pub mod dpop;
+pub mod engine;
+pub mod keys;
+pub mod mission;
+pub mod token;
+pub mod uri;
+
+pub use config::{Config, ConfigError};
+pub use engine::{Attempts, Authz, Engine, Need, Outcome, ReplayGuard, Request};

@@ -1,0 +1,516 @@
+//! Filter configuration: the JSON the operator writes (schema: `filter/config.schema.json`) and the
+//! immutable runtime form it is validated into once, at `on_configure`.
+//!
+//! Every validation error names the field it is about (`issuers[0].jwks_uri.cluster: ...`).
+
+use missiongate_wire::jose::{Alg, Jwk, JwkSet, VerifyingKey};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::uri;
+
+/// A configuration error, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid missiongate config: {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------- raw (as written) ---------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    allowed_algs: Option<Vec<String>>,
+    #[serde(default)]
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    max_token_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    max_token_bytes: Option<usize>,
+    #[serde(default)]
+    token_cache_size: Option<usize>,
+    #[serde(default)]
+    destinations: Vec<RawDestination>,
+    #[serde(default)]
+    evidence: Option<RawEvidence>,
+    #[serde(default)]
+    dpop: Option<RawDpop>,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_uri: Option<RawUpstream>,
+    #[serde(default)]
+    jwks_refresh_seconds: Option<u64>,
+    #[serde(default)]
+    jwks_min_refetch_seconds: Option<u64>,
+    #[serde(default = "yes")]
+    access_tokens: bool,
+    #[serde(default)]
+    mission_authority: Option<RawMissionAuthority>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    path: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMissionAuthority {
+    status: RawUpstream,
+    #[serde(default)]
+    events: Option<RawUpstream>,
+    audience: String,
+    #[serde(default)]
+    max_staleness_seconds: Option<u64>,
+    #[serde(default)]
+    credential: Option<String>,
+    #[serde(default)]
+    retry_after_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    authority: String,
+    #[serde(default)]
+    origin: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    operations: Vec<RawOperation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperation {
+    method: String,
+    path: String,
+    #[serde(default)]
+    path_match: Option<String>,
+    action: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvidence {
+    #[serde(default)]
+    log: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    iat_window_seconds: Option<u64>,
+    #[serde(default)]
+    allowed_algs: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------- runtime -------------------------
+
+/// An upstream reached through an Envoy cluster with `dispatch_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Envoy cluster name.
+    pub cluster: String,
+    /// `:authority` to send.
+    pub authority: String,
+    /// Path (with query, if any).
+    pub path: String,
+    /// Call timeout.
+    pub timeout_ms: u64,
+}
+
+/// How an issuer's keys are obtained.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Keys given in the config.
+    Inline(Vec<(Option<String>, VerifyingKey)>),
+    /// Keys fetched from `jwks_uri`.
+    Remote {
+        /// Where.
+        upstream: Upstream,
+        /// Refresh period.
+        refresh_seconds: u64,
+        /// Minimum time between two fetches triggered by an unknown `kid`.
+        min_refetch_seconds: u64,
+    },
+}
+
+/// A Mission state authority (SPEC §3).
+#[derive(Debug, Clone)]
+pub struct MissionAuthority {
+    /// Mission Status endpoint.
+    pub status: Upstream,
+    /// State-event feed, if the authority publishes one.
+    pub events: Option<Upstream>,
+    /// Audience this gateway names in status requests; the answer's `aud` must equal it.
+    pub audience: String,
+    /// Never rely on a status answer older than this.
+    pub max_staleness_seconds: u64,
+    /// `Authorization` header value sent to the authority, if any.
+    pub credential: Option<String>,
+    /// `Retry-After` sent with a 503 when the authority cannot be reached.
+    pub retry_after_seconds: u32,
+}
+
+/// A trusted issuer.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// Exact `iss` string.
+    pub issuer: String,
+    /// Keys.
+    pub keys: KeySource,
+    /// Whether access tokens from it are accepted.
+    pub access_tokens: bool,
+    /// Present when it is a Mission state authority.
+    pub mission_authority: Option<MissionAuthority>,
+}
+
+/// A named operation: `POST /v1/payments` on a destination is `payments.create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Upper-case method.
+    pub method: String,
+    /// Normalised path.
+    pub path: String,
+    /// Prefix match on a segment boundary rather than exact.
+    pub prefix: bool,
+    /// Action id.
+    pub action: String,
+}
+
+/// A destination the gateway knows by its request `:authority`.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// Origin used for authority matching and digests.
+    pub origin: String,
+    /// Audience a token must carry to be used here.
+    pub audience: String,
+    /// Named operations.
+    pub operations: Vec<Operation>,
+}
+
+/// Which decisions produce a log line (every decision always sets filter state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceLog {
+    /// Every decision.
+    All,
+    /// Denials only.
+    Denials,
+    /// None.
+    Off,
+}
+
+/// DPoP settings.
+#[derive(Debug, Clone)]
+pub struct DpopConfig {
+    /// Accept `Authorization: DPoP`.
+    pub enabled: bool,
+    /// Accepted proof age (and future skew), seconds.
+    pub iat_window_seconds: i64,
+    /// Accepted proof algorithms.
+    pub algs: Vec<Alg>,
+}
+
+/// The validated, immutable configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Trusted issuers.
+    pub issuers: Vec<Issuer>,
+    /// Index by `iss`.
+    pub issuer_index: HashMap<String, usize>,
+    /// Accepted token algorithms.
+    pub algs: Vec<Alg>,
+    /// Clock skew, seconds.
+    pub clock_skew: i64,
+    /// Maximum `exp - iat`, if set.
+    pub max_token_lifetime: Option<i64>,
+    /// Longest accepted token.
+    pub max_token_bytes: usize,
+    /// Verified-token cache capacity.
+    pub token_cache_size: usize,
+    /// Destinations by lower-case `:authority`.
+    pub destinations: HashMap<String, Destination>,
+    /// Evidence logging.
+    pub evidence_log: EvidenceLog,
+    /// DPoP.
+    pub dpop: DpopConfig,
+    /// `realm` in challenges.
+    pub realm: String,
+}
+
+impl Config {
+    /// Parse and validate the plugin configuration bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            // serde's message names the field for unknown/missing members and wrong types.
+            err(format!("(line {}, column {})", e.line(), e.column()), e.to_string())
+        })?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let algs = parse_algs(raw.allowed_algs.as_deref(), "allowed_algs", &[Alg::Es256, Alg::EdDsa])?;
+        if raw.issuers.is_empty() {
+            return Err(err("issuers", "at least one issuer is required"));
+        }
+        let mut issuers = Vec::new();
+        let mut issuer_index = HashMap::new();
+        for (i, ri) in raw.issuers.into_iter().enumerate() {
+            let f = format!("issuers[{i}]");
+            if ri.issuer.is_empty() {
+                return Err(err(format!("{f}.issuer"), "must not be empty"));
+            }
+            if issuer_index.insert(ri.issuer.clone(), i).is_some() {
+                return Err(err(format!("{f}.issuer"), "duplicate issuer"));
+            }
+            let keys = match (ri.jwks, ri.jwks_uri) {
+                (Some(_), Some(_)) => return Err(err(&f, "give either jwks or jwks_uri, not both")),
+                (None, None) => return Err(err(&f, "one of jwks or jwks_uri is required")),
+                (Some(v), None) => KeySource::Inline(parse_inline_jwks(v, &format!("{f}.jwks"))?),
+                (None, Some(u)) => KeySource::Remote {
+                    upstream: upstream(u, &format!("{f}.jwks_uri"))?,
+                    refresh_seconds: positive(ri.jwks_refresh_seconds, 300, &format!("{f}.jwks_refresh_seconds"))?,
+                    min_refetch_seconds: ri.jwks_min_refetch_seconds.unwrap_or(10),
+                },
+            };
+            let mission_authority = match ri.mission_authority {
+                None => None,
+                Some(m) => {
+                    let mf = format!("{f}.mission_authority");
+                    if m.audience.is_empty() {
+                        return Err(err(format!("{mf}.audience"), "must not be empty"));
+                    }
+                    Some(MissionAuthority {
+                        status: upstream(m.status, &format!("{mf}.status"))?,
+                        events: m.events.map(|e| upstream(e, &format!("{mf}.events"))).transpose()?,
+                        audience: m.audience,
+                        max_staleness_seconds: positive(m.max_staleness_seconds, 300, &format!("{mf}.max_staleness_seconds"))?,
+                        credential: m.credential,
+                        retry_after_seconds: m.retry_after_seconds.unwrap_or(1),
+                    })
+                }
+            };
+            if !ri.access_tokens && mission_authority.is_none() {
+                return Err(err(&f, "an issuer must accept access_tokens or be a mission_authority"));
+            }
+            issuers.push(Issuer { issuer: ri.issuer, keys, access_tokens: ri.access_tokens, mission_authority });
+        }
+        if !issuers.iter().any(|i| i.mission_authority.is_some()) {
+            return Err(err("issuers", "at least one issuer must be a mission_authority"));
+        }
+        let mut destinations = HashMap::new();
+        for (i, d) in raw.destinations.into_iter().enumerate() {
+            let f = format!("destinations[{i}]");
+            let authority = d.authority.to_ascii_lowercase();
+            if authority.is_empty() || authority.contains('/') {
+                return Err(err(format!("{f}.authority"), "must be a host[:port]"));
+            }
+            let origin = match d.origin {
+                Some(o) => uri::parse_origin(&o).ok_or_else(|| err(format!("{f}.origin"), "must be scheme://host[:port]"))?,
+                None => uri::origin_of("http", &authority).ok_or_else(|| err(format!("{f}.authority"), "not a valid host"))?,
+            };
+            let mut operations = Vec::new();
+            for (j, o) in d.operations.into_iter().enumerate() {
+                let of = format!("{f}.operations[{j}]");
+                let prefix = match o.path_match.as_deref() {
+                    None | Some("exact") => false,
+                    Some("prefix") => true,
+                    Some(_) => return Err(err(format!("{of}.path_match"), "must be exact or prefix")),
+                };
+                if !crate::authority::valid_action_id(&o.action) {
+                    return Err(err(format!("{of}.action"), "action ids match [A-Za-z0-9_.:-]+"));
+                }
+                let path = uri::normalize_path(&o.path).ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
+                if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(err(format!("{of}.method"), "must be an HTTP method"));
+                }
+                operations.push(Operation { method: o.method.to_ascii_uppercase(), path, prefix, action: o.action });
+            }
+            let audience = d.audience.unwrap_or_else(|| origin.clone());
+            if destinations.insert(authority, Destination { origin, audience, operations }).is_some() {
+                return Err(err(format!("{f}.authority"), "duplicate destination"));
+            }
+        }
+        let evidence_log = match raw.evidence.and_then(|e| e.log).as_deref() {
+            None | Some("all") => EvidenceLog::All,
+            Some("denials") => EvidenceLog::Denials,
+            Some("off") => EvidenceLog::Off,
+            Some(_) => return Err(err("evidence.log", "must be all, denials or off")),
+        };
+        let dpop = match raw.dpop {
+            None => DpopConfig { enabled: true, iat_window_seconds: 60, algs: vec![Alg::Es256, Alg::EdDsa] },
+            Some(d) => DpopConfig {
+                enabled: d.enabled.unwrap_or(true),
+                iat_window_seconds: i64::try_from(positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?).unwrap_or(60),
+                algs: parse_algs(d.allowed_algs.as_deref(), "dpop.allowed_algs", &[Alg::Es256, Alg::EdDsa])?,
+            },
+        };
+        let token_cache_size = raw.token_cache_size.unwrap_or(1024);
+        if token_cache_size > 1_000_000 {
+            return Err(err("token_cache_size", "at most 1000000"));
+        }
+        let max_token_bytes = raw.max_token_bytes.unwrap_or(8192);
+        if !(256..=1_048_576).contains(&max_token_bytes) {
+            return Err(err("max_token_bytes", "must be between 256 and 1048576"));
+        }
+        let realm = raw.realm.unwrap_or_else(|| "missiongate".to_owned());
+        if realm.contains('"') || realm.contains('\\') || realm.chars().any(char::is_control) {
+            return Err(err("realm", "must not contain quotes, backslashes or control characters"));
+        }
+        Ok(Config {
+            issuers,
+            issuer_index,
+            algs,
+            clock_skew: i64::try_from(raw.clock_skew_seconds.unwrap_or(60).min(3600)).unwrap_or(60),
+            max_token_lifetime: raw.max_token_lifetime_seconds.and_then(|s| i64::try_from(s).ok()),
+            max_token_bytes,
+            token_cache_size,
+            destinations,
+            evidence_log,
+            dpop,
+            realm,
+        })
+    }
+
+    /// The destination for a request `:authority` and `:scheme`.
+    pub fn destination(&self, authority: &str, scheme: &str) -> Option<DestinationRef<'_>> {
+        let key = authority.to_ascii_lowercase();
+        match self.destinations.get(&key) {
+            Some(d) => Some(DestinationRef::Known(d)),
+            None => uri::origin_of(scheme, &key).map(DestinationRef::Implicit),
+        }
+    }
+}
+
+/// A destination, known from config or derived from the request.
+#[derive(Debug, Clone)]
+pub enum DestinationRef<'a> {
+    /// Configured.
+    Known(&'a Destination),
+    /// Derived: origin only, audience = origin, no named operations.
+    Implicit(String),
+}
+
+impl DestinationRef<'_> {
+    /// Origin.
+    pub fn origin(&self) -> &str {
+        match self {
+            DestinationRef::Known(d) => &d.origin,
+            DestinationRef::Implicit(o) => o,
+        }
+    }
+    /// Audience.
+    pub fn audience(&self) -> &str {
+        match self {
+            DestinationRef::Known(d) => &d.audience,
+            DestinationRef::Implicit(o) => o,
+        }
+    }
+    /// Named operations.
+    pub fn operations(&self) -> &[Operation] {
+        match self {
+            DestinationRef::Known(d) => &d.operations,
+            DestinationRef::Implicit(_) => &[],
+        }
+    }
+}
+
+fn parse_algs(names: Option<&[String]>, field: &str, default: &[Alg]) -> Result<Vec<Alg>, ConfigError> {
+    let Some(names) = names else { return Ok(default.to_vec()) };
+    if names.is_empty() {
+        return Err(err(field, "must list at least one algorithm"));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if n == "none" {
+                Err(err(format!("{field}[{i}]"), "\"none\" is never accepted"))
+            } else if Alg::is_hmac_name(n) {
+                Err(err(format!("{field}[{i}]"), "HMAC algorithms are not accepted: a shared secret cannot be held safely by a gateway"))
+            } else {
+                Alg::from_name(n).ok_or_else(|| err(format!("{field}[{i}]"), format!("unsupported algorithm {n:?}; supported: ES256, EdDSA")))
+            }
+        })
+        .collect()
+}
+
+fn parse_inline_jwks(v: serde_json::Value, field: &str) -> Result<Vec<(Option<String>, VerifyingKey)>, ConfigError> {
+    let set: JwkSet = serde_json::from_value(v).map_err(|e| err(field, format!("not a JWK Set: {e}")))?;
+    if set.keys.is_empty() {
+        return Err(err(format!("{field}.keys"), "must contain at least one key"));
+    }
+    set.keys
+        .iter()
+        .enumerate()
+        .map(|(i, k): (usize, &Jwk)| {
+            k.verifying_key()
+                .map(|vk| (k.kid.clone(), vk))
+                .map_err(|e| err(format!("{field}.keys[{i}]"), e.to_string()))
+        })
+        .collect()
+}
+
+fn upstream(u: RawUpstream, field: &str) -> Result<Upstream, ConfigError> {
+    if u.cluster.is_empty() {
+        return Err(err(format!("{field}.cluster"), "must name an Envoy cluster"));
+    }
+    if !u.path.starts_with('/') {
+        return Err(err(format!("{field}.path"), "must start with /"));
+    }
+    let timeout_ms = u.timeout_ms.unwrap_or(1000);
+    if !(1..=120_000).contains(&timeout_ms) {
+        return Err(err(format!("{field}.timeout_ms"), "must be between 1 and 120000"));
+    }
+    let authority = u.authority.unwrap_or_else(|| u.cluster.clone());
+    Ok(Upstream { cluster: u.cluster, authority, path: u.path, timeout_ms })
+}
+
+fn positive(v: Option<u64>, default: u64, field: &str) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => Err(err(field, "must be greater than 0")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}

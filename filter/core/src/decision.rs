@@ -1,0 +1,323 @@
+//! Decisions: every failure mode has its own reason, status, challenge and counter (SPEC §5), and
+//! every decision produces one evidence record.
+
+use missiongate_wire::problem::{Problem, ProblemMission, CONTENT_TYPE};
+use serde::Serialize;
+
+/// Why a request was allowed or refused. The wire name is the problem `reason` and the counter suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Reason {
+    Allowed,
+    NoCredentials,
+    MalformedRequest,
+    TokenMalformed,
+    TokenTooLarge,
+    AlgNotAllowed,
+    WrongTyp,
+    UnknownKey,
+    BadSignature,
+    UnknownIssuer,
+    WrongAudience,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenLifetimeExceeded,
+    MissionClaimMissing,
+    UntrustedMissionIssuer,
+    UnsupportedConfirmation,
+    DpopBoundAsBearer,
+    InvalidDpopProof,
+    DpopReplay,
+    MissionInactive,
+    MissionUnknown,
+    InsufficientAuthority,
+    ConstraintUnrecognized,
+    EgressNotAllowed,
+    PdpDenied,
+    ParameterViolation,
+    BodyNotCanonicalizable,
+    BodyTooLarge,
+    KeysUnavailable,
+    AuthorityUnavailable,
+    PdpUnavailable,
+}
+
+/// Every reason, for counter definition.
+pub const ALL_REASONS: [Reason; 32] = [
+    Reason::Allowed,
+    Reason::NoCredentials,
+    Reason::MalformedRequest,
+    Reason::TokenMalformed,
+    Reason::TokenTooLarge,
+    Reason::AlgNotAllowed,
+    Reason::WrongTyp,
+    Reason::UnknownKey,
+    Reason::BadSignature,
+    Reason::UnknownIssuer,
+    Reason::WrongAudience,
+    Reason::TokenExpired,
+    Reason::TokenNotYetValid,
+    Reason::TokenLifetimeExceeded,
+    Reason::MissionClaimMissing,
+    Reason::UntrustedMissionIssuer,
+    Reason::UnsupportedConfirmation,
+    Reason::DpopBoundAsBearer,
+    Reason::InvalidDpopProof,
+    Reason::DpopReplay,
+    Reason::MissionInactive,
+    Reason::MissionUnknown,
+    Reason::InsufficientAuthority,
+    Reason::ConstraintUnrecognized,
+    Reason::EgressNotAllowed,
+    Reason::PdpDenied,
+    Reason::ParameterViolation,
+    Reason::BodyNotCanonicalizable,
+    Reason::BodyTooLarge,
+    Reason::KeysUnavailable,
+    Reason::AuthorityUnavailable,
+    Reason::PdpUnavailable,
+];
+
+/// The challenge family of a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenge {
+    None,
+    /// `Bearer realm` only (no credentials).
+    Realm,
+    /// RFC 6750 `error=` code.
+    Bearer(&'static str),
+    /// RFC 9449 `DPoP error="invalid_dpop_proof"`.
+    Dpop,
+    /// `insufficient_scope` with a `mission_denial` value.
+    Mission(&'static str),
+}
+
+impl Reason {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NoCredentials => "no_credentials",
+            Reason::MalformedRequest => "malformed_request",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::WrongTyp => "wrong_typ",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenLifetimeExceeded => "token_lifetime_exceeded",
+            Reason::MissionClaimMissing => "mission_claim_missing",
+            Reason::UntrustedMissionIssuer => "untrusted_mission_issuer",
+            Reason::UnsupportedConfirmation => "unsupported_confirmation",
+            Reason::DpopBoundAsBearer => "dpop_bound_token_as_bearer",
+            Reason::InvalidDpopProof => "invalid_dpop_proof",
+            Reason::DpopReplay => "dpop_replay",
+            Reason::MissionInactive => "mission_inactive",
+            Reason::MissionUnknown => "mission_unknown",
+            Reason::InsufficientAuthority => "insufficient_authority",
+            Reason::ConstraintUnrecognized => "constraint_unrecognized",
+            Reason::EgressNotAllowed => "egress_not_allowed",
+            Reason::PdpDenied => "pdp_denied",
+            Reason::ParameterViolation => "parameter_violation",
+            Reason::BodyNotCanonicalizable => "body_not_canonicalizable",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::AuthorityUnavailable => "authority_unavailable",
+            Reason::PdpUnavailable => "pdp_unavailable",
+        }
+    }
+
+    /// HTTP status of the denial (200 for allowed).
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::Allowed => 200,
+            Reason::MalformedRequest | Reason::BodyNotCanonicalizable => 400,
+            Reason::BodyTooLarge => 413,
+            Reason::InsufficientAuthority | Reason::ConstraintUnrecognized | Reason::PdpDenied | Reason::ParameterViolation => 403,
+            Reason::EgressNotAllowed => 511,
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    fn challenge(self) -> Challenge {
+        match self {
+            Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => Challenge::None,
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable => Challenge::None,
+            Reason::NoCredentials => Challenge::Realm,
+            Reason::MalformedRequest => Challenge::Bearer("invalid_request"),
+            Reason::InvalidDpopProof | Reason::DpopReplay => Challenge::Dpop,
+            Reason::InsufficientAuthority | Reason::PdpDenied => Challenge::Mission("insufficient_authority"),
+            Reason::ConstraintUnrecognized => Challenge::Mission("constraint_unrecognized"),
+            Reason::ParameterViolation => Challenge::Bearer("insufficient_scope"),
+            _ => Challenge::Bearer("invalid_token"),
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self.status() {
+            200 => "Allowed",
+            400 => "Bad request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            413 => "Request body too large",
+            511 => "Network authentication required",
+            _ => "Dependency unavailable",
+        }
+    }
+}
+
+/// A local reply the filter sends instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// A refusal before it is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Reason.
+    pub reason: Reason,
+    /// Human detail (never secrets).
+    pub detail: String,
+    /// Mission, for state denials.
+    pub mission: Option<ProblemMission>,
+    /// `Retry-After` for 503.
+    pub retry_after: Option<u32>,
+}
+
+impl Denial {
+    /// A denial with a detail message.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Denial {
+        Denial { reason, detail: detail.into(), mission: None, retry_after: None }
+    }
+
+    /// Render as a problem+json local reply. `dpop_algs` is advertised in a DPoP challenge when set.
+    pub fn render(&self, realm: &str, dpop_algs: Option<&str>, decision_id: &str) -> Response {
+        let mut headers = vec![
+            ("content-type".to_owned(), CONTENT_TYPE.to_owned()),
+            ("cache-control".to_owned(), "no-store".to_owned()),
+        ];
+        let desc = sanitize(&self.detail);
+        let www = match self.reason.challenge() {
+            Challenge::None => None,
+            Challenge::Realm => Some(format!("Bearer realm=\"{realm}\"")),
+            Challenge::Bearer(code) => Some(format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\"")),
+            Challenge::Dpop => Some(format!("DPoP realm=\"{realm}\", error=\"invalid_dpop_proof\", error_description=\"{desc}\"")),
+            Challenge::Mission(m) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", mission_denial=\"{m}\", error_description=\"{desc}\""
+            )),
+        };
+        if let Some(w) = www {
+            headers.push(("www-authenticate".to_owned(), w));
+        }
+        if let (Some(algs), 401) = (dpop_algs, self.reason.status()) {
+            if self.reason.challenge() != Challenge::Dpop {
+                headers.push(("www-authenticate".to_owned(), format!("DPoP algs=\"{algs}\"")));
+            }
+        }
+        if let Some(s) = self.retry_after {
+            headers.push(("retry-after".to_owned(), s.to_string()));
+        }
+        let problem = Problem {
+            type_: Problem::type_for(self.reason.as_str()),
+            title: self.reason.title().to_owned(),
+            status: self.reason.status(),
+            detail: self.detail.clone(),
+            reason: self.reason.as_str().to_owned(),
+            mission: self.mission.clone(),
+            decision_id: Some(decision_id.to_owned()),
+        };
+        Response { status: self.reason.status(), headers, body: problem.to_bytes() }
+    }
+}
+
+/// Quoted-string safe: no quotes, backslashes or control characters, bounded length.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).take(200).collect()
+}
+
+/// One evidence record (SPEC §5): never raw parameters, tokens or keys.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Evidence {
+    /// Unique per decision.
+    pub decision_id: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Reason wire name.
+    pub reason: &'static str,
+    /// HTTP status sent (200 = forwarded).
+    pub status: u16,
+    /// Mission id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mission_id: Option<String>,
+    /// Mission issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mission_issuer: Option<String>,
+    /// Authority commitment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority_hash: Option<String>,
+    /// Token `jti`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Destination origin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Action id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Parameter digest, for bound calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter_digest: Option<String>,
+    /// PDP evaluation id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation_id: Option<String>,
+    /// Decision time (Unix seconds).
+    pub at: i64,
+}
+
+impl Evidence {
+    /// JSON text of the record.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_name() {
+        let mut names: Vec<_> = ALL_REASONS.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL_REASONS.len());
+    }
+
+    #[test]
+    fn renders_rfc6750_challenges() {
+        let r = Denial::new(Reason::TokenExpired, "token \"expired\"\n").render("mg", None, "d1");
+        assert_eq!(r.status, 401);
+        let www = &r.headers.iter().find(|(k, _)| k == "www-authenticate").unwrap().1;
+        assert_eq!(www, "Bearer realm=\"mg\", error=\"invalid_token\", error_description=\"token expired\"");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["reason"], "token_expired");
+        assert_eq!(body["status"], 401);
+        let r = Denial::new(Reason::ConstraintUnrecognized, "x").render("mg", None, "d1");
+        assert_eq!(r.status, 403);
+        assert!(r.headers.iter().any(|(k, v)| k == "www-authenticate" && v.contains("mission_denial=\"constraint_unrecognized\"")));
+        let r = Denial::new(Reason::NoCredentials, "x").render("mg", Some("ES256 EdDSA"), "d1");
+        assert!(r.headers.iter().any(|(_, v)| v == "Bearer realm=\"mg\""));
+        assert!(r.headers.iter().any(|(_, v)| v == "DPoP algs=\"ES256 EdDSA\""));
+    }
+}

@@ -1,0 +1,201 @@
+//! Access-token validation (SPEC §2): cheap checks first, the signature once, the result cached.
+
+use missiongate_wire::b64;
+use missiongate_wire::claims::{AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
+use missiongate_wire::jose::{Alg, Compact};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::authority::{self, Grant};
+use crate::config::Config;
+use crate::decision::{Denial, Reason};
+use crate::keys::{KeyLookup, KeyStore};
+
+/// What a verified token says, kept for its lifetime. Never holds the token itself.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    /// Index of the token issuer in the config.
+    pub issuer: usize,
+    /// Expiry.
+    pub exp: i64,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Subject.
+    pub sub: Option<String>,
+    /// Client.
+    pub client_id: Option<String>,
+    /// Token issuer string.
+    pub iss: String,
+    /// Mission id.
+    pub mission_id: String,
+    /// Index of the Mission state authority in the config.
+    pub mission_issuer: usize,
+    /// Mission issuer string.
+    pub mission_issuer_name: String,
+    /// Authority commitment, carried to evidence.
+    pub authority_hash: Option<String>,
+    /// Compiled Authority Set.
+    pub grants: Vec<Grant>,
+    /// DPoP key thumbprint the token is bound to.
+    pub cnf_jkt: Option<String>,
+}
+
+/// Why verification did not finish.
+#[derive(Debug)]
+pub enum TokenError {
+    /// Refused.
+    Deny(Denial),
+    /// The issuer's keys must be (re)fetched before a verdict is possible.
+    NeedKeys {
+        /// Issuer index.
+        issuer: usize,
+        /// True when keys are loaded but the `kid` is unknown (a rotation), false when none are loaded.
+        unknown_kid: bool,
+    },
+}
+
+fn deny(reason: Reason, detail: &str) -> TokenError {
+    TokenError::Deny(Denial::new(reason, detail))
+}
+
+/// Verify a compact access token fully. `now` is Unix seconds.
+pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+    if token.len() > config.max_token_bytes {
+        return Err(deny(Reason::TokenTooLarge, "token exceeds the size limit"));
+    }
+    let parts = Compact::split(token).map_err(|_| deny(Reason::TokenMalformed, "token is not a compact JWS"))?;
+    let header = parts.header().map_err(|_| deny(Reason::TokenMalformed, "token header is not valid"))?;
+    match header.typ.as_deref() {
+        Some(t) if TYP_ACCESS_TOKEN.iter().any(|a| a.eq_ignore_ascii_case(t)) => {}
+        _ => return Err(deny(Reason::WrongTyp, "token typ must be at+jwt")),
+    }
+    let alg = match Alg::from_name(&header.alg) {
+        Some(a) if config.algs.contains(&a) => a,
+        _ => return Err(deny(Reason::AlgNotAllowed, "token alg is not allowed")),
+    };
+    let payload = parts.payload_bytes().map_err(|_| deny(Reason::TokenMalformed, "token payload encoding"))?;
+    let claims: AccessTokenClaims =
+        serde_json::from_slice(&payload).map_err(|_| deny(Reason::TokenMalformed, "token claims are not valid"))?;
+    let issuer = match config.issuer_index.get(&claims.iss) {
+        Some(&i) if config.issuers.get(i).is_some_and(|x| x.access_tokens) => i,
+        _ => return Err(deny(Reason::UnknownIssuer, "token issuer is not trusted")),
+    };
+    let skew = config.clock_skew;
+    let exp = claims.exp.ok_or_else(|| deny(Reason::TokenMalformed, "token has no exp"))?.0;
+    if exp.saturating_add(skew) <= now {
+        return Err(deny(Reason::TokenExpired, "token expired"));
+    }
+    if let Some(nbf) = claims.nbf {
+        if nbf.0 > now.saturating_add(skew) {
+            return Err(deny(Reason::TokenNotYetValid, "token nbf is in the future"));
+        }
+    }
+    if let Some(iat) = claims.iat {
+        if iat.0 > now.saturating_add(skew) {
+            return Err(deny(Reason::TokenNotYetValid, "token iat is in the future"));
+        }
+    }
+    if let Some(max) = config.max_token_lifetime {
+        let start = claims.iat.or(claims.nbf).map(|d| d.0);
+        match start {
+            Some(s) if exp.saturating_sub(s) <= max => {}
+            _ => return Err(deny(Reason::TokenLifetimeExceeded, "token lifetime exceeds the maximum")),
+        }
+    }
+    let mission = claims.mission.as_ref().ok_or_else(|| deny(Reason::MissionClaimMissing, "token has no mission claim"))?;
+    if mission.id.is_empty() {
+        return Err(deny(Reason::MissionClaimMissing, "mission.id is empty"));
+    }
+    let mission_issuer_name = mission.effective_issuer().map_err(|m| deny(Reason::MissionClaimMissing, m))?;
+    let mission_issuer = match config.issuer_index.get(mission_issuer_name) {
+        Some(&i) if config.issuers.get(i).is_some_and(|x| x.mission_authority.is_some()) => i,
+        _ => return Err(deny(Reason::UntrustedMissionIssuer, "mission issuer is not a trusted state authority")),
+    };
+    let cnf_jkt = match &claims.cnf {
+        None => None,
+        Some(c) if !c.other.is_empty() => {
+            return Err(deny(Reason::UnsupportedConfirmation, "token cnf method is not supported"));
+        }
+        Some(c) => c.jkt.clone(),
+    };
+    let key = match keys.find(issuer, header.kid.as_deref(), alg) {
+        KeyLookup::Found(k) => k,
+        KeyLookup::Unknown => return Err(TokenError::NeedKeys { issuer, unknown_kid: true }),
+        KeyLookup::NotLoaded => return Err(TokenError::NeedKeys { issuer, unknown_kid: false }),
+    };
+    let sig = parts.signature_bytes().map_err(|_| deny(Reason::TokenMalformed, "token signature encoding"))?;
+    key.verify(alg, parts.signing_input.as_bytes(), &sig)
+        .map_err(|_| deny(Reason::BadSignature, "token signature is not valid"))?;
+    Ok(VerifiedToken {
+        issuer,
+        exp,
+        aud: match claims.aud {
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(v)) => v,
+            None => Vec::new(),
+        },
+        jti: claims.jti,
+        sub: claims.sub,
+        client_id: claims.client_id,
+        mission_id: mission.id.clone(),
+        mission_issuer,
+        mission_issuer_name: mission_issuer_name.to_owned(),
+        authority_hash: mission.authority_hash.clone(),
+        grants: authority::compile(&claims.authorization_details),
+        cnf_jkt,
+        iss: claims.iss,
+    })
+}
+
+/// `ath` value for a token (RFC 9449 §4.2): base64url SHA-256 of the ASCII token.
+pub fn ath(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    b64::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Bounded cache of verified tokens, keyed by the token text.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    map: HashMap<Box<str>, Rc<VerifiedToken>>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    /// Empty cache holding at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache { map: HashMap::new(), capacity }
+    }
+    /// A cached, unexpired token.
+    pub fn get(&self, token: &str) -> Option<Rc<VerifiedToken>> {
+        self.map.get(token).cloned()
+    }
+    /// Insert, evicting expired entries first and then an arbitrary one when full.
+    pub fn insert(&mut self, token: &str, v: Rc<VerifiedToken>, now: i64, skew: i64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map.retain(|_, t| t.exp.saturating_add(skew) > now);
+        }
+        if self.map.len() >= self.capacity {
+            if let Some(k) = self.map.keys().next().cloned() {
+                self.map.remove(&k);
+            }
+        }
+        self.map.insert(token.into(), v);
+    }
+    /// Remove one token.
+    pub fn remove(&mut self, token: &str) {
+        self.map.remove(token);
+    }
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
