@@ -1,1 +1,572 @@
-//! missiongate proxy-wasm host layer (being written).
+//! missiongate proxy-wasm host layer: maps Envoy callbacks onto `missiongate-core`.
+//!
+//! Hot path (token seen before, Mission state cached): one call for all request headers, one for
+//! the clock, one to put evidence in filter state, optionally one log line. Counters are kept in the
+//! VM and flushed to Envoy stats on the tick, never per request.
+//!
+//! Callouts (JWKS, Mission Status) are coalesced per VM: the first request that needs one
+//! dispatches it, later ones wait for the same answer. Waiting requests are resumed (or answered)
+//! from whichever context receives the answer, via `set_effective_context`. If the dispatching
+//! request goes away (Envoy then cancels its callout), the root context dispatches again on the
+//! next tick; waiters never wait longer than the callout timeout plus a margin.
+
+use missiongate_core::decision::Evidence;
+use missiongate_core::engine::{Callout, ALL_STATS};
+use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
+use missiongate_core::decision::ALL_REASONS;
+use missiongate_core::config::EvidenceLog;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+const TICK: Duration = Duration::from_millis(200);
+const METRIC_PREFIX: &str = "missiongate.";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("missiongate: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_secs() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(0)
+}
+
+/// What a dispatched callout is for.
+#[derive(Debug, Clone)]
+enum Kind {
+    Jwks(usize),
+    Status(usize, String, String),
+    Events(usize),
+}
+
+impl Kind {
+    fn need(&self) -> Option<Need> {
+        match self {
+            Kind::Jwks(i) => Some(Need::Keys(*i)),
+            Kind::Status(i, id, _) => Some(Need::Status(*i, id.clone())),
+            Kind::Events(_) => None,
+        }
+    }
+}
+
+/// A request waiting for a callout.
+struct Waiter {
+    headers: Vec<(String, String)>,
+    attempts: Attempts,
+    deadline: i64,
+}
+
+/// State shared by the root and HTTP contexts of one plugin in one VM.
+#[derive(Default)]
+struct Vm {
+    engine: RefCell<Option<Engine>>,
+    /// token -> (kind, owning context)
+    callouts: RefCell<HashMap<u32, (Kind, u32)>>,
+    /// need -> waiting contexts
+    waiters: RefCell<HashMap<Need, Vec<u32>>>,
+    waiting: RefCell<HashMap<u32, Waiter>>,
+    /// Needs whose callout died with its owner; the root re-dispatches them.
+    orphans: RefCell<Vec<Need>>,
+    events_in_flight: RefCell<HashMap<usize, bool>>,
+    metrics: RefCell<HashMap<String, u32>>,
+    root_id: Cell<u32>,
+    evidence_log: Cell<Option<EvidenceLog>>,
+}
+
+/// Shared data as the cross-worker replay store.
+struct SharedReplay;
+
+impl ReplayGuard for SharedReplay {
+    fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => {
+                let exp = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(i64::MAX);
+                if exp > now {
+                    return Ok(false);
+                }
+                // Expired entry: take it over with compare-and-swap.
+                match hostcalls::set_shared_data(key, Some(until.to_string().as_bytes()), cas) {
+                    Ok(()) => Ok(true),
+                    Err(proxy_wasm::types::Status::CasMismatch) => Ok(false),
+                    Err(e) => Err(format!("{e:?}")),
+                }
+            }
+            Ok((None, _)) | Err(proxy_wasm::types::Status::NotFound) => {
+                // cas = 0 means "only if absent" is not offered by the ABI; a racing writer that
+                // created the key first makes our CAS against the version we saw fail.
+                match hostcalls::set_shared_data(key, Some(until.to_string().as_bytes()), Some(0)) {
+                    Ok(()) => Ok(true),
+                    Err(proxy_wasm::types::Status::CasMismatch) => Ok(false),
+                    Err(e) => Err(format!("{e:?}")),
+                }
+            }
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+}
+
+fn request_from<'a>(headers: &'a [(String, String)]) -> Request<'a> {
+    let mut req = Request { method: "", scheme: "http", authority: "", path: "/", authorization: Authz::Missing, dpop: None, dpop_count: 0 };
+    for (k, v) in headers {
+        match k.as_str() {
+            ":method" => req.method = v,
+            ":scheme" => req.scheme = v,
+            ":authority" => req.authority = v,
+            ":path" => req.path = v,
+            "authorization" => {
+                req.authorization = match req.authorization {
+                    Authz::Missing => Authz::One(v),
+                    _ => Authz::Multiple,
+                }
+            }
+            "dpop" => {
+                req.dpop_count += 1;
+                req.dpop = Some(v);
+            }
+            _ => {}
+        }
+    }
+    if req.method == "CONNECT" && req.path == "/" {
+        req.path = "/";
+    }
+    req
+}
+
+impl Vm {
+    /// Run the engine and act on the outcome for `ctx` (which must be the effective context).
+    /// Returns true when the request may continue now.
+    fn run(&self, ctx: u32, headers: Vec<(String, String)>, attempts: Attempts) -> bool {
+        let now = now_secs();
+        let outcome = {
+            let Ok(mut guard) = self.engine.try_borrow_mut() else {
+                log(LogLevel::Error, "missiongate: engine busy (re-entrant call); refusing");
+                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                return false;
+            };
+            let Some(engine) = guard.as_mut() else {
+                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                return false;
+            };
+            let req = request_from(&headers);
+            engine.decide(&req, now, attempts, &mut SharedReplay)
+        };
+        match outcome {
+            Outcome::Allow(ev) => {
+                self.evidence(&ev);
+                true
+            }
+            Outcome::Deny(resp, ev) => {
+                self.evidence(&ev);
+                let hs: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                if let Err(e) = hostcalls::send_http_response(u32::from(resp.status), hs, Some(&resp.body)) {
+                    log(LogLevel::Error, &format!("missiongate: send_http_response failed: {e:?}"));
+                    let _ = hostcalls::reset_http_request();
+                }
+                false
+            }
+            Outcome::Need(need) => {
+                let deadline = now + self.timeout_secs(&need) + 2;
+                self.waiting.borrow_mut().insert(ctx, Waiter { headers, attempts, deadline });
+                let first = {
+                    let mut w = self.waiters.borrow_mut();
+                    let list = w.entry(need.clone()).or_default();
+                    list.push(ctx);
+                    list.len() == 1
+                };
+                if first && !self.dispatch_need(&need, ctx) {
+                    // Could not even dispatch: answer every waiter now.
+                    self.complete_need(&need, now);
+                }
+                false
+            }
+        }
+    }
+
+    fn timeout_secs(&self, need: &Need) -> i64 {
+        let guard = self.engine.borrow();
+        let Some(e) = guard.as_ref() else { return 1 };
+        let ms = match need {
+            Need::Keys(i) => match e.config.issuers.get(*i).map(|x| &x.keys) {
+                Some(missiongate_core::config::KeySource::Remote { upstream, .. }) => upstream.timeout_ms,
+                _ => 1000,
+            },
+            Need::Status(i, _) => e.config.issuers.get(*i).and_then(|x| x.mission_authority.as_ref()).map_or(1000, |m| m.status.timeout_ms),
+        };
+        i64::try_from(ms.div_ceil(1000)).unwrap_or(1)
+    }
+
+    /// Dispatch the callout for a need. On failure the engine is told (so the retry denies).
+    fn dispatch_need(&self, need: &Need, owner: u32) -> bool {
+        let now = now_secs();
+        let built = {
+            let mut guard = self.engine.borrow_mut();
+            let Some(engine) = guard.as_mut() else { return false };
+            match need {
+                Need::Keys(i) => engine.jwks_callout(*i, now).map(|c| (c, Kind::Jwks(*i))),
+                Need::Status(i, id) => engine.status_callout(*i, id).map(|(c, nonce)| (c, Kind::Status(*i, id.clone(), nonce))),
+            }
+        };
+        let Some((callout, kind)) = built else { return false };
+        match dispatch(&callout) {
+            Ok(token) => {
+                self.callouts.borrow_mut().insert(token, (kind, owner));
+                true
+            }
+            Err(e) => {
+                log(LogLevel::Warn, &format!("missiongate: dispatch to cluster {} failed: {e}", callout.cluster));
+                self.apply_answer(&kind, None, &[], now);
+                false
+            }
+        }
+    }
+
+    fn apply_answer(&self, kind: &Kind, status: Option<u16>, body: &[u8], now: i64) -> Option<usize> {
+        let mut guard = self.engine.borrow_mut();
+        let engine = guard.as_mut()?;
+        match kind {
+            Kind::Jwks(i) => {
+                if let Err(e) = engine.on_jwks(*i, status, body, now) {
+                    log(LogLevel::Warn, &format!("missiongate: JWKS of issuer #{i}: {e}"));
+                }
+                None
+            }
+            Kind::Status(i, id, nonce) => engine.on_status(*i, id, nonce, status, body, now),
+            Kind::Events(i) => {
+                let (_, more, refetch) = engine.on_events(*i, status, body, now);
+                self.events_in_flight.borrow_mut().insert(*i, false);
+                if more {
+                    // ask again at once (below, outside the borrow)
+                }
+                refetch
+            }
+        }
+    }
+
+    /// Re-decide every request waiting for `need`.
+    fn complete_need(&self, need: &Need, _now: i64) {
+        let list = self.waiters.borrow_mut().remove(need).unwrap_or_default();
+        for ctx in list {
+            let Some(mut w) = self.waiting.borrow_mut().remove(&ctx) else { continue };
+            match need {
+                Need::Keys(_) => w.attempts.keys = true,
+                Need::Status(..) => w.attempts.status = true,
+            }
+            if hostcalls::set_effective_context(ctx).is_err() {
+                continue; // the request is gone
+            }
+            if self.run(ctx, w.headers, w.attempts) {
+                if let Err(e) = hostcalls::resume_http_request() {
+                    log(LogLevel::Warn, &format!("missiongate: resume failed: {e:?}"));
+                }
+            }
+        }
+    }
+
+    /// A callout answered (or failed: status None).
+    fn on_response(&self, token: u32, body_size: usize) {
+        let Some((kind, _owner)) = self.callouts.borrow_mut().remove(&token) else { return };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = if body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let now = now_secs();
+        let refetch = self.apply_answer(&kind, status, &body, now);
+        if let Some(i) = refetch {
+            self.start_jwks(i);
+        }
+        match &kind {
+            Kind::Events(i) => {
+                // Re-arm the poll; if the authority failed, the tick retries after a pause.
+                if status == Some(200) {
+                    self.poll_events(*i, false);
+                }
+            }
+            other => {
+                if let Some(need) = other.need() {
+                    self.complete_need(&need, now);
+                }
+            }
+        }
+    }
+
+    fn start_jwks(&self, issuer: usize) {
+        let need = Need::Keys(issuer);
+        if self.waiters.borrow().contains_key(&need) {
+            return;
+        }
+        let root = self.root_id.get();
+        self.dispatch_need(&need, root);
+    }
+
+    fn poll_events(&self, issuer: usize, immediately: bool) {
+        if self.events_in_flight.borrow().get(&issuer).copied().unwrap_or(false) {
+            return;
+        }
+        let callout = {
+            let guard = self.engine.borrow();
+            guard.as_ref().and_then(|e| e.events_callout(issuer, immediately))
+        };
+        let Some(c) = callout else { return };
+        match dispatch(&c) {
+            Ok(token) => {
+                self.events_in_flight.borrow_mut().insert(issuer, true);
+                self.callouts.borrow_mut().insert(token, (Kind::Events(issuer), self.root_id.get()));
+            }
+            Err(e) => log(LogLevel::Warn, &format!("missiongate: event poll dispatch failed: {e}")),
+        }
+    }
+
+    /// A context is going away: forget it; its callouts become orphans for the root to redo.
+    fn forget(&self, ctx: u32) {
+        self.waiting.borrow_mut().remove(&ctx);
+        for list in self.waiters.borrow_mut().values_mut() {
+            list.retain(|c| *c != ctx);
+        }
+        let mut orphaned = Vec::new();
+        self.callouts.borrow_mut().retain(|_, (kind, owner)| {
+            if *owner == ctx {
+                if let Some(n) = kind.need() {
+                    orphaned.push(n);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        let waiters = self.waiters.borrow();
+        for n in orphaned {
+            if waiters.get(&n).is_some_and(|l| !l.is_empty()) {
+                self.orphans.borrow_mut().push(n);
+            }
+        }
+    }
+
+    fn tick(&self) {
+        let now = now_secs();
+        // Orphaned callouts: dispatch again from the root.
+        let orphans: Vec<Need> = self.orphans.borrow_mut().drain(..).collect();
+        let root = self.root_id.get();
+        for n in orphans {
+            if let Need::Keys(i) = n {
+                if let Some(ik) = self.engine.borrow_mut().as_mut().and_then(|e| e.keys.issuer_mut(i)) {
+                    ik.in_flight = false;
+                }
+            }
+            if !self.dispatch_need(&n, root) {
+                self.complete_need(&n, now);
+            }
+        }
+        // Waiters past their deadline are answered (the retry denies with 503).
+        let late: Vec<Need> = {
+            let waiting = self.waiting.borrow();
+            self.waiters
+                .borrow()
+                .iter()
+                .filter(|(_, l)| l.iter().any(|c| waiting.get(c).is_some_and(|w| w.deadline < now)))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for n in late {
+            self.complete_need(&n, now);
+        }
+        // JWKS initial load and refresh; event polls.
+        let (due, event_issuers) = {
+            let guard = self.engine.borrow();
+            match guard.as_ref() {
+                Some(e) => (e.jwks_due(now), e.event_issuers()),
+                None => (Vec::new(), Vec::new()),
+            }
+        };
+        for i in due {
+            self.start_jwks(i);
+        }
+        for i in event_issuers {
+            self.poll_events(i, false);
+        }
+        self.flush_counters();
+        if let Some(e) = self.engine.borrow_mut().as_mut() {
+            e.sweep(now);
+        }
+    }
+
+    fn flush_counters(&self) {
+        let deltas = match self.engine.borrow_mut().as_mut() {
+            Some(e) => e.take_counters(),
+            None => return,
+        };
+        let metrics = self.metrics.borrow();
+        for (name, delta) in deltas {
+            if let Some(id) = metrics.get(&name) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn evidence(&self, ev: &Evidence) {
+        let json = ev.to_json();
+        if let Err(e) = hostcalls::set_property(vec!["missiongate.evidence"], Some(json.as_bytes())) {
+            log(LogLevel::Debug, &format!("missiongate: set_property failed: {e:?}"));
+        }
+        let log_it = match self.evidence_log.get() {
+            Some(EvidenceLog::All) | None => true,
+            Some(EvidenceLog::Denials) => ev.decision != "allow",
+            Some(EvidenceLog::Off) => false,
+        };
+        if log_it {
+            log(LogLevel::Info, &format!("missiongate evidence {json}"));
+        }
+    }
+}
+
+fn dispatch(c: &Callout) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let body = if c.body.is_empty() { None } else { Some(c.body.as_slice()) };
+    hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms)).map_err(|e| format!("{e:?}"))
+}
+
+struct Root {
+    vm: Rc<Vm>,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Root {
+        let vm = Vm::default();
+        vm.root_id.set(context_id);
+        Root { vm: Rc::new(vm) }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.vm.on_response(token_id, body_size);
+    }
+}
+
+fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::getrandom(&mut seed).is_err() {
+        log(LogLevel::Warn, "missiongate: no random source; seeding from the clock");
+        let t = hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        for (i, b) in t.to_le_bytes().iter().enumerate() {
+            if let Some(s) = seed.get_mut(i) {
+                *s = *b;
+            }
+        }
+    }
+    seed
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                log(LogLevel::Critical, "invalid missiongate config: (root): configuration is empty");
+                return false;
+            }
+            Err(e) => {
+                log(LogLevel::Critical, &format!("missiongate: cannot read configuration: {e:?}"));
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(LogLevel::Critical, &e.to_string());
+                return false;
+            }
+        };
+        self.vm.evidence_log.set(Some(config.evidence_log));
+        let mut metrics = HashMap::new();
+        let names = ALL_REASONS
+            .iter()
+            .map(|r| format!("decision.{}", r.as_str()))
+            .chain(ALL_STATS.iter().map(|s| s.as_str().to_owned()));
+        for name in names {
+            match hostcalls::define_metric(MetricType::Counter, &format!("{METRIC_PREFIX}{name}")) {
+                Ok(id) => {
+                    metrics.insert(name, id);
+                }
+                Err(e) => log(LogLevel::Warn, &format!("missiongate: define_metric {name}: {e:?}")),
+            }
+        }
+        *self.vm.metrics.borrow_mut() = metrics;
+        *self.vm.engine.borrow_mut() = Some(Engine::new(Rc::new(config), seed()));
+        if let Err(e) = hostcalls::set_tick_period(TICK) {
+            log(LogLevel::Critical, &format!("missiongate: set_tick_period failed: {e:?}"));
+            return false;
+        }
+        // Load remote keys and start event polls at once rather than on the first tick.
+        self.vm.tick();
+        log(LogLevel::Info, "missiongate: configured");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.vm.tick();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { id: context_id, vm: Rc::clone(&self.vm), waiting: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    id: u32,
+    vm: Rc<Vm>,
+    waiting: bool,
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.vm.on_response(token_id, body_size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.vm.forget(self.id);
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+            Ok(h) => h,
+            Err(e) => {
+                log(LogLevel::Error, &format!("missiongate: cannot read request headers: {e:?}"));
+                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                return Action::Pause;
+            }
+        };
+        if self.vm.run(self.id, headers, Attempts::default()) {
+            Action::Continue
+        } else {
+            self.waiting = true;
+            Action::Pause
+        }
+    }
+}

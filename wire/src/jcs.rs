@@ -1,1 +1,603 @@
-//! RFC 8785 JCS (being written).
+//! RFC 8785 JSON Canonicalization Scheme (JCS) over strict I-JSON (RFC 7493) input.
+//!
+//! Two halves:
+//!
+//! * [`parse_ijson`] parses bytes into a [`serde_json::Value`] and refuses everything I-JSON forbids
+//!   that `serde_json` would otherwise accept or report vaguely: invalid UTF-8, duplicate member names
+//!   (at any depth), lone surrogates, noncharacters, numbers that are not finite binary64, trailing
+//!   data, and nesting deeper than [`MAX_DEPTH`]. It never panics and its recursion is bounded, so a
+//!   hostile body cannot overflow the stack of the Wasm filter.
+//! * [`canonicalize`] / [`canonicalize_into`] write the JCS form: members sorted by UTF-16 code units,
+//!   numbers as ECMAScript `Number.prototype.toString`, strings escaped minimally, no whitespace. The
+//!   writer is iterative (no recursion on the value's depth) and copies unescaped string runs in bulk.
+//!
+//! JCS is not "serde_json with sorted keys": `serde_json` sorts by UTF-8 bytes and prints floats its own
+//! way (`1e21` as `1e21`, ECMAScript as `1e+21`).
+
+use core::cell::Cell;
+use core::cmp::Ordering;
+use core::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
+
+/// Deepest nesting of arrays and objects [`parse_ijson`] accepts (the top-level container is depth 1).
+///
+/// Below `serde_json`'s own limit of 127, so this crate's check is the one that fires, and small enough
+/// that parsing stays far from the 1 MiB stack of a `wasm32-wasip1` module.
+pub const MAX_DEPTH: usize = 100;
+
+/// Why bytes are not I-JSON (RFC 7493), and so cannot be canonicalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IJsonError {
+    /// The input is not well-formed UTF-8 (RFC 7493 §2.1).
+    InvalidUtf8,
+    /// An object has two members with this name (RFC 7493 §2.3). Also used for a header named twice in
+    /// a parameter object.
+    DuplicateMember(String),
+    /// A `\u` escape encodes a surrogate that is not part of a valid pair (RFC 7493 §2.1).
+    LoneSurrogate,
+    /// A string or member name contains a Unicode noncharacter such as U+FFFF (RFC 7493 §2.1).
+    Noncharacter,
+    /// A number's magnitude is beyond IEEE-754 binary64 (for example `1e400`) (RFC 7493 §2.2).
+    NumberOutOfRange,
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// Something other than whitespace follows the JSON text.
+    TrailingData,
+    /// Not JSON at all; the message says where.
+    Syntax(String),
+}
+
+impl fmt::Display for IJsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUtf8 => f.write_str("not I-JSON: invalid UTF-8"),
+            Self::DuplicateMember(name) => write!(f, "not I-JSON: duplicate member name {name:?}"),
+            Self::LoneSurrogate => f.write_str("not I-JSON: lone surrogate in \\u escape"),
+            Self::Noncharacter => f.write_str("not I-JSON: Unicode noncharacter in a string"),
+            Self::NumberOutOfRange => {
+                f.write_str("not I-JSON: number is not a finite IEEE-754 binary64 value")
+            }
+            Self::TooDeep => write!(f, "not I-JSON: nesting deeper than {MAX_DEPTH}"),
+            Self::TrailingData => f.write_str("not JSON: data after the JSON text"),
+            Self::Syntax(msg) => write!(f, "not JSON: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for IJsonError {}
+
+// ---------------------------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------------------------
+
+/// Parse `bytes` as strict I-JSON (RFC 7493) into a [`Value`].
+///
+/// Integers that fit `u64`/`i64` stay integers in the `Value`; [`canonicalize`] prints them through
+/// their binary64 value, as ECMAScript would. Larger integers and all other numbers become `f64`
+/// (correctly rounded; underflow such as `1e-400` rounds to `0` as in ECMAScript's `JSON.parse`).
+///
+/// A leading byte order mark is refused (RFC 8259 §8.1 allows parsers to do so).
+pub fn parse_ijson(bytes: &[u8]) -> Result<Value, IJsonError> {
+    let text = core::str::from_utf8(bytes).map_err(|_| IJsonError::InvalidUtf8)?;
+    let fault = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = ValueSeed {
+        depth: 0,
+        fault: &fault,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))
+}
+
+/// Map a `serde_json` error to the I-JSON rule it reports.
+///
+/// `serde_json` does not expose its error codes, so this matches the (stable, tested) messages.
+fn classify(err: &serde_json::Error) -> IJsonError {
+    let msg = err.to_string();
+    let starts = |p: &str| msg.starts_with(p);
+    if starts("lone leading surrogate") || starts("unexpected end of hex escape") {
+        IJsonError::LoneSurrogate
+    } else if starts("number out of range") {
+        IJsonError::NumberOutOfRange
+    } else if starts("recursion limit exceeded") {
+        IJsonError::TooDeep
+    } else if starts("trailing characters") {
+        IJsonError::TrailingData
+    } else if starts("invalid unicode code point") {
+        IJsonError::InvalidUtf8
+    } else {
+        IJsonError::Syntax(msg)
+    }
+}
+
+/// `true` for U+FDD0..=U+FDEF and the last two code points of every plane.
+fn is_noncharacter(c: char) -> bool {
+    let n = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&n) || (n & 0xFFFE) == 0xFFFE
+}
+
+fn check_chars(s: &str) -> Result<(), IJsonError> {
+    // Every noncharacter is encoded in UTF-8 starting with 0xEF or 0xF0..=0xF4: skip the decode
+    // unless such a byte is present (it rarely is).
+    if s.bytes().any(|b| b >= 0xEF) && s.chars().any(is_noncharacter) {
+        return Err(IJsonError::Noncharacter);
+    }
+    Ok(())
+}
+
+/// Deserializes one JSON value at `depth`, recording I-JSON faults in `fault`.
+#[derive(Clone, Copy)]
+struct ValueSeed<'f> {
+    depth: usize,
+    fault: &'f Cell<Option<IJsonError>>,
+}
+
+impl<'f> ValueSeed<'f> {
+    fn fail<E: serde::de::Error>(&self, fault: IJsonError) -> E {
+        let err = E::custom(&fault);
+        self.fault.set(Some(fault));
+        err
+    }
+
+    fn enter<E: serde::de::Error>(&self) -> Result<ValueSeed<'f>, E> {
+        let depth = self.depth.saturating_add(1);
+        if depth > MAX_DEPTH {
+            return Err(self.fail(IJsonError::TooDeep));
+        }
+        Ok(ValueSeed {
+            depth,
+            fault: self.fault,
+        })
+    }
+
+    fn string<E: serde::de::Error>(&self, s: String) -> Result<String, E> {
+        check_chars(&s).map_err(|f| self.fail(f))?;
+        Ok(s)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        match Number::from_f64(v) {
+            Some(n) => Ok(Value::Number(n)),
+            None => Err(self.fail(IJsonError::NumberOutOfRange)),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        check_chars(v).map_err(|f| self.fail(f))?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(self.string(v)?))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let name = inner.string(name)?;
+            match members.entry(name) {
+                Entry::Occupied(slot) => {
+                    let dup = IJsonError::DuplicateMember(slot.key().clone());
+                    return Err(inner.fail(dup));
+                }
+                Entry::Vacant(slot) => {
+                    let value = map.next_value_seed(inner)?;
+                    slot.insert(value);
+                }
+            }
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Serialization
+// ---------------------------------------------------------------------------------------------------
+
+/// The RFC 8785 canonical form of `value`.
+pub fn canonicalize(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    canonicalize_into(value, &mut out);
+    out
+}
+
+/// Parse strict I-JSON and return its canonical form.
+pub fn canonicalize_ijson(bytes: &[u8]) -> Result<Vec<u8>, IJsonError> {
+    let value = parse_ijson(bytes)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    canonicalize_into(&value, &mut out);
+    Ok(out)
+}
+
+/// Members of one object, in UTF-16 order.
+enum Members<'a> {
+    /// The map already iterates in UTF-16 order (the usual case: `serde_json`'s `BTreeMap` order is
+    /// code-point order, which differs only for names mixing U+E000..U+FFFF and non-BMP characters).
+    InOrder(serde_json::map::Iter<'a>),
+    Sorted(std::vec::IntoIter<(&'a String, &'a Value)>),
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a String, &'a Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::InOrder(it) => it.next(),
+            Self::Sorted(it) => it.next(),
+        }
+    }
+}
+
+fn members(map: &Map<String, Value>) -> Members<'_> {
+    let mut prev: Option<&str> = None;
+    let in_order = map.keys().all(|k| {
+        let ok = prev.is_none_or(|p| cmp_utf16(p, k) == Ordering::Less);
+        prev = Some(k);
+        ok
+    });
+    if in_order {
+        Members::InOrder(map.iter())
+    } else {
+        let mut sorted: Vec<(&String, &Value)> = map.iter().collect();
+        sorted.sort_unstable_by(|a, b| cmp_utf16(a.0, b.0));
+        Members::Sorted(sorted.into_iter())
+    }
+}
+
+enum Frame<'a> {
+    Array(core::slice::Iter<'a, Value>, bool),
+    Object(Members<'a>, bool),
+}
+
+/// Append the RFC 8785 canonical form of `value` to `out`.
+///
+/// Iterative: the depth of `value` costs heap (one small frame per open container), never stack.
+/// Non-finite numbers cannot be held by a `serde_json::Value` built with this crate's features; should
+/// one appear anyway it is written as `null`, as ECMAScript's `JSON.stringify` does.
+pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut next = Some(value);
+    loop {
+        if let Some(v) = next.take() {
+            match v {
+                Value::Null => out.extend_from_slice(b"null"),
+                Value::Bool(true) => out.extend_from_slice(b"true"),
+                Value::Bool(false) => out.extend_from_slice(b"false"),
+                Value::Number(n) => write_number(out, n),
+                Value::String(s) => write_string(out, s),
+                Value::Array(items) => {
+                    out.push(b'[');
+                    stack.push(Frame::Array(items.iter(), true));
+                }
+                Value::Object(map) => {
+                    out.push(b'{');
+                    stack.push(Frame::Object(members(map), true));
+                }
+            }
+        }
+        let Some(top) = stack.last_mut() else {
+            break;
+        };
+        let close = match top {
+            Frame::Array(items, first) => match items.next() {
+                Some(item) => {
+                    if !core::mem::replace(first, false) {
+                        out.push(b',');
+                    }
+                    next = Some(item);
+                    None
+                }
+                None => Some(b']'),
+            },
+            Frame::Object(members, first) => match members.next() {
+                Some((name, item)) => {
+                    if !core::mem::replace(first, false) {
+                        out.push(b',');
+                    }
+                    write_string(out, name);
+                    out.push(b':');
+                    next = Some(item);
+                    None
+                }
+                None => Some(b'}'),
+            },
+        };
+        if let Some(c) = close {
+            out.push(c);
+            stack.pop();
+        }
+    }
+}
+
+/// Compare two strings by their UTF-16 code units (RFC 8785 §3.2.3), without transcoding.
+///
+/// UTF-8 byte order is code-point order, which agrees with UTF-16 order except between U+E000..U+FFFF
+/// (UTF-8 lead byte 0xEE/0xEF, one UTF-16 unit 0xE000..) and non-BMP characters (lead 0xF0..0xF4,
+/// surrogate units 0xD800..): there UTF-16 puts the non-BMP character first.
+pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    for (&x, &y) in a.as_bytes().iter().zip(b.as_bytes()) {
+        if x != y {
+            // The first differing byte lies in the first differing character, at the same offset in
+            // both. If it is a continuation byte the lead bytes agree, and so do the orders.
+            let upper_bmp = |c: u8| c == 0xEE || c == 0xEF;
+            let non_bmp = |c: u8| c >= 0xF0;
+            return if (upper_bmp(x) && non_bmp(y)) || (non_bmp(x) && upper_bmp(y)) {
+                y.cmp(&x)
+            } else {
+                x.cmp(&y)
+            };
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// Append `n` as ECMAScript `Number.prototype.toString` prints its binary64 value (RFC 8785 §3.2.2.3).
+///
+/// Integers held as `u64`/`i64` are first rounded to binary64, as ECMAScript would have parsed them.
+pub fn write_number(out: &mut Vec<u8>, n: &Number) {
+    #[allow(clippy::cast_precision_loss)]
+    let f = if let Some(u) = n.as_u64() {
+        u as f64
+    } else if let Some(i) = n.as_i64() {
+        i as f64
+    } else {
+        n.as_f64().unwrap_or(f64::NAN)
+    };
+    write_f64(out, f);
+}
+
+/// Append `f` as ECMAScript `Number.prototype.toString` prints it (`-0` as `0`); non-finite as `null`.
+pub fn write_f64(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        let mut buf = ryu_js::Buffer::new();
+        out.extend_from_slice(buf.format_finite(f).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Append `s` as a JSON string escaped per RFC 8785 §3.2.2.2: only `"`, `\` and U+0000..U+001F are
+/// escaped (`\b \t \n \f \r` in short form, the rest as lower-case `\u00xx`); all else is raw UTF-8.
+pub fn write_string(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len().saturating_add(2));
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x09 => b"\\t",
+            0x0A => b"\\n",
+            0x0C => b"\\f",
+            0x0D => b"\\r",
+            0x00..=0x1F => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(hex_digit(b >> 4));
+            out.push(hex_digit(b & 0x0F));
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i.saturating_add(1);
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.push(b'"');
+}
+
+fn hex_digit(nibble: u8) -> u8 {
+    if nibble < 10 {
+        b'0'.wrapping_add(nibble)
+    } else {
+        b'a'.wrapping_add(nibble.wrapping_sub(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(text: &str) -> String {
+        String::from_utf8(canonicalize(&parse_ijson(text.as_bytes()).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn simple_values() {
+        assert_eq!(canon("null"), "null");
+        assert_eq!(canon(" true "), "true");
+        assert_eq!(
+            canon("[false, 1, -1, 1.5, \"x\"]"),
+            r#"[false,1,-1,1.5,"x"]"#
+        );
+        assert_eq!(canon("{}"), "{}");
+        assert_eq!(canon("[]"), "[]");
+        assert_eq!(canon("[[],{},[[]]]"), "[[],{},[[]]]");
+        assert_eq!(
+            canon(r#"{"b":[1,{"d":1,"c":2}],"a":{}}"#),
+            r#"{"a":{},"b":[1,{"c":2,"d":1}]}"#
+        );
+    }
+
+    #[test]
+    fn numbers_print_like_ecmascript() {
+        assert_eq!(
+            canon("[-0, -0.0, 0e5, 10.0, 1e21, 1e20, 1e-7, 1e-6, 100e-9]"),
+            "[0,0,0,10,1e+21,100000000000000000000,1e-7,0.000001,1e-7]"
+        );
+        // u64/i64 integers are printed through their binary64 value.
+        assert_eq!(
+            canon("[9007199254740993, 18446744073709551615, -9223372036854775808]"),
+            "[9007199254740992,18446744073709552000,-9223372036854776000]"
+        );
+        let mut out = Vec::new();
+        write_number(&mut out, &Number::from_f64(1e21).unwrap());
+        write_f64(&mut out, f64::NAN);
+        assert_eq!(out, b"1e+21null");
+    }
+
+    #[test]
+    fn strings_escape_minimally() {
+        let mut out = Vec::new();
+        write_string(
+            &mut out,
+            "a\"b\\c\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}/é😀",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\\"b\\\\c\\b\\t\\n\\f\\r\\u0000\\u001f\u{7f}\u{2028}/é😀\""
+        );
+    }
+
+    #[test]
+    fn utf16_order() {
+        let names = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "\u{7f}",
+            "\u{80}",
+            "\u{d7ff}",
+            "\u{e000}",
+            "\u{ffff}",
+            "\u{10000}",
+            "\u{1f600}",
+            "\u{10ffff}",
+            "\u{fb33}",
+            "\u{20ac}",
+            "a\u{ffff}",
+            "a\u{10000}",
+        ];
+        for a in names {
+            for b in names {
+                let want = a.encode_utf16().cmp(b.encode_utf16());
+                assert_eq!(cmp_utf16(a, b), want, "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_bmp_names_sort_before_upper_bmp() {
+        assert_eq!(
+            canon("{\"\u{fb33}\":1,\"\u{1f600}\":2,\"\u{20ac}\":3}"),
+            "{\"\u{20ac}\":3,\"\u{1f600}\":2,\"\u{fb33}\":1}"
+        );
+    }
+
+    #[test]
+    fn rejects() {
+        let err = |t: &[u8]| parse_ijson(t).unwrap_err();
+        assert_eq!(
+            err(br#"{"a":1,"a":2}"#),
+            IJsonError::DuplicateMember("a".into())
+        );
+        assert_eq!(
+            err(br#"[{"x":{"a":1,"b":{},"a":2}}]"#),
+            IJsonError::DuplicateMember("a".into())
+        );
+        // The same name spelled with an escape is still the same name.
+        assert_eq!(
+            err(br#"{"a":1,"\u0061":2}"#),
+            IJsonError::DuplicateMember("a".into())
+        );
+        assert_eq!(err(b"\"\xff\""), IJsonError::InvalidUtf8);
+        assert_eq!(err(br#""\ud800""#), IJsonError::LoneSurrogate);
+        assert_eq!(err(br#""\udc00""#), IJsonError::LoneSurrogate);
+        assert_eq!(err(br#"{"\ud800x":1}"#), IJsonError::LoneSurrogate);
+        assert_eq!(err(br#""\ud800\u0041""#), IJsonError::LoneSurrogate);
+        assert_eq!(err(br#""\ud800\ud800""#), IJsonError::LoneSurrogate);
+        assert_eq!(err(br#""\uffff""#), IJsonError::Noncharacter);
+        assert_eq!(err("{\"\u{fdd0}\":1}".as_bytes()), IJsonError::Noncharacter);
+        assert_eq!(err(br#""\udbff\udfff""#), IJsonError::Noncharacter);
+        assert_eq!(err(b"1e400"), IJsonError::NumberOutOfRange);
+        assert_eq!(err(b"[-1e400]"), IJsonError::NumberOutOfRange);
+        assert_eq!(err(b"{} x"), IJsonError::TrailingData);
+        assert_eq!(err(b"{}{}"), IJsonError::TrailingData);
+        assert!(matches!(err(b""), IJsonError::Syntax(_)));
+        assert!(matches!(err(b"{'a':1}"), IJsonError::Syntax(_)));
+        assert!(matches!(err(b"[1,]"), IJsonError::Syntax(_)));
+        assert!(matches!(err(b"NaN"), IJsonError::Syntax(_)));
+        assert!(matches!(err(b"\xef\xbb\xbf{}"), IJsonError::Syntax(_)));
+        assert!(matches!(err(b"\"\x01\""), IJsonError::Syntax(_)));
+    }
+
+    #[test]
+    fn depth_limit() {
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(parse_ijson(ok.as_bytes()).is_ok());
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+        let deep = r#"{"a":"#.repeat(MAX_DEPTH + 1) + "1" + &"}".repeat(MAX_DEPTH + 1);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+    }
+
+    #[test]
+    fn canonicalize_deep_value_without_recursion() {
+        // Built by hand, deeper than any parser would allow.
+        let mut v = Value::Null;
+        for _ in 0..100_000 {
+            v = Value::Array(vec![v]);
+        }
+        let out = canonicalize(&v);
+        assert_eq!(out.len(), 200_004);
+        // Dropping a value this deep recurses inside serde_json; unwind it by hand.
+        let mut cur = v;
+        while let Value::Array(mut items) = cur {
+            cur = items.pop().unwrap_or(Value::Null);
+        }
+    }
+}

@@ -60,7 +60,7 @@ pub struct Attempts {
 }
 
 /// What the engine needs before it can decide.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Need {
     /// Fetch the issuer's JWKS.
     Keys(usize),

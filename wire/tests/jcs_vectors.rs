@@ -1,0 +1,644 @@
+//! JCS and digest vectors: SPEC §6, standards.md §3.4/§3.9, RFC 8785 (§3.2.2, §3.2.3, Appendix B),
+//! the RFC 8785 reference implementation's test data, and ECMAScript-generated number tables.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use missiongate_wire::digest::{
+    self, envelope_canonical, envelope_hash, parameter_digest, parse_prefixed_digest,
+    prefixed_digest_of_canonical, sha256_b64, ParameterObject, SHA256_PREFIX,
+};
+use missiongate_wire::jcs::{canonicalize, canonicalize_ijson, parse_ijson, IJsonError, MAX_DEPTH};
+use serde_json::{json, Value};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+fn canon_str(text: &str) -> String {
+    String::from_utf8(canonicalize_ijson(text.as_bytes()).unwrap()).unwrap()
+}
+
+fn hdrs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// SPEC §6 vectors
+// ------------------------------------------------------------------------------------------------
+
+const PAYMENTS: &str = "https://api.partner.example/v1/payments";
+const V2_CANONICAL: &str = r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#;
+const V2_DIGEST: &str = "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE";
+
+fn check(got: (String, Vec<u8>), canonical: &str, digest: &str) {
+    assert_eq!(String::from_utf8(got.1).unwrap(), canonical);
+    assert_eq!(got.0, digest);
+}
+
+#[test]
+fn spec_v1_get_no_body() {
+    let got = parameter_digest(
+        "GET",
+        "https://api.partner.example/v1/invoices?status=open&limit=10",
+        None,
+        None,
+    )
+    .unwrap();
+    check(
+        got,
+        r#"{"method":"GET","target":"https://api.partner.example/v1/invoices?status=open&limit=10"}"#,
+        "sha-256:oZaAtCgeL4f6PCVrFBIdLpEJpdO9JQz4DwZ76Slp5XY",
+    );
+}
+
+#[test]
+fn spec_v2_post_json_body() {
+    let body = br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
+    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    check(got, V2_CANONICAL, V2_DIGEST);
+    // Lower-case method, a +json type with parameters: same object.
+    let got = parameter_digest(
+        "post",
+        PAYMENTS,
+        None,
+        Some(("Application/Vnd.Pay+JSON; charset=UTF-8", body)),
+    )
+    .unwrap();
+    check(got, V2_CANONICAL, V2_DIGEST);
+    // Via a generic Value, too.
+    let obj = json!({"method": "POST", "target": PAYMENTS,
+        "body": {"amount": "423.50", "currency": "USD", "to": "acct_123"}});
+    assert_eq!(String::from_utf8(canonicalize(&obj)).unwrap(), V2_CANONICAL);
+    assert_eq!(prefixed_digest_of_canonical(&obj), V2_DIGEST);
+}
+
+#[test]
+fn spec_v3_same_body_reformatted() {
+    let body = b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
+    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    check(got, V2_CANONICAL, V2_DIGEST);
+    // Escapes that decode to the same strings change nothing either.
+    let body = br#"{"to":"acct\u005f123","currency":"\u0055SD","amount":"423.50"}"#;
+    let got = parameter_digest(
+        "POST",
+        PAYMENTS,
+        None,
+        Some(("application/json; charset=utf-8", body)),
+    )
+    .unwrap();
+    check(got, V2_CANONICAL, V2_DIGEST);
+}
+
+#[test]
+fn spec_v4_changed_amount_differs() {
+    let body = br#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#;
+    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    assert_ne!(got.0, V2_DIGEST);
+    check(
+        got,
+        r#"{"body":{"amount":"4235.00","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
+        "sha-256:CISb-uEWNxfSZHWX_m_MNKSEYB-0cjSpO3_aVwWd_MM",
+    );
+}
+
+#[test]
+fn spec_v7_text_plain_body() {
+    let body = b"hello, partner";
+    assert_eq!(body.len(), 14);
+    assert_eq!(
+        sha256_b64(body),
+        "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"
+    );
+    let got = parameter_digest(
+        "POST",
+        "https://api.partner.example/upload",
+        None,
+        Some(("text/plain", body)),
+    )
+    .unwrap();
+    check(
+        got,
+        r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#,
+        "sha-256:Vgo3LeaeAnsM_tdsWBm1dv7B5QTq6bn2Y6OQH9p4f1A",
+    );
+}
+
+#[test]
+fn spec_v9_effect_bearing_header() {
+    let h = hdrs(&[("Idempotency-Key", "k-42")]);
+    let got = parameter_digest(
+        "POST",
+        PAYMENTS,
+        Some(&h),
+        Some(("application/json", br#"{"amount":"1.00"}"#)),
+    )
+    .unwrap();
+    check(
+        got,
+        r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
+        "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY",
+    );
+    // The struct API gives the same.
+    let p = ParameterObject::from_request(
+        "POST",
+        PAYMENTS,
+        Some(&h),
+        Some(("application/json", br#"{"amount":"1.00"}"#)),
+    )
+    .unwrap();
+    assert_eq!(
+        p.digest(),
+        "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY"
+    );
+}
+
+#[test]
+fn spec_non_ijson_body_is_unbindable() {
+    let cases: [(&[u8], IJsonError); 5] = [
+        (
+            br#"{"amount":"1.00","amount":"9999.00"}"#,
+            IJsonError::DuplicateMember("amount".into()),
+        ),
+        (b"{\"to\":\"acct\xff\"}", IJsonError::InvalidUtf8),
+        (br#"{"to":"\ud800"}"#, IJsonError::LoneSurrogate),
+        (br#"{"amount":1e400}"#, IJsonError::NumberOutOfRange),
+        (
+            br#"{"amount":"1.00"} {"amount":"2.00"}"#,
+            IJsonError::TrailingData,
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(
+            parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))),
+            Err(want)
+        );
+        // The same bytes under a non-JSON type are bound by their hash.
+        assert!(parameter_digest(
+            "POST",
+            PAYMENTS,
+            None,
+            Some(("application/octet-stream", body))
+        )
+        .is_ok());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// standards.md §3.4 envelope anchors and §3.9 canonical-object digest
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn standards_intent_hash() {
+    let value = json!({"goal": "Reconcile Q3 invoices", "resources": ["https://erp.example.com"],
+        "expires_at": "2026-12-31T23:59:59Z"});
+    assert_eq!(
+        String::from_utf8(envelope_canonical(
+            digest::TYP_MISSION_INTENT,
+            "https://as.example.com",
+            &value
+        ))
+        .unwrap(),
+        r#"{"iss":"https://as.example.com","typ":"mission-intent","value":{"expires_at":"2026-12-31T23:59:59Z","goal":"Reconcile Q3 invoices","resources":["https://erp.example.com"]}}"#
+    );
+    assert_eq!(
+        envelope_hash("mission-intent", "https://as.example.com", &value),
+        "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ"
+    );
+    // Same as canonicalizing the envelope as a generic value.
+    let env = json!({"typ": "mission-intent", "iss": "https://as.example.com", "value": value});
+    assert_eq!(
+        prefixed_digest_of_canonical(&env),
+        "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ"
+    );
+}
+
+#[test]
+fn standards_authority_hash() {
+    // Written in a non-canonical member order on purpose.
+    let value = parse_ijson(br#"[
+        {"type":"mission_resource_access","resource":"https://erp.example.com","actions":["invoices.read"]},
+        {"type":"mission_resource_access","resource":"https://erp.example.com","actions":["journal-entries.write"],
+         "constraints":{"max_amount":{"currency":"USD","amount":"500.00"}}}
+    ]"#)
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(envelope_canonical(
+            digest::TYP_MISSION_AUTHORITY_SET,
+            "https://as.example.com",
+            &value
+        ))
+        .unwrap(),
+        r#"{"iss":"https://as.example.com","typ":"mission-authority-set","value":[{"actions":["invoices.read"],"resource":"https://erp.example.com","type":"mission_resource_access"},{"actions":["journal-entries.write"],"constraints":{"max_amount":{"amount":"500.00","currency":"USD"}},"resource":"https://erp.example.com","type":"mission_resource_access"}]}"#
+    );
+    assert_eq!(
+        envelope_hash("mission-authority-set", "https://as.example.com", &value),
+        "sha-256:vUCCfjGulit9u0qJ0Z6pQSNerZtXMqRlfJNCr4PzLro"
+    );
+}
+
+#[test]
+fn standards_runtime_worked_vector() {
+    let v =
+        parse_ijson(br#"{"source_invoice_id":"inv_2026Q3_842","amount_usd":"423.50"}"#).unwrap();
+    assert_eq!(
+        canonicalize(&v),
+        br#"{"amount_usd":"423.50","source_invoice_id":"inv_2026Q3_842"}"#
+    );
+    assert_eq!(
+        prefixed_digest_of_canonical(&v),
+        "sha-256:WPVi6EnQ7H9Fh-qk9ADxmTg8zruOdVUX1esl-v3TfCI"
+    );
+}
+
+#[test]
+fn prefixed_digests_round_trip() {
+    for d in [
+        V2_DIGEST,
+        "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ",
+    ] {
+        let h = parse_prefixed_digest(d).unwrap();
+        assert_eq!(digest::format_prefixed(&h), d);
+    }
+    assert!(V2_DIGEST.starts_with(SHA256_PREFIX));
+    assert_eq!(
+        parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha256:")),
+        None
+    );
+    assert_eq!(
+        parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha-384:")),
+        None
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// RFC 8785
+// ------------------------------------------------------------------------------------------------
+
+/// RFC 8785 Appendix B (the NaN and Infinity rows are not serializable and are left out).
+const APPENDIX_B: &[(u64, &str)] = &[
+    (0x0000000000000000, "0"),
+    (0x8000000000000000, "0"),
+    (0x0000000000000001, "5e-324"),
+    (0x8000000000000001, "-5e-324"),
+    (0x7fefffffffffffff, "1.7976931348623157e+308"),
+    (0xffefffffffffffff, "-1.7976931348623157e+308"),
+    (0x4340000000000000, "9007199254740992"),
+    (0xc340000000000000, "-9007199254740992"),
+    (0x4430000000000000, "295147905179352830000"),
+    (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+    (0x44b52d02c7e14af6, "1e+23"),
+    (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+    (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+    (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+    (0x444b1ae4d6e2ef50, "1e+21"),
+    (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+    (0x3eb0c6f7a0b5ed8d, "0.000001"),
+    (0x41b3de4355555553, "333333333.3333332"),
+    (0x41b3de4355555554, "333333333.33333325"),
+    (0x41b3de4355555555, "333333333.3333333"),
+    (0x41b3de4355555556, "333333333.3333334"),
+    (0x41b3de4355555557, "333333333.33333343"),
+    (0xbecbf647612f3696, "-0.0000033333333333333333"),
+    (0x43143ff3c1cb0959, "1424953923781206.2"),
+];
+
+fn number_text(f: f64) -> String {
+    let mut out = Vec::new();
+    missiongate_wire::jcs::write_f64(&mut out, f);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn rfc8785_appendix_b_numbers() {
+    for &(bits, want) in APPENDIX_B {
+        let f = f64::from_bits(bits);
+        assert_eq!(number_text(f), want, "{bits:016x}");
+        // Through a Value, and back through the parser.
+        let v = Value::from(f);
+        assert_eq!(
+            String::from_utf8(canonicalize(&v)).unwrap(),
+            want,
+            "{bits:016x}"
+        );
+        let reparsed = parse_ijson(want.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(canonicalize(&reparsed)).unwrap(),
+            want,
+            "{bits:016x}"
+        );
+        assert_eq!(
+            reparsed.as_f64().unwrap().to_bits() & !(1 << 63),
+            bits & !(1 << 63),
+            "{bits:016x}"
+        );
+    }
+    assert_eq!(number_text(f64::NAN), "null");
+    assert_eq!(number_text(f64::INFINITY), "null");
+}
+
+/// RFC 8785 §3.2.2: the example document and its canonical form (also given in hex there).
+#[test]
+fn rfc8785_section_3_2_2_example() {
+    let input = r#"{
+  "numbers": [333333333.33333329, 1E30, 4.50,
+              2e-3, 0.000000000000000000000000001],
+  "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+  "literals": [null, true, false]
+}"#;
+    let expected_hex = "\
+        7b 22 6c 69 74 65 72 61 6c 73 22 3a 5b 6e 75 6c 6c 2c 74 72 \
+        75 65 2c 66 61 6c 73 65 5d 2c 22 6e 75 6d 62 65 72 73 22 3a \
+        5b 33 33 33 33 33 33 33 33 33 2e 33 33 33 33 33 33 33 2c 31 \
+        65 2b 33 30 2c 34 2e 35 2c 30 2e 30 30 32 2c 31 65 2d 32 37 \
+        5d 2c 22 73 74 72 69 6e 67 22 3a 22 e2 82 ac 24 5c 75 30 30 \
+        30 66 5c 6e 41 27 42 5c 22 5c 5c 5c 5c 5c 22 2f 22 7d";
+    let expected: Vec<u8> = expected_hex
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let got = canonicalize_ijson(input.as_bytes()).unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+    );
+}
+
+/// RFC 8785 §3.2.3: sorting by UTF-16 code units, with a non-BMP name.
+#[test]
+fn rfc8785_section_3_2_3_sorting() {
+    let input = r#"{
+  "\u20ac": "Euro Sign",
+  "\r": "Carriage Return",
+  "\ufb33": "Hebrew Letter Dalet With Dagesh",
+  "1": "One",
+  "\ud83d\ude00": "Emoji: Grinning Face",
+  "\u0080": "Control",
+  "\u00f6": "Latin Small Letter O With Diaeresis"
+}"#;
+    let got = canon_str(input);
+    assert_eq!(
+        got,
+        "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\
+         \"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\
+         \"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
+    );
+    // The RFC lists the expected order of the names.
+    let v: Value = serde_json::from_str(&got).unwrap();
+    let names: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 7);
+    let order = [
+        "\r",
+        "1",
+        "\u{80}",
+        "\u{f6}",
+        "\u{20ac}",
+        "\u{1f600}",
+        "\u{fb33}",
+    ];
+    let mut pos = 0;
+    for name in order {
+        let at = got[pos..]
+            .find(&format!("\"{}\":", name.replace('\r', "\\r")))
+            .unwrap();
+        pos += at + 1;
+    }
+    // serde_json's own BTreeMap order (UTF-8 bytes) gets the last two wrong.
+    let naive = serde_json::to_string(&parse_ijson(input.as_bytes()).unwrap()).unwrap();
+    assert_ne!(naive, got);
+    // A control character as a name is escaped, U+0001 as \u0001, and sorts first.
+    assert_eq!(
+        canon_str(r#"{"1":1,"\r":2,"\u0001":3}"#),
+        r#"{"\u0001":3,"\r":2,"1":1}"#
+    );
+}
+
+/// Doubles → `Number.prototype.toString`, generated by Node.js (tests/data/gen_numbers.js).
+#[test]
+fn ecmascript_number_serialization_table() {
+    let text = std::fs::read_to_string(format!("{DATA}/es6_numbers.txt")).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let (hex, want) = line.split_once(',').unwrap();
+        let f = f64::from_bits(u64::from_str_radix(hex, 16).unwrap());
+        assert_eq!(number_text(f), want, "{hex}");
+        // The canonical text parses back to the same double (or -0 to 0).
+        let back = parse_ijson(want.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(canonicalize(&back)).unwrap(),
+            want,
+            "{hex}"
+        );
+        n += 1;
+    }
+    assert!(n > 9000, "{n}");
+}
+
+/// JSON number texts → `Number(text).toString()`, generated by Node.js: checks correct rounding of the
+/// parser (long mantissas, halfway points, extremes, integers beyond 2^53 and u64).
+#[test]
+fn ecmascript_number_parsing_table() {
+    let text = std::fs::read_to_string(format!("{DATA}/parse_numbers.txt")).unwrap();
+    let mut n = 0;
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        let (input, want) = line.split_once(',').unwrap();
+        let got = canon_str(input);
+        if got != want {
+            bad.push(format!("{input} -> {got}, want {want}"));
+        }
+        n += 1;
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {n} wrong, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(n > 4000, "{n}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// I-JSON rejections
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn rejects_duplicate_names() {
+    assert_eq!(
+        parse_ijson(br#"{"a":1,"b":2,"a":1}"#),
+        Err(IJsonError::DuplicateMember("a".into()))
+    );
+    assert_eq!(
+        parse_ijson(br#"{"x":[{"y":{"k":true,"k":false}}]}"#),
+        Err(IJsonError::DuplicateMember("k".into()))
+    );
+    assert_eq!(
+        parse_ijson("{\"\u{1f600}\":1,\"\\ud83d\\ude00\":2}".as_bytes()),
+        Err(IJsonError::DuplicateMember("\u{1f600}".into()))
+    );
+    // Same name in sibling objects is fine.
+    assert!(parse_ijson(br#"[{"a":1},{"a":2}]"#).is_ok());
+}
+
+#[test]
+fn rejects_invalid_utf8() {
+    for bad in [
+        &b"\"\xff\""[..],
+        b"\"\xc3\"",
+        b"\"\xed\xa0\x80\"",
+        b"\"\xf4\x90\x80\x80\"",
+        b"\"\xc0\xaf\"",
+        b"{\"a\xfe\":1}",
+        b"[1]\xff",
+    ] {
+        assert_eq!(parse_ijson(bad), Err(IJsonError::InvalidUtf8), "{bad:?}");
+    }
+}
+
+#[test]
+fn rejects_lone_surrogates() {
+    for bad in [
+        r#""\ud800""#,
+        r#""\uDBFF""#,
+        r#""\udc00""#,
+        r#""\uDFFF""#,
+        r#""x\ud83dy""#,
+        r#""\ude00\ud83d""#,
+        r#"{"\ud83d":1}"#,
+        r#"["\ud83d\n"]"#,
+        r#""\ud83d\u0020""#,
+    ] {
+        assert_eq!(
+            parse_ijson(bad.as_bytes()),
+            Err(IJsonError::LoneSurrogate),
+            "{bad}"
+        );
+    }
+    assert_eq!(canon_str(r#""\ud83d\ude00""#), "\"\u{1f600}\"");
+}
+
+#[test]
+fn rejects_numbers_outside_binary64() {
+    for bad in [
+        "1e400",
+        "-1e400",
+        "[1.8e308]",
+        "{\"a\":-1.7976931348623159e308}",
+        &format!("1{}", "0".repeat(400)),
+    ] {
+        assert_eq!(
+            parse_ijson(bad.as_bytes()),
+            Err(IJsonError::NumberOutOfRange),
+            "{bad}"
+        );
+    }
+    // The largest double and an underflow to zero are accepted (as ECMAScript's JSON.parse does).
+    assert_eq!(
+        canon_str("1.7976931348623157e308"),
+        "1.7976931348623157e+308"
+    );
+    assert_eq!(canon_str("[1e-400,-1e-400]"), "[0,0]");
+}
+
+#[test]
+fn rejects_trailing_garbage() {
+    for bad in [
+        "{} x",
+        "{}{}",
+        "[1] [2]",
+        "1 2",
+        "\"a\"\"b\"",
+        "null,",
+        "{}\u{0}",
+    ] {
+        assert_eq!(
+            parse_ijson(bad.as_bytes()),
+            Err(IJsonError::TrailingData),
+            "{bad:?}"
+        );
+    }
+    assert!(parse_ijson(b" \t\r\n{} \t\r\n").is_ok());
+}
+
+#[test]
+fn rejects_syntax_errors() {
+    for bad in [
+        "",
+        " ",
+        "{",
+        "[1,]",
+        "{\"a\":1,}",
+        "{'a':1}",
+        "NaN",
+        "Infinity",
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "\"\t\"",
+        "[1 2]",
+        "{\"a\" 1}",
+        "tru",
+        "\u{feff}{}",
+        "/* c */ {}",
+        "\"\\x41\"",
+    ] {
+        assert!(
+            matches!(parse_ijson(bad.as_bytes()), Err(IJsonError::Syntax(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Runs `f` on a thread with a small stack, as a Wasm module would have.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(512 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deep_nesting_is_refused_without_overflow() {
+    on_small_stack(|| {
+        let deep = "[".repeat(100_000);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+        let deep = r#"{"a":"#.repeat(100_000);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+        let deep = r#"[{"a":"#.repeat(50_000);
+        assert_eq!(parse_ijson(deep.as_bytes()), Err(IJsonError::TooDeep));
+        // The deepest accepted document parses, canonicalizes and drops on the same small stack.
+        let ok = "[{\"a\":".repeat(MAX_DEPTH / 2) + "1" + &"}]".repeat(MAX_DEPTH / 2);
+        let v = parse_ijson(ok.as_bytes()).unwrap();
+        assert_eq!(canonicalize(&v), ok.as_bytes());
+        let over = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert_eq!(parse_ijson(over.as_bytes()), Err(IJsonError::TooDeep));
+    });
+}
+
+#[test]
+fn large_body_round_trip() {
+    // ~1 MiB JSON body: parse + canonicalize + digest.
+    let mut items = Vec::new();
+    for i in 0..20_000u32 {
+        items.push(json!({"id": format!("item-{i}"), "qty": i, "price": f64::from(i) / 7.0, "note": "x\ty\u{1f600}"}));
+    }
+    let body = serde_json::to_vec(&json!({"items": items, "currency": "USD"})).unwrap();
+    assert!(body.len() > 1_000_000, "{}", body.len());
+    let (d1, c1) =
+        parameter_digest("POST", PAYMENTS, None, Some(("application/json", &body))).unwrap();
+    let pretty =
+        serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
+    let (d2, c2) =
+        parameter_digest("POST", PAYMENTS, None, Some(("application/json", &pretty))).unwrap();
+    assert_eq!(d1, d2);
+    assert_eq!(c1, c2);
+}
