@@ -278,6 +278,10 @@ impl Engine {
         let header = match req.authorization {
             Authz::Missing => return Err(Step::deny(Reason::NoCredentials, "an access token is required")),
             Authz::Multiple => return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header")),
+            // Envoy joins repeated Authorization headers with a comma, which no token contains.
+            Authz::One(h) if h.contains(',') => {
+                return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header"))
+            }
             Authz::One(h) => h,
         };
         let (scheme, token) = match header.trim().split_once(' ') {

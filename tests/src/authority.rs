@@ -1,0 +1,257 @@
+//! A stand-in state authority (JWKS + signed Mission Status) on a real hyper server, controllable
+//! by the tests: Mission states, key rotation, and failure modes (unavailable, slow, garbage, closed).
+
+use axum::extract::{Form, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::EncodePrivateKey;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the authority behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers correctly.
+    Normal,
+    /// Every endpoint answers 503.
+    Unavailable,
+    /// Every endpoint waits this long first.
+    Slow(Duration),
+    /// Status answers 200 with a body that is not a JWS; JWKS answers garbage too.
+    Garbage,
+}
+
+/// An ES256 signing key with its public JWK.
+#[derive(Clone)]
+pub struct Signer {
+    /// Key id.
+    pub kid: String,
+    enc: EncodingKey,
+    /// Public JWK.
+    pub jwk: Value,
+    /// The raw key, for tests that need to misuse its public bytes.
+    pub public_sec1: Vec<u8>,
+}
+
+impl Signer {
+    /// A fresh P-256 key.
+    pub fn new(kid: &str) -> Signer {
+        let sk = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let der = sk.to_pkcs8_der().unwrap();
+        let enc = EncodingKey::from_ec_der(der.as_bytes());
+        let point = sk.verifying_key().to_encoded_point(false);
+        let b = |x: &[u8]| missiongate_wire::b64::encode(x);
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": b(point.x().unwrap()), "y": b(point.y().unwrap()), "kid": kid, "alg": "ES256", "use": "sig"});
+        Signer { kid: kid.into(), enc, jwk, public_sec1: point.as_bytes().to_vec() }
+    }
+    /// Sign claims as a JWS with this `typ`.
+    pub fn sign(&self, typ: &str, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some(typ.into());
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
+    }
+}
+
+struct Inner {
+    issuer: String,
+    keys: Vec<Signer>,
+    missions: HashMap<String, (String, u64)>,
+    mode: Mode,
+    fresh_seconds: i64,
+    status_hits: u64,
+    jwks_hits: u64,
+}
+
+/// A running stand-in authority.
+pub struct Authority {
+    /// Port.
+    pub port: u16,
+    /// `iss` it signs with.
+    pub issuer: String,
+    inner: Arc<Mutex<Inner>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusForm {
+    mission_id: Option<String>,
+    audience: Option<String>,
+    nonce: Option<String>,
+}
+
+async fn delay(inner: &Arc<Mutex<Inner>>) -> Mode {
+    let mode = inner.lock().unwrap().mode;
+    if let Mode::Slow(d) = mode {
+        tokio::time::sleep(d).await;
+    }
+    mode
+}
+
+async fn jwks(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
+    let mode = delay(&inner).await;
+    let mut g = inner.lock().unwrap();
+    g.jwks_hits += 1;
+    match mode {
+        Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Mode::Garbage => (StatusCode::OK, "{\"keys\": 42").into_response(),
+        _ => {
+            let keys: Vec<Value> = g.keys.iter().map(|k| k.jwk.clone()).collect();
+            axum::Json(json!({ "keys": keys })).into_response()
+        }
+    }
+}
+
+async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm>) -> Response {
+    let mode = delay(&inner).await;
+    let mut g = inner.lock().unwrap();
+    g.status_hits += 1;
+    match mode {
+        Mode::Unavailable => return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Mode::Garbage => return (StatusCode::OK, "this is not a JWS {]").into_response(),
+        _ => {}
+    }
+    let (Some(id), Some(aud), Some(nonce)) = (f.mission_id, f.audience, f.nonce) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request"}))).into_response();
+    };
+    let Some((state, version)) = g.missions.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found"}))).into_response();
+    };
+    let now = crate::now();
+    let claims = json!({
+        "iss": g.issuer, "aud": aud, "nonce": nonce, "iat": now, "exp": now + 60,
+        "mission": { "id": id, "issuer": g.issuer, "state": state, "version": version,
+                     "fresh_until": missiongate_wire::time::format_rfc3339(now + g.fresh_seconds) }
+    });
+    let jws = g.keys.last().unwrap().sign("mission-status-response+jwt", &claims);
+    ([(header::CONTENT_TYPE, "application/mission-status-response+jwt"), (header::CACHE_CONTROL, "no-store")], jws).into_response()
+}
+
+impl Authority {
+    /// Start with one key on an ephemeral port.
+    pub fn start() -> Authority {
+        let port = crate::free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let inner = Arc::new(Mutex::new(Inner {
+            issuer: issuer.clone(),
+            keys: vec![Signer::new("k1")],
+            missions: HashMap::new(),
+            mode: Mode::Normal,
+            fresh_seconds: 30,
+            status_hits: 0,
+            jwks_hits: 0,
+        }));
+        let a = Authority { port, issuer, inner, task: Mutex::new(None) };
+        a.open();
+        a
+    }
+
+    /// (Re)open the listener on the same port.
+    pub fn open(&self) {
+        let app = Router::new()
+            .route("/jwks.json", get(jwks))
+            .route("/mission/status", post(status))
+            .with_state(Arc::clone(&self.inner));
+        let listener = crate::rt().block_on(async {
+            for _ in 0..50 {
+                if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("cannot rebind authority port {}", self.port)
+        });
+        let task = crate::rt().spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Close the listener: connections are refused.
+    pub fn close(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Set a Mission's state (version bumps).
+    pub fn set_mission(&self, id: &str, state: &str) {
+        let mut g = self.inner.lock().unwrap();
+        let v = g.missions.get(id).map_or(1, |(_, v)| v + 1);
+        g.missions.insert(id.into(), (state.into(), v));
+    }
+
+    /// How long status answers are fresh.
+    pub fn set_fresh_seconds(&self, s: i64) {
+        self.inner.lock().unwrap().fresh_seconds = s;
+    }
+
+    /// Set the failure mode.
+    pub fn set_mode(&self, m: Mode) {
+        self.inner.lock().unwrap().mode = m;
+    }
+
+    /// Publish a new key; it becomes the signing key. Returns it.
+    pub fn rotate(&self, kid: &str) -> Signer {
+        let s = Signer::new(kid);
+        self.inner.lock().unwrap().keys.push(s.clone());
+        s
+    }
+
+    /// The current signing key.
+    pub fn signer(&self) -> Signer {
+        self.inner.lock().unwrap().keys.last().unwrap().clone()
+    }
+
+    /// Status requests served.
+    pub fn status_hits(&self) -> u64 {
+        self.inner.lock().unwrap().status_hits
+    }
+
+    /// JWKS requests served.
+    pub fn jwks_hits(&self) -> u64 {
+        self.inner.lock().unwrap().jwks_hits
+    }
+
+    /// Default claims of a valid token for `mission_id` (active Missions need `set_mission`).
+    pub fn claims(&self, mission_id: &str) -> Value {
+        let now = crate::now();
+        json!({
+            "iss": self.issuer, "sub": "user-1", "client_id": "agent-7",
+            "aud": ["https://api.partner.example"],
+            "iat": now, "exp": now + 300, "jti": crate::rand_id("at_"),
+            "mission": { "id": mission_id, "issuer": self.issuer, "authority_hash": "sha-256:l3KvZ4mP5x0wQrR6tY2nD9bM7sX1cF8gH2vJ4kE5pNQ" },
+            "authorization_details": [
+                { "type": "mission_resource_access", "resource": "https://api.partner.example/v1",
+                  "resource_match": "prefix", "actions": ["http.get", "invoices.*"] },
+                { "type": "mission_resource_access", "resource": "https://api.partner.example/v1/payments",
+                  "actions": ["payments.create"] }
+            ]
+        })
+    }
+
+    /// Sign access-token claims with the current key (`typ: at+jwt`).
+    pub fn token(&self, claims: &Value) -> String {
+        self.signer().sign("at+jwt", claims)
+    }
+
+    /// A fresh active Mission and a valid token for it.
+    pub fn active_token(&self) -> (String, String) {
+        let id = crate::rand_id("msn_");
+        self.set_mission(&id, "active");
+        let t = self.token(&self.claims(&id));
+        (id, t)
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,176 @@
+//! Runs the real Envoy binary with the shipped config (`envoy/missiongate.yaml`), its ports and
+//! paths substituted, and the built `.wasm`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::Req;
+
+/// The Envoy binary: `$ENVOY_BIN`, else the Makefile's virtualenv.
+pub fn envoy_bin() -> PathBuf {
+    match std::env::var_os("ENVOY_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => crate::repo_root().join(".venv/bin/envoy"),
+    }
+}
+
+/// The release filter.
+pub fn wasm_path() -> PathBuf {
+    let p = crate::repo_root().join("target/wasm32-wasip1/release/missiongate_filter.wasm");
+    assert!(p.exists(), "{} is missing: run `make wasm` (make test does it)", p.display());
+    p
+}
+
+/// Options.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Worker threads.
+    pub concurrency: u32,
+    /// Keep the state-event feed in the plugin config.
+    pub events: bool,
+    /// Extra literal replacements in the rendered config (from, to).
+    pub replace: Vec<(String, String)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { concurrency: 1, events: false, replace: Vec::new() }
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    /// Egress listener port.
+    pub port: u16,
+    /// Admin port.
+    pub admin: u16,
+    /// Log file.
+    pub log: PathBuf,
+}
+
+/// Render a shipped config for the given ports.
+pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u16, opts: &Opts) -> String {
+    let text = std::fs::read_to_string(crate::repo_root().join(file)).unwrap();
+    let mut t = text
+        .replace("port_value: 10000", &format!("port_value: {listener}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("port_value: 18080", &format!("port_value: {upstream}"))
+        .replace("port_value: 18443", &format!("port_value: {authority}"))
+        .replace("127.0.0.1:18443", &format!("127.0.0.1:{authority}"))
+        .replace("filename: target/wasm32-wasip1/release/missiongate_filter.wasm", &format!("filename: {}", wasm_path().display()));
+    if !opts.events {
+        t = t
+            .lines()
+            .filter(|l| !l.contains("\"events\":"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    for (a, b) in &opts.replace {
+        assert!(t.contains(a.as_str()), "config has no {a:?} to replace");
+        t = t.replace(a.as_str(), b);
+    }
+    t
+}
+
+impl Envoy {
+    /// Start Envoy with `envoy/missiongate.yaml` in front of `upstream`, trusting `authority`.
+    pub fn start(upstream: u16, authority: u16, opts: Opts) -> Envoy {
+        let (port, admin) = (crate::free_port(), crate::free_port());
+        let yaml = render("envoy/missiongate.yaml", port, admin, upstream, authority, &opts);
+        Envoy::start_yaml(&yaml, port, admin, opts.concurrency)
+    }
+
+    /// Start Envoy with a rendered config.
+    pub fn start_yaml(yaml: &str, port: u16, admin: u16, concurrency: u32) -> Envoy {
+        let dir = crate::repo_root().join("target/e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join(format!("envoy-{port}.yaml"));
+        std::fs::write(&cfg, yaml).unwrap();
+        let log = dir.join(format!("envoy-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "warn"])
+            .args(["--component-log-level", "wasm:info"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display()));
+        let mut e = Envoy { child, port, admin, log };
+        e.wait_ready();
+        e
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("envoy exited with {st}:\n{}", self.logs());
+            }
+            if let Ok(r) = Req::new("GET", "/ready").header("Host", "admin").try_send(self.admin) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("envoy not ready after 60 s:\n{}", self.logs());
+    }
+
+    /// Everything Envoy logged.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin `/stats` text.
+    pub fn stats(&self) -> String {
+        Req::new("GET", "/stats").header("Host", "admin").send(self.admin).text()
+    }
+
+    /// A counter's value (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Wait (bounded) until the counter reaches `at_least`.
+    pub fn wait_counter(&self, name: &str, at_least: u64) -> u64 {
+        let start = Instant::now();
+        loop {
+            let v = self.counter(name);
+            if v >= at_least || start.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// True when the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `envoy --mode validate` on a rendered config; returns (ok, output).
+pub fn validate(yaml: &str) -> (bool, String) {
+    let dir = crate::repo_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!("validate-{}.yaml", crate::rand_id("")));
+    std::fs::write(&f, yaml).unwrap();
+    let out = Command::new(envoy_bin()).args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(&f).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
