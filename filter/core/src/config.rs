@@ -514,3 +514,53 @@ fn positive(v: Option<u64>, default: u64, field: &str) -> Result<u64, ConfigErro
         None => Ok(default),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_parse() {
+        for (name, text) in [
+            ("minimal", include_str!("../../examples/minimal.json")),
+            ("full", include_str!("../../examples/full.json")),
+        ] {
+            Config::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let c = Config::parse(include_str!("../../examples/full.json").as_bytes()).unwrap();
+        assert_eq!(c.evidence_log, EvidenceLog::Denials);
+        assert_eq!(c.destinations["api.partner.example"].operations.len(), 2);
+    }
+
+    #[test]
+    fn schema_lists_every_top_level_field_of_the_full_example() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../config.schema.json")).unwrap();
+        let full: serde_json::Value = serde_json::from_str(include_str!("../../examples/full.json")).unwrap();
+        for k in full.as_object().unwrap().keys() {
+            assert!(schema["properties"].get(k).is_some(), "schema lacks {k}");
+        }
+    }
+
+    fn err_of(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = include_str!("../../examples/minimal.json");
+        let e = err_of(&base.replacen("\"issuers\"", "\"allowed_algs\": [\"ES256\", \"HS256\"], \"issuers\"", 1));
+        assert_eq!(e.field, "allowed_algs[1]");
+        let e = err_of(&base.replacen("\"issuers\"", "\"allowed_algs\": [\"none\"], \"issuers\"", 1));
+        assert_eq!(e.field, "allowed_algs[0]");
+        let e = err_of(&base.replace("\"path\": \"/jwks.json\"", "\"path\": \"jwks.json\""));
+        assert_eq!(e.field, "issuers[0].jwks_uri.path");
+        let e = err_of(&base.replace("\"audience\": \"https://gateway.example\"", "\"audience\": \"\""));
+        assert_eq!(e.field, "issuers[0].mission_authority.audience");
+        let e = err_of(&base.replacen("\"issuers\"", "\"bogus\": 1, \"issuers\"", 1));
+        assert!(e.message.contains("bogus"), "{e}");
+        let e = err_of("{\"issuers\": []}");
+        assert_eq!(e.field, "issuers");
+        let e = err_of("not json");
+        assert!(e.to_string().starts_with("invalid missiongate config"));
+    }
+}

@@ -24,9 +24,24 @@ fn bad(detail: &str) -> Denial {
     Denial::new(Reason::InvalidDpopProof, detail)
 }
 
-/// Check `proof` for a request (`method`, destination `origin`, normalised `path`) that presents
-/// `token` bound to thumbprint `jkt`.
-pub fn check(cfg: &DpopConfig, proof: &str, method: &str, origin: &str, path: &str, token: &str, jkt: &str, now: i64) -> Result<CheckedProof, Denial> {
+/// The request a proof must match.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Destination origin.
+    pub origin: &'a str,
+    /// Normalised path.
+    pub path: &'a str,
+    /// The access token presented.
+    pub token: &'a str,
+    /// The token's `cnf.jkt`.
+    pub jkt: &'a str,
+}
+
+/// Check `proof` for the request in `bound`.
+pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Result<CheckedProof, Denial> {
+    let Bound { method, origin, path, token, jkt } = *bound;
     if proof.len() > MAX_PROOF_BYTES {
         return Err(bad("DPoP proof too large"));
     }

