@@ -4,6 +4,7 @@
 //! proxy-wasm dependency and takes no clock or randomness of its own: callers pass them in
 //! (the optional `sign` feature, for the portal and tests, uses the OS RNG).
 
+pub mod authzen;
 pub mod b64;
 pub mod claims;
 pub mod digest;
