@@ -88,35 +88,78 @@ struct Vm {
     evidence_log: Cell<Option<EvidenceLog>>,
 }
 
-/// Shared data as the cross-worker replay store.
+/// Single-use memory shared by every worker: Envoy shared data, sharded into buckets.
+///
+/// Envoy's shared data only compare-and-swaps keys that already exist (a set on an absent key always
+/// succeeds), so "insert if absent" cannot be done on a per-jti key without a race. Instead each key
+/// hashes to one of `BUCKETS` ledger entries created at configure time, and an insert is a
+/// read-modify-write of the ledger with CAS, retried on conflict: exactly one worker wins.
 struct SharedReplay;
+
+const BUCKETS: u64 = 64;
+const BUCKET_PREFIX: &str = "missiongate.once.";
+const MAX_CAS_RETRIES: usize = 16;
+
+fn bucket_key(key: &str) -> String {
+    // FNV-1a: stable across workers and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{BUCKET_PREFIX}{}", h % BUCKETS)
+}
+
+/// Create the ledger buckets that do not exist yet (another worker may have made them already).
+fn init_buckets() {
+    for i in 0..BUCKETS {
+        let k = format!("{BUCKET_PREFIX}{i}");
+        if let Ok((None, _)) | Err(proxy_wasm::types::Status::NotFound) = hostcalls::get_shared_data(&k) {
+            let _ = hostcalls::set_shared_data(&k, Some(b""), None);
+        }
+    }
+}
 
 impl ReplayGuard for SharedReplay {
     fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), cas)) => {
-                let exp = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(i64::MAX);
-                if exp > now {
+        if key.contains('\n') || key.contains(' ') {
+            return Err("key has a separator".into());
+        }
+        let bucket = bucket_key(key);
+        for _ in 0..MAX_CAS_RETRIES {
+            let (value, cas) = match hostcalls::get_shared_data(&bucket) {
+                Ok((Some(v), Some(cas))) if cas != 0 => (v, cas),
+                Ok(_) | Err(proxy_wasm::types::Status::NotFound) => {
+                    init_buckets();
+                    continue;
+                }
+                Err(e) => return Err(format!("{e:?}")),
+            };
+            let text = String::from_utf8_lossy(&value);
+            let mut kept = String::with_capacity(text.len() + key.len() + 24);
+            for line in text.lines() {
+                let Some((exp, k)) = line.split_once(' ') else { continue };
+                let exp: i64 = exp.parse().unwrap_or(0);
+                if exp <= now {
+                    continue; // expired: prune
+                }
+                if k == key {
                     return Ok(false);
                 }
-                // Expired entry: take it over with compare-and-swap.
-                match hostcalls::set_shared_data(key, Some(until.to_string().as_bytes()), cas) {
-                    Ok(()) => Ok(true),
-                    Err(proxy_wasm::types::Status::CasMismatch) => Ok(false),
-                    Err(e) => Err(format!("{e:?}")),
-                }
+                kept.push_str(line);
+                kept.push('\n');
             }
-            Ok((None, _)) | Err(proxy_wasm::types::Status::NotFound) => {
-                // cas = 0 means "only if absent" is not offered by the ABI; a racing writer that
-                // created the key first makes our CAS against the version we saw fail.
-                match hostcalls::set_shared_data(key, Some(until.to_string().as_bytes()), Some(0)) {
-                    Ok(()) => Ok(true),
-                    Err(proxy_wasm::types::Status::CasMismatch) => Ok(false),
-                    Err(e) => Err(format!("{e:?}")),
-                }
+            kept.push_str(&until.to_string());
+            kept.push(' ');
+            kept.push_str(key);
+            kept.push('\n');
+            match hostcalls::set_shared_data(&bucket, Some(kept.as_bytes()), Some(cas)) {
+                Ok(()) => return Ok(true),
+                Err(proxy_wasm::types::Status::CasMismatch) => continue,
+                Err(e) => return Err(format!("{e:?}")),
             }
-            Err(e) => Err(format!("{e:?}")),
         }
+        Err("shared data contention".into())
     }
 }
 
@@ -511,6 +554,7 @@ impl RootContext for Root {
             }
         }
         *self.vm.metrics.borrow_mut() = metrics;
+        init_buckets();
         *self.vm.engine.borrow_mut() = Some(Engine::new(Rc::new(config), seed()));
         if let Err(e) = hostcalls::set_tick_period(TICK) {
             log(LogLevel::Critical, &format!("missiongate: set_tick_period failed: {e:?}"));
