@@ -1,0 +1,153 @@
+//! Command line: `serve` runs the authority; `mission ...` and `keys ...` are HTTP clients of a
+//! running one (operator API).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// missiongate control plane: the reference Mission authority.
+#[derive(Debug, Parser)]
+#[command(name = "captive-portal", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Mission authority.
+    Serve(ServeArgs),
+    /// Manage Missions on a running authority.
+    #[command(subcommand)]
+    Mission(MissionCommand),
+    /// Manage signing keys on a running authority.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// SQLite database file (created if missing).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Issuer identifier: an http(s) URL without query, fragment or trailing slash.
+    #[arg(long)]
+    pub issuer: String,
+    /// Bearer token of the operator API.
+    #[arg(long, env = "MISSIONGATE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+    /// Mission Status answers are fresh for this many seconds (`fresh_until`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub status_fresh_seconds: u32,
+    /// Lifetime of access tokens.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub token_lifetime_seconds: u32,
+    /// Longest wait of a long poll on the event feed.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub longpoll_seconds: u32,
+    /// How long state events are kept (at least one hour).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(3600..))]
+    pub event_retention_seconds: u32,
+}
+
+/// Where the running authority is and how to authenticate to its operator API.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the authority.
+    #[arg(long, env = "MISSIONGATE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token of the operator API.
+    #[arg(long, env = "MISSIONGATE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+}
+
+/// `mission` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MissionCommand {
+    /// Create a Mission (pending approval); prints it with its client secret as JSON.
+    Create {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What the Mission is for.
+        #[arg(long)]
+        goal: String,
+        /// A resource URI the agent may use (repeatable); one authority entry per resource.
+        #[arg(long = "resource", required = true)]
+        resources: Vec<String>,
+        /// An action id granted on every resource (repeatable), e.g. `http.get` or `http.*`.
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// Match resources as path prefixes instead of exactly.
+        #[arg(long)]
+        prefix: bool,
+        /// Seconds until the Mission expires.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u32).range(1..))]
+        expires_in: u32,
+        /// The OAuth client (agent) of the Mission.
+        #[arg(long)]
+        client_id: String,
+    },
+    /// Approve a pending Mission.
+    Approve(IdArgs),
+    /// Reject a pending Mission.
+    Reject(IdArgs),
+    /// Suspend an active Mission.
+    Suspend(IdArgs),
+    /// Resume a suspended Mission.
+    Resume(IdArgs),
+    /// Revoke a Mission.
+    Revoke(IdArgs),
+    /// Mark a Mission completed.
+    Complete(IdArgs),
+    /// Show a Mission and its audit trail.
+    Show(IdArgs),
+    /// List Missions.
+    List {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only Missions in this state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Mint an access token for an active Mission; prints the token alone.
+    Token {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Mission id.
+        id: String,
+        /// Bind the token to this DPoP key thumbprint (`cnf.jkt`).
+        #[arg(long)]
+        dpop_jkt: Option<String>,
+    },
+}
+
+/// A Mission id and the connection.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Mission id.
+    pub id: String,
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new current signing key (the previous one stays in the JWKS while tokens it signed live).
+    Rotate {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}

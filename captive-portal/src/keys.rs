@@ -1,0 +1,157 @@
+//! The signing key ring: one current ES256 key signs everything (access tokens, Mission Status
+//! responses, SETs); retired keys stay in the JWKS until everything they signed has expired.
+//!
+//! "Everything they signed has expired" is tracked with a lease per key (`signed_until`): before a key
+//! signs something valid until `t`, the lease is extended in the database to at least `t` (with some
+//! slack, so that the write happens about once per [`LEASE_SLACK_SECONDS`], never per token). A
+//! retired key is published while its lease runs, then deleted.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde_json::{json, Value};
+
+use missiongate_wire::jose::{Alg, JwkSet, SigningKey};
+
+use crate::store::{KeyRow, Store, StoreError};
+use crate::util::{new_kid, RandomError};
+
+/// A lease is extended this far beyond what is needed, to write rarely.
+pub const LEASE_SLACK_SECONDS: i64 = 300;
+
+/// The current signing key.
+pub struct ActiveKey {
+    /// Key id.
+    pub kid: String,
+    key: SigningKey,
+    signed_until: AtomicI64,
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl ActiveKey {
+    fn from_row(row: &KeyRow) -> Result<ActiveKey, StoreError> {
+        let alg = Alg::from_name(&row.alg).ok_or_else(|| StoreError::Corrupt(format!("key {}: alg", row.kid)))?;
+        let key = SigningKey::from_secret_bytes(alg, &row.secret)
+            .map_err(|e| StoreError::Corrupt(format!("key {}: {e}", row.kid)))?;
+        Ok(ActiveKey { kid: row.kid.clone(), key, signed_until: AtomicI64::new(row.signed_until) })
+    }
+
+    /// Sign `payload` as a compact JWS with header `{"alg", "typ", "kid"}`.
+    pub fn sign(&self, typ: &str, payload: &Value) -> String {
+        let header = json!({"alg": self.key.alg().name(), "typ": typ, "kid": self.kid});
+        self.key.sign_compact(&header, payload)
+    }
+}
+
+/// Why the key ring failed.
+#[derive(Debug)]
+pub enum KeyError {
+    /// Storage.
+    Store(StoreError),
+    /// Randomness.
+    Random(RandomError),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Store(e) => e.fmt(f),
+            KeyError::Random(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl From<StoreError> for KeyError {
+    fn from(e: StoreError) -> Self {
+        KeyError::Store(e)
+    }
+}
+
+impl From<RandomError> for KeyError {
+    fn from(e: RandomError) -> Self {
+        KeyError::Random(e)
+    }
+}
+
+/// The key ring.
+#[derive(Debug)]
+pub struct KeyRing {
+    current: RwLock<Arc<ActiveKey>>,
+    rotating: tokio::sync::Mutex<()>,
+}
+
+fn fresh_row(now: i64) -> Result<KeyRow, RandomError> {
+    let key = SigningKey::generate_p256();
+    Ok(KeyRow {
+        kid: new_kid()?,
+        alg: key.alg().name().to_owned(),
+        secret: key.secret_bytes(),
+        created_at: now,
+        retired_at: None,
+        signed_until: now,
+    })
+}
+
+impl KeyRing {
+    /// Load the current key, creating the first one in an empty database.
+    pub async fn load(store: &Store, now: i64) -> Result<KeyRing, KeyError> {
+        let row = match store.current_key().await? {
+            Some(row) => row,
+            None => {
+                let row = fresh_row(now)?;
+                store.rotate_key(&row, now).await?;
+                tracing::info!(kid = %row.kid, "created the first signing key");
+                row
+            }
+        };
+        let active = ActiveKey::from_row(&row)?;
+        Ok(KeyRing { current: RwLock::new(Arc::new(active)), rotating: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The current key (no lease taken: only for reading its kid).
+    pub fn current(&self) -> Arc<ActiveKey> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The current key, with its lease extended so that it stays published until at least `until`.
+    pub async fn signer_until(&self, store: &Store, until: i64) -> Result<Arc<ActiveKey>, StoreError> {
+        let key = self.current();
+        if key.signed_until.load(Ordering::Acquire) < until {
+            let lease = until.saturating_add(LEASE_SLACK_SECONDS);
+            store.extend_key_lease(&key.kid, lease).await?;
+            key.signed_until.fetch_max(lease, Ordering::AcqRel);
+        }
+        Ok(key)
+    }
+
+    /// Make a new current key; the previous one stays published while its lease runs.
+    /// Returns (previous kid, new kid).
+    pub async fn rotate(&self, store: &Store, now: i64) -> Result<(String, String), KeyError> {
+        let _guard = self.rotating.lock().await;
+        let previous = self.current().kid.clone();
+        let row = fresh_row(now)?;
+        store.rotate_key(&row, now).await?;
+        let active = Arc::new(ActiveKey::from_row(&row)?);
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = active;
+        tracing::info!(previous_kid = %previous, kid = %row.kid, "rotated the signing key");
+        Ok((previous, row.kid))
+    }
+
+    /// The JWKS to publish at `now`: the current key first, then retired keys still leased.
+    pub async fn jwks(&self, store: &Store, now: i64) -> Result<JwkSet, StoreError> {
+        let rows = store.published_keys(now).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let active = ActiveKey::from_row(row)?;
+            keys.push(active.key.public_jwk(Some(&active.kid)));
+        }
+        Ok(JwkSet { keys })
+    }
+}
