@@ -12,6 +12,7 @@
 
 use missiongate_core::decision::Evidence;
 use missiongate_core::engine::{Callout, ALL_STATS};
+use missiongate_core::engine::{Extra, PdpAnswer};
 use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
 use missiongate_core::decision::ALL_REASONS;
 use missiongate_core::config::EvidenceLog;
@@ -52,6 +53,8 @@ enum Kind {
     Jwks(usize),
     Status(usize, String, String),
     Events(usize),
+    /// A PDP evaluation for one request (context id).
+    Pdp(u32),
 }
 
 impl Kind {
@@ -59,16 +62,34 @@ impl Kind {
         match self {
             Kind::Jwks(i) => Some(Need::Keys(*i)),
             Kind::Status(i, id, _) => Some(Need::Status(*i, id.clone())),
-            Kind::Events(_) => None,
+            Kind::Events(_) | Kind::Pdp(_) => None,
         }
     }
 }
 
-/// A request waiting for a callout.
-struct Waiter {
+/// A request the filter has not finished deciding.
+#[derive(Default)]
+struct Pending {
     headers: Vec<(String, String)>,
     attempts: Attempts,
+    body: Option<Vec<u8>>,
+    pdp: Option<PdpAnswer>,
+}
+
+/// A request waiting for a callout.
+struct Waiter {
+    pending: Pending,
     deadline: i64,
+}
+
+/// What `run` did.
+enum Ran {
+    /// Allowed: continue the request.
+    Continue,
+    /// Answered locally, or waiting for a callout.
+    Stopped,
+    /// The body is needed: buffer it, then run again with it.
+    NeedBody(Pending),
 }
 
 /// State shared by the root and HTTP contexts of one plugin in one VM.
@@ -192,39 +213,52 @@ fn request_from<'a>(headers: &'a [(String, String)]) -> Request<'a> {
 
 impl Vm {
     /// Run the engine and act on the outcome for `ctx` (which must be the effective context).
-    /// Returns true when the request may continue now.
-    fn run(&self, ctx: u32, headers: Vec<(String, String)>, attempts: Attempts) -> bool {
+    fn run(&self, ctx: u32, pending: Pending) -> Ran {
         let now = now_secs();
         let outcome = {
             let Ok(mut guard) = self.engine.try_borrow_mut() else {
                 log(LogLevel::Error, "missiongate: engine busy (re-entrant call); refusing");
                 let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
-                return false;
+                return Ran::Stopped;
             };
             let Some(engine) = guard.as_mut() else {
                 let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
-                return false;
+                return Ran::Stopped;
             };
-            let req = request_from(&headers);
-            engine.decide(&req, now, attempts, &mut SharedReplay)
+            let req = request_from(&pending.headers);
+            let extra = Extra { headers: &pending.headers, body: pending.body.as_deref(), pdp: pending.pdp.as_ref() };
+            engine.decide_full(&req, &extra, now, pending.attempts, &mut SharedReplay)
         };
         match outcome {
             Outcome::Allow(ev) => {
                 self.evidence(&ev);
-                true
+                Ran::Continue
             }
             Outcome::Deny(resp, ev) => {
                 self.evidence(&ev);
-                let hs: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                if let Err(e) = hostcalls::send_http_response(u32::from(resp.status), hs, Some(&resp.body)) {
-                    log(LogLevel::Error, &format!("missiongate: send_http_response failed: {e:?}"));
-                    let _ = hostcalls::reset_http_request();
+                send(&resp);
+                Ran::Stopped
+            }
+            Outcome::Need(Need::Body) => Ran::NeedBody(pending),
+            Outcome::Need(Need::Pdp(callout)) => {
+                match dispatch(&callout) {
+                    Ok(token) => {
+                        self.callouts.borrow_mut().insert(token, (Kind::Pdp(ctx), ctx));
+                        let deadline = now + i64::try_from(callout.timeout_ms.div_ceil(1000)).unwrap_or(1) + 2;
+                        self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
+                        Ran::Stopped
+                    }
+                    Err(e) => {
+                        log(LogLevel::Warn, &format!("missiongate: dispatch to PDP cluster {} failed: {e}", callout.cluster));
+                        let mut p = pending;
+                        p.pdp = Some(PdpAnswer { status: None, body: Vec::new() });
+                        self.run(ctx, p)
+                    }
                 }
-                false
             }
             Outcome::Need(need) => {
                 let deadline = now + self.timeout_secs(&need) + 2;
-                self.waiting.borrow_mut().insert(ctx, Waiter { headers, attempts, deadline });
+                self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
                 let first = {
                     let mut w = self.waiters.borrow_mut();
                     let list = w.entry(need.clone()).or_default();
@@ -235,7 +269,27 @@ impl Vm {
                     // Could not even dispatch: answer every waiter now.
                     self.complete_need(&need, now);
                 }
-                false
+                Ran::Stopped
+            }
+        }
+    }
+
+    /// Re-run a waiting request from another context and act on the result.
+    fn resume(&self, ctx: u32, pending: Pending) {
+        if hostcalls::set_effective_context(ctx).is_err() {
+            return; // the request is gone
+        }
+        match self.run(ctx, pending) {
+            Ran::Continue => {
+                if let Err(e) = hostcalls::resume_http_request() {
+                    log(LogLevel::Warn, &format!("missiongate: resume failed: {e:?}"));
+                }
+            }
+            Ran::Stopped => {}
+            Ran::NeedBody(_) => {
+                // The body was already buffered before any callout that can resume; cannot happen,
+                // but never leave the request hanging.
+                let _ = hostcalls::send_http_response(500, vec![], None);
             }
         }
     }
@@ -249,6 +303,8 @@ impl Vm {
                 _ => 1000,
             },
             Need::Status(i, _) => e.config.issuers.get(*i).and_then(|x| x.mission_authority.as_ref()).map_or(1000, |m| m.status.timeout_ms),
+            Need::Pdp(c) => c.timeout_ms,
+            Need::Body => 1000,
         };
         i64::try_from(ms.div_ceil(1000)).unwrap_or(1)
     }
@@ -262,6 +318,7 @@ impl Vm {
             match need {
                 Need::Keys(i) => engine.jwks_callout(*i, now).map(|c| (c, Kind::Jwks(*i))),
                 Need::Status(i, id) => engine.status_callout(*i, id).map(|(c, nonce)| (c, Kind::Status(*i, id.clone(), nonce))),
+                Need::Body | Need::Pdp(_) => None,
             }
         };
         let Some((callout, kind)) = built else { return false };
@@ -292,11 +349,10 @@ impl Vm {
             Kind::Events(i) => {
                 let (_, more, refetch) = engine.on_events(*i, status, body, now);
                 self.events_in_flight.borrow_mut().insert(*i, false);
-                if more {
-                    // ask again at once (below, outside the borrow)
-                }
+                let _ = more;
                 refetch
             }
+            Kind::Pdp(_) => None,
         }
     }
 
@@ -304,19 +360,14 @@ impl Vm {
     fn complete_need(&self, need: &Need, _now: i64) {
         let list = self.waiters.borrow_mut().remove(need).unwrap_or_default();
         for ctx in list {
-            let Some(mut w) = self.waiting.borrow_mut().remove(&ctx) else { continue };
+            let Some(w) = self.waiting.borrow_mut().remove(&ctx) else { continue };
+            let mut pending = w.pending;
             match need {
-                Need::Keys(_) => w.attempts.keys = true,
-                Need::Status(..) => w.attempts.status = true,
+                Need::Keys(_) => pending.attempts.keys = true,
+                Need::Status(..) => pending.attempts.status = true,
+                Need::Body | Need::Pdp(_) => {}
             }
-            if hostcalls::set_effective_context(ctx).is_err() {
-                continue; // the request is gone
-            }
-            if self.run(ctx, w.headers, w.attempts) {
-                if let Err(e) = hostcalls::resume_http_request() {
-                    log(LogLevel::Warn, &format!("missiongate: resume failed: {e:?}"));
-                }
-            }
+            self.resume(ctx, pending);
         }
     }
 
@@ -333,11 +384,19 @@ impl Vm {
             Vec::new()
         };
         let now = now_secs();
-        let refetch = self.apply_answer(&kind, status, &body, now);
+        let refetch = if matches!(kind, Kind::Pdp(_)) { None } else { self.apply_answer(&kind, status, &body, now) };
         if let Some(i) = refetch {
             self.start_jwks(i);
         }
         match &kind {
+            Kind::Pdp(ctx) => {
+                let waiter = self.waiting.borrow_mut().remove(ctx);
+                if let Some(w) = waiter {
+                    let mut pending = w.pending;
+                    pending.pdp = Some(PdpAnswer { status, body });
+                    self.resume(*ctx, pending);
+                }
+            }
             Kind::Events(i) => {
                 // Re-arm the poll; if the authority failed, the tick retries after a pause.
                 if status == Some(200) {
@@ -432,6 +491,25 @@ impl Vm {
         for n in late {
             self.complete_need(&n, now);
         }
+        // PDP waiters past their deadline: answer as "PDP unavailable".
+        let late_pdp: Vec<u32> = {
+            let waiting = self.waiting.borrow();
+            let waiters = self.waiters.borrow();
+            waiting
+                .iter()
+                .filter(|(c, w)| w.deadline < now && !waiters.values().any(|l| l.contains(c)))
+                .map(|(c, _)| *c)
+                .collect()
+        };
+        for ctx in late_pdp {
+            self.callouts.borrow_mut().retain(|_, (k, _)| !matches!(k, Kind::Pdp(c) if *c == ctx));
+            let waiter = self.waiting.borrow_mut().remove(&ctx);
+            if let Some(w) = waiter {
+                let mut pending = w.pending;
+                pending.pdp = Some(PdpAnswer { status: None, body: Vec::new() });
+                self.resume(ctx, pending);
+            }
+        }
         // JWKS initial load and refresh; event polls.
         let (due, event_issuers) = {
             let guard = self.engine.borrow();
@@ -478,6 +556,14 @@ impl Vm {
         if log_it {
             log(LogLevel::Info, &format!("missiongate evidence {json}"));
         }
+    }
+}
+
+fn send(resp: &missiongate_core::decision::Response) {
+    let hs: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(e) = hostcalls::send_http_response(u32::from(resp.status), hs, Some(&resp.body)) {
+        log(LogLevel::Error, &format!("missiongate: send_http_response failed: {e:?}"));
+        let _ = hostcalls::reset_http_request();
     }
 }
 
@@ -571,7 +657,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { id: context_id, vm: Rc::clone(&self.vm), waiting: false }))
+        Some(Box::new(Stream { id: context_id, vm: Rc::clone(&self.vm), body_wait: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -582,7 +668,8 @@ impl RootContext for Root {
 struct Stream {
     id: u32,
     vm: Rc<Vm>,
-    waiting: bool,
+    /// Set while the body of a consequential call is being buffered.
+    body_wait: Option<Pending>,
 }
 
 impl Context for Stream {
@@ -596,8 +683,38 @@ impl Context for Stream {
     }
 }
 
+impl Stream {
+    fn act(&mut self, ran: Ran, end_of_stream: bool) -> Action {
+        match ran {
+            Ran::Continue => Action::Continue,
+            Ran::Stopped => Action::Pause,
+            Ran::NeedBody(mut pending) => {
+                if end_of_stream {
+                    // No body at all.
+                    pending.body = Some(Vec::new());
+                    let again = self.vm.run(self.id, pending);
+                    return match again {
+                        Ran::Continue => Action::Continue,
+                        _ => Action::Pause,
+                    };
+                }
+                self.body_wait = Some(pending);
+                Action::Pause
+            }
+        }
+    }
+
+    fn refuse(&self, reason: missiongate_core::decision::Reason, detail: &str) {
+        let out = self.vm.engine.borrow_mut().as_mut().map(|e| e.refuse(reason, detail, now_secs()));
+        if let Some((resp, ev)) = out {
+            self.vm.evidence(&ev);
+            send(&resp);
+        }
+    }
+}
+
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
             Ok(h) => h,
             Err(e) => {
@@ -606,11 +723,37 @@ impl HttpContext for Stream {
                 return Action::Pause;
             }
         };
-        if self.vm.run(self.id, headers, Attempts::default()) {
-            Action::Continue
-        } else {
-            self.waiting = true;
-            Action::Pause
+        let ran = self.vm.run(self.id, Pending { headers, ..Pending::default() });
+        self.act(ran, end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.body_wait.is_none() {
+            return Action::Continue;
+        }
+        let limit = self.vm.engine.borrow().as_ref().map_or(0, |e| e.config.max_body_bytes);
+        if body_size > limit {
+            self.body_wait = None;
+            self.refuse(missiongate_core::decision::Reason::BodyTooLarge, "request body exceeds the limit for a bound call");
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause; // keep buffering
+        }
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                log(LogLevel::Error, &format!("missiongate: cannot read request body: {e:?}"));
+                self.body_wait = None;
+                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                return Action::Pause;
+            }
+        };
+        let Some(mut pending) = self.body_wait.take() else { return Action::Continue };
+        pending.body = Some(body);
+        match self.vm.run(self.id, pending) {
+            Ran::Continue => Action::Continue,
+            _ => Action::Pause,
         }
     }
 }

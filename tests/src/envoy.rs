@@ -29,13 +29,15 @@ pub struct Opts {
     pub concurrency: u32,
     /// Keep the state-event feed in the plugin config.
     pub events: bool,
+    /// Keep the PDP in the plugin config.
+    pub pdp: bool,
     /// Extra literal replacements in the rendered config (from, to).
     pub replace: Vec<(String, String)>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { concurrency: 1, events: false, replace: Vec::new() }
+        Opts { concurrency: 1, events: false, pdp: false, replace: Vec::new() }
     }
 }
 
@@ -60,12 +62,12 @@ pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u
         .replace("port_value: 18443", &format!("port_value: {authority}"))
         .replace("127.0.0.1:18443", &format!("127.0.0.1:{authority}"))
         .replace("filename: target/wasm32-wasip1/release/missiongate_filter.wasm", &format!("filename: {}", wasm_path().display()));
+    let drop = |t: String, key: &str| t.lines().filter(|l| !l.contains(key)).collect::<Vec<_>>().join("\n");
     if !opts.events {
-        t = t
-            .lines()
-            .filter(|l| !l.contains("\"events\":"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        t = drop(t, "\"events\":");
+    }
+    if !opts.pdp {
+        t = drop(t, "\"pdp\":");
     }
     for (a, b) in &opts.replace {
         assert!(t.contains(a.as_str()), "config has no {a:?} to replace");

@@ -331,7 +331,7 @@ fn every_shipped_envoy_config_validates() {
             continue;
         }
         let rel = format!("envoy/{}", p.file_name().unwrap().to_str().unwrap());
-        let yaml = envoy::render(&rel, 10000, 9901, 18080, 18443, &Opts { events: true, ..Opts::default() });
+        let yaml = envoy::render(&rel, 10000, 9901, 18080, 18443, &Opts { events: true, pdp: true, ..Opts::default() });
         let (ok, out) = envoy::validate(&yaml);
         assert!(ok, "{rel} does not validate:\n{out}");
         n += 1;

@@ -55,6 +55,24 @@ struct RawConfig {
     dpop: Option<RawDpop>,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    pdp: Option<RawPdp>,
+    #[serde(default)]
+    egress_allow: Vec<String>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPdp {
+    evaluation: RawUpstream,
+    #[serde(default)]
+    retry_after_seconds: Option<u32>,
+    #[serde(default)]
+    deny_cache_seconds: Option<u64>,
+    #[serde(default)]
+    subject_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +133,10 @@ struct RawDestination {
     audience: Option<String>,
     #[serde(default)]
     operations: Vec<RawOperation>,
+    #[serde(default)]
+    consequential_methods: Option<Vec<String>>,
+    #[serde(default)]
+    effect_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +250,35 @@ pub struct Destination {
     pub audience: String,
     /// Named operations.
     pub operations: Vec<Operation>,
+    /// Upper-case methods that are consequential (bound to a `parameter_digest`). `None` = the default:
+    /// every method but GET, HEAD, OPTIONS (and CONNECT, which is destination-level only).
+    pub consequential_methods: Option<Vec<String>>,
+    /// Lower-case effect-bearing header names, included in the digest.
+    pub effect_headers: Vec<String>,
+}
+
+/// The AuthZEN PDP (SPEC §4).
+#[derive(Debug, Clone)]
+pub struct Pdp {
+    /// `POST /access/v1/evaluation`.
+    pub evaluation: Upstream,
+    /// `Retry-After` on a 503 when the PDP cannot be reached.
+    pub retry_after_seconds: u32,
+    /// How long a plain or requestable denial is remembered.
+    pub deny_cache_seconds: i64,
+    /// AuthZEN subject type of the agent.
+    pub subject_type: String,
+}
+
+/// Is `method` consequential for a destination with these settings?
+pub fn is_consequential(methods: Option<&[String]>, method: &str) -> bool {
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return false;
+    }
+    match methods {
+        Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
+        None => !matches!(method.to_ascii_uppercase().as_str(), "GET" | "HEAD" | "OPTIONS"),
+    }
 }
 
 /// Which decisions produce a log line (every decision always sets filter state).
@@ -277,6 +328,12 @@ pub struct Config {
     pub dpop: DpopConfig,
     /// `realm` in challenges.
     pub realm: String,
+    /// PDP, when requests outside the authority (and consequential ones) are evaluated.
+    pub pdp: Option<Pdp>,
+    /// Origins the gateway lets through for any valid Mission-bound token (destination level).
+    pub egress_allow: Vec<String>,
+    /// Largest request body buffered for a digest; larger is `413`.
+    pub max_body_bytes: usize,
 }
 
 impl Config {
@@ -368,7 +425,26 @@ impl Config {
                 operations.push(Operation { method: o.method.to_ascii_uppercase(), path, prefix, action: o.action });
             }
             let audience = d.audience.unwrap_or_else(|| origin.clone());
-            if destinations.insert(authority, Destination { origin, audience, operations }).is_some() {
+            let consequential_methods = match d.consequential_methods {
+                None => None,
+                Some(ms) => {
+                    for (j, m) in ms.iter().enumerate() {
+                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                            return Err(err(format!("{f}.consequential_methods[{j}]"), "must be an HTTP method"));
+                        }
+                    }
+                    Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
+                }
+            };
+            let mut effect_headers = Vec::new();
+            for (j, h) in d.effect_headers.into_iter().enumerate() {
+                if h.is_empty() || h.starts_with(':') || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    return Err(err(format!("{f}.effect_headers[{j}]"), "must be a header name"));
+                }
+                effect_headers.push(h.to_ascii_lowercase());
+            }
+            let dest = Destination { origin, audience, operations, consequential_methods, effect_headers };
+            if destinations.insert(authority, dest).is_some() {
                 return Err(err(format!("{f}.authority"), "duplicate destination"));
             }
         }
@@ -398,7 +474,27 @@ impl Config {
         if realm.contains('"') || realm.contains('\\') || realm.chars().any(char::is_control) {
             return Err(err("realm", "must not contain quotes, backslashes or control characters"));
         }
+        let pdp = match raw.pdp {
+            None => None,
+            Some(p) => Some(Pdp {
+                evaluation: upstream(p.evaluation, "pdp.evaluation")?,
+                retry_after_seconds: p.retry_after_seconds.unwrap_or(1),
+                deny_cache_seconds: i64::try_from(p.deny_cache_seconds.unwrap_or(1).min(300)).unwrap_or(1),
+                subject_type: p.subject_type.unwrap_or_else(|| "agent".to_owned()),
+            }),
+        };
+        let mut egress_allow = Vec::new();
+        for (i, o) in raw.egress_allow.iter().enumerate() {
+            egress_allow.push(uri::parse_origin(o).ok_or_else(|| err(format!("egress_allow[{i}]"), "must be scheme://host[:port]"))?);
+        }
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(1_048_576);
+        if !(1..=16 * 1_048_576).contains(&max_body_bytes) {
+            return Err(err("max_body_bytes", "must be between 1 and 16777216"));
+        }
         Ok(Config {
+            pdp,
+            egress_allow,
+            max_body_bytes,
             issuers,
             issuer_index,
             algs,
@@ -451,6 +547,20 @@ impl DestinationRef<'_> {
     pub fn operations(&self) -> &[Operation] {
         match self {
             DestinationRef::Known(d) => &d.operations,
+            DestinationRef::Implicit(_) => &[],
+        }
+    }
+    /// Is this method consequential here?
+    pub fn consequential(&self, method: &str) -> bool {
+        match self {
+            DestinationRef::Known(d) => is_consequential(d.consequential_methods.as_deref(), method),
+            DestinationRef::Implicit(_) => is_consequential(None, method),
+        }
+    }
+    /// Effect-bearing headers.
+    pub fn effect_headers(&self) -> &[String] {
+        match self {
+            DestinationRef::Known(d) => &d.effect_headers,
             DestinationRef::Implicit(_) => &[],
         }
     }

@@ -1,6 +1,7 @@
 //! Decisions: every failure mode has its own reason, status, challenge and counter (SPEC §5), and
 //! every decision produces one evidence record.
 
+use missiongate_wire::authzen::{CaptiveDocument, CAPTIVE_CONTENT_TYPE, LINK_REL_CAPTIVE_API};
 use missiongate_wire::problem::{Problem, ProblemMission, CONTENT_TYPE};
 use serde::Serialize;
 
@@ -183,7 +184,7 @@ pub struct Response {
 }
 
 /// A refusal before it is rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Denial {
     /// Reason.
     pub reason: Reason,
@@ -193,16 +194,32 @@ pub struct Denial {
     pub mission: Option<ProblemMission>,
     /// `Retry-After` for 503.
     pub retry_after: Option<u32>,
+    /// A requestable denial: the captive document and the per-denial Captive Portal API URL.
+    pub captive: Option<Box<(CaptiveDocument, Option<String>)>>,
 }
 
 impl Denial {
     /// A denial with a detail message.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Denial {
-        Denial { reason, detail: detail.into(), mission: None, retry_after: None }
+        Denial { reason, detail: detail.into(), mission: None, retry_after: None, captive: None }
     }
 
     /// Render as a problem+json local reply. `dpop_algs` is advertised in a DPoP challenge when set.
     pub fn render(&self, realm: &str, dpop_algs: Option<&str>, decision_id: &str) -> Response {
+        if let Some(c) = &self.captive {
+            let (doc, link) = &**c;
+            let mut headers = vec![
+                ("content-type".to_owned(), CAPTIVE_CONTENT_TYPE.to_owned()),
+                ("cache-control".to_owned(), "no-store".to_owned()),
+            ];
+            if let Some(l) = link {
+                if !l.contains(['<', '>', '"', '\r', '\n']) {
+                    headers.push(("link".to_owned(), format!("<{l}>; rel=\"{LINK_REL_CAPTIVE_API}\"")));
+                }
+            }
+            let body = serde_json::to_vec(doc).unwrap_or_default();
+            return Response { status: 511, headers, body };
+        }
         let mut headers = vec![
             ("content-type".to_owned(), CONTENT_TYPE.to_owned()),
             ("cache-control".to_owned(), "no-store".to_owned()),

@@ -66,6 +66,36 @@ pub enum Need {
     Keys(usize),
     /// Fetch Mission Status.
     Status(usize, String),
+    /// Buffer the whole request body (a consequential call), then decide again with it.
+    Body,
+    /// Ask the PDP (this request's own callout; not shared).
+    Pdp(Box<Callout>),
+}
+
+/// A PDP answer (status `None` = the callout failed).
+#[derive(Debug, Clone, Default)]
+pub struct PdpAnswer {
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// What the host adds beyond the request line for the PDP path.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// All request headers (content type, effect-bearing headers).
+    pub headers: &'a [(String, String)],
+    /// The complete body, once buffered (empty slice = no body).
+    pub body: Option<&'a [u8]>,
+    /// The PDP's answer for this request, once it came.
+    pub pdp: Option<&'a PdpAnswer>,
+}
+
+#[derive(Debug, Clone)]
+enum Cached {
+    Allow { until: i64, evaluation_id: Option<String> },
+    Deny { until: i64, denial: Denial },
 }
 
 /// Result of a decision step.
@@ -80,7 +110,7 @@ pub enum Outcome {
 }
 
 /// An HTTP callout for the host to dispatch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Callout {
     /// Envoy cluster.
     pub cluster: String,
@@ -163,6 +193,7 @@ pub struct Engine {
     seq: u64,
     nonce_seed: [u8; 32],
     dpop_algs: Option<String>,
+    decisions_cache: std::collections::HashMap<String, Cached>,
 }
 
 impl Engine {
@@ -187,6 +218,7 @@ impl Engine {
             seq: 0,
             nonce_seed: seed,
             dpop_algs,
+            decisions_cache: std::collections::HashMap::new(),
         }
     }
 
@@ -231,10 +263,15 @@ impl Engine {
         missiongate_wire::b64::encode(h.finalize().get(..18).unwrap_or_default())
     }
 
-    /// Decide on a request.
+    /// Decide on a request (no body, no PDP answer yet).
     pub fn decide(&mut self, req: &Request<'_>, now: i64, attempts: Attempts, replay: &mut dyn ReplayGuard) -> Outcome {
+        self.decide_full(req, &Extra::default(), now, attempts, replay)
+    }
+
+    /// Decide on a request with whatever the host has gathered so far.
+    pub fn decide_full(&mut self, req: &Request<'_>, extra: &Extra<'_>, now: i64, attempts: Attempts, replay: &mut dyn ReplayGuard) -> Outcome {
         let mut ev = Evidence { at: now, ..Evidence::default() };
-        match self.decide_inner(req, now, attempts, replay, &mut ev) {
+        match self.decide_inner(req, extra, now, attempts, replay, &mut ev) {
             Ok(()) => {
                 ev.decision_id = self.next_id();
                 ev.decision = "allow";
@@ -256,6 +293,15 @@ impl Engine {
         }
     }
 
+    /// Refuse the current request outright (the host found a reason before the engine could:
+    /// an oversized body while buffering).
+    pub fn refuse(&mut self, reason: Reason, detail: &str, now: i64) -> (Response, Evidence) {
+        let id = self.next_id();
+        self.count(reason);
+        let ev = Evidence { decision_id: id.clone(), decision: "deny", reason: reason.as_str(), status: reason.status(), at: now, ..Evidence::default() };
+        (Denial::new(reason, detail).render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
+    }
+
     fn count(&mut self, r: Reason) {
         if let Some(i) = ALL_REASONS.iter().position(|x| *x == r) {
             if let Some(c) = self.decisions.get_mut(i) {
@@ -264,7 +310,15 @@ impl Engine {
         }
     }
 
-    fn decide_inner(&mut self, req: &Request<'_>, now: i64, attempts: Attempts, replay: &mut dyn ReplayGuard, ev: &mut Evidence) -> Result<(), Step> {
+    fn decide_inner(
+        &mut self,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        now: i64,
+        attempts: Attempts,
+        replay: &mut dyn ReplayGuard,
+        ev: &mut Evidence,
+    ) -> Result<(), Step> {
         let config = Rc::clone(&self.config);
         let dest = config
             .destination(req.authority, req.scheme)
@@ -383,15 +437,19 @@ impl Engine {
             }
         }
 
-        // Authority.
-        match authority::check(&vt.grants, dest.origin(), &path, &action) {
-            AuthorityMatch::Permit => {}
-            AuthorityMatch::Unenforceable => {
-                return Err(Step::deny(Reason::ConstraintUnrecognized, "the authority entry has a constraint this gateway cannot enforce"))
-            }
-            AuthorityMatch::Outside => {
-                return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"))
-            }
+        // Authority, then (outside it, or for a consequential call) the PDP.
+        let matched = authority::check(&vt.grants, dest.origin(), &path, &action);
+        if matched == AuthorityMatch::Unenforceable {
+            return Err(Step::deny(Reason::ConstraintUnrecognized, "the authority entry has a constraint this gateway cannot enforce"));
+        }
+        let consequential = config.pdp.is_some() && dest.consequential(req.method);
+        let inside = matched == AuthorityMatch::Permit
+            || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
+        if !consequential && !inside && config.pdp.is_none() {
+            return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
+        }
+        if consequential || !inside {
+            self.evaluate(req, extra, &dest, &vt, &action, consequential, now, replay, ev)?;
         }
 
         // Last: a DPoP proof is single-use across every worker.
@@ -407,6 +465,206 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The PDP path (SPEC §4, §6): digest the call if consequential, use a cached decision or ask.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &mut self,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        dest: &crate::config::DestinationRef<'_>,
+        vt: &VerifiedToken,
+        action: &str,
+        consequential: bool,
+        now: i64,
+        replay: &mut dyn ReplayGuard,
+        ev: &mut Evidence,
+    ) -> Result<(), Step> {
+        let config = Rc::clone(&self.config);
+        let Some(pdp) = &config.pdp else {
+            return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
+        };
+        let digest = if consequential {
+            let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
+            if body.len() > config.max_body_bytes {
+                return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
+            }
+            let header = |name: &str| extra.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+            let effect: Vec<(String, String)> = dest
+                .effect_headers()
+                .iter()
+                .filter_map(|h| header(h).map(|v| (h.clone(), v.to_owned())))
+                .collect();
+            let raw_path = if req.path.is_empty() { "/" } else { req.path.split('#').next().unwrap_or("/") };
+            let target = format!("{}{}", dest.origin(), raw_path);
+            let headers = (!dest.effect_headers().is_empty()).then_some(effect.as_slice());
+            let body_param = (!body.is_empty()).then(|| (header("content-type").unwrap_or("application/octet-stream"), body));
+            match missiongate_wire::digest::parameter_digest(&req.method.to_ascii_uppercase(), &target, headers, body_param) {
+                Ok((d, _)) => Some(d),
+                Err(e) => return Err(Step::deny(Reason::BodyNotCanonicalizable, &format!("request body cannot be bound: {e}"))),
+            }
+        } else {
+            None
+        };
+        ev.parameter_digest = digest.clone();
+        let key = format!("{}|{}|{}|{}", vt.mission_id, dest.origin(), action, digest.as_deref().unwrap_or("-"));
+        if extra.pdp.is_none() {
+            match self.decisions_cache.get(&key) {
+                Some(Cached::Allow { until, evaluation_id }) if *until > now => {
+                    ev.evaluation_id = evaluation_id.clone();
+                    return Ok(());
+                }
+                Some(Cached::Deny { until, denial }) if *until > now => return Err(Step::Deny(denial.clone())),
+                Some(_) => {
+                    self.decisions_cache.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let Some(answer) = extra.pdp else {
+            let body = self.evaluation_request(pdp, req, dest, vt, action, digest.as_deref());
+            let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, None);
+            return Err(Step::Need(Need::Pdp(Box::new(c))));
+        };
+        let unavailable = |detail: &str| {
+            let mut d = Denial::new(Reason::PdpUnavailable, detail);
+            d.retry_after = Some(pdp.retry_after_seconds);
+            Step::Deny(d)
+        };
+        if answer.status != Some(200) {
+            return Err(unavailable("the policy decision point could not be reached"));
+        }
+        if answer.body.len() > 256 * 1024 {
+            return Err(unavailable("the policy decision point answered too much"));
+        }
+        let resp: missiongate_wire::authzen::EvaluationResponse =
+            serde_json::from_slice(&answer.body).map_err(|_| unavailable("the policy decision point answered garbage"))?;
+        ev.evaluation_id = resp.context.evaluation_id.clone();
+        if resp.decision {
+            let mut until = now + 60;
+            let mut single_use = false;
+            if let Some(c) = &resp.context.conditions {
+                if let Some(k) = c.unknown.keys().next() {
+                    return Err(Step::deny(Reason::PdpDenied, &format!("permit condition {k:?} is not understood")));
+                }
+                if let Some(vu) = &c.valid_until {
+                    let t = missiongate_wire::time::parse_rfc3339(vu)
+                        .ok_or_else(|| Step::deny(Reason::PdpDenied, "permit valid_until is not a date"))?;
+                    if now >= t {
+                        return Err(Step::deny(Reason::ParameterViolation, "the permit has expired"));
+                    }
+                    until = until.min(t);
+                }
+                if let Some(pd) = &c.parameter_digest {
+                    if digest.as_deref() != Some(pd.as_str()) {
+                        return Err(Step::deny(Reason::ParameterViolation, "the call differs from the one that was approved"));
+                    }
+                }
+                match c.use_limit {
+                    None => {}
+                    Some(1) => single_use = true,
+                    Some(_) => return Err(Step::deny(Reason::PdpDenied, "permit use_limit other than 1 is not supported")),
+                }
+            }
+            if single_use {
+                let id = resp.context.evaluation_id.as_deref().unwrap_or_default();
+                if id.is_empty() {
+                    return Err(Step::deny(Reason::PdpDenied, "a single-use permit needs an evaluation_id"));
+                }
+                match replay.remember(&format!("mg.use/{id}"), until.max(now + 3600), now) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used")),
+                    Err(_) => return Err(unavailable("single-use store unavailable")),
+                }
+            } else {
+                self.decisions_cache.insert(key, Cached::Allow { until, evaluation_id: resp.context.evaluation_id.clone() });
+            }
+            return Ok(());
+        }
+        let denial = match resp.context.access_request.clone() {
+            Some(hint) => {
+                let doc = missiongate_wire::authzen::CaptiveDocument {
+                    captive: true,
+                    user_portal_url: resp.context.user_portal_url.clone(),
+                    seconds_remaining: None,
+                    access_request: Some(missiongate_wire::authzen::CaptiveAccessRequest {
+                        subject: self.subject(pdp, vt),
+                        resource: missiongate_wire::authzen::Entity { type_: "egress".into(), id: dest.origin().to_owned(), ..Default::default() },
+                        action: Self::action_entity(action, digest.as_deref()),
+                        context: missiongate_wire::authzen::CaptiveAccessContext {
+                            evaluation_id: resp.context.evaluation_id.clone().unwrap_or_default(),
+                            reason: resp.context.reason.clone().unwrap_or_else(|| "egress_not_allowed".into()),
+                            mission: Some(Self::mission_ctx(vt)),
+                            access_request: hint,
+                        },
+                    }),
+                };
+                let mut d = Denial::new(Reason::EgressNotAllowed, "blocked; access can be requested");
+                d.captive = Some(Box::new((doc, resp.context.captive_portal_api.clone())));
+                d
+            }
+            None => Denial::new(
+                Reason::PdpDenied,
+                format!("denied by policy: {}", resp.context.reason.as_deref().unwrap_or("no reason given")),
+            ),
+        };
+        if pdp.deny_cache_seconds > 0 {
+            self.decisions_cache.insert(key, Cached::Deny { until: now + pdp.deny_cache_seconds, denial: denial.clone() });
+        }
+        if self.decisions_cache.len() > 10_000 {
+            self.decisions_cache.retain(|_, c| match c {
+                Cached::Allow { until, .. } | Cached::Deny { until, .. } => *until > now,
+            });
+        }
+        Err(Step::Deny(denial))
+    }
+
+    fn subject(&self, pdp: &crate::config::Pdp, vt: &VerifiedToken) -> missiongate_wire::authzen::Entity {
+        let mut props = serde_json::Map::new();
+        if let Some(s) = &vt.sub {
+            props.insert("sub".into(), s.clone().into());
+        }
+        props.insert("iss".into(), vt.iss.clone().into());
+        missiongate_wire::authzen::Entity {
+            type_: pdp.subject_type.clone(),
+            id: vt.client_id.clone().or_else(|| vt.sub.clone()).unwrap_or_default(),
+            properties: props,
+        }
+    }
+
+    fn action_entity(action: &str, digest: Option<&str>) -> missiongate_wire::authzen::ActionEntity {
+        let mut props = serde_json::Map::new();
+        if let Some(d) = digest {
+            props.insert("parameter_digest".into(), d.into());
+        }
+        missiongate_wire::authzen::ActionEntity { name: action.to_owned(), properties: props }
+    }
+
+    fn mission_ctx(vt: &VerifiedToken) -> missiongate_wire::authzen::ContextMission {
+        missiongate_wire::authzen::ContextMission {
+            id: vt.mission_id.clone(),
+            issuer: vt.mission_issuer_name.clone(),
+            authority_hash: vt.authority_hash.clone(),
+        }
+    }
+
+    fn evaluation_request(
+        &self,
+        pdp: &crate::config::Pdp,
+        _req: &Request<'_>,
+        dest: &crate::config::DestinationRef<'_>,
+        vt: &VerifiedToken,
+        action: &str,
+        digest: Option<&str>,
+    ) -> Vec<u8> {
+        let body = missiongate_wire::authzen::EvaluationRequest {
+            subject: self.subject(pdp, vt),
+            resource: missiongate_wire::authzen::Entity { type_: "egress".into(), id: dest.origin().to_owned(), ..Default::default() },
+            action: Self::action_entity(action, digest),
+            context: missiongate_wire::authzen::EvaluationContext { mission: Some(Self::mission_ctx(vt)), ..Default::default() },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     fn retry_after(&self, issuer: usize) -> u32 {
