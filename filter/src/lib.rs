@@ -136,7 +136,7 @@ fn init_buckets() {
     for i in 0..BUCKETS {
         let k = format!("{BUCKET_PREFIX}{i}");
         if let Ok((None, _)) | Err(proxy_wasm::types::Status::NotFound) = hostcalls::get_shared_data(&k) {
-            let _ = hostcalls::set_shared_data(&k, Some(b""), None);
+            let _ = hostcalls::set_shared_data(&k, Some(b"#\n"), None);
         }
     }
 }
@@ -149,7 +149,7 @@ impl ReplayGuard for SharedReplay {
         let bucket = bucket_key(key);
         for _ in 0..MAX_CAS_RETRIES {
             let (value, cas) = match hostcalls::get_shared_data(&bucket) {
-                Ok((Some(v), Some(cas))) if cas != 0 => (v, cas),
+                Ok((v, Some(cas))) if cas != 0 => (v.unwrap_or_default(), cas),
                 Ok(_) | Err(proxy_wasm::types::Status::NotFound) => {
                     init_buckets();
                     continue;

@@ -49,6 +49,11 @@ impl Signer {
         let jwk = json!({"kty": "EC", "crv": "P-256", "x": b(point.x().unwrap()), "y": b(point.y().unwrap()), "kid": kid, "alg": "ES256", "use": "sig"});
         Signer { kid: kid.into(), enc, jwk, public_sec1: point.as_bytes().to_vec() }
     }
+    /// Sign claims with a given header.
+    pub fn sign_with_header(&self, h: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
+    }
+
     /// Sign claims as a JWS with this `typ`.
     pub fn sign(&self, typ: &str, claims: &Value) -> String {
         let mut h = Header::new(Algorithm::ES256);

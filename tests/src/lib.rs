@@ -7,8 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod authority;
+pub mod dpop;
 pub mod envoy;
 pub mod http;
+pub mod portal;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -1,0 +1,180 @@
+//! Issue 3 end to end: the real Envoy with the filter, the real captive-portal process (reference
+//! Mission authority) on its SQLite file, and a hyper upstream. Lifecycle changes bite at the edge
+//! through the state-event feed; DPoP-bound tokens.
+
+use missiongate_tests::dpop::DpopKey;
+use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::http::{Req, Response};
+use missiongate_tests::portal::Portal;
+use missiongate_tests::upstream::Upstream;
+use std::time::{Duration, Instant};
+
+fn start(concurrency: u32) -> (Upstream, Portal, Envoy) {
+    let up = Upstream::start(None);
+    let portal = Portal::start(&["--status-fresh-seconds", "30"]);
+    let envoy = Envoy::start(up.port, portal.port, Opts { concurrency, events: true, ..Opts::default() });
+    (up, portal, envoy)
+}
+
+fn get(envoy: &Envoy, path: &str, token: &str) -> Response {
+    Req::new("GET", path).bearer(token).send(envoy.port)
+}
+
+/// Poll until the request gets `status`, for at most `within`; returns how long it took.
+fn until_status(envoy: &Envoy, token: &str, status: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = get(envoy, "/v1/invoices", token);
+        if r.status == status {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "still {} after {:?} (wanted {status}): {}", r.status, within, r.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn reason(r: &Response) -> String {
+    r.json()["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn lifecycle_bites_at_the_edge_within_a_second() {
+    let (_up, portal, envoy) = start(2);
+    // Pending: no token is minted.
+    let id = portal.create_mission(&["http.get"], 3600);
+    let r = portal.op("POST", &format!("/operator/missions/{id}/token"), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_grant");
+    // Approve: allowed.
+    assert_eq!(portal.lifecycle(&id, "approve").status, 200);
+    let token = portal.token(&id, None);
+    assert_eq!(get(&envoy, "/v1/invoices", &token).status, 200);
+    // Suspend: refused at once (the status cache says active for 30 s; the event overrides it).
+    assert_eq!(portal.lifecycle(&id, "suspend").status, 200);
+    let t = until_status(&envoy, &token, 401, Duration::from_secs(1));
+    eprintln!("suspend took effect in {t:?}");
+    let r = get(&envoy, "/v1/invoices", &token);
+    assert_eq!(reason(&r), "mission_inactive");
+    assert_eq!(r.json()["mission"]["state"], "suspended");
+    // Resume: allowed again.
+    assert_eq!(portal.lifecycle(&id, "resume").status, 200);
+    until_status(&envoy, &token, 200, Duration::from_secs(2));
+    // Revoke: refused for good; resume is illegal; a new token cannot be minted.
+    assert_eq!(portal.lifecycle(&id, "revoke").status, 200);
+    until_status(&envoy, &token, 401, Duration::from_secs(1));
+    assert_eq!(portal.lifecycle(&id, "resume").status, 409);
+    assert_eq!(portal.op("POST", &format!("/operator/missions/{id}/token"), None).status, 400);
+    // Stays refused, on every worker, for many requests.
+    for _ in 0..40 {
+        let r = get(&envoy, "/v1/invoices", &token);
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["mission"]["state"], "revoked");
+    }
+    // Complete is terminal too.
+    let (id2, t2) = portal.active(&["http.get"]);
+    assert_eq!(get(&envoy, "/v1/a", &t2).status, 200);
+    assert_eq!(portal.lifecycle(&id2, "complete").status, 200);
+    until_status(&envoy, &t2, 401, Duration::from_secs(1));
+}
+
+#[test]
+fn expiry_is_enforced() {
+    let (_up, portal, envoy) = start(1);
+    let id = portal.create_mission(&["http.get"], 3);
+    assert_eq!(portal.lifecycle(&id, "approve").status, 200);
+    let token = portal.token(&id, None);
+    assert_eq!(get(&envoy, "/v1/a", &token).status, 200);
+    until_status(&envoy, &token, 401, Duration::from_secs(6));
+    let r = get(&envoy, "/v1/a", &token);
+    assert_eq!(reason(&r), "mission_inactive");
+    assert_eq!(r.json()["mission"]["state"], "expired");
+}
+
+#[test]
+fn key_rotation_and_a_kill_9_restart() {
+    let (_up, mut portal, envoy) = start(1);
+    let (id, old) = portal.active(&["http.get"]);
+    assert_eq!(get(&envoy, "/v1/a", &old).status, 200);
+    // Rotate while both run: new tokens carry the new kid; old ones still verify.
+    let r = portal.op("POST", "/operator/keys/rotate", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fresh = portal.token(&id, None);
+    // An unknown kid triggers at most one JWKS refetch per jwks_min_refetch_seconds (1 s here).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ne!(old.split('.').next(), fresh.split('.').next(), "new kid expected");
+    assert_eq!(get(&envoy, "/v1/a", &fresh).status, 200);
+    assert_eq!(get(&envoy, "/v1/b", &old).status, 200);
+
+    // kill -9 and restart on the same file: the Mission, keys and event feed are all still there.
+    let (id2, t2) = portal.active(&["http.get"]);
+    portal.kill9();
+    portal.restart();
+    let r = portal.op("GET", &format!("/operator/missions/{id2}"), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "active");
+    assert_eq!(get(&envoy, "/v1/c", &t2).status, 200);
+    let t3 = portal.token(&id2, None);
+    assert_eq!(get(&envoy, "/v1/c", &t3).status, 200);
+    // The filter's event feed reconnected: a revoke after the restart bites within a second or two.
+    assert_eq!(portal.lifecycle(&id2, "revoke").status, 200);
+    until_status(&envoy, &t2, 401, Duration::from_secs(3));
+}
+
+#[test]
+fn dpop_bound_tokens() {
+    let (_up, portal, envoy) = start(2);
+    let id = portal.create_mission(&["http.get", "http.post"], 3600);
+    assert_eq!(portal.lifecycle(&id, "approve").status, 200);
+    let key = DpopKey::new();
+    let token = portal.token(&id, Some(&key.jkt));
+    let htu = "https://api.partner.example/v1/items";
+    let send = |proof: &str, tok: &str, method: &str| {
+        Req::new(method, "/v1/items?page=2").header("Authorization", &format!("DPoP {tok}")).header("DPoP", proof).send(envoy.port)
+    };
+    let ok = send(&key.proof("GET", htu, &token), &token, "GET");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let denied = |r: Response, why: &str| {
+        assert_eq!(r.status, 401, "{why}: {}", r.text());
+        assert!(r.header("www-authenticate").unwrap().starts_with("DPoP "), "{why}");
+        r
+    };
+    denied(send(&key.proof("POST", htu, &token), &token, "GET"), "wrong htm");
+    denied(send(&key.proof("GET", "https://api.partner.example/v1/other", &token), &token, "GET"), "wrong htu");
+    denied(send(&key.proof("GET", "https://evil.example/v1/items", &token), &token, "GET"), "wrong origin");
+    let stale = key.proof_with("GET", htu, &token, missiongate_tests::now() - 600, "stale-1", "dpop+jwt");
+    denied(send(&stale, &token, "GET"), "stale iat");
+    denied(send(&key.proof("GET", htu, "some-other-token"), &token, "GET"), "wrong ath");
+    let wrong_typ = key.proof_with("GET", htu, &token, missiongate_tests::now(), "typ-1", "jwt");
+    denied(send(&wrong_typ, &token, "GET"), "wrong typ");
+    // Another key's proof for this token.
+    denied(send(&DpopKey::new().proof("GET", htu, &token), &token, "GET"), "wrong key");
+    // Replay: the same proof twice.
+    let p = key.proof("GET", htu, &token);
+    assert_eq!(send(&p, &token, "GET").status, 200);
+    let r = denied(send(&p, &token, "GET"), "replay");
+    assert_eq!(reason(&r), "dpop_replay");
+    // Bearer downgrade of a DPoP-bound token.
+    let r = get(&envoy, "/v1/items", &token);
+    assert_eq!(r.status, 401);
+    assert_eq!(reason(&r), "dpop_bound_token_as_bearer");
+    // No proof at all.
+    let r = Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).send(envoy.port);
+    assert_eq!(reason(&r), "invalid_dpop_proof");
+
+    // Replays racing across two workers: each proof sent on several connections at once wins once.
+    let port = envoy.port;
+    for round in 0..8 {
+        let proof = key.proof("GET", htu, &token);
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (proof, token) = (proof.clone(), token.clone());
+                std::thread::spawn(move || {
+                    Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).header("DPoP", &proof).send(port).status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    }
+}
