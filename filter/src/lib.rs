@@ -205,9 +205,6 @@ fn request_from<'a>(headers: &'a [(String, String)]) -> Request<'a> {
             _ => {}
         }
     }
-    if req.method == "CONNECT" && req.path == "/" {
-        req.path = "/";
-    }
     req
 }
 
@@ -729,6 +726,12 @@ impl HttpContext for Stream {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.body_wait.is_none() {
+            // Still waiting for a callout to decide: hold the body (and so the request) back. Data
+            // arrives here even while the headers are stopped (CONNECT tunnels, uploads), and a
+            // Continue would let the request through undecided.
+            if self.vm.waiting.borrow().contains_key(&self.id) {
+                return Action::Pause;
+            }
             return Action::Continue;
         }
         let limit = self.vm.engine.borrow().as_ref().map_or(0, |e| e.config.max_body_bytes);

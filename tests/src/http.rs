@@ -158,3 +158,29 @@ fn read_response(r: &mut impl BufRead, method: &str) -> std::io::Result<Response
     }
     Ok(Response { status, headers, body })
 }
+
+/// Open a CONNECT tunnel through the proxy. Returns the CONNECT response and, on 200, the tunnel.
+pub fn connect(port: u16, target: &str, headers: &[(&str, &str)]) -> (Response, Option<TcpStream>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let resp = read_response(&mut reader, "CONNECT").unwrap();
+    if resp.status == 200 {
+        (resp, Some(s))
+    } else {
+        (resp, None)
+    }
+}
+
+/// Send a plain HTTP/1.1 request over an open stream (a tunnel) and read the answer.
+pub fn over(stream: TcpStream, req: &str) -> Response {
+    let mut s = stream;
+    s.write_all(req.as_bytes()).unwrap();
+    read_response(&mut BufReader::new(s), "GET").unwrap()
+}

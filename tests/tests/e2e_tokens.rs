@@ -349,3 +349,43 @@ fn bad_filter_config_is_rejected_naming_the_field() {
     assert!(!ok, "a config with HS256 must not validate");
     assert!(out.contains("allowed_algs[0]"), "error does not name the field:\n{out}");
 }
+
+#[test]
+fn connect_is_decided_on_the_target_and_tunnels_when_allowed() {
+    use missiongate_tests::http::{connect, over};
+    let w = world();
+    let (mission, _) = w.auth.active_token();
+    let mut c = w.auth.claims(&mission);
+    c["authorization_details"] = json!([{ "type": "mission_resource_access", "resource": "https://api.partner.example", "actions": ["http.connect"] }]);
+    let t = w.auth.token(&c);
+    let auth = format!("Bearer {t}");
+    let (r, tunnel) = connect(w.envoy.port, "api.partner.example:443", &[("Authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resp = over(tunnel.unwrap(), "GET /through/the/tunnel HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["uri"], "/through/the/tunnel");
+    // No grant for the CONNECT target: refused on the CONNECT itself.
+    let (_, other) = w.auth.active_token();
+    let auth = format!("Bearer {other}");
+    let (r, tunnel) = connect(w.envoy.port, "api.partner.example:443", &[("Authorization", &auth)]);
+    assert!(tunnel.is_none(), "{:?} {}", r.headers, r.text());
+    assert_denied(&r, 403, "insufficient_authority");
+    let (r, _) = connect(w.envoy.port, "api.partner.example:443", &[]);
+    assert_denied(&r, 401, "no_credentials");
+}
+
+/// A body arriving while the filter still waits for Mission Status must not push the request through.
+#[test]
+fn body_data_does_not_bypass_a_pending_decision() {
+    let w = world();
+    let id = rand_id("msn_");
+    w.auth.set_mission(&id, "revoked");
+    let mut c = w.auth.claims(&id);
+    c["authorization_details"] = json!([{ "type": "mission_resource_access", "resource": "https://api.partner.example/v1", "resource_match": "prefix", "actions": ["http.*"] }]);
+    let t = w.auth.token(&c);
+    let before = w.up.hits();
+    let chunks: Vec<Vec<u8>> = (0..20).map(|i| format!("chunk-{i};").into_bytes()).collect();
+    let r = Req::new("POST", "/v1/upload").bearer(&t).header("content-type", "text/plain").chunked(chunks).send(w.envoy.port);
+    invalid_token(&r, "mission_inactive");
+    assert_eq!(w.up.hits(), before, "the upstream saw a request from a revoked mission");
+}

@@ -510,12 +510,21 @@ impl Config {
     }
 
     /// The destination for a request `:authority` and `:scheme`.
-    pub fn destination(&self, authority: &str, scheme: &str) -> Option<DestinationRef<'_>> {
+    ///
+    /// A `CONNECT` target is `host:port`; the tunnel carries TLS, so its origin is `https://host[:port]`
+    /// and a configured destination `host` also matches `host:443`.
+    pub fn destination(&self, authority: &str, scheme: &str, connect: bool) -> Option<DestinationRef<'_>> {
         let key = authority.to_ascii_lowercase();
-        match self.destinations.get(&key) {
-            Some(d) => Some(DestinationRef::Known(d)),
-            None => uri::origin_of(scheme, &key).map(DestinationRef::Implicit),
+        if let Some(d) = self.destinations.get(&key) {
+            return Some(DestinationRef::Known(d));
         }
+        if connect {
+            if let Some(d) = key.strip_suffix(":443").and_then(|h| self.destinations.get(h)) {
+                return Some(DestinationRef::Known(d));
+            }
+            return uri::origin_of("https", &key).map(DestinationRef::Implicit);
+        }
+        uri::origin_of(scheme, &key).map(DestinationRef::Implicit)
     }
 }
 

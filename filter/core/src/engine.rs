@@ -321,7 +321,7 @@ impl Engine {
     ) -> Result<(), Step> {
         let config = Rc::clone(&self.config);
         let dest = config
-            .destination(req.authority, req.scheme)
+            .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
             .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
         ev.destination = Some(dest.origin().to_owned());
         let path = uri::normalize_path(req.path).ok_or_else(|| Step::deny(Reason::MalformedRequest, "request path is malformed"))?;
