@@ -11,6 +11,7 @@ pub struct Upstream {
     /// Its port.
     pub port: u16,
     hits: Arc<AtomicU64>,
+    uris: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -18,12 +19,18 @@ impl Upstream {
     pub fn start(port: Option<u16>) -> Upstream {
         let hits = Arc::new(AtomicU64::new(0));
         let h = Arc::clone(&hits);
+        let uris = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let u = Arc::clone(&uris);
         let listener = crate::rt().block_on(tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))).unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let h = Arc::clone(&h);
+            let u = Arc::clone(&u);
             async move {
                 h.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut v) = u.lock() {
+                    v.push(uri.to_string());
+                }
                 let hs: serde_json::Map<String, serde_json::Value> = headers
                     .iter()
                     .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_owned())))
@@ -38,8 +45,13 @@ impl Upstream {
         crate::rt().spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Upstream { port, hits }
+        Upstream { port, hits, uris }
     }
+    /// How many requests for this URI (path and query) reached the upstream.
+    pub fn seen(&self, uri: &str) -> usize {
+        self.uris.lock().map(|v| v.iter().filter(|x| *x == uri).count()).unwrap_or(0)
+    }
+
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
