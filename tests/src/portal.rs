@@ -34,9 +34,13 @@ pub struct Portal {
 impl Portal {
     /// Start on a fresh database in a fresh directory.
     pub fn start(extra: &[&str]) -> Portal {
+        Portal::start_on(crate::free_port(), extra)
+    }
+
+    /// Start on a given port, on a fresh database.
+    pub fn start_on(port: u16, extra: &[&str]) -> Portal {
         let dir = crate::repo_root().join("target/e2e").join(crate::rand_id("portal-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = crate::free_port();
         let mut p = Portal {
             child: None,
             port,

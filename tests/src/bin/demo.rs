@@ -1,0 +1,146 @@
+//! `make demo`: Envoy with the missiongate filter, the captive-portal and a demo upstream on
+//! loopback (the ports of `envoy/missiongate.yaml`), and an agent walked through the whole story.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use missiongate_tests::envoy::{render, Envoy, Opts};
+use missiongate_tests::http::{Req, Response};
+use missiongate_tests::portal::Portal;
+use missiongate_tests::upstream::Upstream;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const LISTENER: u16 = 10000;
+const ADMIN: u16 = 9901;
+const UPSTREAM: u16 = 18080;
+const PORTAL: u16 = 18443;
+
+fn step(n: &str, title: &str) {
+    println!("\n\x1b[1m== {n}. {title}\x1b[0m");
+}
+
+fn show(what: &str, r: &Response) {
+    println!("   {what}: HTTP {}", r.status);
+    for h in ["content-type", "www-authenticate", "link", "retry-after"] {
+        for v in r.headers_all(h) {
+            println!("     {h}: {v}");
+        }
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&r.body) {
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        for line in text.lines().take(40) {
+            println!("     {line}");
+        }
+    }
+}
+
+fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response {
+    let mut r = Req::new(method, path).bearer(token);
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b.to_owned());
+    }
+    r.send(LISTENER)
+}
+
+fn portal_post(path: &str, headers: &[(&str, &str)], body: &Value) -> Response {
+    let mut r = Req::new("POST", path).header("Host", &format!("127.0.0.1:{PORTAL}")).header("content-type", "application/json");
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    r.body(body.to_string()).send(PORTAL)
+}
+
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned())
+}
+
+/// Ask for access after a 511, have a person approve it, return the task.
+fn request_and_approve(portal: &Portal, denial: &Response, justification: &str, parameters: Option<Value>, seconds: u64) {
+    let doc = denial.json();
+    let ctx = &doc["access-request"]["context"];
+    let hint = &ctx["access_request"];
+    let mut body = json!({
+        "denial": { "evaluation_id": ctx["evaluation_id"], "binding_token": hint["binding_token"], "expires_at": hint["expires_at"] },
+        "justification": justification,
+    });
+    if let Some(p) = parameters {
+        body["parameters"] = p;
+    }
+    let key = missiongate_tests::rand_id("idem-");
+    let r = portal_post(&path_of(hint["endpoint"].as_str().unwrap()), &[("Idempotency-Key", &key)], &body);
+    show("agent submits the access request", &r);
+    let task = r.json()["task"]["id"].as_str().unwrap().to_owned();
+    println!("   a person opens {} (the approver page) ...", doc["user-portal-url"].as_str().unwrap_or("?"));
+    let r = portal.op("POST", &format!("/operator/access-requests/{task}/approve"), Some(json!({ "duration_seconds": seconds })));
+    show("... and approves it (approver API; the page does the same)", &r);
+}
+
+fn main() {
+    println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, upstream :{UPSTREAM}");
+    let _up = Upstream::start(Some(UPSTREAM));
+    let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30"]);
+    let yaml = render("envoy/missiongate.yaml", LISTENER, ADMIN, UPSTREAM, PORTAL, &Opts { events: true, pdp: true, ..Opts::default() });
+    let envoy = Envoy::start_yaml(&yaml, LISTENER, ADMIN, 2);
+    println!("Envoy log: {}", envoy.log.display());
+
+    step("1", "an operator creates a Mission for the agent and a person approves it");
+    let id = portal.create_mission(&["http.get", "payments.create"], 3600);
+    println!("   mission {id}: pending_approval");
+    assert_eq!(portal.lifecycle(&id, "approve").status, 200);
+    let token = portal.token(&id, None);
+    println!("   approved; the agent holds a Mission-bound token ({} bytes)", token.len());
+
+    step("2", "an allowed call: GET https://api.partner.example/v1/invoices");
+    let r = agent("GET", "/v1/invoices?status=open", &token, None);
+    show("upstream answered", &r);
+
+    step("3", "a blocked call: GET /v2/reports is outside the Mission's authority");
+    let denial = agent("GET", "/v2/reports", &token, None);
+    show("the filter answers with a requestable denial", &denial);
+    let captive_api = denial.header("link").and_then(|l| l.split('>').next()).map(|s| s.trim_start_matches('<').to_owned()).unwrap_or_default();
+
+    step("4", "the agent asks for access; a person approves it for 5 seconds");
+    request_and_approve(&portal, &denial, "Need the Q3 report to reconcile invoices", None, 5);
+
+    step("5", "the agent retries: the filter evaluates again and the PDP now says yes");
+    let r = agent("GET", "/v2/reports", &token, None);
+    show("retry", &r);
+    let r = Req::new("GET", &path_of(&captive_api)).header("Host", &format!("127.0.0.1:{PORTAL}")).send(PORTAL);
+    show("the per-denial Captive Portal API", &r);
+
+    step("6", "a bound call: POST /v1/payments pays 423.50 to acct_123 (consequential)");
+    let body = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
+    let denial = agent("POST", "/v1/payments", &token, Some(body));
+    show("the call is bound to its parameter_digest and needs approval", &denial);
+    let params = json!({ "method": "POST", "target": "https://api.partner.example/v1/payments",
+                          "body": serde_json::from_str::<Value>(body).unwrap() });
+    request_and_approve(&portal, &denial, "Pay invoice INV-77", Some(params), 60);
+    let reordered = "{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
+    let r = agent("POST", "/v1/payments", &token, Some(reordered));
+    show("the approved call (members reordered, same canonical form) goes through", &r);
+    let r = agent("POST", "/v1/payments", &token, Some(body));
+    show("replaying it is refused (single use)", &r);
+    let r = agent("POST", "/v1/payments", &token, Some(r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#));
+    show("a changed amount is not covered by the approval", &r);
+
+    step("7", "the approval of step 4 ends: the destination is captive again");
+    std::thread::sleep(Duration::from_secs(5));
+    let r = agent("GET", "/v2/reports", &token, None);
+    show("after approved_until", &r);
+
+    step("8", "the Mission is revoked: the edge refuses at once");
+    let t0 = Instant::now();
+    assert_eq!(portal.lifecycle(&id, "revoke").status, 200);
+    loop {
+        let r = agent("GET", "/v1/invoices", &token, None);
+        if r.status == 401 {
+            println!("   refused {:?} after the revoke call", t0.elapsed());
+            show("the agent's next call", &r);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "revocation did not take effect");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("\nDone. Evidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines).");
+}
