@@ -182,6 +182,15 @@ impl ReplayGuard for SharedReplay {
         }
         Err("shared data contention".into())
     }
+
+    fn load(&mut self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+    }
+
+    fn store(&mut self, key: &str, value: &[u8]) {
+        // Last writer wins: entries are whole answers with their own expiry.
+        let _ = hostcalls::set_shared_data(key, Some(value), None);
+    }
 }
 
 fn request_from<'a>(headers: &'a [(String, String)]) -> Request<'a> {

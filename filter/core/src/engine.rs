@@ -48,6 +48,14 @@ pub trait ReplayGuard {
     /// Remember `key` until `until`; `Ok(false)` when it was already remembered (a replay),
     /// `Err` when the store could not be used (the request is then refused).
     fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String>;
+
+    /// Read a cached value shared by every worker (decision cache). Default: no shared cache.
+    fn load(&mut self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Write a cached value shared by every worker. Default: no shared cache.
+    fn store(&mut self, _key: &str, _value: &[u8]) {}
 }
 
 /// Which fetches have already been tried for the request being decided (so a decision terminates).
@@ -92,10 +100,11 @@ pub struct Extra<'a> {
     pub pdp: Option<&'a PdpAnswer>,
 }
 
+/// A PDP answer kept for reuse: reinterpreted on every hit, so conditions are checked again.
 #[derive(Debug, Clone)]
-enum Cached {
-    Allow { until: i64, evaluation_id: Option<String> },
-    Deny { until: i64, denial: Denial },
+struct Cached {
+    until: i64,
+    answer: Rc<PdpAnswer>,
 }
 
 /// Result of a decision step.
@@ -508,24 +517,17 @@ impl Engine {
             None
         };
         ev.parameter_digest = digest.clone();
-        let key = format!("{}|{}|{}|{}", vt.mission_id, dest.origin(), action, digest.as_deref().unwrap_or("-"));
-        if extra.pdp.is_none() {
-            match self.decisions_cache.get(&key) {
-                Some(Cached::Allow { until, evaluation_id }) if *until > now => {
-                    ev.evaluation_id = evaluation_id.clone();
-                    return Ok(());
-                }
-                Some(Cached::Deny { until, denial }) if *until > now => return Err(Step::Deny(denial.clone())),
-                Some(_) => {
-                    self.decisions_cache.remove(&key);
-                }
-                None => {}
+        let key = format!("mg.dec/{}|{}|{}|{}", vt.mission_id, dest.origin(), action, digest.as_deref().unwrap_or("-"));
+        let cached = if extra.pdp.is_none() { self.cached_answer(&key, now, replay) } else { None };
+        let from_cache = cached.is_some();
+        let answer: &PdpAnswer = match (extra.pdp, cached.as_deref()) {
+            (Some(a), _) => a,
+            (None, Some(c)) => c,
+            (None, None) => {
+                let body = self.evaluation_request(pdp, req, dest, vt, action, digest.as_deref());
+                let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, None);
+                return Err(Step::Need(Need::Pdp(Box::new(c))));
             }
-        }
-        let Some(answer) = extra.pdp else {
-            let body = self.evaluation_request(pdp, req, dest, vt, action, digest.as_deref());
-            let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, None);
-            return Err(Step::Need(Need::Pdp(Box::new(c))));
         };
         let unavailable = |detail: &str| {
             let mut d = Denial::new(Reason::PdpUnavailable, detail);
@@ -577,8 +579,8 @@ impl Engine {
                     Ok(false) => return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used")),
                     Err(_) => return Err(unavailable("single-use store unavailable")),
                 }
-            } else {
-                self.decisions_cache.insert(key, Cached::Allow { until, evaluation_id: resp.context.evaluation_id.clone() });
+            } else if !from_cache {
+                self.cache_answer(key, until, answer, now, replay);
             }
             return Ok(());
         }
@@ -609,15 +611,39 @@ impl Engine {
                 format!("denied by policy: {}", resp.context.reason.as_deref().unwrap_or("no reason given")),
             ),
         };
-        if pdp.deny_cache_seconds > 0 {
-            self.decisions_cache.insert(key, Cached::Deny { until: now + pdp.deny_cache_seconds, denial: denial.clone() });
-        }
-        if self.decisions_cache.len() > 10_000 {
-            self.decisions_cache.retain(|_, c| match c {
-                Cached::Allow { until, .. } | Cached::Deny { until, .. } => *until > now,
-            });
+        if pdp.deny_cache_seconds > 0 && !from_cache {
+            self.cache_answer(key, now + pdp.deny_cache_seconds, answer, now, replay);
         }
         Err(Step::Deny(denial))
+    }
+
+    /// A cached PDP answer: this worker's first, then the one shared by every worker.
+    fn cached_answer(&mut self, key: &str, now: i64, shared: &mut dyn ReplayGuard) -> Option<Rc<PdpAnswer>> {
+        if let Some(c) = self.decisions_cache.get(key) {
+            if c.until > now {
+                return Some(Rc::clone(&c.answer));
+            }
+            self.decisions_cache.remove(key);
+        }
+        let bytes = shared.load(key)?;
+        let (head, body) = (bytes.get(..8)?, bytes.get(8..)?);
+        let until = i64::from_le_bytes(head.try_into().ok()?);
+        if until <= now {
+            return None;
+        }
+        let answer = Rc::new(PdpAnswer { status: Some(200), body: body.to_vec() });
+        self.decisions_cache.insert(key.to_owned(), Cached { until, answer: Rc::clone(&answer) });
+        Some(answer)
+    }
+
+    fn cache_answer(&mut self, key: String, until: i64, answer: &PdpAnswer, now: i64, shared: &mut dyn ReplayGuard) {
+        if self.decisions_cache.len() > 10_000 {
+            self.decisions_cache.retain(|_, c| c.until > now);
+        }
+        let mut bytes = until.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&answer.body);
+        shared.store(&key, &bytes);
+        self.decisions_cache.insert(key, Cached { until, answer: Rc::new(answer.clone()) });
     }
 
     fn subject(&self, pdp: &crate::config::Pdp, vt: &VerifiedToken) -> missiongate_wire::authzen::Entity {
