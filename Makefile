@@ -14,12 +14,20 @@ ENVOY_BIN    ?= $(VENV)/bin/envoy
 WASM         := target/wasm32-wasip1/release/missiongate_filter.wasm
 export ENVOY_BIN
 
-.PHONY: all tools wasm-target envoy wasm build test test-native test-e2e lint demo bench bench-smoke clean
+.PHONY: all tools wasm-target envoy browser wasm build test test-native test-e2e lint demo bench bench-smoke clean
 
 all: build
 
 ## ---- toolchain -------------------------------------------------------------------------------
-tools: wasm-target envoy
+tools: wasm-target envoy browser
+
+# Headless Chromium and ChromeDriver from Debian's packages, for the approver-page test.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
