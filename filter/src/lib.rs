@@ -321,6 +321,13 @@ impl Vm {
         let built = {
             let mut guard = self.engine.borrow_mut();
             let Some(engine) = guard.as_mut() else { return false };
+            if let Need::Keys(i) = need {
+                if engine.keys.issuer_in_flight(*i) {
+                    // A fetch (the periodic one, or another request's) is already under way: its
+                    // answer completes this need too.
+                    return true;
+                }
+            }
             match need {
                 Need::Keys(i) => engine.jwks_callout(*i, now).map(|c| (c, Kind::Jwks(*i))),
                 Need::Status(i, id) => engine.status_callout(*i, id).map(|(c, nonce)| (c, Kind::Status(*i, id.clone(), nonce))),

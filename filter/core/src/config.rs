@@ -518,11 +518,15 @@ impl Config {
         if let Some(d) = self.destinations.get(&key) {
             return Some(DestinationRef::Known(d));
         }
-        if connect {
-            if let Some(d) = key.strip_suffix(":443").and_then(|h| self.destinations.get(h)) {
-                return Some(DestinationRef::Known(d));
-            }
-            return uri::origin_of("https", &key).map(DestinationRef::Implicit);
+        let scheme = if connect { "https" } else { scheme };
+        // `host:443` (https) and `host:80` (http) name the same destination as `host`.
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "https" => Some(":443"),
+            "http" => Some(":80"),
+            _ => None,
+        };
+        if let Some(d) = default_port.and_then(|p| key.strip_suffix(p)).and_then(|h| self.destinations.get(h)) {
+            return Some(DestinationRef::Known(d));
         }
         uri::origin_of(scheme, &key).map(DestinationRef::Implicit)
     }

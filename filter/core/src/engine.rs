@@ -378,7 +378,9 @@ impl Engine {
                     }
                     Err(TokenError::Deny(d)) => return Err(Step::Deny(d)),
                     Err(TokenError::NeedKeys { issuer, unknown_kid }) => {
-                        if !attempts.keys && self.keys.may_fetch(&config, issuer, now) {
+                        // Wait for a fetch already under way (coalesced), or start one if allowed.
+                        let in_flight = self.keys.issuer_in_flight(issuer);
+                        if !attempts.keys && (in_flight || self.keys.may_fetch(&config, issuer, now)) {
                             return Err(Step::Need(Need::Keys(issuer)));
                         }
                         return Err(if unknown_kid {

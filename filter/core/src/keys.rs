@@ -72,6 +72,11 @@ impl KeyStore {
         }
     }
 
+    /// True while a fetch for this issuer is under way.
+    pub fn issuer_in_flight(&self, issuer: usize) -> bool {
+        self.issuers.get(issuer).is_some_and(|k| k.in_flight)
+    }
+
     /// Mutable state of one issuer.
     pub fn issuer_mut(&mut self, issuer: usize) -> Option<&mut IssuerKeys> {
         self.issuers.get_mut(issuer)
