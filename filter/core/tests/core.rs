@@ -412,7 +412,6 @@ fn implicit_destination_uses_the_request_origin() {
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-
 fn configured_destination_with_explicit_default_port() {
     let mut e = active_engine();
     let t = token();
@@ -775,7 +774,6 @@ fn keys_never_loaded_is_503() {
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-
 fn requests_during_an_in_flight_fetch_wait_for_it() {
     let mut e = engine_with(&remote_config());
     // The periodic load started at configure time (or another request's fetch) is in flight.
