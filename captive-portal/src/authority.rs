@@ -135,6 +135,19 @@ impl From<KeyError> for AuthorityError {
     }
 }
 
+/// Why [`Authority::verify_own`] refused a JWS.
+#[derive(Debug)]
+pub enum VerifyError {
+    /// Not a compact JWS with a `kid`.
+    Malformed,
+    /// No published key has that `kid`.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// Storage failed.
+    Internal(String),
+}
+
 /// A Mission just created, with its client secret (returned once, never stored in clear).
 #[derive(Debug)]
 pub struct Created {
@@ -500,6 +513,27 @@ impl Authority {
     /// The JWKS.
     pub async fn jwks(&self) -> Result<JwkSet, AuthorityError> {
         Ok(self.keys.jwks(&self.store, now_secs()).await?)
+    }
+
+    /// The current signing key, its lease extended so that it stays published until at least `until`
+    /// (for JWS made here outside the Mission flows, such as Access Request binding tokens).
+    pub async fn signer_until(&self, until: i64) -> Result<Arc<crate::keys::ActiveKey>, AuthorityError> {
+        Ok(self.keys.signer_until(&self.store, until).await?)
+    }
+
+    /// Verify a compact JWS made by one of this authority's published keys (found by `kid`); returns
+    /// its header and payload bytes.
+    pub async fn verify_own(
+        &self,
+        jws: &str,
+    ) -> Result<(missiongate_wire::jose::Header, Vec<u8>), VerifyError> {
+        use missiongate_wire::jose::{verify_compact, Compact};
+        let header = Compact::split(jws).and_then(|c| c.header()).map_err(|_| VerifyError::Malformed)?;
+        let kid = header.kid.clone().ok_or(VerifyError::Malformed)?;
+        let set = self.jwks().await.map_err(|e| VerifyError::Internal(e.to_string()))?;
+        let jwk = set.keys.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())).ok_or(VerifyError::UnknownKey)?;
+        let key = jwk.verifying_key().map_err(|e| VerifyError::Internal(e.to_string()))?;
+        verify_compact(jws, &key).map_err(|_| VerifyError::BadSignature)
     }
 
     /// RFC 8414 metadata, with the Mission extensions.

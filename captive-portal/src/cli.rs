@@ -55,6 +55,42 @@ pub struct ServeArgs {
     /// How long state events are kept (at least one hour).
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(3600..))]
     pub event_retention_seconds: u32,
+    /// Externally visible base URL of the PDP, Access Request Service, Captive Portal API and approver
+    /// portal (no query, fragment or trailing slash). Default: the issuer.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Bearer credential the gateway presents to the PDP. Without it, only loopback callers may ask
+    /// for evaluations.
+    #[arg(long, env = "MISSIONGATE_PDP_CREDENTIAL", hide_env_values = true)]
+    pub pdp_credential: Option<String>,
+    /// An approver of the portal, `NAME:TOKEN` (repeatable; the environment variable takes a
+    /// comma-separated list).
+    #[arg(long = "approver", env = "MISSIONGATE_APPROVERS", hide_env_values = true, value_delimiter = ',')]
+    pub approvers: Vec<String>,
+    /// A file of approvers, one `NAME:TOKEN` per line (`#` starts a comment).
+    #[arg(long)]
+    pub approver_file: Option<PathBuf>,
+    /// Let the operator token sign in to the portal as the approver `operator` (off by default).
+    #[arg(long)]
+    pub operator_may_approve: bool,
+    /// A requestable denial's hint (`expires_at`, `binding_token`) is valid this long.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub denial_ttl_seconds: u32,
+    /// A pending access request expires after this long.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
+    pub task_ttl_seconds: u32,
+    /// A task handle stays readable this long after the task's `expires_at` (then 410).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(0..=2_592_000))]
+    pub task_retention_seconds: u32,
+    /// Approval duration offered by default on the approver page, in minutes.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=43_200))]
+    pub default_approval_minutes: u32,
+    /// Longest approval, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(60..=2_592_000))]
+    pub max_approval_seconds: u32,
+    /// Most denials with a live hint per Mission; beyond that, denials are not requestable.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_open_denials: u32,
 }
 
 /// Where the running authority is and how to authenticate to its operator API.

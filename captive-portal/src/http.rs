@@ -15,6 +15,9 @@
 //! | POST | `/operator/missions/{id}/token` | optional JSON `{"dpop_jkt"}` | token response |
 //! | POST | `/operator/keys/rotate` | | `{"kid", "previous_kid"}` |
 //!
+//! The PDP, Access Request, Captive Portal API and operator access-request routes are in
+//! [`crate::access_http`]; the approver pages in [`crate::portal`].
+//!
 //! Operator routes need `Authorization: Bearer <operator token>`. Errors are
 //! `application/problem+json` (RFC 9457) with an `error` member, except on the OAuth surfaces
 //! (`/token`, `/mission/status`), which answer `application/json` `{"error", "error_description"}` as
@@ -44,6 +47,7 @@ use missiongate_wire::digest::is_json_media_type;
 use missiongate_wire::problem::{self, Problem, ProblemMission};
 use missiongate_wire::time::format_rfc3339;
 
+use crate::access::Access;
 use crate::authority::{Authority, AuthorityError, Minted};
 use crate::mission::{self, Action, CreateMission};
 use crate::store::{MissionRow, TransitionRow};
@@ -59,14 +63,15 @@ pub const ACTOR_OPERATOR: &str = "operator";
 /// Shared state of the router.
 #[derive(Clone)]
 pub struct HttpState {
-    authority: Arc<Authority>,
+    pub(crate) authority: Arc<Authority>,
+    pub(crate) access: Arc<Access>,
     operator_token_sha256: Arc<[u8; 32]>,
 }
 
 impl HttpState {
-    /// State for `authority`, with the operator API guarded by `operator_token`.
-    pub fn new(authority: Arc<Authority>, operator_token: &str) -> HttpState {
-        HttpState { authority, operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())) }
+    /// State for `authority` and the access service, with the operator API guarded by `operator_token`.
+    pub fn new(authority: Arc<Authority>, access: Arc<Access>, operator_token: &str) -> HttpState {
+        HttpState { authority, access, operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())) }
     }
 }
 
@@ -92,6 +97,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/mission/status", post(mission_status))
         .route("/mission/events", post(mission_events))
         .merge(operator)
+        .merge(crate::access_http::routes(&state))
+        .merge(crate::portal::routes())
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None, &[]) })
         .method_not_allowed_fallback(|| async {
             problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here", None, &[])
@@ -105,20 +112,20 @@ pub fn router(state: HttpState) -> Router {
 // Responses
 // -------------------------------------------------------------------------------------------------
 
-fn with_headers(mut resp: Response, content_type: &'static str) -> Response {
+pub(crate) fn with_headers(mut resp: Response, content_type: &'static str) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     with_headers((status, bytes).into_response(), "application/json")
 }
 
 /// An `application/problem+json` response with an `error` member (and `extra` members).
-fn problem_response(
+pub(crate) fn problem_response(
     status: StatusCode,
     error: &str,
     detail: &str,
@@ -158,7 +165,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str, extra: &[(&st
     json_response(status, &Value::Object(body))
 }
 
-fn internal(detail: &str) -> Response {
+pub(crate) fn internal(detail: &str) -> Response {
     tracing::error!(error = %detail, "request failed");
     problem_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error", None, &[])
 }
@@ -235,17 +242,22 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("invalid"))
 }
 
-fn body_rejection(e: &axum::extract::rejection::BytesRejection, oauth: bool) -> Response {
+pub(crate) fn body_rejection(e: &axum::extract::rejection::BytesRejection, oauth: bool) -> Response {
     let (status, error, detail) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body is larger than 1 MiB")
     } else {
         (StatusCode::BAD_REQUEST, "invalid_request", "request body could not be read")
     };
-    if oauth {
+    let mut resp = if oauth {
         oauth_error(status, error, detail, &[])
     } else {
         problem_response(status, error, detail, None, &[])
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: the connection cannot be reused.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
 }
 
 /// Parse a JSON body strictly (I-JSON: no duplicate member names) into `T`.
@@ -258,7 +270,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
     })
 }
 
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Response> {
     match content_type(headers) {
         None => Ok(()),
         Some(ct) if is_json_media_type(ct) => Ok(()),
@@ -351,7 +363,7 @@ async fn log_request(req: Request, next: Next) -> Response {
 
 /// `Authorization: Bearer <operator token>`, compared in constant time. Anything else (no header, two
 /// headers, another scheme, an agent's access token) is a 401.
-async fn require_operator(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_operator(State(st): State<HttpState>, req: Request, next: Next) -> Response {
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let presented = match (values.next(), values.next()) {
         (Some(v), None) => v.to_str().ok().and_then(|v| {

@@ -11,9 +11,15 @@
 //! - [`keys`]: the signing key ring and the JWKS it publishes;
 //! - [`dpop`]: RFC 9449 proof checks at the token endpoint;
 //! - [`authority`]: the service that ties them together (create, transition, mint, status, events);
+//! - [`access`], [`access_store`]: the AuthZEN PDP and the Access Request Service (requestable
+//!   denials, tasks, grants), with [`access_http`] for their routes and the Captive Portal API;
+//! - [`portal`]: the approver pages (the `user-portal-url` of every denial);
 //! - [`http`]: the axum router;
 //! - [`cli`] and [`client`]: the command line, both the server and an HTTP client of it.
 
+pub mod access;
+pub mod access_http;
+pub mod access_store;
 pub mod authority;
 pub mod cli;
 pub mod client;
@@ -21,6 +27,7 @@ pub mod dpop;
 pub mod http;
 pub mod keys;
 pub mod mission;
+pub mod portal;
 pub mod serve;
 pub mod store;
 pub mod util;

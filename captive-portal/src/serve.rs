@@ -4,10 +4,12 @@ use std::io::Write;
 
 use tokio::sync::watch;
 
+use crate::access::{Access, AccessSettings, Approver};
 use crate::authority::{Authority, Settings};
 use crate::cli::ServeArgs;
 use crate::http::{router, HttpState};
 use crate::store::Store;
+use crate::util::sha256;
 
 /// Check an issuer identifier: absolute http(s) URL, no query, fragment or trailing slash.
 pub fn check_issuer(issuer: &str) -> Result<(), String> {
@@ -19,6 +21,69 @@ pub fn check_issuer(issuer: &str) -> Result<(), String> {
         return Err("--issuer must have no query, no fragment and no trailing slash".into());
     }
     Ok(())
+}
+
+/// Parse `NAME:TOKEN` approver entries (from `--approver` and `--approver-file`).
+pub fn parse_approvers(args: &ServeArgs) -> Result<Vec<Approver>, String> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    let mut add = |line: &str, origin: &str| -> Result<(), String> {
+        let (name, token) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{origin}: an approver is NAME:TOKEN"))?;
+        let name = name.trim();
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+        {
+            return Err(format!("{origin}: approver names are 1 to 64 of A-Z a-z 0-9 . _ - @"));
+        }
+        if token.is_empty() {
+            return Err(format!("{origin}: approver {name} has an empty token"));
+        }
+        entries.push((name.to_owned(), token.to_owned()));
+        Ok(())
+    };
+    for a in &args.approvers {
+        if !a.trim().is_empty() {
+            add(a.trim(), "--approver")?;
+        }
+    }
+    if let Some(path) = &args.approver_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            add(line, &format!("{}:{}", path.display(), i + 1))?;
+        }
+    }
+    let mut out: Vec<Approver> = Vec::with_capacity(entries.len() + 1);
+    for (name, token) in entries {
+        if token == args.operator_token {
+            return Err(format!(
+                "approver {name} uses the operator token; give approvers their own tokens (or use --operator-may-approve)"
+            ));
+        }
+        if args.pdp_credential.as_deref() == Some(token.as_str()) {
+            return Err(format!("approver {name} uses the PDP credential; give approvers their own tokens"));
+        }
+        if token.len() < 16 {
+            tracing::warn!(approver = %name, "approver token is shorter than 16 characters");
+        }
+        if out.iter().any(|a| a.name == name) {
+            return Err(format!("approver {name} is given twice"));
+        }
+        let digest = sha256(token.as_bytes());
+        if out.iter().any(|a| a.token_sha256 == digest) {
+            return Err(format!("approver {name} shares a token with another approver"));
+        }
+        out.push(Approver { name, token_sha256: digest });
+    }
+    if args.operator_may_approve {
+        out.push(Approver { name: "operator".into(), token_sha256: sha256(args.operator_token.as_bytes()) });
+    }
+    Ok(out)
 }
 
 async fn wait_for_signal() {
@@ -60,10 +125,31 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         longpoll_seconds: u64::from(args.longpoll_seconds),
         event_retention_seconds: i64::from(args.event_retention_seconds),
     };
+    let public_url = args.public_url.clone().unwrap_or_else(|| args.issuer.clone());
+    check_issuer(&public_url).map_err(|e| e.replace("--issuer", "--public-url"))?;
+    let approvers = parse_approvers(&args)?;
+    if let Some(c) = &args.pdp_credential {
+        if c.is_empty() || *c == args.operator_token {
+            return Err("the PDP credential must be non-empty and differ from the operator token".into());
+        }
+    }
+    let access_settings = AccessSettings {
+        public_url,
+        denial_ttl_seconds: i64::from(args.denial_ttl_seconds),
+        task_ttl_seconds: i64::from(args.task_ttl_seconds),
+        task_retention_seconds: i64::from(args.task_retention_seconds),
+        default_approval_seconds: i64::from(args.default_approval_minutes) * 60,
+        max_approval_seconds: i64::from(args.max_approval_seconds),
+        max_open_denials_per_mission: i64::from(args.max_open_denials),
+        pdp_credential_sha256: args.pdp_credential.as_deref().map(|c| sha256(c.as_bytes())),
+        approvers,
+    };
     let store = Store::open(&args.db).await.map_err(|e| format!("{}: {e}", args.db.display()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let authority = Authority::open(settings, store.clone(), shutdown_rx).await.map_err(|e| e.to_string())?;
+    let authority = Authority::open(settings, store.clone(), shutdown_rx.clone()).await.map_err(|e| e.to_string())?;
     let maintenance = tokio::spawn(authority.clone().run_maintenance());
+    let access = Access::new(access_settings, authority.clone());
+    let access_maintenance = tokio::spawn(access.clone().run_maintenance(shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -77,8 +163,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(%addr, issuer = %args.issuer, db = %args.db.display(), "mission authority started");
 
-    let app = router(HttpState::new(authority.clone(), &args.operator_token));
-    let served = axum::serve(listener, app)
+    let app = router(HttpState::new(authority.clone(), access, &args.operator_token));
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -87,6 +173,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .await;
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Err(e) = access_maintenance.await {
+        tracing::warn!(error = %e, "access maintenance task ended abnormally");
     }
     store.close().await;
     served.map_err(|e| format!("server error: {e}"))?;

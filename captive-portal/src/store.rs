@@ -214,8 +214,8 @@ pub enum TransitionOutcome {
 /// The authority's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 const MISSION_COLUMNS: &str = "id, issuer, state, version, intent, authority, intent_hash, authority_hash, \

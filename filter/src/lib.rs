@@ -105,6 +105,10 @@ struct Vm {
     orphans: RefCell<Vec<Need>>,
     events_in_flight: RefCell<HashMap<usize, bool>>,
     metrics: RefCell<HashMap<String, u32>>,
+    /// Undecided requests whose whole body has already arrived (context -> body size).
+    eos: RefCell<HashMap<u32, usize>>,
+    /// Requests resumed from a callout that now need their body buffered.
+    body_waiting: RefCell<HashMap<u32, Pending>>,
     root_id: Cell<u32>,
     evidence_log: Cell<Option<EvidenceLog>>,
 }
@@ -292,10 +296,32 @@ impl Vm {
                 }
             }
             Ran::Stopped => {}
-            Ran::NeedBody(_) => {
-                // The body was already buffered before any callout that can resume; cannot happen,
-                // but never leave the request hanging.
-                let _ = hostcalls::send_http_response(500, vec![], None);
+            Ran::NeedBody(mut pending) => {
+                let seen = self.eos.borrow_mut().remove(&ctx);
+                match seen {
+                    // The whole body is already held by Envoy: read it and decide again.
+                    Some(size) => {
+                        let body = if size == 0 {
+                            Ok(Some(Vec::new()))
+                        } else {
+                            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+                        };
+                        match body {
+                            Ok(b) => {
+                                pending.body = Some(b.unwrap_or_default());
+                                self.resume(ctx, pending);
+                            }
+                            Err(e) => {
+                                log(LogLevel::Error, &format!("missiongate: cannot read request body: {e:?}"));
+                                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                            }
+                        }
+                    }
+                    // More is coming: the stream's body callback takes it from here.
+                    None => {
+                        self.body_waiting.borrow_mut().insert(ctx, pending);
+                    }
+                }
             }
         }
     }
@@ -454,6 +480,8 @@ impl Vm {
     /// A context is going away: forget it; its callouts become orphans for the root to redo.
     fn forget(&self, ctx: u32) {
         self.waiting.borrow_mut().remove(&ctx);
+        self.eos.borrow_mut().remove(&ctx);
+        self.body_waiting.borrow_mut().remove(&ctx);
         for list in self.waiters.borrow_mut().values_mut() {
             list.retain(|c| *c != ctx);
         }
@@ -737,15 +765,26 @@ impl HttpContext for Stream {
             }
         };
         let ran = self.vm.run(self.id, Pending { headers, ..Pending::default() });
+        if end_of_stream && matches!(ran, Ran::Stopped) && self.vm.waiting.borrow().contains_key(&self.id) {
+            // No body will come; remember that for a decision resumed later.
+            self.vm.eos.borrow_mut().insert(self.id, 0);
+        }
         self.act(ran, end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.body_wait.is_none() {
+            let resumed = self.vm.body_waiting.borrow_mut().remove(&self.id);
+            self.body_wait = resumed;
+        }
+        if self.body_wait.is_none() {
             // Still waiting for a callout to decide: hold the body (and so the request) back. Data
             // arrives here even while the headers are stopped (CONNECT tunnels, uploads), and a
             // Continue would let the request through undecided.
             if self.vm.waiting.borrow().contains_key(&self.id) {
+                if end_of_stream {
+                    self.vm.eos.borrow_mut().insert(self.id, body_size);
+                }
                 return Action::Pause;
             }
             return Action::Continue;

@@ -1,0 +1,429 @@
+//! HTTP surface of the PDP, the Access Request Service and the Captive Portal API.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/.well-known/authzen-configuration` | | AuthZEN PDP metadata (+ ARAP `access_request_endpoint`, `jwks_uri`, capabilities) |
+//! | POST | `/access/v1/evaluation` | AuthZEN evaluation | `{"decision", "context"}` (PDP callers only) |
+//! | POST | `/access/v1/evaluations` | AuthZEN batch | `{"evaluations": [...]}` (PDP callers only) |
+//! | POST | `/access/v1/requests` | ARAP submission, `Idempotency-Key` header | 201/200 `{"task"}` |
+//! | GET | `/access/v1/requests/{id}` | | `{"task", "result"?}`, `Retry-After` while pending |
+//! | POST | `/access/v1/requests/{id}/cancel` (or `DELETE /access/v1/requests/{id}`) | | `{"task"}` |
+//! | GET | `/captive-portal/api/d/{id}` | | RFC 8908 `application/captive+json`, `Cache-Control: private` |
+//! | GET | `/operator/access-requests[?status=&limit=]` | | `{"access_requests": [...]}` (operator) |
+//! | GET | `/operator/access-requests/{id}` | | task, denial, grant, audit (operator) |
+//! | POST | `/operator/access-requests/{id}/approve` | `{"duration_seconds", "single_use"?}` | task (operator) |
+//! | POST | `/operator/access-requests/{id}/deny` | `{"reason"?}` | task (operator) |
+//!
+//! Access Request errors are `application/problem+json` whose `type` is
+//! `urn:openid:authzen:access-request:error:<code>` (see [`crate::access::ArError`]).
+
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use missiongate_wire::authzen::{
+    EvaluationRequest, ACCESS_REQUESTS_PATH, CAPTIVE_CONTENT_TYPE, EVALUATIONS_PATH, EVALUATION_PATH,
+};
+use missiongate_wire::digest::is_json_media_type;
+use missiongate_wire::problem;
+
+use crate::access::ArError;
+use crate::http::{json_response, require_operator, with_headers, HttpState, JsonBody, ACTOR_OPERATOR};
+use crate::util::secret_matches;
+
+/// Largest evaluation body.
+pub const EVALUATION_BODY_LIMIT: usize = 256 * 1024;
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 100;
+
+pub(crate) fn routes(state: &HttpState) -> Router<HttpState> {
+    let pdp = Router::new()
+        .route(EVALUATION_PATH, post(evaluation))
+        .route(EVALUATIONS_PATH, post(evaluations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_pdp_caller))
+        .layer(DefaultBodyLimit::max(EVALUATION_BODY_LIMIT));
+    let operator = Router::new()
+        .route("/operator/access-requests", get(op_list))
+        .route("/operator/access-requests/{id}", get(op_show))
+        .route("/operator/access-requests/{id}/approve", post(op_approve))
+        .route("/operator/access-requests/{id}/deny", post(op_deny))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_operator));
+    Router::new()
+        .route("/.well-known/authzen-configuration", get(pdp_metadata))
+        .route(ACCESS_REQUESTS_PATH, post(submit))
+        .route("/access/v1/requests/{id}", get(task_status).delete(task_cancel))
+        .route("/access/v1/requests/{id}/cancel", post(task_cancel))
+        .route("/captive-portal/api/d/{id}", get(captive))
+        .merge(pdp)
+        .merge(operator)
+}
+
+/// An ARAP problem document.
+pub(crate) fn ar_problem(e: &ArError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "type": e.type_urn(),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": e.status,
+        "detail": e.detail,
+        "error": e.code,
+    });
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = with_headers((status, bytes).into_response(), problem::CONTENT_TYPE);
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: the connection cannot be reused.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+// -------------------------------------------------------------------------------------------------
+// PDP
+// -------------------------------------------------------------------------------------------------
+
+/// With `--pdp-credential`: `Authorization: Bearer <credential>`. Without: loopback peers only.
+async fn require_pdp_caller(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+    let allowed = match &st.access.settings().pdp_credential_sha256 {
+        Some(expected) => {
+            let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+            let presented = match (values.next(), values.next()) {
+                (Some(v), None) => v.to_str().ok().and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                }),
+                _ => None,
+            };
+            presented.is_some_and(|t| secret_matches(t, expected))
+        }
+        None => req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback()),
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    let mut resp = crate::http::problem_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the PDP answers the gateway only (loopback, or Authorization: Bearer <PDP credential>)",
+        None,
+        &[],
+    );
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-pdp\""));
+    resp
+}
+
+fn echo_request_id(headers: &HeaderMap, mut resp: Response) -> Response {
+    if let Some(id) = headers.get("x-request-id") {
+        if id.len() <= 256 {
+            resp.headers_mut().insert("x-request-id", id.clone());
+        }
+    }
+    resp
+}
+
+fn pdp_error(e: &ArError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    crate::http::problem_response(status, e.code, &e.detail, None, &[])
+}
+
+async fn pdp_metadata(State(st): State<HttpState>) -> Response {
+    json_response(StatusCode::OK, &st.access.metadata())
+}
+
+async fn evaluation(State(st): State<HttpState>, headers: HeaderMap, JsonBody(req): JsonBody<EvaluationRequest>) -> Response {
+    let resp = match st.access.evaluate(&req).await {
+        Ok(r) => match serde_json::to_value(&r) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => pdp_error(&ArError::internal(e)),
+        },
+        Err(e) => pdp_error(&e),
+    };
+    echo_request_id(&headers, resp)
+}
+
+fn item_error(status: u16, message: &str) -> Value {
+    json!({"decision": false, "context": {"error": {"status": status, "message": message}}})
+}
+
+async fn evaluations(State(st): State<HttpState>, headers: HeaderMap, JsonBody(body): JsonBody<Map<String, Value>>) -> Response {
+    let semantic = match body.get("options").and_then(|o| o.get("evaluations_semantic")) {
+        None => "execute_all",
+        Some(Value::String(s)) if matches!(s.as_str(), "execute_all" | "deny_on_first_deny" | "permit_on_first_permit") => {
+            s.as_str()
+        }
+        Some(_) => {
+            let e = ArError::invalid("options.evaluations_semantic is not supported");
+            return echo_request_id(&headers, pdp_error(&e));
+        }
+    };
+    let items = match body.get("evaluations") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return echo_request_id(&headers, pdp_error(&ArError::invalid("evaluations must be an array"))),
+    };
+    if items.len() > MAX_BATCH {
+        return echo_request_id(&headers, pdp_error(&ArError::invalid(format!("at most {MAX_BATCH} evaluations per call"))));
+    }
+    let mut defaults = Map::new();
+    for k in ["subject", "resource", "action", "context"] {
+        if let Some(v) = body.get(k) {
+            defaults.insert(k.to_owned(), v.clone());
+        }
+    }
+    if items.is_empty() {
+        // AuthZEN: no `evaluations` behaves like a single Access Evaluation.
+        let resp = match serde_json::from_value::<EvaluationRequest>(Value::Object(defaults)) {
+            Err(e) => pdp_error(&ArError::invalid(format!("request body: {e}"))),
+            Ok(req) => match st.access.evaluate(&req).await.and_then(|r| serde_json::to_value(&r).map_err(ArError::internal)) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => pdp_error(&e),
+            },
+        };
+        return echo_request_id(&headers, resp);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Object(item) = item else {
+            out.push(item_error(400, "an evaluation must be an object"));
+            continue;
+        };
+        let mut merged = defaults.clone();
+        for (k, v) in item {
+            merged.insert(k, v);
+        }
+        let decision = match serde_json::from_value::<EvaluationRequest>(Value::Object(merged)) {
+            Err(e) => item_error(400, &e.to_string()),
+            Ok(req) => match st.access.evaluate(&req).await {
+                Ok(r) => serde_json::to_value(&r).unwrap_or_else(|_| item_error(500, "internal error")),
+                Err(e) => item_error(e.status, &e.detail),
+            },
+        };
+        let permitted = decision.get("decision").and_then(Value::as_bool) == Some(true);
+        out.push(decision);
+        if (semantic == "deny_on_first_deny" && !permitted) || (semantic == "permit_on_first_permit" && permitted) {
+            break;
+        }
+    }
+    echo_request_id(&headers, json_response(StatusCode::OK, &json!({ "evaluations": out })))
+}
+
+// -------------------------------------------------------------------------------------------------
+// Access Requests
+// -------------------------------------------------------------------------------------------------
+
+/// The `Idempotency-Key` (an RFC 8941 string; an unquoted token is accepted too).
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ArError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let raw = match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().map_err(|_| ArError::invalid("Idempotency-Key must be ASCII"))?,
+        (None, _) => return Err(ArError::invalid("the Idempotency-Key header is required")),
+        _ => return Err(ArError::invalid("Idempotency-Key is repeated")),
+    };
+    let raw = raw.trim();
+    let key = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw);
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        return Err(ArError::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"));
+    }
+    Ok(key.to_owned())
+}
+
+async fn submit(State(st): State<HttpState>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        if !ct.to_str().is_ok_and(is_json_media_type) {
+            return ar_problem(&ArError { status: 415, code: "invalid_request", detail: "Content-Type must be application/json".into() });
+        }
+    }
+    let bytes = match Bytes::from_request(req, &st).await {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ar_problem(&ArError { status: 413, code: "invalid_request", detail: "request body is larger than 1 MiB".into() })
+        }
+        Err(_) => return ar_problem(&ArError::invalid("request body could not be read")),
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return ar_problem(&e),
+    };
+    match st.access.submit(&key, &bytes).await {
+        Ok(s) => {
+            let (view, _) = match st.access.task_view(&s.task.id).await {
+                Ok(v) => v,
+                Err(e) => return ar_problem(&e),
+            };
+            let status = if s.created { StatusCode::CREATED } else { StatusCode::OK };
+            let mut resp = json_response(status, &view);
+            if let Ok(loc) = HeaderValue::from_str(&st.access.settings().status_endpoint(&s.task.id)) {
+                resp.headers_mut().insert(header::LOCATION, loc);
+            }
+            resp
+        }
+        Err(e) => ar_problem(&e),
+    }
+}
+
+async fn task_status(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
+    match st.access.task_view(&id).await {
+        Ok((view, task)) => {
+            let mut resp = json_response(StatusCode::OK, &view);
+            if task.status == crate::access_store::status::PENDING {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::access::RETRY_AFTER_SECONDS));
+            }
+            resp
+        }
+        Err(e) => ar_problem(&e),
+    }
+}
+
+async fn task_cancel(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
+    match st.access.cancel(&id).await {
+        Ok(view) => json_response(StatusCode::OK, &view),
+        Err(e) => ar_problem(&e),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Captive Portal API
+// -------------------------------------------------------------------------------------------------
+
+async fn captive(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
+    match st.access.captive(&id).await {
+        Ok(Some(doc)) => match serde_json::to_vec(&doc) {
+            Ok(bytes) => {
+                let mut resp = (StatusCode::OK, bytes).into_response();
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAPTIVE_CONTENT_TYPE));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+                resp
+            }
+            Err(e) => ar_problem(&ArError::internal(e)),
+        },
+        Ok(None) => crate::http::problem_response(StatusCode::NOT_FOUND, "not_found", "no such denial", None, &[]),
+        Err(e) => ar_problem(&e),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Operator approver API
+// -------------------------------------------------------------------------------------------------
+
+async fn op_list(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let mut status = None;
+    let mut limit = 100u32;
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "status" => status = Some(v.into_owned()),
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => return ar_problem(&ArError::invalid("limit must be 1 to 1000")),
+            },
+            _ => {}
+        }
+    }
+    let rows = match st.access.list(status.as_deref(), limit).await {
+        Ok(r) => r,
+        Err(e) => return ar_problem(&e),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        match st.access.task_admin_view(&r.task, &r.denial).await {
+            Ok(mut v) => {
+                if let (Some(obj), Some(m)) = (v.as_object_mut(), &r.mission) {
+                    obj.insert("mission".into(), json!({"id": m.id, "goal": m.intent.goal, "state": m.state}));
+                }
+                out.push(v);
+            }
+            Err(e) => return ar_problem(&e),
+        }
+    }
+    json_response(StatusCode::OK, &json!({ "access_requests": out }))
+}
+
+async fn op_show(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
+    let store = st.authority.store();
+    let task = match store.task(&id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return ar_problem(&ArError { status: 404, code: "unknown_task", detail: "no such access request task".into() }),
+        Err(e) => return ar_problem(&ArError::internal(e)),
+    };
+    let page = match st.access.denial_page(&task.denial_id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return ar_problem(&ArError::internal("task without denial")),
+        Err(e) => return ar_problem(&e),
+    };
+    let task = page.tasks.iter().find(|t| t.id == id).cloned().unwrap_or(task);
+    match st.access.task_admin_view(&task, &page.denial).await {
+        Ok(mut v) => {
+            if let Some(obj) = v.as_object_mut() {
+                let audit: Vec<Value> = page
+                    .audit
+                    .iter()
+                    .filter(|a| a.task_id.as_deref() == Some(id.as_str()))
+                    .map(|a| {
+                        json!({"at": missiongate_wire::time::format_rfc3339(a.at), "actor": a.actor, "action": a.action,
+                               "grant_id": a.grant_id, "detail": a.detail})
+                    })
+                    .collect();
+                obj.insert("audit".into(), Value::Array(audit));
+            }
+            json_response(StatusCode::OK, &v)
+        }
+        Err(e) => ar_problem(&e),
+    }
+}
+
+/// Body of `POST /operator/access-requests/{id}/approve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    duration_seconds: i64,
+    #[serde(default)]
+    single_use: Option<bool>,
+}
+
+/// Body of `POST /operator/access-requests/{id}/deny`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn admin_task(st: &HttpState, task: crate::access_store::TaskRow) -> Response {
+    let denial = match st.authority.store().denial(&task.denial_id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return ar_problem(&ArError::internal("task without denial")),
+        Err(e) => return ar_problem(&ArError::internal(e)),
+    };
+    match st.access.task_admin_view(&task, &denial).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => ar_problem(&e),
+    }
+}
+
+async fn op_approve(State(st): State<HttpState>, Path(id): Path<String>, JsonBody(b): JsonBody<ApproveBody>) -> Response {
+    match st.access.approve(&id, b.duration_seconds, b.single_use, ACTOR_OPERATOR).await {
+        Ok((task, _)) => admin_task(&st, task).await,
+        Err(e) => ar_problem(&e),
+    }
+}
+
+async fn op_deny(State(st): State<HttpState>, Path(id): Path<String>, JsonBody(b): JsonBody<DenyBody>) -> Response {
+    let reason = b.reason.unwrap_or_else(|| "denied by the operator".into());
+    match st.access.deny(&id, &reason, ACTOR_OPERATOR).await {
+        Ok(task) => admin_task(&st, task).await,
+        Err(e) => ar_problem(&e),
+    }
+}
