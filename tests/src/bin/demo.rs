@@ -26,11 +26,25 @@ fn show(what: &str, r: &Response) {
             println!("     {h}: {v}");
         }
     }
-    if let Ok(v) = serde_json::from_slice::<Value>(&r.body) {
+    if let Ok(mut v) = serde_json::from_slice::<Value>(&r.body) {
+        shorten(&mut v);
         let text = serde_json::to_string_pretty(&v).unwrap();
-        for line in text.lines().take(40) {
+        for line in text.lines() {
             println!("     {line}");
         }
+    }
+}
+
+/// Long strings (binding tokens, signatures) are cut for reading.
+fn shorten(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > 72 && !s.contains(' ') => *s = format!("{}...", &s[..40]),
+        Value::Array(a) => a.iter_mut().for_each(shorten),
+        Value::Object(o) => {
+            o.remove("headers");
+            o.values_mut().for_each(shorten)
+        }
+        _ => {}
     }
 }
 
