@@ -135,6 +135,17 @@ fn bucket_key(key: &str) -> String {
     format!("{BUCKET_PREFIX}{}", h % BUCKETS)
 }
 
+const DECISION_SLOTS: u64 = 1024;
+
+fn slot_key(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("missiongate.decision.{}", h % DECISION_SLOTS)
+}
+
 /// Create the ledger buckets that do not exist yet (another worker may have made them already).
 fn init_buckets() {
     for i in 0..BUCKETS {
@@ -187,13 +198,23 @@ impl ReplayGuard for SharedReplay {
         Err("shared data contention".into())
     }
 
+    // The shared decision cache lives in a fixed number of slots (shared data is never freed, so
+    // one key per decision would grow without bound): a slot holds one key and its value, a
+    // colliding write replaces it, and a read checks the key.
     fn load(&mut self, key: &str) -> Option<Vec<u8>> {
-        hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+        let slot = slot_key(key);
+        let bytes = hostcalls::get_shared_data(&slot).ok().and_then(|(v, _)| v)?;
+        let rest = bytes.strip_prefix(key.as_bytes())?.strip_prefix(b"\n")?;
+        Some(rest.to_vec())
     }
 
     fn store(&mut self, key: &str, value: &[u8]) {
+        let mut bytes = Vec::with_capacity(key.len() + 1 + value.len());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(value);
         // Last writer wins: entries are whole answers with their own expiry.
-        let _ = hostcalls::set_shared_data(key, Some(value), None);
+        let _ = hostcalls::set_shared_data(&slot_key(key), Some(&bytes), None);
     }
 }
 
