@@ -10,5 +10,6 @@ pub mod claims;
 pub mod digest;
 pub mod jcs;
 pub mod jose;
+pub mod p256_fast;
 pub mod problem;
 pub mod time;

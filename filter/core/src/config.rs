@@ -609,7 +609,7 @@ fn parse_inline_jwks(v: serde_json::Value, field: &str) -> Result<Vec<(Option<St
         .enumerate()
         .map(|(i, k): (usize, &Jwk)| {
             k.verifying_key()
-                .map(|vk| (k.kid.clone(), vk))
+                .map(|vk| (k.kid.clone(), vk.precompute()))
                 .map_err(|e| err(format!("{field}.keys[{i}]"), e.to_string()))
         })
         .collect()

@@ -5,6 +5,14 @@ use missiongate_wire::jose::{Alg, JwkSet, VerifyingKey};
 
 use crate::config::{Config, KeySource};
 
+fn same_key(a: &VerifyingKey, b: &VerifyingKey) -> bool {
+    match (a, b) {
+        (VerifyingKey::P256(x, _), VerifyingKey::P256(y, _)) => x == y,
+        (VerifyingKey::Ed25519(x), VerifyingKey::Ed25519(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Longest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -130,7 +138,19 @@ impl KeyStore {
         }
         let set: JwkSet = serde_json::from_slice(body).map_err(|_| "JWKS is not a JWK Set".to_owned())?;
         // Keys we cannot use (RSA, private, other curves) are skipped, not fatal.
-        let keys: Vec<_> = set.keys.iter().filter_map(|k| k.verifying_key().ok().map(|v| (k.kid.clone(), v))).collect();
+        let keys: Vec<_> = set
+            .keys
+            .iter()
+            .filter_map(|k| k.verifying_key().ok().map(|v| (k.kid.clone(), v)))
+            .map(|(kid, v)| {
+                // Reuse the tables of a key we already hold; build them for a new one.
+                let known = ik.keys.iter().find(|(old_kid, old)| *old_kid == kid && same_key(old, &v));
+                match known {
+                    Some((_, old)) => (kid, old.clone()),
+                    None => (kid, v.precompute()),
+                }
+            })
+            .collect();
         if keys.is_empty() {
             return Err("JWKS has no usable key".into());
         }
