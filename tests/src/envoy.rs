@@ -92,14 +92,14 @@ impl Envoy {
         std::fs::write(&cfg, yaml).unwrap();
         let log = dir.join(format!("envoy-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(envoy_bin())
-            .arg("-c")
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
             .arg(&cfg)
             .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "warn"])
             .args(["--component-log-level", "wasm:info"])
             .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
+            .stderr(Stdio::from(out));
+        let child = crate::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display()));
         let mut e = Envoy { child, port, admin, log };
         e.wait_ready();

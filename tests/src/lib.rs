@@ -45,3 +45,34 @@ pub fn rand_id(prefix: &str) -> String {
     rand_core::OsRng.fill_bytes(&mut b);
     format!("{prefix}{}", missiongate_wire::b64::encode(b))
 }
+
+/// Spawn a child process that dies with this process, so no Envoy or portal outlives a test run
+/// (tests keep shared servers in statics, which are never dropped).
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child exits, so every child is
+/// spawned from one thread that lives as long as the process.
+pub fn spawn(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    use std::sync::mpsc;
+    type Job = (std::process::Command, mpsc::Sender<std::io::Result<std::process::Child>>);
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock().map_err(|_| std::io::Error::other("spawner poisoned"))?.send((cmd, reply_tx)).map_err(std::io::Error::other)?;
+    reply_rx.recv().map_err(std::io::Error::other)?
+}

@@ -54,16 +54,15 @@ impl Portal {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.db.with_extension("log")).unwrap();
-        let mut child = Command::new(portal_bin())
-            .arg("serve")
+        let mut cmd = Command::new(portal_bin());
+        cmd.arg("serve")
             .arg("--db")
             .arg(&self.db)
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--issuer", &self.issuer, "--operator-token", OPERATOR_TOKEN])
             .args(&self.args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(log));
+        let mut child = crate::spawn(cmd).unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
