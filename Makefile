@@ -58,7 +58,8 @@ build: wasm
 test: tools wasm
 	$(CARGO) build -p captive-portal
 	$(CARGO) test --no-fail-fast
-	@if grep -q '^test-wasm-core:' mk/*.mk 2>/dev/null; then $(MAKE) --no-print-directory test-wasm-core; fi
+	$(MAKE) --no-print-directory test-wasm-core
+	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory lint
 
 lint:

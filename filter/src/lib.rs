@@ -110,6 +110,11 @@ struct Vm {
     /// Requests resumed from a callout that now need their body buffered.
     body_waiting: RefCell<HashMap<u32, Pending>>,
     root_id: Cell<u32>,
+    /// The context whose callback is running: the SDK routes a callout's answer to the context
+    /// that was active when it was dispatched, so that is the callout's owner.
+    active: Cell<u32>,
+    /// PDP waiters whose callout died with the context that dispatched it; the root redoes them.
+    redo: RefCell<Vec<u32>>,
     evidence_log: Cell<Option<EvidenceLog>>,
 }
 
@@ -274,7 +279,7 @@ impl Vm {
             Outcome::Need(Need::Pdp(callout)) => {
                 match dispatch(&callout) {
                     Ok(token) => {
-                        self.callouts.borrow_mut().insert(token, (Kind::Pdp(ctx), ctx));
+                        self.callouts.borrow_mut().insert(token, (Kind::Pdp(ctx), self.active.get()));
                         let deadline = now + i64::try_from(callout.timeout_ms.div_ceil(1000)).unwrap_or(1) + 2;
                         self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
                         Ran::Stopped
@@ -296,7 +301,7 @@ impl Vm {
                     list.push(ctx);
                     list.len() == 1
                 };
-                if first && !self.dispatch_need(&need, ctx) {
+                if first && !self.dispatch_need(&need) {
                     // Could not even dispatch: answer every waiter now.
                     self.complete_need(&need, now);
                 }
@@ -363,7 +368,8 @@ impl Vm {
     }
 
     /// Dispatch the callout for a need. On failure the engine is told (so the retry denies).
-    fn dispatch_need(&self, need: &Need, owner: u32) -> bool {
+    fn dispatch_need(&self, need: &Need) -> bool {
+        let owner = self.active.get();
         let now = now_secs();
         let built = {
             let mut guard = self.engine.borrow_mut();
@@ -476,8 +482,7 @@ impl Vm {
         if self.waiters.borrow().contains_key(&need) {
             return;
         }
-        let root = self.root_id.get();
-        self.dispatch_need(&need, root);
+        self.dispatch_need(&need);
     }
 
     fn poll_events(&self, issuer: usize, immediately: bool) {
@@ -492,7 +497,7 @@ impl Vm {
         match dispatch(&c) {
             Ok(token) => {
                 self.events_in_flight.borrow_mut().insert(issuer, true);
-                self.callouts.borrow_mut().insert(token, (Kind::Events(issuer), self.root_id.get()));
+                self.callouts.borrow_mut().insert(token, (Kind::Events(issuer), self.active.get()));
             }
             Err(e) => log(LogLevel::Warn, &format!("missiongate: event poll dispatch failed: {e}")),
         }
@@ -507,16 +512,27 @@ impl Vm {
             list.retain(|c| *c != ctx);
         }
         let mut orphaned = Vec::new();
+        let mut redo = Vec::new();
+        let mut events = Vec::new();
         self.callouts.borrow_mut().retain(|_, (kind, owner)| {
-            if *owner == ctx {
-                if let Some(n) = kind.need() {
-                    orphaned.push(n);
-                }
-                false
-            } else {
-                true
+            if *owner != ctx {
+                return true;
             }
+            match kind {
+                Kind::Pdp(w) if *w != ctx => redo.push(*w),
+                Kind::Events(i) => events.push(*i),
+                other => {
+                    if let Some(n) = other.need() {
+                        orphaned.push(n);
+                    }
+                }
+            }
+            false
         });
+        self.redo.borrow_mut().extend(redo);
+        for i in events {
+            self.events_in_flight.borrow_mut().insert(i, false);
+        }
         let waiters = self.waiters.borrow();
         for n in orphaned {
             if waiters.get(&n).is_some_and(|l| !l.is_empty()) {
@@ -529,14 +545,23 @@ impl Vm {
         let now = now_secs();
         // Orphaned callouts: dispatch again from the root.
         let orphans: Vec<Need> = self.orphans.borrow_mut().drain(..).collect();
-        let root = self.root_id.get();
+        // PDP evaluations lost with their dispatching context: evaluate again from the root.
+        let redo: Vec<u32> = self.redo.borrow_mut().drain(..).collect();
+        for ctx in redo {
+            let waiter = self.waiting.borrow_mut().remove(&ctx);
+            if let Some(w) = waiter {
+                let mut pending = w.pending;
+                pending.pdp = None;
+                self.resume(ctx, pending);
+            }
+        }
         for n in orphans {
             if let Need::Keys(i) = n {
                 if let Some(ik) = self.engine.borrow_mut().as_mut().and_then(|e| e.keys.issuer_mut(i)) {
                     ik.in_flight = false;
                 }
             }
-            if !self.dispatch_need(&n, root) {
+            if !self.dispatch_need(&n) {
                 self.complete_need(&n, now);
             }
         }
@@ -649,6 +674,7 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.vm.active.set(self.vm.root_id.get());
         self.vm.on_response(token_id, body_size);
     }
 }
@@ -669,6 +695,7 @@ fn seed() -> [u8; 32] {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        self.vm.active.set(self.vm.root_id.get());
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             Ok(None) => {
@@ -717,6 +744,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.vm.active.set(self.vm.root_id.get());
         self.vm.tick();
     }
 
@@ -738,10 +766,12 @@ struct Stream {
 
 impl Context for Stream {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.vm.active.set(self.id);
         self.vm.on_response(token_id, body_size);
     }
 
     fn on_done(&mut self) -> bool {
+        self.vm.active.set(self.id);
         self.vm.forget(self.id);
         true
     }
@@ -779,6 +809,7 @@ impl Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.vm.active.set(self.id);
         let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
             Ok(h) => h,
             Err(e) => {
@@ -796,6 +827,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.vm.active.set(self.id);
         if self.body_wait.is_none() {
             let resumed = self.vm.body_waiting.borrow_mut().remove(&self.id);
             self.body_wait = resumed;

@@ -184,3 +184,9 @@ pub fn over(stream: TcpStream, req: &str) -> Response {
     s.write_all(req.as_bytes()).unwrap();
     read_response(&mut BufReader::new(s), "GET").unwrap()
 }
+
+/// The path (and query) of an absolute URL.
+pub fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/").to_owned()
+}

@@ -138,6 +138,31 @@ impl Portal {
         r.json()["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Submit an Access Request for a 511 captive document, as an agent does: echo the denial, with
+    /// an `Idempotency-Key`, optional parameters (operation-level) and a justification.
+    pub fn request_access(&self, doc: &Value, key: &str, parameters: Option<Value>, justification: &str) -> Response {
+        let ctx = &doc["access-request"]["context"];
+        let hint = &ctx["access_request"];
+        let mut body = json!({
+            "denial": { "evaluation_id": ctx["evaluation_id"], "binding_token": hint["binding_token"], "expires_at": hint["expires_at"] },
+            "justification": justification,
+        });
+        if let Some(p) = parameters {
+            body["parameters"] = p;
+        }
+        Req::new("POST", &crate::http::path_of(hint["endpoint"].as_str().unwrap_or("/")))
+            .header("Host", &format!("127.0.0.1:{}", self.port))
+            .header("Idempotency-Key", key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send(self.port)
+    }
+
+    /// A person approves an access request for `seconds` (the approver API; the page does the same).
+    pub fn approve_request(&self, task: &str, seconds: u64) -> Response {
+        self.op("POST", &format!("/operator/access-requests/{task}/approve"), Some(json!({ "duration_seconds": seconds })))
+    }
+
     /// An active Mission with a Bearer token.
     pub fn active(&self, actions: &[&str]) -> (String, String) {
         let id = self.create_mission(actions, 3600);

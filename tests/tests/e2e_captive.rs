@@ -3,7 +3,7 @@
 //! can act on; consequential calls are bound to their parameter_digest.
 
 use missiongate_tests::envoy::{Envoy, Opts};
-use missiongate_tests::http::{connect, over, Req, Response};
+use missiongate_tests::http::{connect, over, path_of, Req, Response};
 use missiongate_tests::portal::Portal;
 use missiongate_tests::upstream::Upstream;
 use serde_json::{json, Value};
@@ -38,11 +38,6 @@ fn send(method: &str, path: &str, token: &str, body: Option<(&str, &str)>) -> Re
     r.send(world().envoy.port)
 }
 
-fn path_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned())
-}
-
 fn portal_req(method: &str, url: &str) -> Req {
     Req::new(method, &path_of(url)).header("Host", &format!("127.0.0.1:{}", world().portal.port))
 }
@@ -68,26 +63,12 @@ fn assert_captive(r: &Response) -> Value {
     doc
 }
 
-/// Submit an Access Request for a 511 document; returns (status, body).
 fn request_access(doc: &Value, key: &str, parameters: Option<Value>, justification: &str) -> Response {
-    let ctx = &doc["access-request"]["context"];
-    let hint = &ctx["access_request"];
-    let mut body = json!({
-        "denial": { "evaluation_id": ctx["evaluation_id"], "binding_token": hint["binding_token"], "expires_at": hint["expires_at"] },
-        "justification": justification,
-    });
-    if let Some(p) = parameters {
-        body["parameters"] = p;
-    }
-    portal_req("POST", hint["endpoint"].as_str().unwrap())
-        .header("Idempotency-Key", key)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send(world().portal.port)
+    world().portal.request_access(doc, key, parameters, justification)
 }
 
 fn approve(task: &str, seconds: u64) {
-    let r = world().portal.op("POST", &format!("/operator/access-requests/{task}/approve"), Some(json!({ "duration_seconds": seconds })));
+    let r = world().portal.approve_request(task, seconds);
     assert!(r.status == 200 || r.status == 201, "{}", r.text());
 }
 
@@ -279,4 +260,30 @@ fn two_workers_race_for_one_single_use_permit() {
         .collect();
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+}
+
+/// Many bound calls arrive while the Mission's state is being fetched: all wait for that one fetch,
+/// then each asks the PDP. Every one must be answered promptly, even when the request whose context
+/// dispatched the others' evaluations finishes first (its callouts die with it).
+#[test]
+fn concurrent_bound_calls_behind_one_status_fetch_are_all_answered() {
+    let w = world();
+    let (_, token) = w.portal.active(&["http.get", "payments.create"]);
+    let port = w.envoy.port;
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let body = format!(r#"{{"amount":"{i}.00","currency":"USD","to":"acct_c"}}"#);
+                let r = Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body).send(port);
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, took) = h.join().unwrap();
+        assert_eq!(status, 511);
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
 }

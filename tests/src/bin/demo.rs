@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use missiongate_tests::envoy::{render, Envoy, Opts};
-use missiongate_tests::http::{Req, Response};
+use missiongate_tests::http::{path_of, Req, Response};
 use missiongate_tests::portal::Portal;
 use missiongate_tests::upstream::Upstream;
 use serde_json::{json, Value};
@@ -56,37 +56,14 @@ fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response 
     r.send(LISTENER)
 }
 
-fn portal_post(path: &str, headers: &[(&str, &str)], body: &Value) -> Response {
-    let mut r = Req::new("POST", path).header("Host", &format!("127.0.0.1:{PORTAL}")).header("content-type", "application/json");
-    for (k, v) in headers {
-        r = r.header(k, v);
-    }
-    r.body(body.to_string()).send(PORTAL)
-}
-
-fn path_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned())
-}
-
 /// Ask for access after a 511, have a person approve it, return the task.
 fn request_and_approve(portal: &Portal, denial: &Response, justification: &str, parameters: Option<Value>, seconds: u64) {
     let doc = denial.json();
-    let ctx = &doc["access-request"]["context"];
-    let hint = &ctx["access_request"];
-    let mut body = json!({
-        "denial": { "evaluation_id": ctx["evaluation_id"], "binding_token": hint["binding_token"], "expires_at": hint["expires_at"] },
-        "justification": justification,
-    });
-    if let Some(p) = parameters {
-        body["parameters"] = p;
-    }
-    let key = missiongate_tests::rand_id("idem-");
-    let r = portal_post(&path_of(hint["endpoint"].as_str().unwrap()), &[("Idempotency-Key", &key)], &body);
+    let r = portal.request_access(&doc, &missiongate_tests::rand_id("idem-"), parameters, justification);
     show("agent submits the access request", &r);
     let task = r.json()["task"]["id"].as_str().unwrap().to_owned();
     println!("   a person opens {} (the approver page) ...", doc["user-portal-url"].as_str().unwrap_or("?"));
-    let r = portal.op("POST", &format!("/operator/access-requests/{task}/approve"), Some(json!({ "duration_seconds": seconds })));
+    let r = portal.approve_request(&task, seconds);
     show("... and approves it (approver API; the page does the same)", &r);
 }
 
