@@ -14,7 +14,7 @@ ENVOY_BIN    ?= $(VENV)/bin/envoy
 WASM         := target/wasm32-wasip1/release/missiongate_filter.wasm
 export ENVOY_BIN
 
-.PHONY: all tools wasm-target envoy browser wasm build test test-native test-e2e lint demo bench bench-smoke clean
+.PHONY: all tools wasm-target envoy browser wasm build test test-native test-e2e lint demo demo-check bench bench-smoke clean
 
 all: build
 
@@ -59,6 +59,7 @@ test: tools wasm
 	$(CARGO) build -p captive-portal
 	$(CARGO) test --no-fail-fast
 	$(MAKE) --no-print-directory test-wasm-core
+	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory lint
 
@@ -70,6 +71,13 @@ lint:
 demo: tools wasm
 	$(CARGO) build -p captive-portal -p missiongate-tests --bins
 	$(CARGO) run -q -p missiongate-tests --bin demo
+
+# The demo, run by `make test` so the story it tells cannot rot: it checks every step itself and
+# exits non-zero when one does not behave as described (its full output: target/demo.log).
+demo-check: tools wasm
+	$(CARGO) build -q -p captive-portal -p missiongate-tests --bins
+	@target/debug/demo > target/demo.log 2>&1 || { cat target/demo.log; echo "demo: FAILED (target/demo.log)"; exit 1; }
+	@tail -n 1 target/demo.log
 
 clean:
 	$(CARGO) clean

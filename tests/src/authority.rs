@@ -162,27 +162,12 @@ impl Authority {
             .route("/jwks.json", get(jwks))
             .route("/mission/status", post(status))
             .with_state(Arc::clone(&self.inner));
-        let listener = crate::rt().block_on(async {
-            for _ in 0..50 {
-                if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
-                    return l;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("cannot rebind authority port {}", self.port)
-        });
-        let task = crate::rt().spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        *self.task.lock().unwrap() = Some(task);
+        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, app));
     }
 
     /// Close the listener: connections are refused.
     pub fn close(&self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::stop_serving(self.task.lock().unwrap().take());
     }
 
     /// Set a Mission's state (version bumps).

@@ -153,6 +153,22 @@ impl Envoy {
         }
     }
 
+    /// Panics unless the Wasm VM never failed: no panic or VM failure in the log, every `wasm.*`
+    /// failure stat at zero, and the admin endpoint still answering.
+    pub fn assert_healthy(&self) {
+        let logs = self.logs();
+        assert!(!logs.contains("panic"), "panic in the log of Envoy :{}:\n{logs}", self.port);
+        for bad in ["Wasm VM failed", "Plugin configured to fail closed failed", "wasm log: missiongate: engine busy"] {
+            assert!(!logs.contains(bad), "Envoy :{}: {bad:?} in the log:\n{logs}", self.port);
+        }
+        let stats = self.stats();
+        let wasm_stats: Vec<&str> = stats.lines().filter(|l| l.starts_with("wasm.")).collect();
+        assert!(!wasm_stats.is_empty(), "Envoy :{} shows no wasm stats:\n{stats}", self.port);
+        for line in wasm_stats.iter().filter(|l| l.contains("fail")) {
+            assert!(line.ends_with(": 0"), "Envoy :{}: VM failure stat: {line}", self.port);
+        }
+    }
+
     /// True when the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -160,7 +176,17 @@ impl Envoy {
 }
 
 impl Drop for Envoy {
+    /// Every Envoy a test drops is checked for Wasm VM failures first (unless the test has already
+    /// failed), so no test can pass while the gateway's VM died underneath it.
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let healthy = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.assert_healthy()));
+            if let Err(e) = healthy {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                std::panic::resume_unwind(e);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

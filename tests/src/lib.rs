@@ -10,6 +10,7 @@ pub mod authority;
 pub mod dpop;
 pub mod envoy;
 pub mod http;
+pub mod pdp;
 pub mod portal;
 pub mod upstream;
 
@@ -75,4 +76,28 @@ pub fn spawn(cmd: std::process::Command) -> std::io::Result<std::process::Child>
     let (reply_tx, reply_rx) = mpsc::channel();
     tx.lock().map_err(|_| std::io::Error::other("spawner poisoned"))?.send((cmd, reply_tx)).map_err(std::io::Error::other)?;
     reply_rx.recv().map_err(std::io::Error::other)?
+}
+
+/// Serve `app` on `127.0.0.1:port` (rebinding a port that was just closed may take a moment).
+pub fn serve_on(port: u16, app: axum::Router) -> tokio::task::JoinHandle<()> {
+    let listener = rt().block_on(async {
+        for _ in 0..50 {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("cannot bind loopback port {port}")
+    });
+    rt().spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+/// Stop a server started by [`serve_on`]: its port refuses connections afterwards.
+pub fn stop_serving(task: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(t) = task {
+        t.abort();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -312,13 +312,9 @@ fn envoy_stays_healthy() {
         let t = if i % 3 == 0 { "garbage".to_owned() } else { token.clone() };
         let _ = get("/v1/x", &t);
     }
-    let stats = w.envoy.stats();
-    let logs = w.envoy.logs();
-    assert!(!logs.contains("panic"), "panic in logs:\n{logs}");
-    assert!(!logs.contains("Wasm VM failed") && !logs.contains("Plugin configured to fail closed failed"), "{logs}");
-    for line in stats.lines().filter(|l| l.starts_with("wasm.") && (l.contains("failed") || l.contains("fail"))) {
-        assert!(line.ends_with(": 0"), "VM failure stat: {line}");
-    }
+    // `world()`'s Envoy lives in a static and is never dropped (every other Envoy is checked when
+    // its test drops it), so it is checked here.
+    w.envoy.assert_healthy();
 }
 
 #[test]

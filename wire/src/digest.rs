@@ -114,6 +114,9 @@ pub enum BodyParam {
     None,
     /// A JSON body (`application/json` or `+json`), parsed as I-JSON.
     Json(Value),
+    /// A JSON body already in its RFC 8785 canonical form: what [`BodyParam::from_content`] makes
+    /// of request bytes, without building a [`Value`].
+    Canonical(Vec<u8>),
     /// Any other media type: the SHA-256 of the raw bytes, written as `{"sha-256": "<b64url>"}`.
     Raw([u8; 32]),
 }
@@ -127,7 +130,7 @@ impl BodyParam {
         if body.is_empty() {
             Ok(Self::None)
         } else if is_json_media_type(content_type) {
-            jcs::parse_ijson(body).map(Self::Json)
+            jcs::canonicalize_ijson(body).map(Self::Canonical)
         } else {
             Ok(Self::Raw(sha256(body)))
         }
@@ -137,6 +140,7 @@ impl BodyParam {
         match self {
             Self::None => out.extend_from_slice(b"null"),
             Self::Json(value) => jcs::canonicalize_into(value, out),
+            Self::Canonical(bytes) => out.extend_from_slice(bytes),
             Self::Raw(hash) => {
                 out.extend_from_slice(b"{\"sha-256\":\"");
                 out.extend_from_slice(b64::encode(hash).as_bytes());

@@ -642,3 +642,110 @@ fn large_body_round_trip() {
     assert_eq!(d1, d2);
     assert_eq!(c1, c2);
 }
+
+/// The filter canonicalizes request bodies through the lean path (`canonicalize_ijson`, no
+/// `Value`); the portal and most tests go through `parse_ijson` + `canonicalize`. Both must accept
+/// exactly the same inputs and print exactly the same bytes: random documents built from a grammar
+/// rich in what JCS and I-JSON care about (escapes, surrogates, noncharacters, non-BMP names,
+/// duplicate names, extreme numbers, nesting), plus hand-picked edge cases.
+#[test]
+fn lean_path_agrees_with_value_path() {
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*: deterministic, so a failure reproduces.
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[(self.next() % xs.len() as u64) as usize]
+        }
+    }
+    const STRINGS: &[&str] = &[
+        "\"\"", "\"a\"", "\"b\"", "\"\\u20ac\"", "\"\u{20ac}\"", "\"\\ud83d\\ude00\"", "\"\u{1f600}\"",
+        "\"\\ud83d\"", "\"\\ude00x\"", "\"\u{ffff}\"", "\"\u{fdd0}\"", "\"\\uffff\"", "\"\u{e000}\"",
+        "\"tab\\there\"", "\"q\\\"uote\"", "\"\\/slash\"", "\"\\u0000\"", "\"\\u001f\"", "\"\u{7f}\"",
+        "\"\\b\\f\\n\\r\"", "\"\u{10ffff}\"", "\"\u{10fffd}\"",
+    ];
+    const NUMBERS: &[&str] = &[
+        "0", "-0", "1", "-1", "0.1", "1e21", "1e-7", "123456789012345678901234567890", "9007199254740993",
+        "18446744073709551616", "-9223372036854775809", "1e400", "-1e400", "1e-400", "5e-324",
+        "1.7976931348623157e308", "0.30000000000000004", "1E2", "2.5e+3", "-0.0", "01", "1.", ".5",
+    ];
+    fn gen(r: &mut Rng, depth: u32, out: &mut String) {
+        match if depth > 6 { r.next() % 4 } else { r.next() % 7 } {
+            0 => out.push_str(r.pick(STRINGS)),
+            1 => out.push_str(r.pick(NUMBERS)),
+            2 => out.push_str(r.pick(&["true", "false", "null"])),
+            3 => out.push_str(r.pick(&["\"x\"", "7", "[]", "{}"])),
+            4 | 5 => {
+                out.push('{');
+                for i in 0..r.next() % 5 {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(r.pick(STRINGS));
+                    out.push_str(r.pick(&[":", " : ", ":\n"]));
+                    gen(r, depth + 1, out);
+                }
+                out.push('}');
+            }
+            _ => {
+                out.push('[');
+                for i in 0..r.next() % 5 {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    gen(r, depth + 1, out);
+                }
+                out.push(']');
+            }
+        }
+    }
+    let mut corpus: Vec<Vec<u8>> = vec![
+        b"{\"a\":1,\"b\":2,\"a\":1}".to_vec(),
+        "{\"\u{1f600}\":1,\"\\ud83d\\ude00\":2}".as_bytes().to_vec(),
+        b"[1,2".to_vec(),
+        b"{} x".to_vec(),
+        b"\xef\xbb\xbf{}".to_vec(),
+        b"{\"a\":\xc3}".to_vec(),
+        b" \t\r\n{} \t\r\n".to_vec(),
+        "[".repeat(MAX_DEPTH).into_bytes(),
+        format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH)).into_bytes(),
+        format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1)).into_bytes(),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let mut doc = String::new();
+        gen(&mut rng, 0, &mut doc);
+        corpus.push(doc.into_bytes());
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for input in &corpus {
+        let lean = canonicalize_ijson(input);
+        let full = parse_ijson(input).map(|v| canonicalize(&v));
+        match (&lean, &full) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "different bytes for {:?}", String::from_utf8_lossy(input));
+                ok += 1;
+            }
+            (Err(a), Err(b)) => {
+                // With one fault both name it; an input with several may name either.
+                let kind = |e: &IJsonError| std::mem::discriminant(e);
+                if kind(a) != kind(b) {
+                    assert!(
+                        matches!(a, IJsonError::DuplicateMember(_)) || matches!(b, IJsonError::DuplicateMember(_)),
+                        "{a:?} vs {b:?} for {:?}",
+                        String::from_utf8_lossy(input)
+                    );
+                }
+                refused += 1;
+            }
+            _ => panic!("the paths disagree on {:?}: lean {lean:?}, value {full:?}", String::from_utf8_lossy(input)),
+        }
+    }
+    // The grammar must exercise both outcomes substantially, or this test proves little.
+    assert!(ok > 3000 && refused > 3000, "accepted {ok}, refused {refused}");
+}

@@ -60,9 +60,16 @@ impl MissionCache {
         let key = (issuer, id.to_owned());
         let status = self.status.get(&key);
         if let Some((state, version)) = self.events.get(&key) {
-            let newer = status.is_none_or(|s| *version >= s.version);
-            if newer && !state.is_active() {
-                return MissionView::Inactive(state.clone());
+            match status {
+                // The event is newer than what Mission Status said: it overrides the cache.
+                Some(s) if *version >= s.version && !state.is_active() => return MissionView::Inactive(state.clone()),
+                Some(_) => {}
+                // Never fetched. A terminal state is final. A non-terminal one (a Mission created as
+                // `pending_approval` and approved a moment later, a `suspended` one since resumed)
+                // may already be stale, so Mission Status is asked; its version decides (an answer
+                // older than the event leaves the event in force).
+                None if state.is_terminal() => return MissionView::Inactive(state.clone()),
+                None => {}
             }
         }
         if let Some(s) = status {
@@ -147,7 +154,10 @@ impl MissionCache {
         self.unknown.retain(|_, t| *t > now);
         self.failed.retain(|_, t| *t > now);
         if self.events.len() > 100_000 {
+            // Forgetting events must not let a cached `active` answer outlive a revocation: drop
+            // the status answers with them, so every Mission is asked about again.
             self.events.clear();
+            self.status.clear();
         }
     }
 }
@@ -384,6 +394,38 @@ mod tests {
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
         c.apply_event(0, "m", MissionState::Active, 3);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
+    }
+
+    #[test]
+    fn a_non_terminal_event_for_a_mission_never_fetched_is_confirmed_by_status() {
+        let mut c = MissionCache::default();
+        // Created (v1, pending_approval) and approved (v2) at the authority; only the first event
+        // has arrived when a request comes: ask Mission Status rather than refuse on a stale event.
+        assert!(c.apply_event(0, "m", MissionState::PendingApproval, 1));
+        assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
+        c.put_status(0, active(2, 200));
+        assert_eq!(c.view(0, "m", 100), MissionView::Active);
+        // The late approval event changes nothing.
+        assert!(!c.apply_event(0, "m", MissionState::Active, 2));
+        assert_eq!(c.view(0, "m", 100), MissionView::Active);
+        // A status answer older than the event leaves the event in force.
+        let mut d = MissionCache::default();
+        d.apply_event(0, "m", MissionState::Suspended, 5);
+        assert_eq!(d.view(0, "m", 100), MissionView::NeedFetch);
+        d.put_status(0, active(4, 200));
+        assert_eq!(d.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
+    }
+
+    #[test]
+    fn forgetting_events_forgets_the_status_answers_too() {
+        let mut c = MissionCache::default();
+        c.put_status(0, active(1, 200));
+        c.apply_event(0, "m", MissionState::Revoked, 2);
+        for i in 0..=100_000 {
+            c.apply_event(0, &format!("other-{i}"), MissionState::Revoked, 1);
+        }
+        c.sweep(100);
+        assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch, "a revoked Mission must not read as active");
     }
 
     #[test]

@@ -48,6 +48,26 @@ fn shorten(v: &mut Value) {
     }
 }
 
+/// What the demo expected at one point, and whether it happened. `make demo` exits non-zero when
+/// any step did not behave as the story says (`make test` runs it).
+fn expect(what: &str, r: &Response, status: u16, failures: &mut Vec<String>) {
+    if r.status == status {
+        println!("   \x1b[32mok\x1b[0m: {what} (HTTP {status})");
+    } else {
+        println!("   \x1b[31mUNEXPECTED\x1b[0m: {what}: wanted HTTP {status}, got {}", r.status);
+        failures.push(format!("{what}: wanted {status}, got {} {}", r.status, String::from_utf8_lossy(&r.body)));
+    }
+}
+
+/// The filter remembers a PDP denial for `pdp.deny_cache_seconds` (1 s by default), so a retry
+/// within a second of the denial still sees it. A real approval takes a person longer than that.
+fn wait_out_the_denial_memory(denied_at: Instant) {
+    let memory = Duration::from_millis(1100);
+    if let Some(left) = memory.checked_sub(denied_at.elapsed()) {
+        std::thread::sleep(left);
+    }
+}
+
 fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response {
     let mut r = Req::new(method, path).bearer(token);
     if let Some(b) = body {
@@ -56,18 +76,30 @@ fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response 
     r.send(LISTENER)
 }
 
-/// Ask for access after a 511, have a person approve it, return the task.
-fn request_and_approve(portal: &Portal, denial: &Response, justification: &str, parameters: Option<Value>, seconds: u64) {
+/// Ask for access after a 511, have a person approve it, and poll the task (as an agent does)
+/// until it is approved.
+fn request_and_approve(portal: &Portal, denial: &Response, justification: &str, parameters: Option<Value>, seconds: u64, failures: &mut Vec<String>) {
     let doc = denial.json();
     let r = portal.request_access(&doc, &missiongate_tests::rand_id("idem-"), parameters, justification);
     show("agent submits the access request", &r);
-    let task = r.json()["task"]["id"].as_str().unwrap().to_owned();
+    let Some(task) = r.json()["task"]["id"].as_str().map(str::to_owned) else {
+        failures.push(format!("no task in the access request answer: {}", r.text()));
+        return;
+    };
+    let status_endpoint = r.json()["task"]["status_endpoint"].as_str().map(str::to_owned).unwrap_or_default();
     println!("   a person opens {} (the approver page) ...", doc["user-portal-url"].as_str().unwrap_or("?"));
     let r = portal.approve_request(&task, seconds);
     show("... and approves it (approver API; the page does the same)", &r);
+    let poll = Req::new("GET", &path_of(&status_endpoint)).header("Host", &format!("127.0.0.1:{PORTAL}")).send(PORTAL);
+    println!("   the agent polls {}: task {}", path_of(&status_endpoint), poll.json()["task"]["status"]);
+    if poll.json()["task"]["status"] != "approved" {
+        failures.push(format!("task {task} is not approved: {}", poll.text()));
+    }
 }
 
 fn main() {
+    let mut failures: Vec<String> = Vec::new();
+    let f = &mut failures;
     println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, upstream :{UPSTREAM}");
     let _up = Upstream::start(Some(UPSTREAM));
     let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30"]);
@@ -85,40 +117,58 @@ fn main() {
     step("2", "an allowed call: GET https://api.partner.example/v1/invoices");
     let r = agent("GET", "/v1/invoices?status=open", &token, None);
     show("upstream answered", &r);
+    expect("inside the Mission's authority: forwarded", &r, 200, f);
 
     step("3", "a blocked call: GET /v2/reports is outside the Mission's authority");
     let denial = agent("GET", "/v2/reports", &token, None);
+    let denied_at = Instant::now();
     show("the filter answers with a requestable denial", &denial);
+    expect("outside it: a requestable denial (RFC 8908 captive document)", &denial, 511, f);
     let captive_api = denial.header("link").and_then(|l| l.split('>').next()).map(|s| s.trim_start_matches('<').to_owned()).unwrap_or_default();
 
     step("4", "the agent asks for access; a person approves it for 5 seconds");
-    request_and_approve(&portal, &denial, "Need the Q3 report to reconcile invoices", None, 5);
+    request_and_approve(&portal, &denial, "Need the Q3 report to reconcile invoices", None, 5, f);
+    let approved_at = Instant::now();
+    wait_out_the_denial_memory(denied_at);
 
     step("5", "the agent retries: the filter evaluates again and the PDP now says yes");
     let r = agent("GET", "/v2/reports", &token, None);
     show("retry", &r);
+    expect("the retry after approval goes through", &r, 200, f);
     let r = Req::new("GET", &path_of(&captive_api)).header("Host", &format!("127.0.0.1:{PORTAL}")).send(PORTAL);
     show("the per-denial Captive Portal API", &r);
+    if r.json()["captive"] != false {
+        f.push(format!("the Captive Portal API still says captive after approval: {}", r.text()));
+    }
 
     step("6", "a bound call: POST /v1/payments pays 423.50 to acct_123 (consequential)");
     let body = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
     let denial = agent("POST", "/v1/payments", &token, Some(body));
+    let denied_at = Instant::now();
     show("the call is bound to its parameter_digest and needs approval", &denial);
+    expect("a consequential call waits for approval of exactly this call", &denial, 511, f);
     let params = json!({ "method": "POST", "target": "https://api.partner.example/v1/payments",
                           "body": serde_json::from_str::<Value>(body).unwrap() });
-    request_and_approve(&portal, &denial, "Pay invoice INV-77", Some(params), 60);
+    request_and_approve(&portal, &denial, "Pay invoice INV-77", Some(params), 60, f);
+    wait_out_the_denial_memory(denied_at);
     let reordered = "{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
     let r = agent("POST", "/v1/payments", &token, Some(reordered));
     show("the approved call (members reordered, same canonical form) goes through", &r);
+    expect("the approved call, reordered, goes through", &r, 200, f);
     let r = agent("POST", "/v1/payments", &token, Some(body));
     show("replaying it is refused (single use)", &r);
+    expect("its replay is refused (parameter_violation)", &r, 403, f);
     let r = agent("POST", "/v1/payments", &token, Some(r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#));
     show("a changed amount is not covered by the approval", &r);
+    expect("a changed amount needs its own approval", &r, 511, f);
 
     step("7", "the approval of step 4 ends: the destination is captive again");
-    std::thread::sleep(Duration::from_secs(5));
+    if let Some(left) = Duration::from_millis(5200).checked_sub(approved_at.elapsed()) {
+        std::thread::sleep(left);
+    }
     let r = agent("GET", "/v2/reports", &token, None);
     show("after approved_until", &r);
+    expect("after approved_until the destination is captive again", &r, 511, f);
 
     step("8", "the Mission is revoked: the edge refuses at once");
     let t0 = Instant::now();
@@ -128,10 +178,24 @@ fn main() {
         if r.status == 401 {
             println!("   refused {:?} after the revoke call", t0.elapsed());
             show("the agent's next call", &r);
+            expect("after revocation the same allowed call is refused (mission_inactive)", &r, 401, f);
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "revocation did not take effect");
+        if t0.elapsed() > Duration::from_secs(5) {
+            f.push("revocation did not take effect within 5 s".into());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("\nDone. Evidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines).");
+    envoy.assert_healthy();
+    println!("\nEvidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines).");
+    if failures.is_empty() {
+        println!("demo: every step behaved as described");
+    } else {
+        println!("demo: {} step(s) did not behave as described:", failures.len());
+        for x in &failures {
+            println!("  - {x}");
+        }
+        std::process::exit(1);
+    }
 }

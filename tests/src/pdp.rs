@@ -1,0 +1,82 @@
+//! A stand-in AuthZEN PDP (`POST /access/v1/evaluation`) on a real hyper server, controllable by the
+//! tests: the answer it gives, and failure modes (closed, unavailable, slow, garbage). It records
+//! every evaluation request it receives, so tests can check the filter's side of the wire.
+
+use crate::authority::Mode;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+struct Inner {
+    mode: Mode,
+    answer: Value,
+    requests: Vec<Value>,
+}
+
+/// A running stand-in PDP.
+pub struct Pdp {
+    /// Port.
+    pub port: u16,
+    inner: Arc<Mutex<Inner>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::Bytes) -> Response {
+    let mode = inner.lock().unwrap().mode;
+    if let Mode::Slow(d) = mode {
+        tokio::time::sleep(d).await;
+    }
+    let mut g = inner.lock().unwrap();
+    g.requests.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    match mode {
+        Mode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Mode::Garbage => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"decision\": \"maybe\"").into_response(),
+        Mode::Normal | Mode::Slow(_) => axum::Json(g.answer.clone()).into_response(),
+    }
+}
+
+impl Pdp {
+    /// Start on an ephemeral port, answering `{"decision": true}`.
+    pub fn start() -> Pdp {
+        let inner = Arc::new(Mutex::new(Inner { mode: Mode::Normal, answer: json!({"decision": true}), requests: Vec::new() }));
+        let p = Pdp { port: crate::free_port(), inner, task: Mutex::new(None) };
+        p.open();
+        p
+    }
+
+    /// (Re)open the listener on the same port.
+    pub fn open(&self) {
+        let app = Router::new().route("/access/v1/evaluation", post(evaluation)).with_state(Arc::clone(&self.inner));
+        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, app));
+    }
+
+    /// Close the listener: connections are refused.
+    pub fn close(&self) {
+        crate::stop_serving(self.task.lock().unwrap().take());
+    }
+
+    /// The failure mode.
+    pub fn set_mode(&self, m: Mode) {
+        self.inner.lock().unwrap().mode = m;
+    }
+
+    /// The answer to every evaluation from now on.
+    pub fn answer(&self, v: Value) {
+        self.inner.lock().unwrap().answer = v;
+    }
+
+    /// Evaluation requests received so far (`null` for a body that was not JSON).
+    pub fn requests(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+}
+
+impl Drop for Pdp {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
