@@ -882,6 +882,15 @@ async fn cli_drives_a_running_authority() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["transitions"].as_array().unwrap().len(), 3);
     let (ok, out, _) = cli(s(&["mission", "list", "--state", "suspended"])).await;
     assert!(ok && out.contains(&mid));
+    // Revoke from the command line: terminal, and no token is minted afterwards.
+    let (ok, out, err) = cli(s(&["mission", "resume", &mid])).await;
+    assert!(ok && out.contains("active"), "{err}");
+    let (ok, out, err) = cli(s(&["mission", "revoke", &mid])).await;
+    assert!(ok && out.contains("revoked"), "{err}");
+    let (ok, _, err) = cli(s(&["mission", "token", &mid])).await;
+    assert!(!ok && err.contains("invalid_grant"), "{err}");
+    let (ok, _, err) = cli(s(&["mission", "resume", &mid])).await;
+    assert!(!ok, "a revoked Mission was resumed: {err}");
     let (ok, out, _) = cli(s(&["keys", "rotate"])).await;
     assert!(ok);
     let rotated: Value = serde_json::from_str(&out).unwrap();

@@ -61,7 +61,9 @@ pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u
         .replace("port_value: 18080", &format!("port_value: {upstream}"))
         .replace("port_value: 18443", &format!("port_value: {authority}"))
         .replace("127.0.0.1:18443", &format!("127.0.0.1:{authority}"))
-        .replace("filename: target/wasm32-wasip1/release/missiongate_filter.wasm", &format!("filename: {}", wasm_path().display()));
+        .replace("filename: target/wasm32-wasip1/release/missiongate_filter.wasm", &format!("filename: {}", wasm_path().display()))
+        // Files the configs name relative to the repository (a JWKS file) become absolute.
+        .replace("filename: envoy/", &format!("filename: {}/envoy/", crate::repo_root().display()));
     let drop = |t: String, key: &str| t.lines().filter(|l| !l.contains(key)).collect::<Vec<_>>().join("\n");
     if !opts.events {
         t = drop(t, "\"events\":");

@@ -26,6 +26,14 @@ impl Response {
         self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
     /// Body as JSON.
+    /// The refusing worker's id in a problem+json `decision_id` (`<per-VM random prefix>-<seq>`):
+    /// each Envoy worker runs its own Wasm VM with its own prefix, so two different prefixes mean two
+    /// different workers answered.
+    pub fn worker(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        v["decision_id"].as_str()?.rsplit_once('-').map(|(prefix, _)| prefix.to_owned())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod authority;
+pub mod browser;
 pub mod dpop;
 pub mod envoy;
 pub mod http;

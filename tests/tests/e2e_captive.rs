@@ -250,16 +250,22 @@ fn two_workers_race_for_one_single_use_permit() {
     approve(&task, 60);
     std::thread::sleep(Duration::from_millis(1100));
     let port = w.envoy.port;
-    let handles: Vec<_> = (0..8)
+    let handles: Vec<_> = (0..24)
         .map(|_| {
             let token = token.clone();
             std::thread::spawn(move || {
-                Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body).send(port).status
+                Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body).send(port)
             })
         })
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    // Refusals from both workers: so at least one came from the worker that did not win, which
+    // could only refuse by seeing the other worker's use in shared data.
+    assert!(statuses.iter().all(|s| [200, 403].contains(s)), "{statuses:?}");
+    let workers: std::collections::HashSet<String> = answers.iter().filter(|r| r.status == 403).filter_map(|r| r.worker()).collect();
+    assert_eq!(workers.len(), 2, "the 23 refusals all came from one worker ({workers:?}): the race never crossed workers");
 }
 
 /// Many bound calls arrive while the Mission's state is being fetched: all wait for that one fetch,
@@ -286,4 +292,44 @@ fn concurrent_bound_calls_behind_one_status_fetch_are_all_answered() {
         assert_eq!(status, 511);
         assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
+}
+
+#[test]
+fn a_portal_killed_in_the_middle_of_an_approval_loses_nothing() {
+    // Its own portal and Envoy: this test kills the portal.
+    let up = Upstream::start(None);
+    let mut portal = Portal::start(&["--status-fresh-seconds", "30"]);
+    let envoy = Envoy::start(up.port, portal.port, Opts { events: true, pdp: true, ..Opts::default() });
+    let (_, token) = portal.active(&["http.get"]);
+    let get = || Req::new("GET", "/v2/restart").bearer(&token).send(envoy.port);
+    let denial = get();
+    let doc = assert_captive(&denial);
+    let api = denial.header("link").unwrap().trim_start_matches('<').split('>').next().unwrap().to_owned();
+    let key = missiongate_tests::rand_id("idem-");
+    let first = portal.request_access(&doc, &key, None, "need it across a restart");
+    let task = task_id(&first);
+
+    portal.kill9();
+    // While the PDP is gone the edge fails closed, observably (after its 1 s memory of the denial).
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = get();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["reason"], "pdp_unavailable");
+    assert!(r.header("retry-after").is_some());
+
+    portal.restart();
+    // The pending task, its Idempotency-Key and the denial's binding survived the kill -9.
+    let again = portal.request_access(&doc, &key, None, "need it across a restart");
+    assert_eq!(task_id(&again), task, "the same Idempotency-Key must find the same task after a restart");
+    let st = Req::new("GET", &format!("/access/v1/requests/{task}")).header("Host", &format!("127.0.0.1:{}", portal.port)).send(portal.port);
+    assert_eq!(st.json()["task"]["status"], "pending", "{}", st.text());
+    assert_eq!(get().status, 511, "still blocked: a pending request allows nothing");
+    let r = portal.approve_request(&task, 60);
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = get();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen("/v2/restart"), 1);
+    let c = Req::new("GET", &path_of(&api)).header("Host", &format!("127.0.0.1:{}", portal.port)).send(portal.port);
+    assert_eq!(c.json()["captive"], false, "{}", c.text());
 }

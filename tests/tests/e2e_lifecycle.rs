@@ -164,19 +164,28 @@ fn dpop_bound_tokens() {
     assert_eq!(reason(&r), "invalid_dpop_proof");
 
     // Replays racing across two workers: each proof sent on several connections at once wins once.
+    // A round proves the cross-worker case when its refusals came from both workers: then at least
+    // one refusal was on the other worker than the one request that won.
     let port = envoy.port;
+    let mut crossed = 0;
     for round in 0..8 {
         let proof = key.proof("GET", htu, &token);
         let handles: Vec<_> = (0..6)
             .map(|_| {
                 let (proof, token) = (proof.clone(), token.clone());
                 std::thread::spawn(move || {
-                    Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).header("DPoP", &proof).send(port).status
+                    Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).header("DPoP", &proof).send(port)
                 })
             })
             .collect();
-        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
         assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
         assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+        let workers: std::collections::HashSet<String> = answers.iter().filter(|r| r.status == 401).filter_map(|r| r.worker()).collect();
+        if workers.len() == 2 {
+            crossed += 1;
+        }
     }
+    assert!(crossed >= 1, "no round had its replays refused on both workers: the cross-worker case was never exercised");
 }

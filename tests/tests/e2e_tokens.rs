@@ -244,11 +244,18 @@ fn authority_set_matching() {
 fn counters_are_exported_with_bounded_names() {
     let w = world();
     let (_, token) = w.auth.active_token();
+    let hits = w.envoy.counter("wasmcustom.missiongate.token_cache.hit");
     assert_eq!(get("/v1/a", &token).status, 200);
+    // The same token again, on one connection after another: cache hits (per worker, so up to two
+    // misses before both workers have it).
+    for _ in 0..4 {
+        assert_eq!(get("/v1/a", &token).status, 200);
+    }
     assert_eq!(Req::new("GET", "/v1/a").send(w.envoy.port).status, 401);
     assert!(w.envoy.wait_counter("wasmcustom.missiongate.decision.allowed", 1) >= 1);
     assert!(w.envoy.wait_counter("wasmcustom.missiongate.decision.no_credentials", 1) >= 1);
-    assert!(w.envoy.wait_counter("wasmcustom.missiongate.token_cache.hit", 0) < u64::MAX);
+    assert!(w.envoy.wait_counter("wasmcustom.missiongate.token_cache.hit", hits + 3) >= hits + 3, "token cache hits not counted");
+    assert!(w.envoy.counter("wasmcustom.missiongate.token_cache.miss") >= 1);
     let stats = w.envoy.stats();
     for line in stats.lines().filter(|l| l.contains("missiongate.")) {
         assert!(!line.contains("msn_") && !line.contains("partner"), "unbounded label: {line}");
@@ -383,4 +390,33 @@ fn body_data_does_not_bypass_a_pending_decision() {
     let r = Req::new("POST", "/v1/upload").bearer(&t).header("content-type", "text/plain").chunked(chunks).send(w.envoy.port);
     invalid_token(&r, "mission_inactive");
     assert_eq!(w.up.seen("/v1/upload"), 0, "the upstream saw a request from a revoked mission");
+}
+
+#[test]
+fn keys_from_a_file_served_by_envoy() {
+    // envoy/missiongate-static-keys.yaml: Envoy serves a JWKS file to the filter. The stand-in
+    // authority answers Mission Status only; its own JWKS endpoint must never be asked.
+    let up = Upstream::start(None);
+    let auth = Authority::start();
+    let file = missiongate_tests::repo_root().join("target/e2e").join(format!("{}.jwks.json", rand_id("keys-")));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, json!({ "keys": [auth.signer().jwk] }).to_string()).unwrap();
+    let (port, admin, keys_port) = (missiongate_tests::free_port(), missiongate_tests::free_port(), missiongate_tests::free_port());
+    let yaml = envoy::render("envoy/missiongate-static-keys.yaml", port, admin, up.port, auth.port, &Opts {
+        replace: vec![
+            (format!("filename: {}/envoy/static-keys.jwks.json", missiongate_tests::repo_root().display()), format!("filename: {}", file.display())),
+            ("port_value: 18444".into(), format!("port_value: {keys_port}")),
+        ],
+        ..Opts::default()
+    });
+    let e = Envoy::start_yaml(&yaml, port, admin, 1);
+    let (_, token) = auth.active_token();
+    let r = Req::new("GET", "/v1/from-file").bearer(&token).send(e.port);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(auth.jwks_hits(), 0, "the keys must come from the file");
+    // A key that is not in the file is refused, after the (rate-limited) refetch of the file.
+    let other = Signer::new("not-in-the-file");
+    let r = Req::new("GET", "/v1/from-file").bearer(&other.sign("at+jwt", &auth.claims(&rand_id("msn_")))).send(e.port);
+    invalid_token(&r, "unknown_key");
+    assert!(e.counter("wasmcustom.missiongate.callout.jwks.ok") >= 1 || e.wait_counter("wasmcustom.missiongate.callout.jwks.ok", 1) >= 1);
 }

@@ -4,6 +4,8 @@
 //! Native: `cargo run --release -p missiongate-wire --example digest_speed`
 //! Wasm (V8): build with `--target wasm32-wasip1` and run it under node as `p256_speed.rs` says.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use missiongate_wire::digest::parameter_digest;
 use std::time::Instant;
 
