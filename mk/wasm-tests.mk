@@ -1,5 +1,6 @@
-# The core's test suite compiled to wasm32-unknown-unknown and run under wasm-bindgen-test in Node.js,
-# so the decision core (JOSE, JCS, digests, state) is checked as WebAssembly too, not only natively.
+# The core's test suite, and the wire crate's JCS and digest vectors, compiled to wasm32-unknown-unknown
+# and run under wasm-bindgen-test in Node.js, so the decision core (JOSE, JCS, digests, state) is
+# checked as WebAssembly too, not only natively.
 #
 #   make test-wasm-core
 #
@@ -34,3 +35,5 @@ test-wasm-core: wasm32-unknown-target wasm-bindgen-cli
 	@command -v node >/dev/null || { echo "test-wasm-core needs Node.js (node) on PATH" >&2; exit 1; }
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
 	  $(CARGO) test -p missiongate-core --target wasm32-unknown-unknown
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
+	  $(CARGO) test -p missiongate-wire --target wasm32-unknown-unknown --test jcs_vectors

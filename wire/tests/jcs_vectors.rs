@@ -1,5 +1,8 @@
 //! JCS and digest vectors: SPEC §6, standards.md §3.4/§3.9, RFC 8785 (§3.2.2, §3.2.3, Appendix B),
-//! the RFC 8785 reference implementation's test data, and ECMAScript-generated number tables.
+//! and number tables generated with ECMAScript itself (`tests/data/gen_numbers.js`, run under node).
+//!
+//! Every test but the stack-depth one also runs compiled to wasm32-unknown-unknown under
+//! wasm-bindgen-test (`make test-wasm-core`), so JCS is checked as the filter runs it: as WebAssembly.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,8 +16,6 @@ use missiongate_wire::digest::{
 };
 use missiongate_wire::jcs::{canonicalize, canonicalize_ijson, parse_ijson, IJsonError, MAX_DEPTH};
 use serde_json::{json, Value};
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
 fn canon_str(text: &str) -> String {
     String::from_utf8(canonicalize_ijson(text.as_bytes()).unwrap()).unwrap()
@@ -39,7 +40,8 @@ fn check(got: (String, Vec<u8>), canonical: &str, digest: &str) {
     assert_eq!(got.0, digest);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v1_get_no_body() {
     let got = parameter_digest(
         "GET",
@@ -55,7 +57,8 @@ fn spec_v1_get_no_body() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v2_post_json_body() {
     let body = br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
     let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
@@ -76,7 +79,8 @@ fn spec_v2_post_json_body() {
     assert_eq!(prefixed_digest_of_canonical(&obj), V2_DIGEST);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v3_same_body_reformatted() {
     let body = b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
     let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
@@ -93,7 +97,8 @@ fn spec_v3_same_body_reformatted() {
     check(got, V2_CANONICAL, V2_DIGEST);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v4_changed_amount_differs() {
     let body = br#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#;
     let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
@@ -105,7 +110,8 @@ fn spec_v4_changed_amount_differs() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v7_text_plain_body() {
     let body = b"hello, partner";
     assert_eq!(body.len(), 14);
@@ -127,7 +133,8 @@ fn spec_v7_text_plain_body() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v9_effect_bearing_header() {
     let h = hdrs(&[("Idempotency-Key", "k-42")]);
     let got = parameter_digest(
@@ -156,7 +163,8 @@ fn spec_v9_effect_bearing_header() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_non_ijson_body_is_unbindable() {
     let cases: [(&[u8], IJsonError); 5] = [
         (
@@ -191,7 +199,8 @@ fn spec_non_ijson_body_is_unbindable() {
 // standards.md §3.4 envelope anchors and §3.9 canonical-object digest
 // ------------------------------------------------------------------------------------------------
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn standards_intent_hash() {
     let value = json!({"goal": "Reconcile Q3 invoices", "resources": ["https://erp.example.com"],
         "expires_at": "2026-12-31T23:59:59Z"});
@@ -216,7 +225,8 @@ fn standards_intent_hash() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn standards_authority_hash() {
     // Written in a non-canonical member order on purpose.
     let value = parse_ijson(br#"[
@@ -240,7 +250,8 @@ fn standards_authority_hash() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn standards_runtime_worked_vector() {
     let v =
         parse_ijson(br#"{"source_invoice_id":"inv_2026Q3_842","amount_usd":"423.50"}"#).unwrap();
@@ -254,7 +265,8 @@ fn standards_runtime_worked_vector() {
     );
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn prefixed_digests_round_trip() {
     for d in [
         V2_DIGEST,
@@ -312,7 +324,8 @@ fn number_text(f: f64) -> String {
     String::from_utf8(out).unwrap()
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rfc8785_appendix_b_numbers() {
     for &(bits, want) in APPENDIX_B {
         let f = f64::from_bits(bits);
@@ -341,7 +354,8 @@ fn rfc8785_appendix_b_numbers() {
 }
 
 /// RFC 8785 §3.2.2: the example document and its canonical form (also given in hex there).
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rfc8785_section_3_2_2_example() {
     let input = r#"{
   "numbers": [333333333.33333329, 1E30, 4.50,
@@ -369,7 +383,8 @@ fn rfc8785_section_3_2_2_example() {
 }
 
 /// RFC 8785 §3.2.3: sorting by UTF-16 code units, with a non-BMP name.
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rfc8785_section_3_2_3_sorting() {
     let input = r#"{
   "\u20ac": "Euro Sign",
@@ -418,9 +433,10 @@ fn rfc8785_section_3_2_3_sorting() {
 }
 
 /// Doubles → `Number.prototype.toString`, generated by Node.js (tests/data/gen_numbers.js).
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn ecmascript_number_serialization_table() {
-    let text = std::fs::read_to_string(format!("{DATA}/es6_numbers.txt")).unwrap();
+    let text = include_str!("data/es6_numbers.txt");
     let mut n = 0;
     for line in text.lines() {
         let (hex, want) = line.split_once(',').unwrap();
@@ -440,9 +456,10 @@ fn ecmascript_number_serialization_table() {
 
 /// JSON number texts → `Number(text).toString()`, generated by Node.js: checks correct rounding of the
 /// parser (long mantissas, halfway points, extremes, integers beyond 2^53 and u64).
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn ecmascript_number_parsing_table() {
-    let text = std::fs::read_to_string(format!("{DATA}/parse_numbers.txt")).unwrap();
+    let text = include_str!("data/parse_numbers.txt");
     let mut n = 0;
     let mut bad = Vec::new();
     for line in text.lines() {
@@ -466,7 +483,8 @@ fn ecmascript_number_parsing_table() {
 // I-JSON rejections
 // ------------------------------------------------------------------------------------------------
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_duplicate_names() {
     assert_eq!(
         parse_ijson(br#"{"a":1,"b":2,"a":1}"#),
@@ -484,7 +502,8 @@ fn rejects_duplicate_names() {
     assert!(parse_ijson(br#"[{"a":1},{"a":2}]"#).is_ok());
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_invalid_utf8() {
     for bad in [
         &b"\"\xff\""[..],
@@ -499,7 +518,8 @@ fn rejects_invalid_utf8() {
     }
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_lone_surrogates() {
     for bad in [
         r#""\ud800""#,
@@ -521,7 +541,8 @@ fn rejects_lone_surrogates() {
     assert_eq!(canon_str(r#""\ud83d\ude00""#), "\"\u{1f600}\"");
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_numbers_outside_binary64() {
     for bad in [
         "1e400",
@@ -544,7 +565,8 @@ fn rejects_numbers_outside_binary64() {
     assert_eq!(canon_str("[1e-400,-1e-400]"), "[0,0]");
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_trailing_garbage() {
     for bad in [
         "{} x",
@@ -564,7 +586,8 @@ fn rejects_trailing_garbage() {
     assert!(parse_ijson(b" \t\r\n{} \t\r\n").is_ok());
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_syntax_errors() {
     for bad in [
         "",
@@ -624,7 +647,8 @@ fn deep_nesting_is_refused_without_overflow() {
     });
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn large_body_round_trip() {
     // ~1 MiB JSON body: parse + canonicalize + digest.
     let mut items = Vec::new();
@@ -648,7 +672,8 @@ fn large_body_round_trip() {
 /// exactly the same inputs and print exactly the same bytes: random documents built from a grammar
 /// rich in what JCS and I-JSON care about (escapes, surrogates, noncharacters, non-BMP names,
 /// duplicate names, extreme numbers, nesting), plus hand-picked edge cases.
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn lean_path_agrees_with_value_path() {
     struct Rng(u64);
     impl Rng {
