@@ -420,3 +420,41 @@ fn keys_from_a_file_served_by_envoy() {
     invalid_token(&r, "unknown_key");
     assert!(e.counter("wasmcustom.missiongate.callout.jwks.ok") >= 1 || e.wait_counter("wasmcustom.missiongate.callout.jwks.ok", 1) >= 1);
 }
+
+#[test]
+fn no_keys_loaded_is_503_at_once_and_recovers_when_the_jwks_is_back() {
+    // Envoy starts while the authority is down: the JWKS cannot be loaded. Requests are refused
+    // promptly (never queued forever), and served once the keys arrive, without a restart.
+    let up = Upstream::start(None);
+    let auth = Authority::start();
+    auth.close();
+    let e = Envoy::start(up.port, auth.port, Opts::default());
+    let (_, token) = auth.active_token();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = Req::new("GET", "/v1/no-keys").bearer(&token).send(e.port);
+        assert_denied(&r, 503, "keys_unavailable");
+        assert!(r.header("retry-after").is_some());
+        assert!(r.header("www-authenticate").is_none(), "not the token's fault");
+        assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    }
+    assert_eq!(up.seen("/v1/no-keys"), 0);
+    // A JWKS that answers garbage is no better.
+    auth.open();
+    auth.set_mode(Mode::Garbage);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_denied(&Req::new("GET", "/v1/no-keys").bearer(&token).send(e.port), 503, "keys_unavailable");
+    // Back: within the refetch pace (1 s), the keys load and the same token goes through.
+    auth.set_mode(Mode::Normal);
+    let start = Instant::now();
+    loop {
+        let r = Req::new("GET", "/v1/no-keys").bearer(&token).send(e.port);
+        if r.status == 200 {
+            break;
+        }
+        assert_denied(&r, 503, "keys_unavailable");
+        assert!(start.elapsed() < Duration::from_secs(5), "keys never loaded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(e.counter("wasmcustom.missiongate.callout.jwks.failed") >= 1 || e.wait_counter("wasmcustom.missiongate.callout.jwks.failed", 1) >= 1);
+}

@@ -133,16 +133,21 @@ pub fn names_origin(grants: &[Grant], origin: &str) -> bool {
 
 /// Action id of a request: a configured named operation, else `http.` + lower-case method.
 pub fn action_id(operations: &[Operation], method: &str, path: &str) -> String {
-    for op in operations {
-        let path_ok = if op.prefix { uri::path_has_prefix(path, &op.path) } else { op.path == path };
-        if path_ok && op.method.eq_ignore_ascii_case(method) {
-            return op.action.clone();
-        }
+    if let Some(op) = operation(operations, method, path) {
+        return op.action.clone();
     }
     let mut a = String::with_capacity(5 + method.len());
     a.push_str("http.");
     a.push_str(&method.to_ascii_lowercase());
     a
+}
+
+/// The first named operation matching `method` and the normalised `path`.
+pub fn operation<'o>(operations: &'o [Operation], method: &str, path: &str) -> Option<&'o Operation> {
+    operations.iter().find(|op| {
+        let path_ok = if op.prefix { uri::path_has_prefix(path, &op.path) } else { op.path == path };
+        path_ok && op.method.eq_ignore_ascii_case(method)
+    })
 }
 
 #[cfg(test)]
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn action_ids() {
-        let ops = vec![Operation { method: "POST".into(), path: "/v1/payments".into(), prefix: false, action: "payments.create".into() }];
+        let ops = vec![Operation { method: "POST".into(), path: "/v1/payments".into(), prefix: false, action: "payments.create".into(), consequential: None }];
         assert_eq!(action_id(&ops, "POST", "/v1/payments"), "payments.create");
         assert_eq!(action_id(&ops, "GET", "/v1/payments"), "http.get");
         assert_eq!(action_id(&[], "CONNECT", "/"), "http.connect");

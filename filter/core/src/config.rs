@@ -147,6 +147,8 @@ struct RawOperation {
     #[serde(default)]
     path_match: Option<String>,
     action: String,
+    #[serde(default)]
+    consequential: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +241,9 @@ pub struct Operation {
     pub prefix: bool,
     /// Action id.
     pub action: String,
+    /// Whether this operation is consequential (bound to its `parameter_digest` and decided by the
+    /// PDP), overriding the destination's method rule; `None` follows the rule.
+    pub consequential: Option<bool>,
 }
 
 /// A destination the gateway knows by its request `:authority`.
@@ -422,7 +427,7 @@ impl Config {
                 if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(err(format!("{of}.method"), "must be an HTTP method"));
                 }
-                operations.push(Operation { method: o.method.to_ascii_uppercase(), path, prefix, action: o.action });
+                operations.push(Operation { method: o.method.to_ascii_uppercase(), path, prefix, action: o.action, consequential: o.consequential });
             }
             let audience = d.audience.unwrap_or_else(|| origin.clone());
             let consequential_methods = match d.consequential_methods {
@@ -563,8 +568,16 @@ impl DestinationRef<'_> {
             DestinationRef::Implicit(_) => &[],
         }
     }
-    /// Is this method consequential here?
-    pub fn consequential(&self, method: &str) -> bool {
+    /// Is this request consequential here? A named operation that says so decides (`CONNECT`
+    /// never is: its body is a tunnel); otherwise the destination's methods, by default every
+    /// method but GET, HEAD and OPTIONS.
+    pub fn consequential(&self, method: &str, path: &str) -> bool {
+        if method.eq_ignore_ascii_case("CONNECT") {
+            return false;
+        }
+        if let Some(c) = crate::authority::operation(self.operations(), method, path).and_then(|op| op.consequential) {
+            return c;
+        }
         match self {
             DestinationRef::Known(d) => is_consequential(d.consequential_methods.as_deref(), method),
             DestinationRef::Implicit(_) => is_consequential(None, method),
@@ -652,15 +665,60 @@ mod tests {
         }
         let c = Config::parse(include_str!("../../examples/full.json").as_bytes()).unwrap();
         assert_eq!(c.evidence_log, EvidenceLog::Denials);
-        assert_eq!(c.destinations["api.partner.example"].operations.len(), 2);
+        assert_eq!(c.destinations["api.partner.example"].operations.len(), 4);
+        let d = c.destination("api.partner.example", "http", false).unwrap();
+        assert!(d.consequential("POST", "/v1/payments"), "POST is consequential by the destination's methods");
+        assert!(!d.consequential("POST", "/v1/search"), "a named operation exempts itself");
+        assert!(d.consequential("GET", "/v1/exports/q3"), "a named GET operation binds itself");
+        assert!(!d.consequential("GET", "/v1/invoices"));
+        assert!(!d.consequential("CONNECT", "/"));
     }
 
+    /// The fields the parser accepts in the object at `pointer` of `full`: serde's unknown-field
+    /// error lists them all.
+    fn accepted_fields(full: &serde_json::Value, pointer: &str) -> Vec<String> {
+        let mut probe = full.clone();
+        probe.pointer_mut(pointer).and_then(|o| o.as_object_mut()).unwrap_or_else(|| panic!("no object at {pointer}")).insert("__probe".into(), 1.into());
+        let e = Config::parse(probe.to_string().as_bytes()).unwrap_err();
+        let list = e.message.split_once("expected one of ").or_else(|| e.message.split_once("expected ")).map(|(_, l)| l.split(" at line ").next().unwrap_or(l).to_owned()).unwrap_or_else(|| panic!("{pointer}: {e}"));
+        let mut fields: Vec<String> = list.split(", ").map(|f| f.trim_matches(|c| c == '`' || c == ' ').to_owned()).collect();
+        fields.sort();
+        fields
+    }
+
+    /// The schema, the parser and the "every field" example list exactly the same fields, in every
+    /// object of the configuration: none of the three can drift from the others.
     #[test]
-    fn schema_lists_every_top_level_field_of_the_full_example() {
+    fn schema_parser_and_full_example_agree_on_every_field() {
         let schema: serde_json::Value = serde_json::from_str(include_str!("../../config.schema.json")).unwrap();
         let full: serde_json::Value = serde_json::from_str(include_str!("../../examples/full.json")).unwrap();
-        for k in full.as_object().unwrap().keys() {
-            assert!(schema["properties"].get(k).is_some(), "schema lacks {k}");
+        let places = [
+            ("", "/properties"),
+            ("/issuers/0", "/$defs/issuer/properties"),
+            ("/issuers/0/jwks_uri", "/$defs/upstream/properties"),
+            ("/issuers/0/mission_authority", "/$defs/mission_authority/properties"),
+            ("/destinations/0", "/$defs/destination/properties"),
+            ("/destinations/0/operations/0", "/$defs/destination/properties/operations/items/properties"),
+            ("/evidence", "/properties/evidence/properties"),
+            ("/dpop", "/properties/dpop/properties"),
+            ("/pdp", "/properties/pdp/properties"),
+        ];
+        for (pointer, schema_pointer) in places {
+            let parser = accepted_fields(&full, pointer);
+            let mut documented: Vec<String> = schema.pointer(schema_pointer).and_then(|o| o.as_object()).unwrap_or_else(|| panic!("schema has no {schema_pointer}")).keys().cloned().collect();
+            documented.sort();
+            assert_eq!(parser, documented, "parser vs schema at {pointer:?}");
+            // The full example shows every field (over all array items at that level).
+            let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", ""));
+            let siblings: Vec<&serde_json::Value> = match full.pointer(parent).and_then(|v| v.as_array()) {
+                Some(items) if last.parse::<usize>().is_ok() => items.iter().collect(),
+                _ => vec![full.pointer(pointer).unwrap()],
+            };
+            let mut shown: Vec<String> = siblings.iter().flat_map(|o| o.as_object().unwrap().keys().cloned()).collect();
+            shown.sort();
+            shown.dedup();
+            let missing: Vec<&String> = documented.iter().filter(|f| !shown.contains(f)).collect();
+            assert!(missing.is_empty(), "examples/full.json at {pointer:?} does not show {missing:?}");
         }
     }
 

@@ -453,7 +453,7 @@ impl Engine {
         if matched == AuthorityMatch::Unenforceable {
             return Err(Step::deny(Reason::ConstraintUnrecognized, "the authority entry has a constraint this gateway cannot enforce"));
         }
-        let consequential = config.pdp.is_some() && dest.consequential(req.method);
+        let consequential = config.pdp.is_some() && dest.consequential(req.method, &path);
         let inside = matched == AuthorityMatch::Permit
             || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
         if !consequential && !inside && config.pdp.is_none() {

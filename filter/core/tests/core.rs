@@ -1425,3 +1425,131 @@ fn jcs_numbers_and_utf16_order_in_wasm() {
     assert_eq!(canon("{\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3,\"a\":4}"), "{\"a\":4,\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3}");
     assert!(missiongate_wire::jcs::canonicalize_ijson(br#"{"a":1,"a":2}"#).is_err());
 }
+
+// ------------------------------------------------------------------------- PDP path -----------
+
+const PDP_RETRY_AFTER: u32 = 3;
+
+fn pdp_engine() -> Engine {
+    let mut c = config_json();
+    c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
+                      "retry_after_seconds": PDP_RETRY_AFTER, "deny_cache_seconds": 0});
+    c["destinations"][0]["operations"] = json!([
+        {"method": "POST", "path": "/v1/payments", "action": "payments.create"},
+        {"method": "POST", "path": "/v1/search", "action": "invoices.search", "consequential": false},
+        {"method": "GET", "path": "/v1/exports", "path_match": "prefix", "action": "exports.start", "consequential": true}
+    ]);
+    let mut e = engine_with(&c);
+    set_state(&mut e, "active", 1);
+    e
+}
+
+/// Decide with the PDP's answer in hand.
+fn with_answer(e: &mut Engine, r: &Request<'_>, status: Option<u16>, answer: &Value, guard: &mut MapGuard) -> Outcome {
+    let pdp = missiongate_core::engine::PdpAnswer { status, body: serde_json::to_vec(answer).unwrap() };
+    let extra = missiongate_core::engine::Extra { headers: &[], body: None, pdp: Some(&pdp) };
+    e.decide_full(r, &extra, NOW, Attempts { keys: true, status: true }, guard)
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn outside_the_authority_set_the_pdp_is_asked_with_spec_shape() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = get("/v2/reports?q=1", &auth);
+    let Need::Pdp(c) = expect_need(decide(&mut e, &r)) else { panic!("expected a PDP evaluation") };
+    assert_eq!(c.cluster, "pdp");
+    assert!(c.headers.iter().any(|(k, v)| k == ":path" && v == "/access/v1/evaluation"));
+    assert!(c.headers.iter().any(|(k, v)| k == ":method" && v == "POST"));
+    let body: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(body, json!({
+        "subject": {"type": "agent", "id": "agent-7", "properties": {"sub": "user-1", "iss": AS}},
+        "resource": {"type": "egress", "id": ORIGIN},
+        "action": {"name": "http.get"},
+        "context": {"mission": {"id": MISSION, "issuer": AS, "authority_hash": "sha-256:AAAA"}}
+    }), "SPEC §4 evaluation request");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn pdp_answers_and_permit_conditions() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = get("/v2/reports", &auth);
+    let g = &mut MapGuard::default();
+    let permit = |c: Value| json!({"decision": true, "context": {"evaluation_id": "eval_1", "conditions": c}});
+    let ev = expect_allow(with_answer(&mut e, &r, Some(200), &json!({"decision": true, "context": {"evaluation_id": "eval_0"}}), g));
+    assert_eq!(ev.evaluation_id.as_deref(), Some("eval_0"));
+    expect_allow(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": time::format_rfc3339(NOW + 60)})), g));
+    // Unavailable, failed or garbage: 503 with the PDP's Retry-After, never a guess.
+    for (status, body) in [(None, json!(null)), (Some(503), json!({"error": "down"})), (Some(200), json!({"decision": "yes"})), (Some(200), json!([1]))] {
+        let d = expect_deny(with_answer(&mut e, &r, status, &body, g), "pdp_unavailable", 503);
+        assert_eq!(d.header("retry-after"), Some(PDP_RETRY_AFTER.to_string().as_str()));
+    }
+    // Conditions: each one the filter does not understand or cannot honour denies.
+    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": time::format_rfc3339(NOW)})), g), "parameter_violation", 403);
+    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": "soon"})), g), "pdp_denied", 403);
+    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"geo_fence": "eu"})), g), "pdp_denied", 403);
+    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"use_limit": 2})), g), "pdp_denied", 403);
+    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"parameter_digest": "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE"})), g), "parameter_violation", 403);
+    // Single use: once, across every worker (the guard is what they share).
+    let once = json!({"decision": true, "context": {"evaluation_id": "eval_once", "conditions": {"use_limit": 1}}});
+    expect_allow(with_answer(&mut e, &r, Some(200), &once, g));
+    expect_deny(with_answer(&mut e, &r, Some(200), &once, g), "parameter_violation", 403);
+    let no_id = json!({"decision": true, "context": {"conditions": {"use_limit": 1}}});
+    expect_deny(with_answer(&mut e, &r, Some(200), &no_id, g), "pdp_denied", 403);
+    // A plain refusal.
+    let d = expect_deny(with_answer(&mut e, &r, Some(200), &json!({"decision": false, "context": {"reason": "weekend"}}), g), "pdp_denied", 403);
+    assert!(d.www().contains("error=\"insufficient_scope\"") && d.www().contains("mission_denial=\"insufficient_authority\""), "{}", d.www());
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_requestable_denial_is_a_511_captive_document() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = get("/v2/reports", &auth);
+    let answer = json!({"decision": false, "context": {
+        "evaluation_id": "eval_9", "reason": "egress_not_allowed", "next_action": "request",
+        "user_portal_url": "https://portal.example/portal/d/7Qx",
+        "captive_portal_api": "https://portal.example/captive-portal/api/d/7Qx",
+        "access_request": {"endpoint": "https://portal.example/access/v1/requests", "expires_at": "2027-01-15T08:10:00Z", "binding_token": "b.t.s"}}});
+    let (resp, ev) = match with_answer(&mut e, &r, Some(200), &answer, &mut MapGuard::default()) {
+        Outcome::Deny(resp, ev) => (resp, ev),
+        other => panic!("expected a 511, got {other:?}"),
+    };
+    assert_eq!(resp.status, 511);
+    assert_eq!(ev.reason, "egress_not_allowed");
+    let h = |n: &str| resp.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(h("content-type"), Some("application/captive+json"));
+    assert_eq!(h("cache-control"), Some("no-store"));
+    assert_eq!(h("link"), Some("<https://portal.example/captive-portal/api/d/7Qx>; rel=\"captive-portal-api\""));
+    let doc: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(doc["captive"], true);
+    assert_eq!(doc["user-portal-url"], "https://portal.example/portal/d/7Qx");
+    let ar = &doc["access-request"];
+    assert_eq!(ar["subject"]["id"], "agent-7");
+    assert_eq!(ar["resource"], json!({"type": "egress", "id": ORIGIN}));
+    assert_eq!(ar["action"]["name"], "http.get");
+    assert_eq!(ar["context"]["evaluation_id"], "eval_9");
+    assert_eq!(ar["context"]["mission"]["id"], MISSION);
+    assert_eq!(ar["context"]["access_request"]["binding_token"], "b.t.s");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn named_operations_choose_whether_they_are_consequential() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    // POST /v1/payments: consequential by method, so its body is needed first.
+    assert_eq!(expect_need(decide(&mut e, &req("POST", "/v1/payments", Authz::One(&auth)))), Need::Body);
+    // POST /v1/search is exempted by its operation: decided on the headers (here: outside the
+    // Authority Set, so the PDP is asked, without a digest).
+    let Need::Pdp(c) = expect_need(decide(&mut e, &req("POST", "/v1/search", Authz::One(&auth)))) else { panic!("expected a PDP evaluation") };
+    let body: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(body["action"], json!({"name": "invoices.search"}));
+    // GET /v1/exports/... binds itself, although GET is not consequential by default.
+    assert_eq!(expect_need(decide(&mut e, &get("/v1/exports/q3", &auth))), Need::Body);
+    // A plain GET inside the Authority Set needs nothing.
+    expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
+}
