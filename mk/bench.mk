@@ -30,4 +30,3 @@ bench-smoke: tools wasm wrk
 	@$(BENCH_SMOKE_ENV) target/debug/bench > $(BENCH_SMOKE_OUT).log 2>&1 || { tail -n 60 $(BENCH_SMOKE_OUT).log; exit 1; }
 	target/debug/bench --check $(BENCH_SMOKE_OUT)
 
-test: bench-smoke
