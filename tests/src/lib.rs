@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod authority;
+pub mod bodies;
 pub mod browser;
 pub mod dpop;
 pub mod envoy;

@@ -9,31 +9,8 @@
 use missiongate_wire::digest::parameter_digest;
 use std::time::Instant;
 
-fn json_body(size: usize) -> Vec<u8> {
-    let head = r#"{"payment":{"amount":{"currency":"EUR","value":"1250.00"},"creditor":{"iban":"DE89370400440532013000","name":"Partner GmbH"},"reference":"INV-2026-0042"},"items":["#;
-    let mut s = String::from(head);
-    let mut i = 0u32;
-    loop {
-        let item = format!(
-            r#"{}{{"sku":"SKU-{i:06}","qty":{},"price":{}.{:02},"note":"line {i} of the reconciliation batch","tags":["b2b","net30"]}}"#,
-            if i == 0 { "" } else { "," },
-            1 + i % 7,
-            10 + i % 90,
-            (i * 37) % 100
-        );
-        if s.len() + item.len() + 16 > size {
-            break;
-        }
-        s.push_str(&item);
-        i += 1;
-    }
-    s.push_str(r#"],"pad":""#);
-    while s.len() + 2 < size {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    s.into_bytes()
-}
+#[path = "../../tests/src/bodies.rs"]
+mod bodies;
 
 #[inline(never)]
 fn run(body: &[u8], n: usize) -> usize {
@@ -72,7 +49,7 @@ fn time(f: impl Fn() -> usize, n: usize) -> f64 {
 
 fn main() {
     for (size, n) in [(1024usize, 2000usize), (64 * 1024, 100), (1024 * 1024, 8)] {
-        let body = json_body(size);
+        let body = bodies::payment_batch(size);
         let digest = time(|| run(&body, n), n);
         let sha = time(|| run_sha(&body, n), n);
         let parse = time(|| run_parse(&body, n), n);

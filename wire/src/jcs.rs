@@ -400,63 +400,32 @@ fn parse_node(text: &str) -> Result<Node<'_>, IJsonError> {
     parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))
 }
 
-enum NodeFrame<'n, 'a> {
-    Array(core::slice::Iter<'n, Node<'a>>, bool),
-    Object(core::slice::Iter<'n, (Cow<'a, str>, Node<'a>)>, bool),
+type NodeMember<'a> = (Cow<'a, str>, Node<'a>);
+type NodeMemberFn<'m, 'a> = fn(&'m NodeMember<'a>) -> (&'m str, &'m Node<'a>);
+type NodeMembers<'m, 'a> = core::iter::Map<core::slice::Iter<'m, NodeMember<'a>>, NodeMemberFn<'m, 'a>>;
+
+fn node_member<'m, 'a>(m: &'m NodeMember<'a>) -> (&'m str, &'m Node<'a>) {
+    (m.0.as_ref(), &m.1)
 }
 
-/// Append the canonical form of a [`Node`]; iterative, like [`canonicalize_into`].
-fn write_node(node: &Node<'_>, out: &mut Vec<u8>) {
-    let mut stack: Vec<NodeFrame<'_, '_>> = Vec::new();
-    let mut next = Some(node);
-    loop {
-        if let Some(v) = next.take() {
-            match v {
-                Node::Null => out.extend_from_slice(b"null"),
-                Node::Bool(true) => out.extend_from_slice(b"true"),
-                Node::Bool(false) => out.extend_from_slice(b"false"),
-                Node::Num(f) => write_f64(out, *f),
-                Node::Str(s) => write_string(out, s),
-                Node::Arr(items) => {
-                    out.push(b'[');
-                    stack.push(NodeFrame::Array(items.iter(), true));
-                }
-                Node::Obj(members) => {
-                    out.push(b'{');
-                    stack.push(NodeFrame::Object(members.iter(), true));
-                }
+impl<'a> Tree for Node<'a> {
+    type Members<'m>
+        = NodeMembers<'m, 'a>
+    where
+        Self: 'm;
+
+    fn shape<'s>(&'s self) -> Shape<'s, Self> {
+        match self {
+            Node::Null => Shape::Null,
+            Node::Bool(b) => Shape::Bool(*b),
+            Node::Num(f) => Shape::Num(*f),
+            Node::Str(s) => Shape::Str(s),
+            Node::Arr(items) => Shape::Arr(items),
+            // Already in canonical order (sorted while parsing).
+            Node::Obj(members) => {
+                let f: NodeMemberFn<'s, 'a> = node_member;
+                Shape::Obj(members.iter().map(f))
             }
-        }
-        let Some(top) = stack.last_mut() else {
-            break;
-        };
-        let close = match top {
-            NodeFrame::Array(items, first) => match items.next() {
-                Some(item) => {
-                    if !core::mem::replace(first, false) {
-                        out.push(b',');
-                    }
-                    next = Some(item);
-                    None
-                }
-                None => Some(b']'),
-            },
-            NodeFrame::Object(members, first) => match members.next() {
-                Some((name, item)) => {
-                    if !core::mem::replace(first, false) {
-                        out.push(b',');
-                    }
-                    write_string(out, name);
-                    out.push(b':');
-                    next = Some(item);
-                    None
-                }
-                None => Some(b'}'),
-            },
-        };
-        if let Some(c) = close {
-            out.push(c);
-            stack.pop();
         }
     }
 }
@@ -467,7 +436,7 @@ fn write_node(node: &Node<'_>, out: &mut Vec<u8>) {
 pub fn canonicalize_ijson_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), IJsonError> {
     let text = core::str::from_utf8(bytes).map_err(|_| IJsonError::InvalidUtf8)?;
     let node = parse_node(text)?;
-    write_node(&node, out);
+    write_tree(&node, out);
     Ok(())
 }
 
@@ -498,13 +467,14 @@ enum Members<'a> {
 }
 
 impl<'a> Iterator for Members<'a> {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a str, &'a Value);
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
+        let (name, value) = match self {
             Self::InOrder(it) => it.next(),
             Self::Sorted(it) => it.next(),
-        }
+        }?;
+        Some((name.as_str(), value))
     }
 }
 
@@ -524,34 +494,68 @@ fn members(map: &Map<String, Value>) -> Members<'_> {
     }
 }
 
-enum Frame<'a> {
-    Array(core::slice::Iter<'a, Value>, bool),
-    Object(Members<'a>, bool),
+/// What the canonical writer needs of one JSON value.
+enum Shape<'t, T: Tree + 't> {
+    Null,
+    Bool(bool),
+    /// Written through its binary64 value.
+    Num(f64),
+    Str(&'t str),
+    Arr(&'t [T]),
+    /// Members in UTF-16 order of their names.
+    Obj(T::Members<'t>),
 }
 
-/// Append the RFC 8785 canonical form of `value` to `out`.
-///
-/// Iterative: the depth of `value` costs heap (one small frame per open container), never stack.
-/// Non-finite numbers cannot be held by a `serde_json::Value` built with this crate's features; should
-/// one appear anyway it is written as `null`, as ECMAScript's `JSON.stringify` does.
-pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
-    let mut stack: Vec<Frame<'_>> = Vec::new();
-    let mut next = Some(value);
+/// A JSON tree the canonical writer can walk: [`Value`] (the portal, most tests) and the lean
+/// borrowed tree of [`canonicalize_ijson_into`] (the filter). One writer for both, so the two
+/// paths print alike by construction; the tests hold their parsers to each other.
+trait Tree: Sized {
+    type Members<'m>: Iterator<Item = (&'m str, &'m Self)>
+    where
+        Self: 'm;
+    fn shape(&self) -> Shape<'_, Self>;
+}
+
+impl Tree for Value {
+    type Members<'m> = Members<'m>;
+
+    fn shape(&self) -> Shape<'_, Self> {
+        match self {
+            Value::Null => Shape::Null,
+            Value::Bool(b) => Shape::Bool(*b),
+            Value::Number(n) => Shape::Num(number_f64(n)),
+            Value::String(s) => Shape::Str(s),
+            Value::Array(items) => Shape::Arr(items),
+            Value::Object(map) => Shape::Obj(members(map)),
+        }
+    }
+}
+
+enum Frame<'t, T: Tree + 't> {
+    Array(core::slice::Iter<'t, T>, bool),
+    Object(T::Members<'t>, bool),
+}
+
+/// Append the canonical form of `root`. Iterative: the depth of the tree costs heap (one small
+/// frame per open container), never stack.
+fn write_tree<T: Tree>(root: &T, out: &mut Vec<u8>) {
+    let mut stack: Vec<Frame<'_, T>> = Vec::new();
+    let mut next = Some(root);
     loop {
         if let Some(v) = next.take() {
-            match v {
-                Value::Null => out.extend_from_slice(b"null"),
-                Value::Bool(true) => out.extend_from_slice(b"true"),
-                Value::Bool(false) => out.extend_from_slice(b"false"),
-                Value::Number(n) => write_number(out, n),
-                Value::String(s) => write_string(out, s),
-                Value::Array(items) => {
+            match v.shape() {
+                Shape::Null => out.extend_from_slice(b"null"),
+                Shape::Bool(true) => out.extend_from_slice(b"true"),
+                Shape::Bool(false) => out.extend_from_slice(b"false"),
+                Shape::Num(f) => write_f64(out, f),
+                Shape::Str(s) => write_string(out, s),
+                Shape::Arr(items) => {
                     out.push(b'[');
                     stack.push(Frame::Array(items.iter(), true));
                 }
-                Value::Object(map) => {
+                Shape::Obj(members) => {
                     out.push(b'{');
-                    stack.push(Frame::Object(members(map), true));
+                    stack.push(Frame::Object(members, true));
                 }
             }
         }
@@ -589,6 +593,15 @@ pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Append the RFC 8785 canonical form of `value` to `out`.
+///
+/// Iterative: the depth of `value` costs heap (one small frame per open container), never stack.
+/// Non-finite numbers cannot be held by a `serde_json::Value` built with this crate's features; should
+/// one appear anyway it is written as `null`, as ECMAScript's `JSON.stringify` does.
+pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
+    write_tree(value, out);
+}
+
 /// Compare two strings by their UTF-16 code units (RFC 8785 §3.2.3), without transcoding.
 ///
 /// UTF-8 byte order is code-point order, which agrees with UTF-16 order except between U+E000..U+FFFF
@@ -615,15 +628,19 @@ pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
 ///
 /// Integers held as `u64`/`i64` are first rounded to binary64, as ECMAScript would have parsed them.
 pub fn write_number(out: &mut Vec<u8>, n: &Number) {
+    write_f64(out, number_f64(n));
+}
+
+/// The binary64 value ECMAScript would read for `n` (integers rounded to the nearest double).
+fn number_f64(n: &Number) -> f64 {
     #[allow(clippy::cast_precision_loss)]
-    let f = if let Some(u) = n.as_u64() {
+    if let Some(u) = n.as_u64() {
         u as f64
     } else if let Some(i) = n.as_i64() {
         i as f64
     } else {
         n.as_f64().unwrap_or(f64::NAN)
-    };
-    write_f64(out, f);
+    }
 }
 
 /// Append `f` as ECMAScript `Number.prototype.toString` prints it (`-0` as `0`); non-finite as `null`.

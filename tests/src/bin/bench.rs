@@ -186,37 +186,6 @@ fn is_native(listener: &str) -> bool {
 
 // ------------------------------------------------------------------------------ inputs ------------
 
-/// A JSON document of exactly `size` bytes that looks like a payment batch (objects, strings,
-/// integers and decimals, so canonicalisation has real work), I-JSON throughout.
-fn json_body(size: usize) -> Vec<u8> {
-    let head = r#"{"payment":{"amount":{"currency":"EUR","value":"1250.00"},"creditor":{"iban":"DE89370400440532013000","name":"Partner GmbH"},"reference":"INV-2026-0042"},"items":["#;
-    let mut s = String::from(head);
-    let mut i = 0u32;
-    loop {
-        let item = format!(
-            r#"{}{{"sku":"SKU-{i:06}","qty":{},"price":{}.{:02},"note":"line {i} of the reconciliation batch","tags":["b2b","net30"]}}"#,
-            if i == 0 { "" } else { "," },
-            1 + i % 7,
-            10 + i % 90,
-            (i * 37) % 100
-        );
-        // Leave room for `],"pad":""}` and some padding.
-        if s.len() + item.len() + 16 > size {
-            break;
-        }
-        s.push_str(&item);
-        i += 1;
-    }
-    s.push_str(r#"],"pad":""#);
-    while s.len() + 2 < size {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    assert_eq!(s.len(), size, "body generator");
-    let _: Value = serde_json::from_str(&s).expect("generated body is JSON");
-    s.into_bytes()
-}
-
 /// Claims for a bench token: the harness's defaults, valid for the whole run (lifetime under the
 /// filter's 3600 s maximum).
 fn claims(auth: &Authority, mission: &str) -> Value {
@@ -1024,7 +993,8 @@ fn main() {
     let mut body_files = BTreeMap::new();
     let mut bodies = BTreeMap::new();
     for size in [KIB, 64 * KIB, 1024 * KIB] {
-        let b = json_body(size);
+        let b = missiongate_tests::bodies::payment_batch(size);
+        let _: Value = serde_json::from_slice(&b).expect("generated body is JSON");
         let f = s.work.join(format!("body-{size}.json"));
         std::fs::write(&f, &b).unwrap();
         body_files.insert(size, f);
