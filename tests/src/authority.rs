@@ -71,6 +71,9 @@ struct Inner {
     fresh_seconds: i64,
     status_hits: u64,
     jwks_hits: u64,
+    /// Every state-event SET published: (jti, compact JWS).
+    events: Vec<(String, String)>,
+    next_event: u64,
 }
 
 /// A running stand-in authority.
@@ -137,7 +140,49 @@ async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm
     ([(header::CONTENT_TYPE, "application/mission-status-response+jwt"), (header::CACHE_CONTROL, "no-store")], jws).into_response()
 }
 
+/// RFC 8936 poll delivery. Every Envoy worker polls on its own and acknowledges its cursor (the
+/// highest SET id it has applied), so the feed keeps every SET and delivers those above the
+/// poller's cursor; an empty answer holds a long poll for up to a second.
+async fn events(State(inner): State<Arc<Mutex<Inner>>>, axum::Json(poll): axum::Json<Value>) -> Response {
+    let cursor: u64 = poll["ack"].as_array().into_iter().flatten().filter_map(|j| j.as_str()?.parse().ok()).max().unwrap_or(0);
+    let immediately = poll["returnImmediately"].as_bool().unwrap_or(false);
+    for round in 0..20 {
+        {
+            let g = inner.lock().unwrap();
+            if g.mode == Mode::Unavailable {
+                return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+            }
+            let sets: serde_json::Map<String, Value> = g
+                .events
+                .iter()
+                .filter(|(j, _)| j.parse::<u64>().is_ok_and(|n| n > cursor))
+                .map(|(j, s)| (j.clone(), Value::String(s.clone())))
+                .collect();
+            if !sets.is_empty() || immediately || round == 19 {
+                return axum::Json(json!({ "sets": sets, "moreAvailable": false })).into_response();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    axum::Json(json!({ "sets": {}, "moreAvailable": false })).into_response()
+}
+
 impl Authority {
+    /// Publish a signed state event (a SET, RFC 8417) for a Mission with this state and version,
+    /// whatever the Mission's current state: tests publish stale and replayed events too.
+    pub fn publish_event(&self, mission_id: &str, state: &str, version: u64) {
+        let mut g = self.inner.lock().unwrap();
+        let jti = g.next_event.to_string();
+        g.next_event += 1;
+        let claims = json!({
+            "iss": g.issuer, "iat": crate::now(), "jti": jti,
+            "events": { missiongate_wire::claims::EVENT_MISSION_STATE: {
+                "mission": { "id": mission_id, "issuer": g.issuer, "state": state, "version": version } } }
+        });
+        let jws = g.keys.last().unwrap().sign(missiongate_wire::claims::TYP_SET, &claims);
+        g.events.push((jti, jws));
+    }
+
     /// Start with one key on an ephemeral port.
     pub fn start() -> Authority {
         let port = crate::free_port();
@@ -150,6 +195,8 @@ impl Authority {
             fresh_seconds: 30,
             status_hits: 0,
             jwks_hits: 0,
+            events: Vec::new(),
+            next_event: 1,
         }));
         let a = Authority { port, issuer, inner, task: Mutex::new(None) };
         a.open();
@@ -161,6 +208,7 @@ impl Authority {
         let app = Router::new()
             .route("/jwks.json", get(jwks))
             .route("/mission/status", post(status))
+            .route("/mission/events", post(events))
             .with_state(Arc::clone(&self.inner));
         *self.task.lock().unwrap() = Some(crate::serve_on(self.port, app));
     }

@@ -189,3 +189,56 @@ fn dpop_bound_tokens() {
     }
     assert!(crossed >= 1, "no round had its replays refused on both workers: the cross-worker case was never exercised");
 }
+
+/// Against a feed that replays and reorders (the stand-in authority publishes whatever the test
+/// says, signed): a newer non-active event bites at once whatever Mission Status said, and no
+/// older or replayed event ever brings the Mission back; a newer `active` one (a resume) does.
+#[test]
+fn older_or_replayed_events_never_resurrect_a_mission() {
+    use missiongate_tests::authority::Authority;
+    let up = Upstream::start(None);
+    let auth = Authority::start();
+    let envoy = Envoy::start(up.port, auth.port, Opts { concurrency: 2, events: true, ..Opts::default() });
+    let (id, token) = auth.active_token(); // Mission Status: active, version 1, fresh for 30 s
+    let get = || Req::new("GET", "/v1/feed").bearer(&token).send(envoy.port);
+    let until_status = |want: u16| {
+        let start = Instant::now();
+        loop {
+            let r = get();
+            if r.status == want {
+                return r;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "still {} after 5 s: {}", r.status, r.text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(get().status, 200);
+    // Suspended (v2) by event, while the cached status still says active.
+    auth.publish_event(&id, "suspended", 2);
+    let r = until_status(401);
+    assert_eq!(r.json()["reason"], "mission_inactive");
+    assert_eq!(r.json()["mission"]["state"], "suspended");
+    // Resumed (v3): a newer active event lifts it.
+    auth.publish_event(&id, "active", 3);
+    until_status(200);
+    // Revoked (v4); then the feed replays the resume (v3), sends an older active (v1), and an
+    // active that merely repeats the revocation's version (v4).
+    auth.publish_event(&id, "revoked", 4);
+    until_status(401);
+    // Both workers refuse from here on: nothing more may reach the upstream.
+    std::thread::sleep(Duration::from_millis(300));
+    let forwarded = up.seen("/v1/feed");
+    let applied = envoy.counter("wasmcustom.missiongate.callout.events.ok");
+    auth.publish_event(&id, "active", 3);
+    auth.publish_event(&id, "active", 1);
+    auth.publish_event(&id, "active", 4);
+    // Both workers have polled past those events.
+    assert!(envoy.wait_counter("wasmcustom.missiongate.callout.events.ok", applied + 4) >= applied + 4);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..20 {
+        let r = get();
+        assert_eq!(r.status, 401, "a stale event resurrected the Mission: {}", r.text());
+        assert_eq!(r.json()["mission"]["state"], "revoked");
+    }
+    assert_eq!(up.seen("/v1/feed"), forwarded, "a request went through after the revocation");
+}
