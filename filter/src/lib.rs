@@ -10,7 +10,7 @@
 //! request goes away (Envoy then cancels its callout), the root context dispatches again on the
 //! next tick; waiters never wait longer than the callout timeout plus a margin.
 
-use missiongate_core::decision::Evidence;
+use missiongate_core::decision::{Denial, Evidence, Reason};
 use missiongate_core::engine::{Callout, ALL_STATS};
 use missiongate_core::engine::{Extra, PdpAnswer};
 use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
@@ -116,6 +116,8 @@ struct Vm {
     /// PDP waiters whose callout died with the context that dispatched it; the root redoes them.
     redo: RefCell<Vec<u32>>,
     evidence_log: Cell<Option<EvidenceLog>>,
+    /// Gateway errors refused while no engine could count them (flushed as `decision.gateway_error`).
+    uncounted: Cell<u64>,
 }
 
 /// Single-use memory shared by every worker: Envoy shared data, sharded into buckets.
@@ -253,12 +255,12 @@ impl Vm {
         let now = now_secs();
         let outcome = {
             let Ok(mut guard) = self.engine.try_borrow_mut() else {
-                log(LogLevel::Error, "missiongate: engine busy (re-entrant call); refusing");
-                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                self.refuse(Reason::GatewayError, "the decision engine is busy (re-entrant call)");
                 return Ran::Stopped;
             };
             let Some(engine) = guard.as_mut() else {
-                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                drop(guard);
+                self.refuse(Reason::GatewayError, "the filter is not configured");
                 return Ran::Stopped;
             };
             let req = request_from(&pending.headers);
@@ -339,7 +341,7 @@ impl Vm {
                             }
                             Err(e) => {
                                 log(LogLevel::Error, &format!("missiongate: cannot read request body: {e:?}"));
-                                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                                self.refuse(Reason::GatewayError, "the request body could not be read");
                             }
                         }
                     }
@@ -618,14 +620,38 @@ impl Vm {
     }
 
     fn flush_counters(&self) {
-        let deltas = match self.engine.borrow_mut().as_mut() {
+        let mut deltas = match self.engine.borrow_mut().as_mut() {
             Some(e) => e.take_counters(),
             None => return,
         };
+        let uncounted = self.uncounted.replace(0);
+        if uncounted > 0 {
+            deltas.push((format!("decision.{}", Reason::GatewayError.as_str()), uncounted));
+        }
         let metrics = self.metrics.borrow();
         for (name, delta) in deltas {
             if let Some(id) = metrics.get(&name) {
                 let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Refuse the current request for a reason the host found (an oversized body, a failed host
+    /// call, a busy or unconfigured engine): problem+json like every denial, with evidence and its
+    /// counter. Without an engine to render it (re-entrant call, not configured) the same answer
+    /// is rendered with the default realm and counted here.
+    fn refuse(&self, reason: Reason, detail: &str) {
+        let out = self.engine.try_borrow_mut().ok().and_then(|mut g| g.as_mut().map(|e| e.refuse(reason, detail, now_secs())));
+        match out {
+            Some((resp, ev)) => {
+                self.evidence(&ev);
+                send(&resp);
+            }
+            None => {
+                self.uncounted.set(self.uncounted.get().saturating_add(1));
+                let mut d = Denial::new(reason, detail);
+                d.retry_after = (reason.status() == 503).then_some(1);
+                send(&d.render("missiongate", None, "unavailable"));
             }
         }
     }
@@ -798,13 +824,6 @@ impl Stream {
         }
     }
 
-    fn refuse(&self, reason: missiongate_core::decision::Reason, detail: &str) {
-        let out = self.vm.engine.borrow_mut().as_mut().map(|e| e.refuse(reason, detail, now_secs()));
-        if let Some((resp, ev)) = out {
-            self.vm.evidence(&ev);
-            send(&resp);
-        }
-    }
 }
 
 impl HttpContext for Stream {
@@ -814,7 +833,7 @@ impl HttpContext for Stream {
             Ok(h) => h,
             Err(e) => {
                 log(LogLevel::Error, &format!("missiongate: cannot read request headers: {e:?}"));
-                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                self.vm.refuse(Reason::GatewayError, "the request headers could not be read");
                 return Action::Pause;
             }
         };
@@ -847,7 +866,7 @@ impl HttpContext for Stream {
         let limit = self.vm.engine.borrow().as_ref().map_or(0, |e| e.config.max_body_bytes);
         if body_size > limit {
             self.body_wait = None;
-            self.refuse(missiongate_core::decision::Reason::BodyTooLarge, "request body exceeds the limit for a bound call");
+            self.vm.refuse(Reason::BodyTooLarge, "request body exceeds the limit for a bound call");
             return Action::Pause;
         }
         if !end_of_stream {
@@ -858,7 +877,7 @@ impl HttpContext for Stream {
             Err(e) => {
                 log(LogLevel::Error, &format!("missiongate: cannot read request body: {e:?}"));
                 self.body_wait = None;
-                let _ = hostcalls::send_http_response(503, vec![("retry-after", "1")], None);
+                self.vm.refuse(Reason::GatewayError, "the request body could not be read");
                 return Action::Pause;
             }
         };

@@ -41,10 +41,12 @@ pub enum Reason {
     KeysUnavailable,
     AuthorityUnavailable,
     PdpUnavailable,
+    /// The gateway itself could not decide (a host call failed, the engine was not ready): 503.
+    GatewayError,
 }
 
 /// Every reason, for counter definition.
-pub const ALL_REASONS: [Reason; 32] = [
+pub const ALL_REASONS: [Reason; 33] = [
     Reason::Allowed,
     Reason::NoCredentials,
     Reason::MalformedRequest,
@@ -77,6 +79,7 @@ pub const ALL_REASONS: [Reason; 32] = [
     Reason::KeysUnavailable,
     Reason::AuthorityUnavailable,
     Reason::PdpUnavailable,
+    Reason::GatewayError,
 ];
 
 /// The challenge family of a denial.
@@ -129,6 +132,7 @@ impl Reason {
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::AuthorityUnavailable => "authority_unavailable",
             Reason::PdpUnavailable => "pdp_unavailable",
+            Reason::GatewayError => "gateway_error",
         }
     }
 
@@ -140,7 +144,7 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::InsufficientAuthority | Reason::ConstraintUnrecognized | Reason::PdpDenied | Reason::ParameterViolation => 403,
             Reason::EgressNotAllowed => 511,
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable => 503,
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => 503,
             _ => 401,
         }
     }
@@ -148,7 +152,7 @@ impl Reason {
     fn challenge(self) -> Challenge {
         match self {
             Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => Challenge::None,
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable => Challenge::None,
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => Challenge::None,
             Reason::NoCredentials => Challenge::Realm,
             Reason::MalformedRequest => Challenge::Bearer("invalid_request"),
             Reason::InvalidDpopProof | Reason::DpopReplay => Challenge::Dpop,

@@ -308,7 +308,11 @@ impl Engine {
         let id = self.next_id();
         self.count(reason);
         let ev = Evidence { decision_id: id.clone(), decision: "deny", reason: reason.as_str(), status: reason.status(), at: now, ..Evidence::default() };
-        (Denial::new(reason, detail).render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
+        let mut d = Denial::new(reason, detail);
+        if reason.status() == 503 {
+            d.retry_after = Some(1);
+        }
+        (d.render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
     }
 
     fn count(&mut self, r: Reason) {

@@ -1553,3 +1553,22 @@ fn named_operations_choose_whether_they_are_consequential() {
     // A plain GET inside the Authority Set needs nothing.
     expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
 }
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_refusal_the_host_finds_is_a_counted_problem_with_evidence() {
+    let mut e = engine();
+    // A host call failed: 503 with Retry-After, problem+json, no challenge, evidence, its counter.
+    let (resp, ev) = e.refuse(missiongate_core::decision::Reason::GatewayError, "the request body could not be read", NOW);
+    let d = expect_deny(Outcome::Deny(resp, ev), "gateway_error", 503);
+    assert_eq!(d.header("retry-after"), Some("1"));
+    assert_eq!(d.header("www-authenticate"), None);
+    assert_eq!(d.header("content-type"), Some("application/problem+json"));
+    // An oversized body: 413, no Retry-After.
+    let (resp, ev) = e.refuse(missiongate_core::decision::Reason::BodyTooLarge, "too large", NOW);
+    let d = expect_deny(Outcome::Deny(resp, ev), "body_too_large", 413);
+    assert_eq!(d.header("retry-after"), None);
+    let counters: HashMap<String, u64> = e.take_counters().into_iter().collect();
+    assert_eq!(counters.get("decision.gateway_error"), Some(&1));
+    assert_eq!(counters.get("decision.body_too_large"), Some(&1));
+}
