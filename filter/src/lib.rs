@@ -649,9 +649,7 @@ impl Vm {
             }
             None => {
                 self.uncounted.set(self.uncounted.get().saturating_add(1));
-                let mut d = Denial::new(reason, detail);
-                d.retry_after = (reason.status() == 503).then_some(1);
-                send(&d.render("missiongate", None, "unavailable"));
+                send(&Denial::new(reason, detail).render("missiongate", None, "unavailable"));
             }
         }
     }
@@ -823,7 +821,6 @@ impl Stream {
             }
         }
     }
-
 }
 
 impl HttpContext for Stream {

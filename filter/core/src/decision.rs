@@ -205,7 +205,8 @@ pub struct Denial {
 impl Denial {
     /// A denial with a detail message.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Denial {
-        Denial { reason, detail: detail.into(), mission: None, retry_after: None, captive: None }
+        // Every 503 tells the agent when to retry; callers with a better figure set their own.
+        Denial { reason, detail: detail.into(), mission: None, retry_after: (reason.status() == 503).then_some(1), captive: None }
     }
 
     /// Render as a problem+json local reply. `dpop_algs` is advertised in a DPoP challenge when set.

@@ -308,11 +308,7 @@ impl Engine {
         let id = self.next_id();
         self.count(reason);
         let ev = Evidence { decision_id: id.clone(), decision: "deny", reason: reason.as_str(), status: reason.status(), at: now, ..Evidence::default() };
-        let mut d = Denial::new(reason, detail);
-        if reason.status() == 503 {
-            d.retry_after = Some(1);
-        }
-        (d.render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
+        (Denial::new(reason, detail).render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
     }
 
     fn count(&mut self, r: Reason) {
@@ -390,9 +386,7 @@ impl Engine {
                         return Err(if unknown_kid {
                             Step::deny(Reason::UnknownKey, "token kid is not in the issuer's key set")
                         } else {
-                            let mut d = Denial::new(Reason::KeysUnavailable, "the issuer's keys could not be loaded");
-                            d.retry_after = Some(1);
-                            Step::Deny(d)
+                            Step::deny(Reason::KeysUnavailable, "the issuer's keys could not be loaded")
                         });
                     }
                 }
@@ -472,11 +466,7 @@ impl Engine {
             match replay.remember(&p.replay_key, p.remember_until, now) {
                 Ok(true) => {}
                 Ok(false) => return Err(Step::deny(Reason::DpopReplay, "DPoP proof jti was already used")),
-                Err(_) => {
-                    let mut d = Denial::new(Reason::AuthorityUnavailable, "DPoP replay store unavailable");
-                    d.retry_after = Some(1);
-                    return Err(Step::Deny(d));
-                }
+                Err(_) => return Err(Step::deny(Reason::AuthorityUnavailable, "DPoP replay store unavailable")),
             }
         }
         Ok(())
