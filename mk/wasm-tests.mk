@@ -32,7 +32,9 @@ wasm-bindgen-cli:
 	fi
 
 test-wasm-core: wasm32-unknown-target wasm-bindgen-cli
-	@command -v node >/dev/null || { echo "test-wasm-core needs Node.js (node) on PATH" >&2; exit 1; }
+	@command -v node >/dev/null || { echo "installing nodejs (Debian package) for the wasm-bindgen test runner"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs >/dev/null; }
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
 	  $(CARGO) test -p missiongate-core --target wasm32-unknown-unknown
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
