@@ -167,6 +167,19 @@ fn read_response(r: &mut impl BufRead, method: &str) -> std::io::Result<Response
     Ok(Response { status, headers, body })
 }
 
+/// Panics unless `r` is the filter's `application/problem+json` denial (SPEC §5) with this status
+/// and reason: `type`, `title`, `detail` present, and no token material echoed.
+pub fn assert_denied(r: &Response, status: u16, reason: &str) {
+    assert_eq!(r.status, status, "expected {status} {reason}, got {} {}", r.status, r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let b = r.json();
+    assert_eq!(b["reason"], reason, "{b}");
+    assert_eq!(b["status"], status);
+    assert!(b["type"].as_str().unwrap().ends_with(reason));
+    assert!(b["title"].is_string() && b["detail"].is_string());
+    assert!(!r.text().contains("eyJ"), "response leaks a token: {}", r.text());
+}
+
 /// Open a CONNECT tunnel through the proxy. Returns the CONNECT response and, on 200, the tunnel.
 pub fn connect(port: u16, target: &str, headers: &[(&str, &str)]) -> (Response, Option<TcpStream>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

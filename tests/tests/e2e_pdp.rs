@@ -5,7 +5,7 @@
 
 use missiongate_tests::authority::{Authority, Mode};
 use missiongate_tests::envoy::{Envoy, Opts};
-use missiongate_tests::http::{Req, Response};
+use missiongate_tests::http::{assert_denied, Req, Response};
 use missiongate_tests::pdp::Pdp;
 use missiongate_tests::upstream::Upstream;
 use serde_json::{json, Value};
@@ -47,14 +47,6 @@ fn get(w: &World, path: &str, token: &str) -> Response {
     Req::new("GET", path).bearer(token).send(w.envoy.port)
 }
 
-fn assert_problem(r: &Response, status: u16, reason: &str) {
-    assert_eq!(r.status, status, "expected {status} {reason}, got {} {}", r.status, r.text());
-    assert_eq!(r.header("content-type"), Some("application/problem+json"));
-    let b = r.json();
-    assert_eq!(b["reason"], reason, "{b}");
-    assert_eq!(b["status"], status);
-}
-
 #[test]
 fn pdp_down_slow_or_garbage_is_503_with_retry_after_and_recovers() {
     let w = world();
@@ -75,7 +67,7 @@ fn pdp_down_slow_or_garbage_is_503_with_retry_after_and_recovers() {
         let path = format!("/v2/{mode}");
         let started = Instant::now();
         let r = get(&w, &path, &t);
-        assert_problem(&r, 503, "pdp_unavailable");
+        assert_denied(&r, 503, "pdp_unavailable");
         assert!(r.header("retry-after").is_some_and(|v| v.parse::<u32>().is_ok()), "{mode}: no Retry-After");
         assert!(started.elapsed() < Duration::from_secs(4), "{mode}: took {:?}", started.elapsed());
         assert_eq!(w.up.seen(&path), 0, "{mode}: an undecided request reached the upstream");
@@ -138,7 +130,7 @@ fn permit_conditions_are_enforced_and_unknown_ones_deny() {
             assert_eq!(w.up.seen(&path), 1, "{name}");
             continue;
         }
-        assert_problem(&r, status, reason);
+        assert_denied(&r, status, reason);
         let www = r.header("www-authenticate").unwrap_or_default();
         assert!(www.starts_with("Bearer ") && www.contains("error=\"insufficient_scope\""), "{name}: {www}");
         assert_eq!(w.up.seen(&path), 0, "{name}: refused but forwarded");
@@ -149,7 +141,7 @@ fn permit_conditions_are_enforced_and_unknown_ones_deny() {
     w.pdp.answer(permit(json!({"use_limit": 1, "valid_until": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 600)})));
     let (_, t) = w.auth.active_token();
     assert_eq!(get(&w, "/v2/once", &t).status, 200);
-    assert_problem(&get(&w, "/v2/once", &t), 403, "parameter_violation");
+    assert_denied(&get(&w, "/v2/once", &t), 403, "parameter_violation");
     assert_eq!(w.up.seen("/v2/once"), 1);
 }
 
@@ -171,7 +163,7 @@ fn a_bound_call_is_evaluated_by_its_digest_and_its_evidence_never_holds_the_body
     assert_eq!(e["action"]["properties"]["parameter_digest"], V2_DIGEST, "{e}");
     // The PDP answers the same permit for a changed amount: its digest condition refuses it.
     let r = post(r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#);
-    assert_problem(&r, 403, "parameter_violation");
+    assert_denied(&r, 403, "parameter_violation");
     assert_eq!(w.up.seen("/v1/payments"), 1);
 
     // Evidence: the access log line and the filter's log line carry the digest, never the body.

@@ -3,7 +3,7 @@
 
 use missiongate_tests::authority::{Authority, Mode, Signer};
 use missiongate_tests::envoy::{self, Envoy, Opts};
-use missiongate_tests::http::{Req, Response};
+use missiongate_tests::http::{assert_denied, Req, Response};
 use missiongate_tests::upstream::Upstream;
 use missiongate_tests::{now, rand_id};
 use serde_json::{json, Value};
@@ -28,18 +28,6 @@ fn world() -> &'static World {
 
 fn get(path: &str, token: &str) -> Response {
     Req::new("GET", path).bearer(token).send(world().envoy.port)
-}
-
-fn assert_denied(r: &Response, status: u16, reason: &str) {
-    assert_eq!(r.status, status, "expected {status} {reason}, got {} {}", r.status, r.text());
-    assert_eq!(r.header("content-type"), Some("application/problem+json"));
-    let b = r.json();
-    assert_eq!(b["reason"], reason, "{b}");
-    assert_eq!(b["status"], status);
-    assert!(b["type"].as_str().unwrap().ends_with(reason));
-    assert!(b["title"].is_string() && b["detail"].is_string());
-    // Never echo token material.
-    assert!(!r.text().contains("eyJ"), "response leaks a token: {}", r.text());
 }
 
 fn invalid_token(r: &Response, reason: &str) {

@@ -84,14 +84,18 @@ impl std::error::Error for IJsonError {}
 /// A leading byte order mark is refused (RFC 8259 §8.1 allows parsers to do so).
 pub fn parse_ijson(bytes: &[u8]) -> Result<Value, IJsonError> {
     let text = core::str::from_utf8(bytes).map_err(|_| IJsonError::InvalidUtf8)?;
+    strict(text, |seed, de| seed.deserialize(de))
+}
+
+/// Run one strict I-JSON deserialization of the whole of `text` (nothing may follow the value),
+/// reporting the I-JSON fault the seed recorded, else the one `serde_json`'s error names.
+fn strict<'de, T>(
+    text: &'de str,
+    deserialize: impl FnOnce(ValueSeed<'_>, &mut serde_json::Deserializer<serde_json::de::StrRead<'de>>) -> Result<T, serde_json::Error>,
+) -> Result<T, IJsonError> {
     let fault = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = ValueSeed {
-        depth: 0,
-        fault: &fault,
-    }
-    .deserialize(&mut de)
-    .and_then(|value| de.end().map(|()| value));
+    let parsed = deserialize(ValueSeed { depth: 0, fault: &fault }, &mut de).and_then(|value| de.end().map(|()| value));
     parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))
 }
 
@@ -388,18 +392,6 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
     }
 }
 
-fn parse_node(text: &str) -> Result<Node<'_>, IJsonError> {
-    let fault = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = NodeSeed(ValueSeed {
-        depth: 0,
-        fault: &fault,
-    })
-    .deserialize(&mut de)
-    .and_then(|node| de.end().map(|()| node));
-    parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))
-}
-
 type NodeMember<'a> = (Cow<'a, str>, Node<'a>);
 type NodeMemberFn<'m, 'a> = fn(&'m NodeMember<'a>) -> (&'m str, &'m Node<'a>);
 type NodeMembers<'m, 'a> = core::iter::Map<core::slice::Iter<'m, NodeMember<'a>>, NodeMemberFn<'m, 'a>>;
@@ -435,7 +427,7 @@ impl<'a> Tree for Node<'a> {
 /// to each other), for the filter's bound calls.
 pub fn canonicalize_ijson_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), IJsonError> {
     let text = core::str::from_utf8(bytes).map_err(|_| IJsonError::InvalidUtf8)?;
-    let node = parse_node(text)?;
+    let node = strict(text, |seed, de| NodeSeed(seed).deserialize(de))?;
     write_tree(&node, out);
     Ok(())
 }

@@ -276,10 +276,8 @@ pub struct Pdp {
 }
 
 /// Is `method` consequential for a destination with these settings?
+/// (`CONNECT` is settled by [`DestinationRef::consequential`] before this is asked.)
 pub fn is_consequential(methods: Option<&[String]>, method: &str) -> bool {
-    if method.eq_ignore_ascii_case("CONNECT") {
-        return false;
-    }
     match methods {
         Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
         None => !matches!(method.to_ascii_uppercase().as_str(), "GET" | "HEAD" | "OPTIONS"),
