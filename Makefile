@@ -64,6 +64,7 @@ test: tools wasm
 	$(MAKE) --no-print-directory lint
 
 lint:
+	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy -p missiongate-filter --target wasm32-wasip1 --release -- -D warnings
 

@@ -419,7 +419,9 @@ impl Access {
         };
         match self.local_mission(&mission.id, &mission.issuer).await? {
             None => {}
-            Some(Err(())) => return Ok(Verdict::Refuse { reason: "mission_unknown", mission_state: Some("unknown".into()) }),
+            Some(Err(())) => {
+                return Ok(Verdict::Refuse { reason: "mission_unknown", mission_state: Some("unknown".into()) })
+            }
             Some(Ok(m)) => {
                 if !m.state.is_active() || now >= m.expires_at {
                     let state = if now >= m.expires_at { "expired".to_owned() } else { m.state.to_string() };
@@ -706,20 +708,24 @@ impl Access {
         }
         let now = now_secs();
         if now > echoed.min(claims.exp) {
-            return Err(ArError::new(410, "expired_denial", "the requestable denial has expired; retry the call for a fresh one"));
+            return Err(ArError::new(
+                410,
+                "expired_denial",
+                "the requestable denial has expired; retry the call for a fresh one",
+            ));
         }
         if let Some(j) = &sub.justification {
             if j.len() > MAX_JUSTIFICATION_BYTES {
                 return Err(ArError::invalid("justification is too long"));
             }
         }
-        let requested_until = match sub.requested_access.unwrap_or_default().requested_until {
-            None => None,
-            Some(t) => Some(
-                parse_rfc3339(&t)
-                    .ok_or_else(|| ArError::invalid("requested_access.requested_until must be an RFC 3339 date-time"))?,
-            ),
-        };
+        let requested_until =
+            match sub.requested_access.unwrap_or_default().requested_until {
+                None => None,
+                Some(t) => Some(parse_rfc3339(&t).ok_or_else(|| {
+                    ArError::invalid("requested_access.requested_until must be an RFC 3339 date-time")
+                })?),
+            };
         match (&denial.parameter_digest, &sub.parameters) {
             (Some(_), None) => {
                 return Err(ArError::binding(
@@ -1054,7 +1060,8 @@ mod tests {
             "subject": {"type": "agent", "id": "a", "properties": {"act": {"sub": "x"}}},
             "resource": {"type": "egress", "id": "https://x.example"},
             "action": {"name": "http.get"},
-            "context": {"mission": {"id": "m", "issuer": "https://as"}, "time": "now"}})).unwrap();
+            "context": {"mission": {"id": "m", "issuer": "https://as"}, "time": "now"}}))
+        .unwrap();
         let h1 = binding_hash(&binding_object(&a));
         a.subject.properties.clear();
         a.context.other.clear();

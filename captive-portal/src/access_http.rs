@@ -105,10 +105,9 @@ async fn require_pdp_caller(State(st): State<HttpState>, req: Request, next: Nex
             };
             presented.is_some_and(|t| secret_matches(t, expected))
         }
-        None => req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback()),
+        None => {
+            req.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback())
+        }
     };
     if allowed {
         return next.run(req).await;
@@ -142,7 +141,11 @@ async fn pdp_metadata(State(st): State<HttpState>) -> Response {
     json_response(StatusCode::OK, &st.access.metadata())
 }
 
-async fn evaluation(State(st): State<HttpState>, headers: HeaderMap, JsonBody(req): JsonBody<EvaluationRequest>) -> Response {
+async fn evaluation(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<EvaluationRequest>,
+) -> Response {
     let resp = match st.access.evaluate(&req).await {
         Ok(r) => match serde_json::to_value(&r) {
             Ok(v) => json_response(StatusCode::OK, &v),
@@ -157,10 +160,16 @@ fn item_error(status: u16, message: &str) -> Value {
     json!({"decision": false, "context": {"error": {"status": status, "message": message}}})
 }
 
-async fn evaluations(State(st): State<HttpState>, headers: HeaderMap, JsonBody(body): JsonBody<Map<String, Value>>) -> Response {
+async fn evaluations(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Response {
     let semantic = match body.get("options").and_then(|o| o.get("evaluations_semantic")) {
         None => "execute_all",
-        Some(Value::String(s)) if matches!(s.as_str(), "execute_all" | "deny_on_first_deny" | "permit_on_first_permit") => {
+        Some(Value::String(s))
+            if matches!(s.as_str(), "execute_all" | "deny_on_first_deny" | "permit_on_first_permit") =>
+        {
             s.as_str()
         }
         Some(_) => {
@@ -174,7 +183,10 @@ async fn evaluations(State(st): State<HttpState>, headers: HeaderMap, JsonBody(b
         Some(_) => return echo_request_id(&headers, pdp_error(&ArError::invalid("evaluations must be an array"))),
     };
     if items.len() > MAX_BATCH {
-        return echo_request_id(&headers, pdp_error(&ArError::invalid(format!("at most {MAX_BATCH} evaluations per call"))));
+        return echo_request_id(
+            &headers,
+            pdp_error(&ArError::invalid(format!("at most {MAX_BATCH} evaluations per call"))),
+        );
     }
     let mut defaults = Map::new();
     for k in ["subject", "resource", "action", "context"] {
@@ -186,10 +198,12 @@ async fn evaluations(State(st): State<HttpState>, headers: HeaderMap, JsonBody(b
         // AuthZEN: no `evaluations` behaves like a single Access Evaluation.
         let resp = match serde_json::from_value::<EvaluationRequest>(Value::Object(defaults)) {
             Err(e) => pdp_error(&ArError::invalid(format!("request body: {e}"))),
-            Ok(req) => match st.access.evaluate(&req).await.and_then(|r| serde_json::to_value(&r).map_err(ArError::internal)) {
-                Ok(v) => json_response(StatusCode::OK, &v),
-                Err(e) => pdp_error(&e),
-            },
+            Ok(req) => {
+                match st.access.evaluate(&req).await.and_then(|r| serde_json::to_value(&r).map_err(ArError::internal)) {
+                    Ok(v) => json_response(StatusCode::OK, &v),
+                    Err(e) => pdp_error(&e),
+                }
+            }
         };
         return echo_request_id(&headers, resp);
     }
@@ -243,13 +257,21 @@ async fn submit(State(st): State<HttpState>, req: Request) -> Response {
     let headers = req.headers().clone();
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !ct.to_str().is_ok_and(is_json_media_type) {
-            return ar_problem(&ArError { status: 415, code: "invalid_request", detail: "Content-Type must be application/json".into() });
+            return ar_problem(&ArError {
+                status: 415,
+                code: "invalid_request",
+                detail: "Content-Type must be application/json".into(),
+            });
         }
     }
     let bytes = match Bytes::from_request(req, &st).await {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ar_problem(&ArError { status: 413, code: "invalid_request", detail: "request body is larger than 1 MiB".into() })
+            return ar_problem(&ArError {
+                status: 413,
+                code: "invalid_request",
+                detail: "request body is larger than 1 MiB".into(),
+            })
         }
         Err(_) => return ar_problem(&ArError::invalid("request body could not be read")),
     };
@@ -355,7 +377,13 @@ async fn op_show(State(st): State<HttpState>, Path(id): Path<String>) -> Respons
     let store = st.authority.store();
     let task = match store.task(&id).await {
         Ok(Some(t)) => t,
-        Ok(None) => return ar_problem(&ArError { status: 404, code: "unknown_task", detail: "no such access request task".into() }),
+        Ok(None) => {
+            return ar_problem(&ArError {
+                status: 404,
+                code: "unknown_task",
+                detail: "no such access request task".into(),
+            })
+        }
         Err(e) => return ar_problem(&ArError::internal(e)),
     };
     let page = match st.access.denial_page(&task.denial_id).await {
@@ -413,7 +441,11 @@ async fn admin_task(st: &HttpState, task: crate::access_store::TaskRow) -> Respo
     }
 }
 
-async fn op_approve(State(st): State<HttpState>, Path(id): Path<String>, JsonBody(b): JsonBody<ApproveBody>) -> Response {
+async fn op_approve(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ApproveBody>,
+) -> Response {
     match st.access.approve(&id, b.duration_seconds, b.single_use, ACTOR_OPERATOR).await {
         Ok((task, _)) => admin_task(&st, task).await,
         Err(e) => ar_problem(&e),

@@ -238,9 +238,11 @@ pub struct SessionRow {
 const DENIAL_COLUMNS: &str = "id, evaluation_id, binding_hash, request, mission_id, mission_issuer, subject_id, \
      resource_type, resource_id, action_name, parameter_digest, reason, created_at, hint_issued_at, hint_expires_at, \
      binding_token";
-const TASK_COLUMNS: &str = "id, denial_id, status, submission, justification, parameters, requested_until, created_at, \
+const TASK_COLUMNS: &str =
+    "id, denial_id, status, submission, justification, parameters, requested_until, created_at, \
      updated_at, expires_at, decided_by, decided_at, decision_reason, grant_id";
-const GRANT_COLUMNS: &str = "id, task_id, denial_id, mission_id, mission_issuer, subject_id, resource_type, resource_id, \
+const GRANT_COLUMNS: &str =
+    "id, task_id, denial_id, mission_id, mission_issuer, subject_id, resource_type, resource_id, \
      action_name, parameter_digest, single_use, approved_by, approved_at, approved_until";
 
 fn json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
@@ -317,10 +319,7 @@ fn grant_from_row(row: &SqliteRow) -> Result<GrantRow, StoreError> {
     })
 }
 
-async fn insert_audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    audit: &AuditRow,
-) -> Result<(), StoreError> {
+async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, audit: &AuditRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO access_audit (at, actor, action, task_id, denial_id, grant_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
@@ -522,7 +521,8 @@ impl Store {
                 .fetch_optional(&self.writer)
                 .await?;
         let Some((hash, task_id)) = row else { return Ok(None) };
-        let task = self.task(&task_id).await?.ok_or_else(|| StoreError::Corrupt("idempotency key without task".into()))?;
+        let task =
+            self.task(&task_id).await?.ok_or_else(|| StoreError::Corrupt("idempotency key without task".into()))?;
         Ok(Some((hash, task)))
     }
 
@@ -623,7 +623,8 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let task = task_from_row(r)?;
-            let denial = self.denial(&task.denial_id).await?.ok_or_else(|| StoreError::Corrupt("task without denial".into()))?;
+            let denial =
+                self.denial(&task.denial_id).await?.ok_or_else(|| StoreError::Corrupt("task without denial".into()))?;
             out.push((task, denial));
         }
         Ok(out)
@@ -725,7 +726,8 @@ impl Store {
     /// Expire pending tasks whose `expires_at` has passed. Returns how many.
     pub async fn expire_tasks(&self, now: i64) -> Result<usize, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE status = 'pending' AND expires_at <= ? LIMIT 500");
+        let sql =
+            format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE status = 'pending' AND expires_at <= ? LIMIT 500");
         let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *tx).await?;
         let tasks: Vec<TaskRow> = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
         for t in &tasks {
@@ -772,14 +774,16 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO approver_sessions (id_sha256, approver, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(id_sha256)
-            .bind(approver)
-            .bind(csrf)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO approver_sessions (id_sha256, approver, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id_sha256)
+        .bind(approver)
+        .bind(csrf)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -803,7 +807,8 @@ impl Store {
 
     /// Housekeeping: drop ended sessions and idempotency keys of tasks past their retention.
     pub async fn prune_access(&self, now: i64, task_retention: i64) -> Result<u64, StoreError> {
-        let a = sqlx::query("DELETE FROM approver_sessions WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
+        let a =
+            sqlx::query("DELETE FROM approver_sessions WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
         let b = sqlx::query(
             "DELETE FROM idempotency_keys WHERE task_id IN (SELECT id FROM access_tasks WHERE expires_at + ? <= ?)",
         )

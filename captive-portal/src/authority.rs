@@ -35,7 +35,9 @@ use missiongate_wire::time::format_rfc3339;
 use crate::dpop::DpopVerifier;
 use crate::keys::{KeyError, KeyRing};
 use crate::mission::{self, Action, CreateMission};
-use crate::store::{EventDraft, MissionRow, NewMission, SignedEvent, Store, StoreError, TransitionOutcome, TransitionRow};
+use crate::store::{
+    EventDraft, MissionRow, NewMission, SignedEvent, Store, StoreError, TransitionOutcome, TransitionRow,
+};
 use crate::util::{new_client_secret, new_jti, new_mission_id, now_secs, secret_matches, sha256, RandomError};
 
 /// JOSE `typ` of access tokens minted here.
@@ -453,11 +455,9 @@ impl Authority {
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, AuthorityError> {
         let mut after: i64 = 0;
         for jti in &req.ack {
-            let seq: i64 = jti
-                .parse()
-                .ok()
-                .filter(|s: &i64| *s > 0)
-                .ok_or_else(|| AuthorityError::Invalid("ack values are SET jti values: decimal sequence numbers".into()))?;
+            let seq: i64 = jti.parse().ok().filter(|s: &i64| *s > 0).ok_or_else(|| {
+                AuthorityError::Invalid("ack values are SET jti values: decimal sequence numbers".into())
+            })?;
             after = after.max(seq);
         }
         let max = req.max_events.unwrap_or(DEFAULT_MAX_EVENTS).min(MAX_MAX_EVENTS);
@@ -523,10 +523,7 @@ impl Authority {
 
     /// Verify a compact JWS made by one of this authority's published keys (found by `kid`); returns
     /// its header and payload bytes.
-    pub async fn verify_own(
-        &self,
-        jws: &str,
-    ) -> Result<(missiongate_wire::jose::Header, Vec<u8>), VerifyError> {
+    pub async fn verify_own(&self, jws: &str) -> Result<(missiongate_wire::jose::Header, Vec<u8>), VerifyError> {
         use missiongate_wire::jose::{verify_compact, Compact};
         let header = Compact::split(jws).and_then(|c| c.header()).map_err(|_| VerifyError::Malformed)?;
         let kid = header.kid.clone().ok_or(VerifyError::Malformed)?;

@@ -31,7 +31,12 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
-async fn call(client: &ClientArgs, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, ClientError> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
     let http = reqwest::Client::new();
     let mut req = http.request(method, &url).bearer_auth(&client.operator_token);

@@ -155,7 +155,10 @@ mod tests {
         let forged = other.sign_compact(&header, &json!({"jti": "f", "htm": "POST", "htu": HTU, "iat": 1000}));
         assert!(v.check(&forged, "POST", HTU, 1000).unwrap_err().0.contains("signature"));
         // No jwk at all.
-        let bare = key.sign_compact(&json!({"alg": "ES256", "typ": "dpop+jwt"}), &json!({"jti": "g", "htm": "POST", "htu": HTU, "iat": 1000}));
+        let bare = key.sign_compact(
+            &json!({"alg": "ES256", "typ": "dpop+jwt"}),
+            &json!({"jti": "g", "htm": "POST", "htu": HTU, "iat": 1000}),
+        );
         assert!(v.check(&bare, "POST", HTU, 1000).unwrap_err().0.contains("jwk"));
     }
 }

@@ -173,7 +173,9 @@ pub(crate) fn internal(detail: &str) -> Response {
 /// Operator-API mapping of service errors.
 fn operator_error(e: AuthorityError) -> Response {
     match e {
-        AuthorityError::NotFound => problem_response(StatusCode::NOT_FOUND, "not_found", "mission not found", None, &[]),
+        AuthorityError::NotFound => {
+            problem_response(StatusCode::NOT_FOUND, "not_found", "mission not found", None, &[])
+        }
         AuthorityError::Invalid(m) => problem_response(StatusCode::BAD_REQUEST, "invalid_request", &m, None, &[]),
         AuthorityError::Conflict { ref id, ref state, .. } => {
             let mission = ProblemMission { id: id.clone(), state: Some(state.to_string()) };
@@ -460,7 +462,8 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
     let invalid_client = |basic: bool| {
         let mut resp = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed", &[]);
         if basic {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"missiongate\""));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"missiongate\""));
         }
         resp
     };
@@ -473,9 +476,8 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
             if !scheme.eq_ignore_ascii_case("basic") {
                 return Err(invalid_client(false));
             }
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(rest.trim())
-                .map_err(|_| invalid_client(true))?;
+            let raw =
+                base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| invalid_client(true))?;
             let text = String::from_utf8(raw).map_err(|_| invalid_client(true))?;
             let (id, secret) = text.split_once(':').ok_or_else(|| invalid_client(true))?;
             let decode = |s: &str| {
@@ -495,7 +497,12 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
         )),
         (Some((id, secret)), None) => {
             if form.get("client_id").is_some_and(|f| *f != id) {
-                return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_id differs from the Basic credentials", &[]));
+                return Err(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_id differs from the Basic credentials",
+                    &[],
+                ));
             }
             Ok((id, secret, true))
         }
@@ -597,7 +604,13 @@ async fn list_missions(State(st): State<HttpState>, RawQuery(query): RawQuery) -
             "limit" => match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => limit = n,
                 _ => {
-                    return problem_response(StatusCode::BAD_REQUEST, "invalid_request", "limit must be 1 to 1000", None, &[])
+                    return problem_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "limit must be 1 to 1000",
+                        None,
+                        &[],
+                    )
                 }
             },
             _ => {}

@@ -222,10 +222,7 @@ pub fn audiences(authority: &[Value]) -> Vec<String> {
 pub fn intent_hash(issuer: &str, intent: &Intent) -> String {
     let mut value = Map::new();
     value.insert("goal".into(), Value::String(intent.goal.clone()));
-    value.insert(
-        "resources".into(),
-        Value::Array(intent.resources.iter().cloned().map(Value::String).collect()),
-    );
+    value.insert("resources".into(), Value::Array(intent.resources.iter().cloned().map(Value::String).collect()));
     value.insert("expires_at".into(), Value::String(intent.expires_at.clone()));
     envelope_hash(TYP_MISSION_INTENT, issuer, &Value::Object(value))
 }
@@ -372,16 +369,37 @@ mod tests {
             (json!([{"type": "resource_access", "resource": "https://a.example", "actions": ["x"]}]), "type"),
             (json!([{"type": "mission_resource_access", "resource": "a.example", "actions": ["x"]}]), "absolute"),
             (json!([{"type": "mission_resource_access", "resource": "ftp://a.example", "actions": ["x"]}]), "scheme"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example#f", "actions": ["x"]}]), "fragment"),
-            (json!([{"type": "mission_resource_access", "resource": "https://u@a.example", "actions": ["x"]}]), "user info"),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example#f", "actions": ["x"]}]),
+                "fragment",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://u@a.example", "actions": ["x"]}]),
+                "user info",
+            ),
             (json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": []}]), "empty"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["a b"]}]), "action"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
-                     "resource_match": "regex"}]), "resource_match"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example?q", "actions": ["x"],
-                     "resource_match": "prefix"}]), "query"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"], "extra": 1}]), "unknown"),
-            (json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"], "constraints": []}]), "constraints"),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["a b"]}]),
+                "action",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "resource_match": "regex"}]),
+                "resource_match",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example?q", "actions": ["x"],
+                     "resource_match": "prefix"}]),
+                "query",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"], "extra": 1}]),
+                "unknown",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"], "constraints": []}]),
+                "constraints",
+            ),
         ] {
             let err = body(bad).validate(now).unwrap_err();
             assert!(err.0.contains(why), "{why}: {err}");
@@ -390,7 +408,8 @@ mod tests {
 
     #[test]
     fn validation_refuses_bad_intent() {
-        let mut b = body(json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"]}]));
+        let mut b =
+            body(json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"]}]));
         b.intent.expires_at = "2020-01-01T00:00:00Z".into();
         assert!(b.clone().validate(1_700_000_000).unwrap_err().0.contains("future"));
         b.intent.expires_at = "tomorrow".into();
@@ -428,8 +447,18 @@ mod tests {
         assert_eq!(next_state(&S::Suspended, Action::Resume), Some(S::Active));
         assert_eq!(next_state(&S::Suspended, Action::Revoke), Some(S::Revoked));
         assert_eq!(next_state(&S::Suspended, Action::Complete), Some(S::Completed));
-        for terminal in [S::Revoked, S::Completed, S::Expired, S::Rejected, S::Superseded, S::Cascaded, S::Other("x".into())] {
-            for a in [Action::Approve, Action::Reject, Action::Suspend, Action::Resume, Action::Revoke, Action::Complete, Action::Expire] {
+        for terminal in
+            [S::Revoked, S::Completed, S::Expired, S::Rejected, S::Superseded, S::Cascaded, S::Other("x".into())]
+        {
+            for a in [
+                Action::Approve,
+                Action::Reject,
+                Action::Suspend,
+                Action::Resume,
+                Action::Revoke,
+                Action::Complete,
+                Action::Expire,
+            ] {
                 assert_eq!(next_state(&terminal, a), None, "{terminal} {a:?}");
             }
         }

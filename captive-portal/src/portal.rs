@@ -122,7 +122,18 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 fn message_page(status: StatusCode, title: &str, text: &str, who: Option<&SessionRow>) -> Response {
-    html(status, page(title, who, &format!("<h1>{}</h1><p class=\"err\">{}</p><p><a href=\"/portal\">Back to the requests</a></p>", esc(title), esc(text))))
+    html(
+        status,
+        page(
+            title,
+            who,
+            &format!(
+                "<h1>{}</h1><p class=\"err\">{}</p><p><a href=\"/portal\">Back to the requests</a></p>",
+                esc(title),
+                esc(text)
+            ),
+        ),
+    )
 }
 
 fn see_other(location: &str) -> Response {
@@ -300,7 +311,12 @@ async fn login(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) ->
         _ => false,
     };
     if !csrf_ok {
-        return message_page(StatusCode::FORBIDDEN, "Forbidden", "the sign-in form's CSRF token is missing or wrong; reload the page", None);
+        return message_page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the sign-in form's CSRF token is missing or wrong; reload the page",
+            None,
+        );
     }
     let next = safe_next(form.get("next").map(String::as_str));
     let presented = form.get("token").map(String::as_str).unwrap_or("");
@@ -320,7 +336,9 @@ async fn login(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) ->
         (Err(e), _) | (_, Err(e)) => return error_page(&ArError::internal(e), None),
     };
     let now = now_secs();
-    if let Err(e) = st.authority.store().create_session(&sha256(id.as_bytes()), name, &csrf, now, now + SESSION_SECONDS).await {
+    if let Err(e) =
+        st.authority.store().create_session(&sha256(id.as_bytes()), name, &csrf, now, now + SESSION_SECONDS).await
+    {
         return error_page(&ArError::internal(e), None);
     }
     tracing::info!(approver = name, "approver signed in");
@@ -418,7 +436,12 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
     let live_grant = p.grants.iter().filter(|g| g.approved_until > now).max_by_key(|g| g.approved_until);
     let mut b = String::new();
     let headline = if d.parameter_digest.is_some() { "Approval required" } else { "Blocked egress" };
-    b.push_str(&format!("<h1>{}: <code>{}</code> on <code>{}</code></h1>", headline, esc(&d.action_name), esc(&d.resource_id)));
+    b.push_str(&format!(
+        "<h1>{}: <code>{}</code> on <code>{}</code></h1>",
+        headline,
+        esc(&d.action_name),
+        esc(&d.resource_id)
+    ));
     if let Some(e) = error {
         b.push_str(&format!("<p class=\"err\" id=\"error\">{}</p>", esc(e)));
     }
@@ -446,7 +469,9 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
             esc(&when(m.expires_at)),
             esc(&m.intent.goal)
         ),
-        None => format!("<code>{}</code> <span class=\"note\">at {}</span>", esc(&d.mission_id), esc(&d.mission_issuer)),
+        None => {
+            format!("<code>{}</code> <span class=\"note\">at {}</span>", esc(&d.mission_id), esc(&d.mission_issuer))
+        }
     };
     b.push_str(&format!(
         "<table class=\"facts\">\
@@ -470,13 +495,20 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
     match pending {
         Some(t) => {
             b.push_str(&format!("<h2>Access request <code>{}</code></h2>", esc(&t.id)));
-            b.push_str(&format!("<p class=\"note\">Submitted {} &middot; expires {}", esc(&when(t.created_at)), esc(&when(t.expires_at))));
+            b.push_str(&format!(
+                "<p class=\"note\">Submitted {} &middot; expires {}",
+                esc(&when(t.created_at)),
+                esc(&when(t.expires_at))
+            ));
             if let Some(r) = t.requested_until {
                 b.push_str(&format!(" &middot; asks for access until {}", esc(&when(r))));
             }
             b.push_str("</p>");
             b.push_str("<h3>Justification <span class=\"note\">(written by the agent: untrusted)</span></h3>");
-            b.push_str(&format!("<pre id=\"justification\">{}</pre>", esc(t.justification.as_deref().unwrap_or("(none given)"))));
+            b.push_str(&format!(
+                "<pre id=\"justification\">{}</pre>",
+                esc(t.justification.as_deref().unwrap_or("(none given)"))
+            ));
             b.push_str("<h3>Parameters</h3>");
             match &t.parameters {
                 Some(v) => {
@@ -512,7 +544,9 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
         None => {}
     }
     if !p.audit.is_empty() {
-        b.push_str("<h2>History</h2><table id=\"history\"><tr><th>When</th><th>Who</th><th>What</th><th>Details</th></tr>");
+        b.push_str(
+            "<h2>History</h2><table id=\"history\"><tr><th>When</th><th>Who</th><th>What</th><th>Details</th></tr>",
+        );
         for a in &p.audit {
             b.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
@@ -530,7 +564,12 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
 async fn denial_page(State(st): State<HttpState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let session = match current_session(&st.access, &headers).await {
         Ok(Some(s)) => s,
-        Ok(None) => return login_redirect(&format!("/portal/d/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())),
+        Ok(None) => {
+            return login_redirect(&format!(
+                "/portal/d/{}",
+                form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+            ))
+        }
         Err(e) => return error_page(&e, None),
     };
     match st.access.denial_page(&id).await {
@@ -542,7 +581,9 @@ async fn denial_page(State(st): State<HttpState>, Path(id): Path<String>, header
 
 async fn decided(st: &HttpState, id: &str, session: &SessionRow, result: Result<(), ArError>) -> Response {
     match result {
-        Ok(()) => see_other(&format!("/portal/d/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())),
+        Ok(()) => {
+            see_other(&format!("/portal/d/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()))
+        }
         Err(e) => match st.access.denial_page(id).await {
             Ok(Some(p)) => {
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -558,7 +599,9 @@ async fn form_task(st: &HttpState, denial_id: &str, form: &HashMap<String, Strin
     let task_id = form.get("task").cloned().unwrap_or_default();
     match st.authority.store().task(&task_id).await? {
         Some(t) if t.denial_id == denial_id => Ok(t.id),
-        _ => Err(ArError { status: 404, code: "unknown_task", detail: "no such access request for this denial".into() }),
+        _ => {
+            Err(ArError { status: 404, code: "unknown_task", detail: "no such access request for this denial".into() })
+        }
     }
 }
 

@@ -27,9 +27,7 @@ pub fn check_issuer(issuer: &str) -> Result<(), String> {
 pub fn parse_approvers(args: &ServeArgs) -> Result<Vec<Approver>, String> {
     let mut entries: Vec<(String, String)> = Vec::new();
     let mut add = |line: &str, origin: &str| -> Result<(), String> {
-        let (name, token) = line
-            .split_once(':')
-            .ok_or_else(|| format!("{origin}: an approver is NAME:TOKEN"))?;
+        let (name, token) = line.split_once(':').ok_or_else(|| format!("{origin}: an approver is NAME:TOKEN"))?;
         let name = name.trim();
         if name.is_empty()
             || name.len() > 64

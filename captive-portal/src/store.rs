@@ -21,7 +21,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::Row;
 
 use missiongate_wire::claims::MissionState;
@@ -299,9 +301,8 @@ impl Store {
             .bind(issuer)
             .execute(&self.writer)
             .await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM authority_meta WHERE key = 'issuer'")
-            .fetch_one(&self.writer)
-            .await?;
+        let stored: String =
+            sqlx::query_scalar("SELECT value FROM authority_meta WHERE key = 'issuer'").fetch_one(&self.writer).await?;
         if stored != issuer {
             return Err(StoreError::IssuerMismatch { stored });
         }
@@ -573,17 +574,12 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| Ok(EventRow { seq: r.try_get("seq")?, jws: r.try_get("set_jws")? }))
-            .collect()
+        rows.iter().map(|r| Ok(EventRow { seq: r.try_get("seq")?, jws: r.try_get("set_jws")? })).collect()
     }
 
     /// Delete events recorded before `before`.
     pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM mission_events WHERE at < ?")
-            .bind(before)
-            .execute(&self.writer)
-            .await?;
+        let done = sqlx::query("DELETE FROM mission_events WHERE at < ?").bind(before).execute(&self.writer).await?;
         Ok(done.rows_affected())
     }
 }

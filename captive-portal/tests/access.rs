@@ -44,7 +44,14 @@ async fn authzen_metadata_batch_and_request_id() {
             {"context": {}}
         ]
     });
-    let resp = p.http.post(p.url("/access/v1/evaluations")).header("X-Request-ID", "req-42").json(&batch).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/evaluations"))
+        .header("X-Request-ID", "req-42")
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-request-id"], "req-42");
     let v: Value = resp.json().await.unwrap();
@@ -67,7 +74,14 @@ async fn authzen_metadata_batch_and_request_id() {
     let (_, _, v) = p.post_json("/access/v1/evaluations", &base).await;
     assert_eq!(v["decision"], false);
     // Garbage is a 400, not a decision.
-    let resp = p.http.post(p.url("/access/v1/evaluation")).header("content-type", "application/json").body("{\"subject\":").send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/evaluation"))
+        .header("content-type", "application/json")
+        .body("{\"subject\":")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let mut bad = base.clone();
     bad["action"]["properties"]["parameter_digest"] = json!("md5:xyz");
@@ -85,7 +99,14 @@ async fn pdp_credential_guards_evaluation() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let resp = p.http.post(p.url("/access/v1/evaluation")).bearer_auth(OP).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the operator token is not the PDP credential");
-    let resp = p.http.post(p.url("/access/v1/evaluation")).bearer_auth("gateway-credential-0123456789").json(&body).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/evaluation"))
+        .bearer_auth("gateway-credential-0123456789")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     // The rest stays public.
     let (status, _, _) = p.get(&p.url("/.well-known/authzen-configuration")).await;
@@ -111,9 +132,11 @@ async fn without_a_credential_the_pdp_answers_loopback_callers_only() {
     assert_eq!(local.status(), StatusCode::OK);
     match non_loopback_ip() {
         Some(ip) => {
-            let remote = p.http.post(format!("http://{ip}:{port}/access/v1/evaluation")).json(&body).send().await.unwrap();
+            let remote =
+                p.http.post(format!("http://{ip}:{port}/access/v1/evaluation")).json(&body).send().await.unwrap();
             assert_eq!(remote.status(), StatusCode::UNAUTHORIZED, "a caller at {ip} is not the local gateway");
-            let meta = p.http.get(format!("http://{ip}:{port}/.well-known/authzen-configuration")).send().await.unwrap();
+            let meta =
+                p.http.get(format!("http://{ip}:{port}/.well-known/authzen-configuration")).send().await.unwrap();
             assert_eq!(meta.status(), StatusCode::OK);
         }
         None => eprintln!("this host has no non-loopback address: only the loopback half was checked"),
@@ -143,7 +166,10 @@ async fn operation_level_denial_request_approval_and_single_use_permit() {
     assert!(hint["display"]["title"].as_str().unwrap().contains("http.post"));
     let captive_api = ctx["captive_portal_api"].as_str().unwrap();
     let denial_id = captive_api.rsplit('/').next().unwrap();
-    assert!(denial_id.starts_with("dn_") && b64::decode(&denial_id[3..]).unwrap().len() >= 16, "≥128 bits: {denial_id}");
+    assert!(
+        denial_id.starts_with("dn_") && b64::decode(&denial_id[3..]).unwrap().len() >= 16,
+        "≥128 bits: {denial_id}"
+    );
     assert_eq!(ctx["user_portal_url"], format!("{ISS}/portal/d/{denial_id}"));
     // The binding token: ES256 by the authority key, typ access-request-binding+jwt, binding claims.
     let token = hint["binding_token"].as_str().unwrap();
@@ -216,7 +242,13 @@ async fn operation_level_denial_request_approval_and_single_use_permit() {
     assert_eq!(p.evaluate(&req).await["decision"], false);
 
     // 6. An approver approves (JSON API with the operator token): the PDP now permits, bound.
-    let (status, a) = p.op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 600}))).await;
+    let (status, a) = p
+        .op(
+            Method::POST,
+            &format!("/operator/access-requests/{task_id}/approve"),
+            Some(json!({"duration_seconds": 600})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{a}");
     assert_eq!(a["task"]["status"], "approved");
     let grant_id = a["grant"]["id"].as_str().unwrap();
@@ -283,7 +315,9 @@ async fn destination_grant_expires_and_the_destination_is_captive_again() {
     let (status, _, t) = p.submit(Some("dest-1"), &submission(&d, "need the status page", None)).await;
     assert_eq!(status, StatusCode::CREATED, "{t}");
     let task_id = t["task"]["id"].as_str().unwrap();
-    let (status, a) = p.op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 2}))).await;
+    let (status, a) = p
+        .op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 2})))
+        .await;
     assert_eq!(status, StatusCode::OK, "{a}");
     let permit = p.evaluate(&req).await;
     assert_eq!(permit["decision"], true);
@@ -299,7 +333,10 @@ async fn destination_grant_expires_and_the_destination_is_captive_again() {
     let hint = &doc["access-request"]["context"]["access_request"];
     assert!(hint["binding_token"].is_string());
     assert_eq!(doc["access-request"]["context"]["evaluation_id"], d["context"]["evaluation_id"]);
-    assert!(parse_rfc3339(hint["expires_at"].as_str().unwrap()).unwrap() >= parse_rfc3339(first_hint["expires_at"].as_str().unwrap()).unwrap());
+    assert!(
+        parse_rfc3339(hint["expires_at"].as_str().unwrap()).unwrap()
+            >= parse_rfc3339(first_hint["expires_at"].as_str().unwrap()).unwrap()
+    );
     let again = p.evaluate(&req).await;
     assert_eq!(again["decision"], false);
     assert_eq!(again["context"]["next_action"], "request");
@@ -337,7 +374,13 @@ async fn inactive_unknown_or_mismatched_missions_are_plain_denials() {
     let d = p.evaluate(&req).await;
     let (_, _, t) = p.submit(Some("s-1"), &submission(&d, "ok", Some(&params))).await;
     let task_id = t["task"]["id"].as_str().unwrap();
-    let (status, _) = p.op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 300}))).await;
+    let (status, _) = p
+        .op(
+            Method::POST,
+            &format!("/operator/access-requests/{task_id}/approve"),
+            Some(json!({"duration_seconds": 300})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(p.evaluate(&req).await["decision"], true);
     let (status, _) = p.op(Method::POST, &format!("/operator/missions/{id}/suspend"), None).await;
@@ -356,7 +399,13 @@ async fn inactive_unknown_or_mismatched_missions_are_plain_denials() {
     };
     let (_, _, t2) = p.submit(Some("s-2"), &submission(&d2, "x", None)).await;
     p.op(Method::POST, &format!("/operator/missions/{id}/revoke"), None).await;
-    let (status, e) = p.op(Method::POST, &format!("/operator/access-requests/{}/approve", t2["task"]["id"].as_str().unwrap()), Some(json!({"duration_seconds": 60}))).await;
+    let (status, e) = p
+        .op(
+            Method::POST,
+            &format!("/operator/access-requests/{}/approve", t2["task"]["id"].as_str().unwrap()),
+            Some(json!({"duration_seconds": 60})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert_eq!(e["type"], format!("{URN}invalid_task_state"));
     plain(&p.evaluate(&req).await, "mission_inactive");
@@ -372,19 +421,51 @@ async fn hostile_access_requests_get_profile_problems() {
     let good = submission(&d, "fine", Some(&params));
 
     // Bad JSON, not an object, wrong media type, oversized.
-    let resp = p.http.post(p.url("/access/v1/requests")).header("Idempotency-Key", "h1").header("content-type", "application/json").body("{\"denial\":").send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/requests"))
+        .header("Idempotency-Key", "h1")
+        .header("content-type", "application/json")
+        .body("{\"denial\":")
+        .send()
+        .await
+        .unwrap();
     let (s, h) = (resp.status(), resp.headers().clone());
     assert_problem(s, &h, &resp.json().await.unwrap(), 400, "invalid_request");
     let (s, h, e) = p.submit(Some("h1"), &json!([1, 2])).await;
     assert_problem(s, &h, &e, 400, "invalid_request");
-    let resp = p.http.post(p.url("/access/v1/requests")).header("Idempotency-Key", "h1").header("content-type", "text/plain").body("x").send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/requests"))
+        .header("Idempotency-Key", "h1")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let big = format!("{{\"justification\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    let resp = p.http.post(p.url("/access/v1/requests")).header("Idempotency-Key", "h1").header("content-type", "application/json").body(big).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/requests"))
+        .header("Idempotency-Key", "h1")
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     let (s, h) = (resp.status(), resp.headers().clone());
     assert_problem(s, &h, &resp.json().await.unwrap(), 413, "invalid_request");
     // Duplicate member names (not I-JSON).
-    let resp = p.http.post(p.url("/access/v1/requests")).header("Idempotency-Key", "h1").header("content-type", "application/json").body("{\"a\":1,\"a\":2}").send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/access/v1/requests"))
+        .header("Idempotency-Key", "h1")
+        .header("content-type", "application/json")
+        .body("{\"a\":1,\"a\":2}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // No Idempotency-Key.
     let (s, h, e) = p.submit(None, &good).await;
@@ -437,10 +518,12 @@ async fn hostile_access_requests_get_profile_problems() {
     assert_problem(s, &h, &e, 400, "invalid_denial_binding");
     // ARAP-style submissions repeating the bound members are fine (act excluded).
     let mut body = good.clone();
-    body["subject"] = json!({"type": "agent", "id": AGENT, "properties": {"sub": AGENT, "iss": ISS, "act": {"sub": "x"}}});
+    body["subject"] =
+        json!({"type": "agent", "id": AGENT, "properties": {"sub": AGENT, "iss": ISS, "act": {"sub": "x"}}});
     body["resource"] = json!({"type": "egress", "id": PARTNER});
     body["action"] = json!({"name": "http.post", "properties": {"parameter_digest": digest}});
-    body["context"] = json!({"mission": eval_req(&m, PARTNER, "x", None)["context"]["mission"], "note": "augmentation"});
+    body["context"] =
+        json!({"mission": eval_req(&m, PARTNER, "x", None)["context"]["mission"], "note": "augmentation"});
     let (s, _, t) = p.submit(Some("ok-1"), &body).await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     let task_id = t["task"]["id"].as_str().unwrap().to_owned();
@@ -450,7 +533,8 @@ async fn hostile_access_requests_get_profile_problems() {
     assert_problem(s, &h, &e, 404, "unknown_task");
     let (s, h, e) = p.post_json("/access/v1/requests/arq_doesnotexist/cancel", &json!({})).await;
     assert_problem(s, &h, &e, 404, "unknown_task");
-    let (s, e) = p.op(Method::POST, "/operator/access-requests/arq_nope/approve", Some(json!({"duration_seconds": 60}))).await;
+    let (s, e) =
+        p.op(Method::POST, "/operator/access-requests/arq_nope/approve", Some(json!({"duration_seconds": 60}))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(e["type"], format!("{URN}unknown_task"));
 
@@ -460,7 +544,13 @@ async fn hostile_access_requests_get_profile_problems() {
     assert_eq!(c["task"]["status"], "cancelled");
     let (s, h, e) = p.post_json(&format!("/access/v1/requests/{task_id}/cancel"), &json!({})).await;
     assert_problem(s, &h, &e, 409, "invalid_task_state");
-    let (s, e) = p.op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 60}))).await;
+    let (s, e) = p
+        .op(
+            Method::POST,
+            &format!("/operator/access-requests/{task_id}/approve"),
+            Some(json!({"duration_seconds": 60})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     // DELETE cancels too; deny works and is reported.
     let (s, _, t) = p.submit(Some("ok-2"), &good).await;
@@ -471,7 +561,9 @@ async fn hostile_access_requests_get_profile_problems() {
     let (s, _, t) = p.submit(Some("ok-3"), &good).await;
     assert_eq!(s, StatusCode::CREATED);
     let t3 = t["task"]["id"].as_str().unwrap().to_owned();
-    let (s, v) = p.op(Method::POST, &format!("/operator/access-requests/{t3}/deny"), Some(json!({"reason": "not this week"}))).await;
+    let (s, v) = p
+        .op(Method::POST, &format!("/operator/access-requests/{t3}/deny"), Some(json!({"reason": "not this week"})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (_, _, st) = p.get(&p.url(&format!("/access/v1/requests/{t3}"))).await;
     assert_eq!(st["task"]["status"], "denied");
@@ -487,14 +579,23 @@ async fn hostile_access_requests_get_profile_problems() {
     }
     // The approver API is the operator's: an agent's access token or nothing is a 401.
     let tok = p.op(Method::POST, &format!("/operator/missions/{}/token", m["id"].as_str().unwrap()), None).await.1;
-    let resp = p.http.post(p.url(&format!("/operator/access-requests/{t4}/approve"))).bearer_auth(tok["access_token"].as_str().unwrap()).json(&json!({"duration_seconds": 60})).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url(&format!("/operator/access-requests/{t4}/approve")))
+        .bearer_auth(tok["access_token"].as_str().unwrap())
+        .json(&json!({"duration_seconds": 60}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn expired_denials_and_tasks() {
     let (_dir, db) = temp_db();
-    let p = Portal::start(&db, &["--denial-ttl-seconds", "1", "--task-ttl-seconds", "1", "--task-retention-seconds", "0"]).await;
+    let p =
+        Portal::start(&db, &["--denial-ttl-seconds", "1", "--task-ttl-seconds", "1", "--task-retention-seconds", "0"])
+            .await;
     let m = p.active_mission().await;
     let d = p.evaluate(&eval_req(&m, "https://late.example", "http.get", None)).await;
     let (s, _, t) = p.submit(Some("e-1"), &submission(&d, "quick", None)).await;
@@ -509,7 +610,13 @@ async fn expired_denials_and_tasks() {
     // The pending task expired and, with no retention, its handle is gone.
     let (s, h, e) = p.get(&p.url(&format!("/access/v1/requests/{task_id}"))).await;
     assert_problem(s, &h, &e, 410, "task_expired");
-    let (s, e) = p.op(Method::POST, &format!("/operator/access-requests/{task_id}/approve"), Some(json!({"duration_seconds": 60}))).await;
+    let (s, e) = p
+        .op(
+            Method::POST,
+            &format!("/operator/access-requests/{task_id}/approve"),
+            Some(json!({"duration_seconds": 60})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     let (_, shown) = p.op(Method::GET, &format!("/operator/access-requests/{task_id}"), None).await;
     assert_eq!(shown["task"]["status"], "expired");
@@ -539,7 +646,13 @@ async fn portal_sign_in_csrf_and_inert_agent_text() {
     let resp = p.http.get(&denial_page).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert!(resp.headers()["location"].to_str().unwrap().starts_with("/portal/login?next=%2Fportal%2Fd%2Fdn_"));
-    let resp = p.http.post(format!("{denial_page}/approve")).form(&[("task", task_id.as_str()), ("minutes", "5")]).send().await.unwrap();
+    let resp = p
+        .http
+        .post(format!("{denial_page}/approve"))
+        .form(&[("task", task_id.as_str()), ("minutes", "5")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
     // Wrong credentials: an agent's access token, the operator token, a wrong token → 401.
@@ -548,7 +661,8 @@ async fn portal_sign_in_csrf_and_inert_agent_text() {
         assert_eq!(sign_in(&p, bad).await.unwrap_err(), StatusCode::UNAUTHORIZED, "{bad}");
     }
     // The sign-in form itself is CSRF-protected (double-submit cookie).
-    let resp = p.http.post(p.url("/portal/login")).form(&[("token", APPROVER_TOKEN), ("csrf", "x")]).send().await.unwrap();
+    let resp =
+        p.http.post(p.url("/portal/login")).form(&[("token", APPROVER_TOKEN), ("csrf", "x")]).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
     let (cookie, csrf) = sign_in(&p, APPROVER_TOKEN).await.unwrap();
@@ -565,26 +679,51 @@ async fn portal_sign_in_csrf_and_inert_agent_text() {
     assert!(!html.to_lowercase().contains("<script"), "no script, agent text escaped");
     assert!(!html.contains("<img"));
     assert!(html.contains("&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;"));
-    assert!(html.contains(AGENT) && html.contains(m["id"].as_str().unwrap()) && html.contains(PARTNER) && html.contains("http.post"));
+    assert!(
+        html.contains(AGENT)
+            && html.contains(m["id"].as_str().unwrap())
+            && html.contains(PARTNER)
+            && html.contains("http.post")
+    );
     assert!(html.contains("Pay the Q3 partner invoices &lt;b&gt;on time&lt;/b&gt;"), "Mission goal shown, escaped");
     assert!(html.contains("&quot;amount&quot;: &quot;77.00&quot;"), "pretty parameters");
     let list = p.http.get(p.url("/portal")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
-    assert!(list.contains(&task_id) || list.contains(d["context"]["user_portal_url"].as_str().unwrap().rsplit('/').next().unwrap()));
+    assert!(
+        list.contains(&task_id)
+            || list.contains(d["context"]["user_portal_url"].as_str().unwrap().rsplit('/').next().unwrap())
+    );
 
     // POST without the CSRF token, or with another one, or cross-site → 403, nothing changes.
     let approve_url = format!("{denial_page}/approve");
-    for form in [vec![("task", task_id.as_str()), ("minutes", "5")], vec![("task", task_id.as_str()), ("minutes", "5"), ("csrf", "forged")]] {
+    for form in [
+        vec![("task", task_id.as_str()), ("minutes", "5")],
+        vec![("task", task_id.as_str()), ("minutes", "5"), ("csrf", "forged")],
+    ] {
         let resp = p.http.post(&approve_url).header("cookie", &cookie).form(&form).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     }
-    let resp = p.http.post(&approve_url).header("cookie", &cookie).header("sec-fetch-site", "cross-site")
-        .form(&[("task", task_id.as_str()), ("minutes", "5"), ("csrf", csrf.as_str())]).send().await.unwrap();
+    let resp = p
+        .http
+        .post(&approve_url)
+        .header("cookie", &cookie)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("task", task_id.as_str()), ("minutes", "5"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let (_, _, st) = p.get(&p.url(&format!("/access/v1/requests/{task_id}"))).await;
     assert_eq!(st["task"]["status"], "pending");
 
     // With it: approved, by alice.
-    let resp = p.http.post(&approve_url).header("cookie", &cookie).form(&[("task", task_id.as_str()), ("minutes", "5"), ("csrf", csrf.as_str())]).send().await.unwrap();
+    let resp = p
+        .http
+        .post(&approve_url)
+        .header("cookie", &cookie)
+        .form(&[("task", task_id.as_str()), ("minutes", "5"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (_, _, st) = p.get(&p.url(&format!("/access/v1/requests/{task_id}"))).await;
     assert_eq!(st["task"]["status"], "approved");
@@ -598,7 +737,14 @@ async fn portal_sign_in_csrf_and_inert_agent_text() {
     assert!((now() + 290..=now() + 300).contains(&until));
 
     // Sign out ends the session server-side.
-    let resp = p.http.post(p.url("/portal/logout")).header("cookie", &cookie).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/portal/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let resp = p.http.get(&denial_page).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
@@ -647,8 +793,14 @@ async fn kill_9_in_the_middle_of_an_approval_loses_nothing() {
     let (_, _, doc) = p.get(&p.url(&captive_path)).await;
     assert_eq!(doc["captive"], true);
     assert_eq!(p.evaluate(&req).await["context"]["evaluation_id"], d["context"]["evaluation_id"]);
-    let resp = p.http.post(p.url(&format!("{page_path}/approve"))).header("cookie", &cookie)
-        .form(&[("task", task_id.as_str()), ("minutes", "10"), ("csrf", csrf.as_str())]).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url(&format!("{page_path}/approve")))
+        .header("cookie", &cookie)
+        .form(&[("task", task_id.as_str()), ("minutes", "10"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "the session survived the restart");
     // Acknowledged → durable: kill -9 right after the answer.
     p.kill9().await;
@@ -657,7 +809,10 @@ async fn kill_9_in_the_middle_of_an_approval_loses_nothing() {
     assert_eq!(permit["decision"], true, "{permit}");
     let (_, _, st) = p.get(&p.url(&format!("/access/v1/requests/{task_id}"))).await;
     assert_eq!(st["task"]["status"], "approved");
-    assert_eq!(permit["context"]["evaluation_id"], format!("perm_{}", st["result"]["approval"]["id"].as_str().unwrap()));
+    assert_eq!(
+        permit["context"]["evaluation_id"],
+        format!("perm_{}", st["result"]["approval"]["id"].as_str().unwrap())
+    );
     let (_, _, doc) = p.get(&p.url(&captive_path)).await;
     assert_eq!(doc["captive"], false);
     let (_, shown) = p.op(Method::GET, &format!("/operator/access-requests/{task_id}"), None).await;

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use missiongate_wire::claims::{
-    AccessTokenClaims, MissionStatusClaims, MissionState, PollResponse, SetClaims, EVENT_MISSION_STATE,
+    AccessTokenClaims, MissionState, MissionStatusClaims, PollResponse, SetClaims, EVENT_MISSION_STATE,
 };
 use missiongate_wire::jose::{verify_compact, Compact, Header, JwkSet, SigningKey};
 use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
@@ -206,7 +206,8 @@ async fn create_approve_token_verifies_against_jwks() {
     let (_dir, db) = temp_db();
     let p = Portal::start(&db, &["--token-lifetime-seconds", "120"]).await;
 
-    let meta: Value = p.http.get(p.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    let meta: Value =
+        p.http.get(p.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["issuer"], ISS);
     assert_eq!(meta["jwks_uri"], "https://as.test/jwks.json");
     assert_eq!(meta["token_endpoint"], "https://as.test/token");
@@ -222,11 +223,8 @@ async fn create_approve_token_verifies_against_jwks() {
     assert!(m["client_secret"].as_str().unwrap().len() >= 43);
     assert!(m["intent_hash"].as_str().unwrap().starts_with("sha-256:"));
     // The anchors are the wire crate's envelope hashes over what was submitted, with iss = issuer.
-    let expected_authority = missiongate_wire::digest::envelope_hash(
-        "mission-authority-set",
-        ISS,
-        &m["authorization_details"],
-    );
+    let expected_authority =
+        missiongate_wire::digest::envelope_hash("mission-authority-set", ISS, &m["authorization_details"]);
     assert_eq!(m["authority_hash"], expected_authority.as_str());
     let expected_intent = missiongate_wire::digest::envelope_hash("mission-intent", ISS, &m["intent"]);
     assert_eq!(m["intent_hash"], expected_intent.as_str());
@@ -318,7 +316,10 @@ async fn lifecycle_transitions_versions_conflicts_and_audit() {
     assert_eq!((status, s["state"].as_str(), s["version"].as_u64()), (StatusCode::OK, Some("suspended"), Some(3)));
     let (status, err) = p.token(&m, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!((err["error"].as_str(), err["mission_error"].as_str()), (Some("invalid_grant"), Some("mission_inactive")));
+    assert_eq!(
+        (err["error"].as_str(), err["mission_error"].as_str()),
+        (Some("invalid_grant"), Some("mission_inactive"))
+    );
     assert_eq!(p.op_post(&path("suspend")).await.0, StatusCode::CONFLICT);
 
     let (status, s) = p.op_post(&path("resume")).await;
@@ -336,7 +337,10 @@ async fn lifecycle_transitions_versions_conflicts_and_audit() {
     }
     // The operator mint is gated the same way.
     let (status, err) = p.op_post(&path("token")).await;
-    assert_eq!((status, err["error"].as_str(), err["mission_error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant"), Some("mission_revoked")));
+    assert_eq!(
+        (status, err["error"].as_str(), err["mission_error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"), Some("mission_revoked"))
+    );
 
     let (status, shown) = p.op(reqwest::Method::GET, &format!("/operator/missions/{}", id(&m)), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -347,7 +351,12 @@ async fn lifecycle_transitions_versions_conflicts_and_audit() {
         .iter()
         .map(|t| {
             assert!(parse_rfc3339(t["at"].as_str().unwrap()).is_some());
-            (t["from"].clone(), t["to"].clone(), t["version"].as_u64().unwrap(), t["actor"].as_str().unwrap().to_string())
+            (
+                t["from"].clone(),
+                t["to"].clone(),
+                t["version"].as_u64().unwrap(),
+                t["actor"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     let op = "operator".to_string();
@@ -781,11 +790,20 @@ async fn malformed_requests_get_problem_json() {
         ("{bad json", "application/json", StatusCode::BAD_REQUEST, "not JSON"),
         (r#"{"intent": 1, "intent": 2}"#, "application/json", StatusCode::BAD_REQUEST, "duplicate"),
         (r#"{"client_id": "c"}"#, "application/json", StatusCode::BAD_REQUEST, "missing field"),
-        (r#"{"intent": {"goal": "g", "resources": [], "expires_at": "x"}, "authorization_details": [], "client_id": "c", "x": 1}"#,
-         "application/json", StatusCode::BAD_REQUEST, "unknown field"),
-        (r#"{"intent": {"goal": "g", "resources": ["https://a.example"], "expires_at": "2099-01-01T00:00:00Z"},
+        (
+            r#"{"intent": {"goal": "g", "resources": [], "expires_at": "x"}, "authorization_details": [], "client_id": "c", "x": 1}"#,
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            r#"{"intent": {"goal": "g", "resources": ["https://a.example"], "expires_at": "2099-01-01T00:00:00Z"},
              "authorization_details": [{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["bad action"]}],
-             "client_id": "c"}"#, "application/json", StatusCode::BAD_REQUEST, "authorization_details[0]"),
+             "client_id": "c"}"#,
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "authorization_details[0]",
+        ),
         ("{}", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
     ];
     for (body, ct, status, needle) in cases {
@@ -799,11 +817,26 @@ async fn malformed_requests_get_problem_json() {
     }
     // Over the body limit.
     let big = format!("{{\"goal\": \"{}\"}}", "x".repeat(1_100_000));
-    let resp = p.http.post(p.url("/operator/missions")).bearer_auth(OP).header("content-type", "application/json").body(big).send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/operator/missions"))
+        .bearer_auth(OP)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // Bad JSON on the event feed.
-    let resp = p.http.post(p.url("/mission/events")).header("content-type", "application/json").body("[").send().await.unwrap();
+    let resp = p
+        .http
+        .post(p.url("/mission/events"))
+        .header("content-type", "application/json")
+        .body("[")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // Unknown path and wrong method.
@@ -850,9 +883,24 @@ async fn cli_drives_a_running_authority() {
         }
     };
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let (ok, out, err) = cli(s(&["mission", "create", "--goal", "Pay invoices", "--resource", "https://api.partner.example/v1",
-                                 "--action", "http.get", "--action", "http.post", "--prefix", "--expires-in", "600",
-                                 "--client-id", "agent-9"])).await;
+    let (ok, out, err) = cli(s(&[
+        "mission",
+        "create",
+        "--goal",
+        "Pay invoices",
+        "--resource",
+        "https://api.partner.example/v1",
+        "--action",
+        "http.get",
+        "--action",
+        "http.post",
+        "--prefix",
+        "--expires-in",
+        "600",
+        "--client-id",
+        "agent-9",
+    ]))
+    .await;
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(created["state"], "pending_approval");

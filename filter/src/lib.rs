@@ -10,12 +10,12 @@
 //! request goes away (Envoy then cancels its callout), the root context dispatches again on the
 //! next tick; waiters never wait longer than the callout timeout plus a margin.
 
+use missiongate_core::config::EvidenceLog;
+use missiongate_core::decision::ALL_REASONS;
 use missiongate_core::decision::{Denial, Evidence, Reason};
 use missiongate_core::engine::{Callout, ALL_STATS};
 use missiongate_core::engine::{Extra, PdpAnswer};
 use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
-use missiongate_core::decision::ALL_REASONS;
-use missiongate_core::config::EvidenceLog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -226,7 +226,15 @@ impl ReplayGuard for SharedReplay {
 }
 
 fn request_from<'a>(headers: &'a [(String, String)]) -> Request<'a> {
-    let mut req = Request { method: "", scheme: "http", authority: "", path: "/", authorization: Authz::Missing, dpop: None, dpop_count: 0 };
+    let mut req = Request {
+        method: "",
+        scheme: "http",
+        authority: "",
+        path: "/",
+        authorization: Authz::Missing,
+        dpop: None,
+        dpop_count: 0,
+    };
     for (k, v) in headers {
         match k.as_str() {
             ":method" => req.method = v,
@@ -278,22 +286,23 @@ impl Vm {
                 Ran::Stopped
             }
             Outcome::Need(Need::Body) => Ran::NeedBody(pending),
-            Outcome::Need(Need::Pdp(callout)) => {
-                match dispatch(&callout) {
-                    Ok(token) => {
-                        self.callouts.borrow_mut().insert(token, (Kind::Pdp(ctx), self.active.get()));
-                        let deadline = now + i64::try_from(callout.timeout_ms.div_ceil(1000)).unwrap_or(1) + 2;
-                        self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
-                        Ran::Stopped
-                    }
-                    Err(e) => {
-                        log(LogLevel::Warn, &format!("missiongate: dispatch to PDP cluster {} failed: {e}", callout.cluster));
-                        let mut p = pending;
-                        p.pdp = Some(PdpAnswer { status: None, body: Vec::new() });
-                        self.run(ctx, p)
-                    }
+            Outcome::Need(Need::Pdp(callout)) => match dispatch(&callout) {
+                Ok(token) => {
+                    self.callouts.borrow_mut().insert(token, (Kind::Pdp(ctx), self.active.get()));
+                    let deadline = now + i64::try_from(callout.timeout_ms.div_ceil(1000)).unwrap_or(1) + 2;
+                    self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
+                    Ran::Stopped
                 }
-            }
+                Err(e) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!("missiongate: dispatch to PDP cluster {} failed: {e}", callout.cluster),
+                    );
+                    let mut p = pending;
+                    p.pdp = Some(PdpAnswer { status: None, body: Vec::new() });
+                    self.run(ctx, p)
+                }
+            },
             Outcome::Need(need) => {
                 let deadline = now + self.timeout_secs(&need) + 2;
                 self.waiting.borrow_mut().insert(ctx, Waiter { pending, deadline });
@@ -362,7 +371,12 @@ impl Vm {
                 Some(missiongate_core::config::KeySource::Remote { upstream, .. }) => upstream.timeout_ms,
                 _ => 1000,
             },
-            Need::Status(i, _) => e.config.issuers.get(*i).and_then(|x| x.mission_authority.as_ref()).map_or(1000, |m| m.status.timeout_ms),
+            Need::Status(i, _) => e
+                .config
+                .issuers
+                .get(*i)
+                .and_then(|x| x.mission_authority.as_ref())
+                .map_or(1000, |m| m.status.timeout_ms),
             Need::Pdp(c) => c.timeout_ms,
             Need::Body => 1000,
         };
@@ -385,7 +399,9 @@ impl Vm {
             }
             match need {
                 Need::Keys(i) => engine.jwks_callout(*i, now).map(|c| (c, Kind::Jwks(*i))),
-                Need::Status(i, id) => engine.status_callout(*i, id).map(|(c, nonce)| (c, Kind::Status(*i, id.clone(), nonce))),
+                Need::Status(i, id) => {
+                    engine.status_callout(*i, id).map(|(c, nonce)| (c, Kind::Status(*i, id.clone(), nonce)))
+                }
                 Need::Body | Need::Pdp(_) => None,
             }
         };
@@ -641,7 +657,11 @@ impl Vm {
     /// counter. Without an engine to render it (re-entrant call, not configured) the same answer
     /// is rendered with the default realm and counted here.
     fn refuse(&self, reason: Reason, detail: &str) {
-        let out = self.engine.try_borrow_mut().ok().and_then(|mut g| g.as_mut().map(|e| e.refuse(reason, detail, now_secs())));
+        let out = self
+            .engine
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut g| g.as_mut().map(|e| e.refuse(reason, detail, now_secs())));
         match out {
             Some((resp, ev)) => {
                 self.evidence(&ev);
@@ -681,7 +701,8 @@ fn send(resp: &missiongate_core::decision::Response) {
 fn dispatch(c: &Callout) -> Result<u32, String> {
     let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = if c.body.is_empty() { None } else { Some(c.body.as_slice()) };
-    hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms)).map_err(|e| format!("{e:?}"))
+    hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms))
+        .map_err(|e| format!("{e:?}"))
 }
 
 struct Root {
@@ -707,7 +728,10 @@ fn seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     if getrandom::getrandom(&mut seed).is_err() {
         log(LogLevel::Warn, "missiongate: no random source; seeding from the clock");
-        let t = hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let t = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
         for (i, b) in t.to_le_bytes().iter().enumerate() {
             if let Some(s) = seed.get_mut(i) {
                 *s = *b;

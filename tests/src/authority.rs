@@ -137,14 +137,16 @@ async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm
                      "fresh_until": missiongate_wire::time::format_rfc3339(now + g.fresh_seconds) }
     });
     let jws = g.keys.last().unwrap().sign("mission-status-response+jwt", &claims);
-    ([(header::CONTENT_TYPE, "application/mission-status-response+jwt"), (header::CACHE_CONTROL, "no-store")], jws).into_response()
+    ([(header::CONTENT_TYPE, "application/mission-status-response+jwt"), (header::CACHE_CONTROL, "no-store")], jws)
+        .into_response()
 }
 
 /// RFC 8936 poll delivery. Every Envoy worker polls on its own and acknowledges its cursor (the
 /// highest SET id it has applied), so the feed keeps every SET and delivers those above the
 /// poller's cursor; an empty answer holds a long poll for up to a second.
 async fn events(State(inner): State<Arc<Mutex<Inner>>>, axum::Json(poll): axum::Json<Value>) -> Response {
-    let cursor: u64 = poll["ack"].as_array().into_iter().flatten().filter_map(|j| j.as_str()?.parse().ok()).max().unwrap_or(0);
+    let cursor: u64 =
+        poll["ack"].as_array().into_iter().flatten().filter_map(|j| j.as_str()?.parse().ok()).max().unwrap_or(0);
     let immediately = poll["returnImmediately"].as_bool().unwrap_or(false);
     for round in 0..20 {
         {

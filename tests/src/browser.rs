@@ -73,7 +73,9 @@ impl Browser {
     }
 
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let v = self.raw(method, &format!("/session/{}{path}", self.session), body).unwrap_or_else(|| panic!("webdriver {path}: no answer"));
+        let v = self
+            .raw(method, &format!("/session/{}{path}", self.session), body)
+            .unwrap_or_else(|| panic!("webdriver {path}: no answer"));
         assert!(v["value"].get("error").is_none(), "webdriver {path}: {v}");
         v["value"].clone()
     }
@@ -129,7 +131,9 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = Req::new("DELETE", &format!("/session/{}", self.session)).header("Host", &format!("127.0.0.1:{}", self.port)).try_send(self.port);
+            let _ = Req::new("DELETE", &format!("/session/{}", self.session))
+                .header("Host", &format!("127.0.0.1:{}", self.port))
+                .try_send(self.port);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();

@@ -61,7 +61,10 @@ pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u
         .replace("port_value: 18080", &format!("port_value: {upstream}"))
         .replace("port_value: 18443", &format!("port_value: {authority}"))
         .replace("127.0.0.1:18443", &format!("127.0.0.1:{authority}"))
-        .replace("filename: target/wasm32-wasip1/release/missiongate_filter.wasm", &format!("filename: {}", wasm_path().display()))
+        .replace(
+            "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
+            &format!("filename: {}", wasm_path().display()),
+        )
         // Files the configs name relative to the repository (a JWKS file) become absolute.
         .replace("filename: envoy/", &format!("filename: {}/envoy/", crate::repo_root().display()));
     let drop = |t: String, key: &str| t.lines().filter(|l| !l.contains(key)).collect::<Vec<_>>().join("\n");
@@ -101,8 +104,9 @@ impl Envoy {
             .args(["--component-log-level", "wasm:info"])
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
-        let child = crate::spawn(cmd)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display()));
+        let child = crate::spawn(cmd).unwrap_or_else(|e| {
+            panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display())
+        });
         let mut e = Envoy { child, port, admin, log };
         e.wait_ready();
         e
@@ -200,7 +204,8 @@ pub fn validate(yaml: &str) -> (bool, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join(format!("validate-{}.yaml", crate::rand_id("")));
     std::fs::write(&f, yaml).unwrap();
-    let out = Command::new(envoy_bin()).args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(&f).output().unwrap();
+    let out =
+        Command::new(envoy_bin()).args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(&f).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }

@@ -76,7 +76,10 @@ pub fn spawn(cmd: std::process::Command) -> std::io::Result<std::process::Child>
         std::sync::Mutex::new(tx)
     });
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock().map_err(|_| std::io::Error::other("spawner poisoned"))?.send((cmd, reply_tx)).map_err(std::io::Error::other)?;
+    tx.lock()
+        .map_err(|_| std::io::Error::other("spawner poisoned"))?
+        .send((cmd, reply_tx))
+        .map_err(std::io::Error::other)?;
     reply_rx.recv().map_err(std::io::Error::other)?
 }
 

@@ -34,7 +34,9 @@ async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::By
     g.requests.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
     match mode {
         Mode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
-        Mode::Garbage => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"decision\": \"maybe\"").into_response(),
+        Mode::Garbage => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"decision\": \"maybe\"").into_response()
+        }
         Mode::Normal | Mode::Slow(_) => axum::Json(g.answer.clone()).into_response(),
     }
 }
@@ -42,7 +44,8 @@ async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::By
 impl Pdp {
     /// Start on an ephemeral port, answering `{"decision": true}`.
     pub fn start() -> Pdp {
-        let inner = Arc::new(Mutex::new(Inner { mode: Mode::Normal, answer: json!({"decision": true}), requests: Vec::new() }));
+        let inner =
+            Arc::new(Mutex::new(Inner { mode: Mode::Normal, answer: json!({"decision": true}), requests: Vec::new() }));
         let p = Pdp { port: crate::free_port(), inner, task: Mutex::new(None) };
         p.open();
         p

@@ -58,7 +58,14 @@ impl Portal {
         cmd.arg("serve")
             .arg("--db")
             .arg(&self.db)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--issuer", &self.issuer, "--operator-token", OPERATOR_TOKEN])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--issuer",
+                &self.issuer,
+                "--operator-token",
+                OPERATOR_TOKEN,
+            ])
             .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -93,7 +100,8 @@ impl Portal {
         self.kill9();
         let start = Instant::now();
         loop {
-            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() || start.elapsed() > Duration::from_secs(5) {
+            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() || start.elapsed() > Duration::from_secs(5)
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -103,7 +111,9 @@ impl Portal {
 
     /// An operator call.
     pub fn op(&self, method: &str, path: &str, body: Option<Value>) -> Response {
-        let mut r = Req::new(method, path).header("Host", &format!("127.0.0.1:{}", self.port)).header("Authorization", &format!("Bearer {OPERATOR_TOKEN}"));
+        let mut r = Req::new(method, path)
+            .header("Host", &format!("127.0.0.1:{}", self.port))
+            .header("Authorization", &format!("Bearer {OPERATOR_TOKEN}"));
         if let Some(b) = body {
             r = r.header("Content-Type", "application/json").body(b.to_string());
         } else if method == "POST" {
@@ -160,7 +170,11 @@ impl Portal {
 
     /// A person approves an access request for `seconds` (the approver API; the page does the same).
     pub fn approve_request(&self, task: &str, seconds: u64) -> Response {
-        self.op("POST", &format!("/operator/access-requests/{task}/approve"), Some(json!({ "duration_seconds": seconds })))
+        self.op(
+            "POST",
+            &format!("/operator/access-requests/{task}/approve"),
+            Some(json!({ "duration_seconds": seconds })),
+        )
     }
 
     /// An active Mission with a Bearer token.

@@ -19,13 +19,20 @@ const PAYLOAD: &str = "<script>document.title='pwned'</script><img src=x onerror
 fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() {
     let started = Instant::now();
     let up = Upstream::start(None);
-    let portal = Portal::start(&["--approver", &format!("{APPROVER}:{APPROVER_TOKEN}"), "--status-fresh-seconds", "30"]);
+    let portal =
+        Portal::start(&["--approver", &format!("{APPROVER}:{APPROVER_TOKEN}"), "--status-fresh-seconds", "30"]);
     let envoy = Envoy::start(up.port, portal.port, Opts { events: true, pdp: true, ..Opts::default() });
     let (mission, token) = portal.active(&["http.get", "payments.create"]);
 
     // The agent's consequential call carries agent-supplied text; it is blocked and bound.
     let body = json!({"amount": "423.50", "currency": "USD", "to": "acct_123", "memo": PAYLOAD}).to_string();
-    let pay = || Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body.clone()).send(envoy.port);
+    let pay = || {
+        Req::new("POST", "/v1/payments")
+            .bearer(&token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send(envoy.port)
+    };
     let denial = pay();
     let denied_at = Instant::now();
     assert_eq!(denial.status, 511, "{}", denial.text());
@@ -60,7 +67,10 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
     assert_eq!(b.text("#destination"), "https://api.partner.example");
     assert_eq!(b.text("#operation"), "payments.create");
     let shown = b.text("#parameters");
-    assert!(shown.contains("423.50") && shown.contains("acct_123") && shown.contains("document.title='pwned'"), "{shown}");
+    assert!(
+        shown.contains("423.50") && shown.contains("acct_123") && shown.contains("document.title='pwned'"),
+        "{shown}"
+    );
     // Agent-supplied text is shown verbatim, as text, and never runs.
     assert!(b.text("#justification").contains(PAYLOAD));
     assert!(b.find_all("script").is_empty(), "no script element on the page");
@@ -79,7 +89,11 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
 
     // The agent sees its task approved and retries through Envoy (after the filter's 1 s memory of
     // the denial): exactly the approved call goes through, once.
-    let on_portal = |url: &str| Req::new("GET", &missiongate_tests::http::path_of(url)).header("Host", &format!("127.0.0.1:{}", portal.port)).send(portal.port);
+    let on_portal = |url: &str| {
+        Req::new("GET", &missiongate_tests::http::path_of(url))
+            .header("Host", &format!("127.0.0.1:{}", portal.port))
+            .send(portal.port)
+    };
     let st = on_portal(&status_endpoint);
     assert_eq!(st.json()["task"]["status"], "approved", "{}", st.text());
     // The per-denial Captive Portal API is open for the 5 minutes the person granted.

@@ -21,7 +21,8 @@ fn world() -> &'static World {
     W.get_or_init(|| {
         let up = Upstream::start(None);
         let portal = Portal::start(&["--status-fresh-seconds", "30"]);
-        let envoy = Envoy::start(up.port, portal.port, Opts { concurrency: 2, events: true, pdp: true, ..Opts::default() });
+        let envoy =
+            Envoy::start(up.port, portal.port, Opts { concurrency: 2, events: true, pdp: true, ..Opts::default() });
         World { up, portal, envoy }
     })
 }
@@ -139,7 +140,8 @@ fn blocked_connect_gets_511_and_tunnels_after_approval() {
     std::thread::sleep(Duration::from_millis(1100));
     let (r, tunnel) = connect(w.envoy.port, "api.partner.example:443", &[("Authorization", &auth)]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let resp = over(tunnel.unwrap(), "GET /tunnelled HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n");
+    let resp =
+        over(tunnel.unwrap(), "GET /tunnelled HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n");
     assert_eq!(resp.json()["uri"], "/tunnelled");
 }
 
@@ -200,7 +202,11 @@ fn an_approval_covers_exactly_the_approved_call() {
     // The same call, members reordered and whitespace changed, goes through once, in many chunks.
     let reordered = "{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
     let chunks: Vec<Vec<u8>> = reordered.as_bytes().chunks(3).map(<[u8]>::to_vec).collect();
-    let r = Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").chunked(chunks).send(w.envoy.port);
+    let r = Req::new("POST", "/v1/payments")
+        .bearer(&token)
+        .header("content-type", "application/json")
+        .chunked(chunks)
+        .send(w.envoy.port);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(w.up.seen("/v1/payments"), 1);
     // Replay: refused.
@@ -208,8 +214,18 @@ fn an_approval_covers_exactly_the_approved_call() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["reason"], "parameter_violation");
     // A changed amount is not covered.
-    let r = send("POST", "/v1/payments", &token, Some(("application/json", r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#)));
-    assert!(r.status == 511 || (r.status == 403 && r.json()["reason"] == "parameter_violation"), "{} {}", r.status, r.text());
+    let r = send(
+        "POST",
+        "/v1/payments",
+        &token,
+        Some(("application/json", r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#)),
+    );
+    assert!(
+        r.status == 511 || (r.status == 403 && r.json()["reason"] == "parameter_violation"),
+        "{} {}",
+        r.status,
+        r.text()
+    );
     assert_eq!(w.up.seen("/v1/payments"), 1);
 }
 
@@ -234,7 +250,11 @@ fn bodies_that_cannot_be_bound() {
     let r = send("POST", "/v1/x", &token, Some(("text/plain", &big)));
     assert_eq!(r.status, 413, "{}", r.text());
     let chunks: Vec<Vec<u8>> = big.as_bytes().chunks(64 * 1024).map(<[u8]>::to_vec).collect();
-    let r = Req::new("POST", "/v1/x").bearer(&token).header("content-type", "text/plain").chunked(chunks).send(w.envoy.port);
+    let r = Req::new("POST", "/v1/x")
+        .bearer(&token)
+        .header("content-type", "text/plain")
+        .chunked(chunks)
+        .send(w.envoy.port);
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(w.up.seen("/v1/x"), 0);
 }
@@ -254,7 +274,11 @@ fn two_workers_race_for_one_single_use_permit() {
         .map(|_| {
             let token = token.clone();
             std::thread::spawn(move || {
-                Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body).send(port)
+                Req::new("POST", "/v1/payments")
+                    .bearer(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send(port)
             })
         })
         .collect();
@@ -264,8 +288,13 @@ fn two_workers_race_for_one_single_use_permit() {
     // Refusals from both workers: so at least one came from the worker that did not win, which
     // could only refuse by seeing the other worker's use in shared data.
     assert!(statuses.iter().all(|s| [200, 403].contains(s)), "{statuses:?}");
-    let workers: std::collections::HashSet<String> = answers.iter().filter(|r| r.status == 403).filter_map(|r| r.worker()).collect();
-    assert_eq!(workers.len(), 2, "the 23 refusals all came from one worker ({workers:?}): the race never crossed workers");
+    let workers: std::collections::HashSet<String> =
+        answers.iter().filter(|r| r.status == 403).filter_map(|r| r.worker()).collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "the 23 refusals all came from one worker ({workers:?}): the race never crossed workers"
+    );
 }
 
 /// Many bound calls arrive while the Mission's state is being fetched: all wait for that one fetch,
@@ -282,7 +311,11 @@ fn concurrent_bound_calls_behind_one_status_fetch_are_all_answered() {
             std::thread::spawn(move || {
                 let started = std::time::Instant::now();
                 let body = format!(r#"{{"amount":"{i}.00","currency":"USD","to":"acct_c"}}"#);
-                let r = Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body).send(port);
+                let r = Req::new("POST", "/v1/payments")
+                    .bearer(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send(port);
                 (r.status, started.elapsed())
             })
         })
@@ -321,7 +354,9 @@ fn a_portal_killed_in_the_middle_of_an_approval_loses_nothing() {
     // The pending task, its Idempotency-Key and the denial's binding survived the kill -9.
     let again = portal.request_access(&doc, &key, None, "need it across a restart");
     assert_eq!(task_id(&again), task, "the same Idempotency-Key must find the same task after a restart");
-    let st = Req::new("GET", &format!("/access/v1/requests/{task}")).header("Host", &format!("127.0.0.1:{}", portal.port)).send(portal.port);
+    let st = Req::new("GET", &format!("/access/v1/requests/{task}"))
+        .header("Host", &format!("127.0.0.1:{}", portal.port))
+        .send(portal.port);
     assert_eq!(st.json()["task"]["status"], "pending", "{}", st.text());
     assert_eq!(get().status, 511, "still blocked: a pending request allows nothing");
     let r = portal.approve_request(&task, 60);

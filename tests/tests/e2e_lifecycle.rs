@@ -131,7 +131,10 @@ fn dpop_bound_tokens() {
     let token = portal.token(&id, Some(&key.jkt));
     let htu = "https://api.partner.example/v1/items";
     let send = |proof: &str, tok: &str, method: &str| {
-        Req::new(method, "/v1/items?page=2").header("Authorization", &format!("DPoP {tok}")).header("DPoP", proof).send(envoy.port)
+        Req::new(method, "/v1/items?page=2")
+            .header("Authorization", &format!("DPoP {tok}"))
+            .header("DPoP", proof)
+            .send(envoy.port)
     };
     let ok = send(&key.proof("GET", htu, &token), &token, "GET");
     assert_eq!(ok.status, 200, "{}", ok.text());
@@ -174,7 +177,10 @@ fn dpop_bound_tokens() {
             .map(|_| {
                 let (proof, token) = (proof.clone(), token.clone());
                 std::thread::spawn(move || {
-                    Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).header("DPoP", &proof).send(port)
+                    Req::new("GET", "/v1/items")
+                        .header("Authorization", &format!("DPoP {token}"))
+                        .header("DPoP", &proof)
+                        .send(port)
                 })
             })
             .collect();
@@ -182,12 +188,16 @@ fn dpop_bound_tokens() {
         let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
         assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
         assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
-        let workers: std::collections::HashSet<String> = answers.iter().filter(|r| r.status == 401).filter_map(|r| r.worker()).collect();
+        let workers: std::collections::HashSet<String> =
+            answers.iter().filter(|r| r.status == 401).filter_map(|r| r.worker()).collect();
         if workers.len() == 2 {
             crossed += 1;
         }
     }
-    assert!(crossed >= 1, "no round had its replays refused on both workers: the cross-worker case was never exercised");
+    assert!(
+        crossed >= 1,
+        "no round had its replays refused on both workers: the cross-worker case was never exercised"
+    );
 }
 
 /// Against a feed that replays and reorders (the stand-in authority publishes whatever the test

@@ -34,7 +34,10 @@ fn world() -> World {
     );
     let replace = vec![
         (
-            format!("\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"authority\", \"authority\": \"127.0.0.1:{}\"", auth.port),
+            format!(
+                "\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"authority\", \"authority\": \"127.0.0.1:{}\"",
+                auth.port
+            ),
             format!("\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"pdp\", \"authority\": \"127.0.0.1:{}\"", pdp.port),
         ),
         ("  clusters:\n".to_owned(), cluster),
@@ -138,7 +141,9 @@ fn permit_conditions_are_enforced_and_unknown_ones_deny() {
 
     // use_limit 1: the first use goes through, the second is refused, even though the PDP keeps
     // answering with the same permit (single-use permits are never cached, the use is remembered).
-    w.pdp.answer(permit(json!({"use_limit": 1, "valid_until": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 600)})));
+    w.pdp.answer(permit(
+        json!({"use_limit": 1, "valid_until": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 600)}),
+    ));
     let (_, t) = w.auth.active_token();
     assert_eq!(get(&w, "/v2/once", &t).status, 200);
     assert_denied(&get(&w, "/v2/once", &t), 403, "parameter_violation");
@@ -152,7 +157,11 @@ fn a_bound_call_is_evaluated_by_its_digest_and_its_evidence_never_holds_the_body
     w.pdp.answer(json!({"decision": true, "context": {"evaluation_id": "eval_bound_1",
         "conditions": {"parameter_digest": V2_DIGEST, "use_limit": 1}}}));
     let post = |body: &str| {
-        Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body(body.to_owned()).send(w.envoy.port)
+        Req::new("POST", "/v1/payments")
+            .bearer(&token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send(w.envoy.port)
     };
     let r = post(BODY_A);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -170,14 +179,29 @@ fn a_bound_call_is_evaluated_by_its_digest_and_its_evidence_never_holds_the_body
     let start = Instant::now();
     loop {
         let logs = w.envoy.logs();
-        let access: Vec<&str> = logs.lines().filter(|l| l.contains("POST api.partner.example/v1/payments") && l.contains(&mission)).collect();
+        let access: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("POST api.partner.example/v1/payments") && l.contains(&mission))
+            .collect();
         if access.len() >= 2 {
-            assert!(access.iter().any(|l| l.contains(" 200 ") && l.contains(&format!("\"parameter_digest\":\"{V2_DIGEST}\""))), "{access:?}");
-            assert!(access.iter().any(|l| l.contains(" 403 ") && l.contains("\"reason\":\"parameter_violation\"")), "{access:?}");
-            let own: Vec<&str> = logs.lines().filter(|l| l.contains("missiongate evidence {") && l.contains(&mission)).collect();
+            assert!(
+                access
+                    .iter()
+                    .any(|l| l.contains(" 200 ") && l.contains(&format!("\"parameter_digest\":\"{V2_DIGEST}\""))),
+                "{access:?}"
+            );
+            assert!(
+                access.iter().any(|l| l.contains(" 403 ") && l.contains("\"reason\":\"parameter_violation\"")),
+                "{access:?}"
+            );
+            let own: Vec<&str> =
+                logs.lines().filter(|l| l.contains("missiongate evidence {") && l.contains(&mission)).collect();
             assert!(own.iter().any(|l| l.contains(V2_DIGEST) && l.contains("eval_bound_1")), "{own:?}");
             for l in logs.lines() {
-                assert!(!l.contains("acct_123") && !l.contains("423.50") && !l.contains("4235.00"), "a log line holds body bytes: {l}");
+                assert!(
+                    !l.contains("acct_123") && !l.contains("423.50") && !l.contains("4235.00"),
+                    "a log line holds body bytes: {l}"
+                );
             }
             break;
         }

@@ -59,7 +59,10 @@ fn valid_token_reaches_the_upstream_with_evidence() {
     let start = Instant::now();
     loop {
         let logs = w.envoy.logs();
-        if logs.lines().any(|l| l.contains("evidence={") && l.contains(&mission) && l.contains("\"decision\":\"allow\"")) {
+        if logs
+            .lines()
+            .any(|l| l.contains("evidence={") && l.contains(&mission) && l.contains("\"decision\":\"allow\""))
+        {
             assert!(logs.contains("missiongate evidence {"));
             break;
         }
@@ -123,17 +126,70 @@ fn header_and_claim_checks() {
     assert_eq!(get("/v1/x", &s.sign("at+jwt", &with(&|c| c["exp"] = json!(now() - 10)))).status, 200);
     invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["nbf"] = json!(now() + 600)))), "token_not_yet_valid");
     invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["iat"] = json!(now() + 600)))), "token_not_yet_valid");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["exp"] = json!(now() + 7200)))), "token_lifetime_exceeded");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["iss"] = json!("https://evil.example")))), "unknown_issuer");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["aud"] = json!("https://other.example")))), "wrong_audience");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| { c.as_object_mut().unwrap().remove("mission"); }))), "mission_claim_missing");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["mission"]["issuer"] = json!("https://rogue.example")))), "untrusted_mission_issuer");
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["exp"] = json!(now() + 7200)))),
+        "token_lifetime_exceeded",
+    );
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["iss"] = json!("https://evil.example")))),
+        "unknown_issuer",
+    );
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["aud"] = json!("https://other.example")))),
+        "wrong_audience",
+    );
+    invalid_token(
+        &get(
+            "/v1/x",
+            &s.sign(
+                "at+jwt",
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("mission");
+                }),
+            ),
+        ),
+        "mission_claim_missing",
+    );
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["mission"]["issuer"] = json!("https://rogue.example")))),
+        "untrusted_mission_issuer",
+    );
     // `origin` is the older name of `issuer`; both present must agree.
     let issuer = w.auth.issuer.clone();
-    assert_eq!(get("/v1/x", &s.sign("at+jwt", &with(&|c| { c["mission"].as_object_mut().unwrap().remove("issuer"); c["mission"]["origin"] = json!(issuer.clone()); }))).status, 200);
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["mission"]["origin"] = json!("https://rogue.example")))), "mission_claim_missing");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| { c.as_object_mut().unwrap().remove("exp"); }))), "token_malformed");
-    invalid_token(&get("/v1/x", &s.sign("at+jwt", &with(&|c| c["cnf"] = json!({"x5t#S256": "abc"})))), "unsupported_confirmation");
+    assert_eq!(
+        get(
+            "/v1/x",
+            &s.sign(
+                "at+jwt",
+                &with(&|c| {
+                    c["mission"].as_object_mut().unwrap().remove("issuer");
+                    c["mission"]["origin"] = json!(issuer.clone());
+                })
+            )
+        )
+        .status,
+        200
+    );
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["mission"]["origin"] = json!("https://rogue.example")))),
+        "mission_claim_missing",
+    );
+    invalid_token(
+        &get(
+            "/v1/x",
+            &s.sign(
+                "at+jwt",
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+            ),
+        ),
+        "token_malformed",
+    );
+    invalid_token(
+        &get("/v1/x", &s.sign("at+jwt", &with(&|c| c["cnf"] = json!({"x5t#S256": "abc"})))),
+        "unsupported_confirmation",
+    );
     // A token from an unknown key, signed correctly: refused after one refetch.
     invalid_token(&get("/v1/x", &Signer::new("nope").sign("at+jwt", &base)), "unknown_key");
     // A key the issuer publishes under k1 but a different private key: bad signature.
@@ -156,7 +212,12 @@ fn tampered_payload_and_malformed_tokens() {
     invalid_token(&get("/v1/x", &no_typ), "wrong_typ");
     // Hostile JSON inside a validly encoded segment.
     let deep = "[".repeat(5000);
-    let hostile = format!("{}.{}.{}", missiongate_wire::b64::encode(r#"{"alg":"ES256","typ":"at+jwt"}"#), missiongate_wire::b64::encode(deep), "AA");
+    let hostile = format!(
+        "{}.{}.{}",
+        missiongate_wire::b64::encode(r#"{"alg":"ES256","typ":"at+jwt"}"#),
+        missiongate_wire::b64::encode(deep),
+        "AA"
+    );
     invalid_token(&get("/v1/x", &hostile), "token_malformed");
 }
 
@@ -197,12 +258,19 @@ fn authority_set_matching() {
     let r = get("/v1x", &token);
     assert_denied(&r, 403, "insufficient_authority");
     let www = r.header("www-authenticate").unwrap();
-    assert!(www.contains("error=\"insufficient_scope\"") && www.contains("mission_denial=\"insufficient_authority\""), "{www}");
+    assert!(
+        www.contains("error=\"insufficient_scope\"") && www.contains("mission_denial=\"insufficient_authority\""),
+        "{www}"
+    );
     assert_denied(&get("/v2/x", &token), 403, "insufficient_authority");
     assert_denied(&get("/v1/%2e%2e/admin", &token), 403, "insufficient_authority");
     assert_denied(&Req::new("DELETE", "/v1/x").bearer(&token).send(w.envoy.port), 403, "insufficient_authority");
     // Named operation: POST /v1/payments is payments.create, which the set grants.
-    let r = Req::new("POST", "/v1/payments").bearer(&token).header("content-type", "application/json").body("{}").send(w.envoy.port);
+    let r = Req::new("POST", "/v1/payments")
+        .bearer(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send(w.envoy.port);
     assert_eq!(r.status, 200, "{}", r.text());
     // A destination outside the set (another Host), with an audience that matches it.
     let mut c = w.auth.claims(&mission);
@@ -223,7 +291,8 @@ fn authority_set_matching() {
         { "type": "mission_resource_access", "resource": "https://api.partner.example/v1", "resource_match": "glob", "actions": ["http.*"] }]);
     assert_denied(&get("/v1", &w.auth.token(&c)), 403, "insufficient_authority");
     // http.* grants every method on the resource.
-    c["authorization_details"] = json!([{ "type": "resource_access", "resource": "https://api.partner.example/v1", "actions": ["http.*"] }]);
+    c["authorization_details"] =
+        json!([{ "type": "resource_access", "resource": "https://api.partner.example/v1", "actions": ["http.*"] }]);
     let t = w.auth.token(&c);
     assert_eq!(Req::new("DELETE", "/v1").bearer(&t).send(w.envoy.port).status, 200);
 }
@@ -242,7 +311,10 @@ fn counters_are_exported_with_bounded_names() {
     assert_eq!(Req::new("GET", "/v1/a").send(w.envoy.port).status, 401);
     assert!(w.envoy.wait_counter("wasmcustom.missiongate.decision.allowed", 1) >= 1);
     assert!(w.envoy.wait_counter("wasmcustom.missiongate.decision.no_credentials", 1) >= 1);
-    assert!(w.envoy.wait_counter("wasmcustom.missiongate.token_cache.hit", hits + 3) >= hits + 3, "token cache hits not counted");
+    assert!(
+        w.envoy.wait_counter("wasmcustom.missiongate.token_cache.hit", hits + 3) >= hits + 3,
+        "token cache hits not counted"
+    );
     assert!(w.envoy.counter("wasmcustom.missiongate.token_cache.miss") >= 1);
     let stats = w.envoy.stats();
     for line in stats.lines().filter(|l| l.contains("missiongate.")) {
@@ -332,10 +404,17 @@ fn every_shipped_envoy_config_validates() {
 
 #[test]
 fn bad_filter_config_is_rejected_naming_the_field() {
-    let yaml = envoy::render("envoy/missiongate.yaml", 10000, 9901, 18080, 18443, &Opts {
-        replace: vec![("\"allowed_algs\": [\"ES256\", \"EdDSA\"]".into(), "\"allowed_algs\": [\"HS256\"]".into())],
-        ..Opts::default()
-    });
+    let yaml = envoy::render(
+        "envoy/missiongate.yaml",
+        10000,
+        9901,
+        18080,
+        18443,
+        &Opts {
+            replace: vec![("\"allowed_algs\": [\"ES256\", \"EdDSA\"]".into(), "\"allowed_algs\": [\"HS256\"]".into())],
+            ..Opts::default()
+        },
+    );
     let (ok, out) = envoy::validate(&yaml);
     assert!(!ok, "a config with HS256 must not validate");
     assert!(out.contains("allowed_algs[0]"), "error does not name the field:\n{out}");
@@ -352,7 +431,10 @@ fn connect_is_decided_on_the_target_and_tunnels_when_allowed() {
     let auth = format!("Bearer {t}");
     let (r, tunnel) = connect(w.envoy.port, "api.partner.example:443", &[("Authorization", &auth)]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let resp = over(tunnel.unwrap(), "GET /through/the/tunnel HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n");
+    let resp = over(
+        tunnel.unwrap(),
+        "GET /through/the/tunnel HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json()["uri"], "/through/the/tunnel");
     // No grant for the CONNECT target: refused on the CONNECT itself.
@@ -375,7 +457,11 @@ fn body_data_does_not_bypass_a_pending_decision() {
     c["authorization_details"] = json!([{ "type": "mission_resource_access", "resource": "https://api.partner.example/v1", "resource_match": "prefix", "actions": ["http.*"] }]);
     let t = w.auth.token(&c);
     let chunks: Vec<Vec<u8>> = (0..20).map(|i| format!("chunk-{i};").into_bytes()).collect();
-    let r = Req::new("POST", "/v1/upload").bearer(&t).header("content-type", "text/plain").chunked(chunks).send(w.envoy.port);
+    let r = Req::new("POST", "/v1/upload")
+        .bearer(&t)
+        .header("content-type", "text/plain")
+        .chunked(chunks)
+        .send(w.envoy.port);
     invalid_token(&r, "mission_inactive");
     assert_eq!(w.up.seen("/v1/upload"), 0, "the upstream saw a request from a revoked mission");
 }
@@ -389,14 +475,25 @@ fn keys_from_a_file_served_by_envoy() {
     let file = missiongate_tests::repo_root().join("target/e2e").join(format!("{}.jwks.json", rand_id("keys-")));
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, json!({ "keys": [auth.signer().jwk] }).to_string()).unwrap();
-    let (port, admin, keys_port) = (missiongate_tests::free_port(), missiongate_tests::free_port(), missiongate_tests::free_port());
-    let yaml = envoy::render("envoy/missiongate-static-keys.yaml", port, admin, up.port, auth.port, &Opts {
-        replace: vec![
-            (format!("filename: {}/envoy/static-keys.jwks.json", missiongate_tests::repo_root().display()), format!("filename: {}", file.display())),
-            ("port_value: 18444".into(), format!("port_value: {keys_port}")),
-        ],
-        ..Opts::default()
-    });
+    let (port, admin, keys_port) =
+        (missiongate_tests::free_port(), missiongate_tests::free_port(), missiongate_tests::free_port());
+    let yaml = envoy::render(
+        "envoy/missiongate-static-keys.yaml",
+        port,
+        admin,
+        up.port,
+        auth.port,
+        &Opts {
+            replace: vec![
+                (
+                    format!("filename: {}/envoy/static-keys.jwks.json", missiongate_tests::repo_root().display()),
+                    format!("filename: {}", file.display()),
+                ),
+                ("port_value: 18444".into(), format!("port_value: {keys_port}")),
+            ],
+            ..Opts::default()
+        },
+    );
     let e = Envoy::start_yaml(&yaml, port, admin, 1);
     let (_, token) = auth.active_token();
     let r = Req::new("GET", "/v1/from-file").bearer(&token).send(e.port);
@@ -406,7 +503,10 @@ fn keys_from_a_file_served_by_envoy() {
     let other = Signer::new("not-in-the-file");
     let r = Req::new("GET", "/v1/from-file").bearer(&other.sign("at+jwt", &auth.claims(&rand_id("msn_")))).send(e.port);
     invalid_token(&r, "unknown_key");
-    assert!(e.counter("wasmcustom.missiongate.callout.jwks.ok") >= 1 || e.wait_counter("wasmcustom.missiongate.callout.jwks.ok", 1) >= 1);
+    assert!(
+        e.counter("wasmcustom.missiongate.callout.jwks.ok") >= 1
+            || e.wait_counter("wasmcustom.missiongate.callout.jwks.ok", 1) >= 1
+    );
 }
 
 #[test]
@@ -444,5 +544,8 @@ fn no_keys_loaded_is_503_at_once_and_recovers_when_the_jwks_is_back() {
         assert!(start.elapsed() < Duration::from_secs(5), "keys never loaded");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(e.counter("wasmcustom.missiongate.callout.jwks.failed") >= 1 || e.wait_counter("wasmcustom.missiongate.callout.jwks.failed", 1) >= 1);
+    assert!(
+        e.counter("wasmcustom.missiongate.callout.jwks.failed") >= 1
+            || e.wait_counter("wasmcustom.missiongate.callout.jwks.failed", 1) >= 1
+    );
 }

@@ -90,10 +90,8 @@ fn main() {
     // A JWT-sized signing input (about 300 bytes) per operation, each signed by one of the keys.
     let mut cases = Vec::new();
     for i in 0..OPS {
-        let msg = format!(
-            "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0.{}{i}",
-            "eyJzdWIiOiJhZ2VudC0x".repeat(12)
-        );
+        let msg =
+            format!("eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0.{}{i}", "eyJzdWIiOiJhZ2VudC0x".repeat(12));
         let key = i % KEYS;
         let Some(signer) = signers.get(key) else { return };
         let sig: Signature = signer.sign(msg.as_bytes());

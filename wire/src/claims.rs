@@ -372,7 +372,8 @@ mod tests {
     fn mission_issuer_and_origin() {
         let m: MissionClaim = serde_json::from_str(r#"{"id":"m","origin":"https://as"}"#).unwrap();
         assert_eq!(m.effective_issuer(), Ok("https://as"));
-        let m: MissionClaim = serde_json::from_str(r#"{"id":"m","issuer":"https://as","origin":"https://other"}"#).unwrap();
+        let m: MissionClaim =
+            serde_json::from_str(r#"{"id":"m","issuer":"https://as","origin":"https://other"}"#).unwrap();
         assert!(m.effective_issuer().is_err());
         let m: MissionClaim = serde_json::from_str(r#"{"id":"m","extra":{"x":1}}"#).unwrap();
         assert!(m.effective_issuer().is_err());

@@ -101,10 +101,7 @@ pub fn is_json_media_type(content_type: &str) -> bool {
         return true;
     }
     let sub = subtype.as_bytes();
-    sub.len() > 5
-        && sub
-            .get(sub.len().saturating_sub(5)..)
-            .is_some_and(|tail| tail.eq_ignore_ascii_case(b"+json"))
+    sub.len() > 5 && sub.get(sub.len().saturating_sub(5)..).is_some_and(|tail| tail.eq_ignore_ascii_case(b"+json"))
 }
 
 /// The `body` member of a parameter object.
@@ -183,10 +180,8 @@ impl<'a> ParameterObject<'a> {
         let headers = match headers {
             None => None,
             Some(list) => {
-                let mut norm: Vec<(String, String)> = list
-                    .iter()
-                    .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
-                    .collect();
+                let mut norm: Vec<(String, String)> =
+                    list.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
                 norm.sort_by(|a, b| jcs::cmp_utf16(&a.0, &b.0));
                 for pair in norm.windows(2) {
                     if let [(a, _), (b, _)] = pair {
@@ -198,12 +193,7 @@ impl<'a> ParameterObject<'a> {
                 Some(norm)
             }
         };
-        Ok(Self {
-            method,
-            target,
-            headers,
-            body,
-        })
+        Ok(Self { method, target, headers, body })
     }
 
     /// Build the parameter object of a request: `body` is `(content-type, raw bytes)`, see
@@ -294,12 +284,7 @@ pub fn parameter_digest(
     body: Option<(&str, &[u8])>,
 ) -> Result<(String, Vec<u8>), IJsonError> {
     let params = ParameterObject::from_request(method, target, headers, body)?;
-    let mut out = Vec::with_capacity(
-        target
-            .len()
-            .saturating_add(body.map_or(0, |(_, b)| b.len()))
-            .saturating_add(96),
-    );
+    let mut out = Vec::with_capacity(target.len().saturating_add(body.map_or(0, |(_, b)| b.len())).saturating_add(96));
     params.write_canonical(&mut out);
     Ok((prefixed_sha256(&out), out))
 }
@@ -311,9 +296,7 @@ mod tests {
     const PAYMENTS: &str = "https://api.partner.example/v1/payments";
 
     fn hdrs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -351,39 +334,15 @@ mod tests {
         let s = format_prefixed(&h);
         assert_eq!(s, "sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs");
         assert_eq!(parse_prefixed_digest(&s), Some(h));
-        assert_eq!(
-            parse_prefixed_digest("SHA-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("sha-512:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs="),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG+PmxOd9Ncki90XKwG5CDVgpuqpLhs"),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLh"),
-            None
-        );
-        assert_eq!(
-            parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhsA"),
-            None
-        );
+        assert_eq!(parse_prefixed_digest("SHA-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"), None);
+        assert_eq!(parse_prefixed_digest("sha-512:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"), None);
+        assert_eq!(parse_prefixed_digest("BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"), None);
+        assert_eq!(parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs="), None);
+        assert_eq!(parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG+PmxOd9Ncki90XKwG5CDVgpuqpLhs"), None);
+        assert_eq!(parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLh"), None);
+        assert_eq!(parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhsA"), None);
         // Non-canonical trailing bits ('t' differs from 's' only in the two unused bits).
-        assert_eq!(
-            parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLht"),
-            None
-        );
+        assert_eq!(parse_prefixed_digest("sha-256:BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLht"), None);
         assert_eq!(parse_prefixed_digest("sha-256:"), None);
         assert_eq!(parse_prefixed_digest(""), None);
         assert_eq!(parse_prefixed_digest("sha-256:ö"), None);
@@ -399,12 +358,8 @@ mod tests {
             r#"{"headers":{"idempotency-key":"k-42","x-a":"1","x-b":"2"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
         );
         let empty: Vec<(String, String)> = Vec::new();
-        let p =
-            ParameterObject::from_request("GET", "https://a.example/", Some(&empty), None).unwrap();
-        assert_eq!(
-            p.canonical_bytes(),
-            br#"{"headers":{},"method":"GET","target":"https://a.example/"}"#
-        );
+        let p = ParameterObject::from_request("GET", "https://a.example/", Some(&empty), None).unwrap();
+        assert_eq!(p.canonical_bytes(), br#"{"headers":{},"method":"GET","target":"https://a.example/"}"#);
         let dup = hdrs(&[("Idempotency-Key", "a"), ("idempotency-key", "b")]);
         assert_eq!(
             ParameterObject::from_request("POST", PAYMENTS, Some(&dup), None),
@@ -415,36 +370,20 @@ mod tests {
     #[test]
     fn body_kinds() {
         let (d_none, c_none) = parameter_digest("POST", PAYMENTS, None, None).unwrap();
-        let (d_empty, c_empty) =
-            parameter_digest("POST", PAYMENTS, None, Some(("application/json", b""))).unwrap();
+        let (d_empty, c_empty) = parameter_digest("POST", PAYMENTS, None, Some(("application/json", b""))).unwrap();
         assert_eq!((d_none, c_none), (d_empty, c_empty));
-        let (_, c) =
-            parameter_digest("POST", PAYMENTS, None, Some(("text/plain", b"{\"a\":1}"))).unwrap();
+        let (_, c) = parameter_digest("POST", PAYMENTS, None, Some(("text/plain", b"{\"a\":1}"))).unwrap();
         assert!(c.starts_with(b"{\"body\":{\"sha-256\":\""));
-        let (_, c) = parameter_digest(
-            "POST",
-            PAYMENTS,
-            None,
-            Some(("application/merge-patch+json", b"[1.0, \"\\u00e9\"]")),
-        )
-        .unwrap();
+        let (_, c) =
+            parameter_digest("POST", PAYMENTS, None, Some(("application/merge-patch+json", b"[1.0, \"\\u00e9\"]")))
+                .unwrap();
         assert!(c.starts_with("{\"body\":[1,\"é\"],".as_bytes()));
         assert_eq!(
-            parameter_digest(
-                "POST",
-                PAYMENTS,
-                None,
-                Some(("application/json", br#"{"a":1,"a":1}"#))
-            ),
+            parameter_digest("POST", PAYMENTS, None, Some(("application/json", br#"{"a":1,"a":1}"#))),
             Err(IJsonError::DuplicateMember("a".into()))
         );
         assert_eq!(
-            parameter_digest(
-                "POST",
-                PAYMENTS,
-                None,
-                Some(("application/json; charset=utf-8", b"\xc3"))
-            ),
+            parameter_digest("POST", PAYMENTS, None, Some(("application/json; charset=utf-8", b"\xc3"))),
             Err(IJsonError::InvalidUtf8)
         );
     }

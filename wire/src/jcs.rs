@@ -59,9 +59,7 @@ impl fmt::Display for IJsonError {
             Self::DuplicateMember(name) => write!(f, "not I-JSON: duplicate member name {name:?}"),
             Self::LoneSurrogate => f.write_str("not I-JSON: lone surrogate in \\u escape"),
             Self::Noncharacter => f.write_str("not I-JSON: Unicode noncharacter in a string"),
-            Self::NumberOutOfRange => {
-                f.write_str("not I-JSON: number is not a finite IEEE-754 binary64 value")
-            }
+            Self::NumberOutOfRange => f.write_str("not I-JSON: number is not a finite IEEE-754 binary64 value"),
             Self::TooDeep => write!(f, "not I-JSON: nesting deeper than {MAX_DEPTH}"),
             Self::TrailingData => f.write_str("not JSON: data after the JSON text"),
             Self::Syntax(msg) => write!(f, "not JSON: {msg}"),
@@ -91,7 +89,10 @@ pub fn parse_ijson(bytes: &[u8]) -> Result<Value, IJsonError> {
 /// reporting the I-JSON fault the seed recorded, else the one `serde_json`'s error names.
 fn strict<'de, T>(
     text: &'de str,
-    deserialize: impl FnOnce(ValueSeed<'_>, &mut serde_json::Deserializer<serde_json::de::StrRead<'de>>) -> Result<T, serde_json::Error>,
+    deserialize: impl FnOnce(
+        ValueSeed<'_>,
+        &mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+    ) -> Result<T, serde_json::Error>,
 ) -> Result<T, IJsonError> {
     let fault = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
@@ -154,10 +155,7 @@ impl<'f> ValueSeed<'f> {
         if depth > MAX_DEPTH {
             return Err(self.fail(IJsonError::TooDeep));
         }
-        Ok(ValueSeed {
-            depth,
-            fault: self.fault,
-        })
+        Ok(ValueSeed { depth, fault: self.fault })
     }
 
     fn string<E: serde::de::Error>(&self, s: String) -> Result<String, E> {
@@ -606,11 +604,7 @@ pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
             // both. If it is a continuation byte the lead bytes agree, and so do the orders.
             let upper_bmp = |c: u8| c == 0xEE || c == 0xEF;
             let non_bmp = |c: u8| c >= 0xF0;
-            return if (upper_bmp(x) && non_bmp(y)) || (non_bmp(x) && upper_bmp(y)) {
-                y.cmp(&x)
-            } else {
-                x.cmp(&y)
-            };
+            return if (upper_bmp(x) && non_bmp(y)) || (non_bmp(x) && upper_bmp(y)) { y.cmp(&x) } else { x.cmp(&y) };
         }
     }
     a.len().cmp(&b.len())
@@ -698,17 +692,11 @@ mod tests {
     fn simple_values() {
         assert_eq!(canon("null"), "null");
         assert_eq!(canon(" true "), "true");
-        assert_eq!(
-            canon("[false, 1, -1, 1.5, \"x\"]"),
-            r#"[false,1,-1,1.5,"x"]"#
-        );
+        assert_eq!(canon("[false, 1, -1, 1.5, \"x\"]"), r#"[false,1,-1,1.5,"x"]"#);
         assert_eq!(canon("{}"), "{}");
         assert_eq!(canon("[]"), "[]");
         assert_eq!(canon("[[],{},[[]]]"), "[[],{},[[]]]");
-        assert_eq!(
-            canon(r#"{"b":[1,{"d":1,"c":2}],"a":{}}"#),
-            r#"{"a":{},"b":[1,{"c":2,"d":1}]}"#
-        );
+        assert_eq!(canon(r#"{"b":[1,{"d":1,"c":2}],"a":{}}"#), r#"{"a":{},"b":[1,{"c":2,"d":1}]}"#);
     }
 
     #[test]
@@ -731,14 +719,8 @@ mod tests {
     #[test]
     fn strings_escape_minimally() {
         let mut out = Vec::new();
-        write_string(
-            &mut out,
-            "a\"b\\c\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}/é😀",
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "\"a\\\"b\\\\c\\b\\t\\n\\f\\r\\u0000\\u001f\u{7f}\u{2028}/é😀\""
-        );
+        write_string(&mut out, "a\"b\\c\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}/é😀");
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\\\c\\b\\t\\n\\f\\r\\u0000\\u001f\u{7f}\u{2028}/é😀\"");
     }
 
     #[test]
@@ -780,19 +762,10 @@ mod tests {
     #[test]
     fn rejects() {
         let err = |t: &[u8]| parse_ijson(t).unwrap_err();
-        assert_eq!(
-            err(br#"{"a":1,"a":2}"#),
-            IJsonError::DuplicateMember("a".into())
-        );
-        assert_eq!(
-            err(br#"[{"x":{"a":1,"b":{},"a":2}}]"#),
-            IJsonError::DuplicateMember("a".into())
-        );
+        assert_eq!(err(br#"{"a":1,"a":2}"#), IJsonError::DuplicateMember("a".into()));
+        assert_eq!(err(br#"[{"x":{"a":1,"b":{},"a":2}}]"#), IJsonError::DuplicateMember("a".into()));
         // The same name spelled with an escape is still the same name.
-        assert_eq!(
-            err(br#"{"a":1,"\u0061":2}"#),
-            IJsonError::DuplicateMember("a".into())
-        );
+        assert_eq!(err(br#"{"a":1,"\u0061":2}"#), IJsonError::DuplicateMember("a".into()));
         assert_eq!(err(b"\"\xff\""), IJsonError::InvalidUtf8);
         assert_eq!(err(br#""\ud800""#), IJsonError::LoneSurrogate);
         assert_eq!(err(br#""\udc00""#), IJsonError::LoneSurrogate);

@@ -131,7 +131,8 @@ impl<'a> Compact<'a> {
     /// Decode and parse the header; `crit` is refused.
     pub fn header(&self) -> Result<Header, JoseError> {
         let bytes = b64::decode(self.header_b64).map_err(|_| JoseError::Malformed("header encoding"))?;
-        let header: Header = serde_json::from_slice(&bytes).map_err(|_| JoseError::BadHeader("not a JOSE header object"))?;
+        let header: Header =
+            serde_json::from_slice(&bytes).map_err(|_| JoseError::BadHeader("not a JOSE header object"))?;
         if header.crit.is_some() {
             return Err(JoseError::BadHeader("crit is not supported"));
         }
@@ -225,7 +226,8 @@ impl Jwk {
             }
             ("OKP", Some("Ed25519")) => {
                 let x = decode_fixed::<32>(self.x.as_deref(), "x")?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| JoseError::BadKey("not an Ed25519 key"))?;
+                let key =
+                    ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| JoseError::BadKey("not an Ed25519 key"))?;
                 Ok(VerifyingKey::Ed25519(key))
             }
             ("oct", _) => Err(JoseError::BadKey("symmetric keys are not accepted")),
@@ -337,11 +339,11 @@ mod signing {
         #[cfg(feature = "sign")]
         pub fn generate_ed25519() -> SigningKey {
             {
-            use rand_core::RngCore;
-            let mut seed = [0u8; 32];
-            rand_core::OsRng.fill_bytes(&mut seed);
-            SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
-        }
+                use rand_core::RngCore;
+                let mut seed = [0u8; 32];
+                rand_core::OsRng.fill_bytes(&mut seed);
+                SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+            }
         }
         /// The algorithm this key signs with.
         pub fn alg(&self) -> Alg {
@@ -445,7 +447,9 @@ mod tests {
     // RFC 8037 Appendix A.4: Ed25519 signature over "Example of Ed25519 signing".
     #[test]
     fn rfc8037_a4_ed25519_verifies() {
-        let jwk: Jwk = serde_json::from_str(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#).unwrap();
+        let jwk: Jwk =
+            serde_json::from_str(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#)
+                .unwrap();
         let key = jwk.verifying_key().unwrap();
         let jws = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
         let (_, payload) = verify_compact(jws, &key).unwrap();
@@ -455,7 +459,9 @@ mod tests {
     // RFC 8037 Appendix A.3: thumbprint of the Ed25519 key.
     #[test]
     fn rfc8037_a3_thumbprint() {
-        let jwk: Jwk = serde_json::from_str(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#).unwrap();
+        let jwk: Jwk =
+            serde_json::from_str(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#)
+                .unwrap();
         assert_eq!(jwk.thumbprint().unwrap(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
     }
 

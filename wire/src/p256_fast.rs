@@ -52,16 +52,7 @@ const LOW32: u64 = 0xffff_ffff;
 /// p, little-endian words.
 const P: Fe = [0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0, 0, 0, 1, 0xffff_ffff];
 /// n, the group order, little-endian words.
-const N: Fe = [
-    0xfc63_2551,
-    0xf3b9_cac2,
-    0xa717_9e84,
-    0xbce6_faad,
-    0xffff_ffff,
-    0xffff_ffff,
-    0,
-    0xffff_ffff,
-];
+const N: Fe = [0xfc63_2551, 0xf3b9_cac2, 0xa717_9e84, 0xbce6_faad, 0xffff_ffff, 0xffff_ffff, 0, 0xffff_ffff];
 const FE_ZERO: Fe = [0; 8];
 const FE_ONE: Fe = [1, 0, 0, 0, 0, 0, 0, 0];
 
@@ -146,62 +137,104 @@ fn fe_mul(a: &Fe, b: &Fe) -> Fe {
     let c0 = lo;
     let mut carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b1); mac!(lo, hi, a1 * b0);
+    mac!(lo, hi, a0 * b1);
+    mac!(lo, hi, a1 * b0);
     let c1 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b2); mac!(lo, hi, a1 * b1); mac!(lo, hi, a2 * b0);
+    mac!(lo, hi, a0 * b2);
+    mac!(lo, hi, a1 * b1);
+    mac!(lo, hi, a2 * b0);
     let c2 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b3); mac!(lo, hi, a1 * b2); mac!(lo, hi, a2 * b1); mac!(lo, hi, a3 * b0);
+    mac!(lo, hi, a0 * b3);
+    mac!(lo, hi, a1 * b2);
+    mac!(lo, hi, a2 * b1);
+    mac!(lo, hi, a3 * b0);
     let c3 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b4); mac!(lo, hi, a1 * b3); mac!(lo, hi, a2 * b2); mac!(lo, hi, a3 * b1);
+    mac!(lo, hi, a0 * b4);
+    mac!(lo, hi, a1 * b3);
+    mac!(lo, hi, a2 * b2);
+    mac!(lo, hi, a3 * b1);
     mac!(lo, hi, a4 * b0);
     let c4 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b5); mac!(lo, hi, a1 * b4); mac!(lo, hi, a2 * b3); mac!(lo, hi, a3 * b2);
-    mac!(lo, hi, a4 * b1); mac!(lo, hi, a5 * b0);
+    mac!(lo, hi, a0 * b5);
+    mac!(lo, hi, a1 * b4);
+    mac!(lo, hi, a2 * b3);
+    mac!(lo, hi, a3 * b2);
+    mac!(lo, hi, a4 * b1);
+    mac!(lo, hi, a5 * b0);
     let c5 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b6); mac!(lo, hi, a1 * b5); mac!(lo, hi, a2 * b4); mac!(lo, hi, a3 * b3);
-    mac!(lo, hi, a4 * b2); mac!(lo, hi, a5 * b1); mac!(lo, hi, a6 * b0);
+    mac!(lo, hi, a0 * b6);
+    mac!(lo, hi, a1 * b5);
+    mac!(lo, hi, a2 * b4);
+    mac!(lo, hi, a3 * b3);
+    mac!(lo, hi, a4 * b2);
+    mac!(lo, hi, a5 * b1);
+    mac!(lo, hi, a6 * b0);
     let c6 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * b7); mac!(lo, hi, a1 * b6); mac!(lo, hi, a2 * b5); mac!(lo, hi, a3 * b4);
-    mac!(lo, hi, a4 * b3); mac!(lo, hi, a5 * b2); mac!(lo, hi, a6 * b1); mac!(lo, hi, a7 * b0);
+    mac!(lo, hi, a0 * b7);
+    mac!(lo, hi, a1 * b6);
+    mac!(lo, hi, a2 * b5);
+    mac!(lo, hi, a3 * b4);
+    mac!(lo, hi, a4 * b3);
+    mac!(lo, hi, a5 * b2);
+    mac!(lo, hi, a6 * b1);
+    mac!(lo, hi, a7 * b0);
     let c7 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a1 * b7); mac!(lo, hi, a2 * b6); mac!(lo, hi, a3 * b5); mac!(lo, hi, a4 * b4);
-    mac!(lo, hi, a5 * b3); mac!(lo, hi, a6 * b2); mac!(lo, hi, a7 * b1);
+    mac!(lo, hi, a1 * b7);
+    mac!(lo, hi, a2 * b6);
+    mac!(lo, hi, a3 * b5);
+    mac!(lo, hi, a4 * b4);
+    mac!(lo, hi, a5 * b3);
+    mac!(lo, hi, a6 * b2);
+    mac!(lo, hi, a7 * b1);
     let c8 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a2 * b7); mac!(lo, hi, a3 * b6); mac!(lo, hi, a4 * b5); mac!(lo, hi, a5 * b4);
-    mac!(lo, hi, a6 * b3); mac!(lo, hi, a7 * b2);
+    mac!(lo, hi, a2 * b7);
+    mac!(lo, hi, a3 * b6);
+    mac!(lo, hi, a4 * b5);
+    mac!(lo, hi, a5 * b4);
+    mac!(lo, hi, a6 * b3);
+    mac!(lo, hi, a7 * b2);
     let c9 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a3 * b7); mac!(lo, hi, a4 * b6); mac!(lo, hi, a5 * b5); mac!(lo, hi, a6 * b4);
+    mac!(lo, hi, a3 * b7);
+    mac!(lo, hi, a4 * b6);
+    mac!(lo, hi, a5 * b5);
+    mac!(lo, hi, a6 * b4);
     mac!(lo, hi, a7 * b3);
     let c10 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a4 * b7); mac!(lo, hi, a5 * b6); mac!(lo, hi, a6 * b5); mac!(lo, hi, a7 * b4);
+    mac!(lo, hi, a4 * b7);
+    mac!(lo, hi, a5 * b6);
+    mac!(lo, hi, a6 * b5);
+    mac!(lo, hi, a7 * b4);
     let c11 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a5 * b7); mac!(lo, hi, a6 * b6); mac!(lo, hi, a7 * b5);
+    mac!(lo, hi, a5 * b7);
+    mac!(lo, hi, a6 * b6);
+    mac!(lo, hi, a7 * b5);
     let c12 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a6 * b7); mac!(lo, hi, a7 * b6);
+    mac!(lo, hi, a6 * b7);
+    mac!(lo, hi, a7 * b6);
     let c13 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
@@ -231,51 +264,66 @@ fn fe_sq(a: &Fe) -> Fe {
     let c2 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * a3); mac!(lo, hi, a1 * a2);
+    mac!(lo, hi, a0 * a3);
+    mac!(lo, hi, a1 * a2);
     (lo, hi) = (lo << 1, hi << 1);
     let c3 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * a4); mac!(lo, hi, a1 * a3);
+    mac!(lo, hi, a0 * a4);
+    mac!(lo, hi, a1 * a3);
     (lo, hi) = (lo << 1, hi << 1);
     mac!(lo, hi, a2 * a2);
     let c4 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * a5); mac!(lo, hi, a1 * a4); mac!(lo, hi, a2 * a3);
+    mac!(lo, hi, a0 * a5);
+    mac!(lo, hi, a1 * a4);
+    mac!(lo, hi, a2 * a3);
     (lo, hi) = (lo << 1, hi << 1);
     let c5 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * a6); mac!(lo, hi, a1 * a5); mac!(lo, hi, a2 * a4);
+    mac!(lo, hi, a0 * a6);
+    mac!(lo, hi, a1 * a5);
+    mac!(lo, hi, a2 * a4);
     (lo, hi) = (lo << 1, hi << 1);
     mac!(lo, hi, a3 * a3);
     let c6 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a0 * a7); mac!(lo, hi, a1 * a6); mac!(lo, hi, a2 * a5); mac!(lo, hi, a3 * a4);
+    mac!(lo, hi, a0 * a7);
+    mac!(lo, hi, a1 * a6);
+    mac!(lo, hi, a2 * a5);
+    mac!(lo, hi, a3 * a4);
     (lo, hi) = (lo << 1, hi << 1);
     let c7 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a1 * a7); mac!(lo, hi, a2 * a6); mac!(lo, hi, a3 * a5);
+    mac!(lo, hi, a1 * a7);
+    mac!(lo, hi, a2 * a6);
+    mac!(lo, hi, a3 * a5);
     (lo, hi) = (lo << 1, hi << 1);
     mac!(lo, hi, a4 * a4);
     let c8 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a2 * a7); mac!(lo, hi, a3 * a6); mac!(lo, hi, a4 * a5);
+    mac!(lo, hi, a2 * a7);
+    mac!(lo, hi, a3 * a6);
+    mac!(lo, hi, a4 * a5);
     (lo, hi) = (lo << 1, hi << 1);
     let c9 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a3 * a7); mac!(lo, hi, a4 * a6);
+    mac!(lo, hi, a3 * a7);
+    mac!(lo, hi, a4 * a6);
     (lo, hi) = (lo << 1, hi << 1);
     mac!(lo, hi, a5 * a5);
     let c10 = lo + carry;
     carry = hi;
     (lo, hi) = (0u64, 0u64);
-    mac!(lo, hi, a4 * a7); mac!(lo, hi, a5 * a6);
+    mac!(lo, hi, a4 * a7);
+    mac!(lo, hi, a5 * a6);
     (lo, hi) = (lo << 1, hi << 1);
     let c11 = lo + carry;
     carry = hi;
@@ -634,11 +682,7 @@ fn add_fixed_base(acc: &mut Jac, table: &[Affine], k: &Fe, negate: bool) -> Opti
             continue;
         }
         let point = window.get(d.unsigned_abs() as usize - 1)?;
-        *acc = if (d < 0) != negate {
-            jac_add_affine(acc, &neg_affine(point))
-        } else {
-            jac_add_affine(acc, point)
-        };
+        *acc = if (d < 0) != negate { jac_add_affine(acc, &neg_affine(point)) } else { jac_add_affine(acc, point) };
     }
     Some(())
 }
@@ -668,16 +712,8 @@ pub fn precompute_generator() {
 // ---------------------------------------------------------------------------------------------
 
 /// (n - 1) / 2, little-endian words.
-const HALF_N: Fe = [
-    0x7e31_92a8,
-    0x79dc_e561,
-    0xd38b_cf42,
-    0xde73_7d56,
-    0xffff_ffff,
-    0x7fff_ffff,
-    0x8000_0000,
-    0x7fff_ffff,
-];
+const HALF_N: Fe =
+    [0x7e31_92a8, 0x79dc_e561, 0xd38b_cf42, 0xde73_7d56, 0xffff_ffff, 0x7fff_ffff, 0x8000_0000, 0x7fff_ffff];
 /// 2^256 mod n = 2^256 - n, the Montgomery R for arithmetic mod n.
 const R_MOD_N: Fe = [0x039c_daaf, 0x0c46_353d, 0x58e8_617b, 0x4319_0552, 0, 0, 0xffff_ffff, 0];
 /// -n^(-1) mod 2^32.
@@ -727,7 +763,16 @@ fn to_u4(a: &Fe) -> U4 {
 
 fn from_u4(a: &U4) -> Fe {
     let [a0, a1, a2, a3] = *a;
-    [a0 as u32, (a0 >> 32) as u32, a1 as u32, (a1 >> 32) as u32, a2 as u32, (a2 >> 32) as u32, a3 as u32, (a3 >> 32) as u32]
+    [
+        a0 as u32,
+        (a0 >> 32) as u32,
+        a1 as u32,
+        (a1 >> 32) as u32,
+        a2 as u32,
+        (a2 >> 32) as u32,
+        a3 as u32,
+        (a3 >> 32) as u32,
+    ]
 }
 
 fn u4_ge(a: &U4, b: &U4) -> bool {
@@ -1107,7 +1152,10 @@ mod tests {
     fn constants() {
         let n = fe_to_u256(&N);
         assert_eq!(n.to_be_bytes(), hex32("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"));
-        assert_eq!(fe_to_u256(&P).to_be_bytes(), hex32("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff"));
+        assert_eq!(
+            fe_to_u256(&P).to_be_bytes(),
+            hex32("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff")
+        );
         assert_eq!(fe_to_u256(&HALF_N), n.shr_vartime(1));
         assert_eq!(fe_to_u256(&R_MOD_N), U256::ZERO.wrapping_sub(&n));
         assert_eq!(N0_INV.wrapping_mul(N[0]), u32::MAX);
@@ -1394,14 +1442,13 @@ mod tests {
         let plus_n = |x: &Scalar| {
             let v = U256::from_be_slice(&x.to_bytes()).wrapping_add(&n);
             // x + n still fits 256 bits only for x < 2^256 - n; otherwise use n itself.
-            if v < n { n.to_be_bytes() } else { v.to_be_bytes() }
+            if v < n {
+                n.to_be_bytes()
+            } else {
+                v.to_be_bytes()
+            }
         };
-        let values = [
-            [0u8; 32],
-            n.to_be_bytes(),
-            n.wrapping_add(&U256::ONE).to_be_bytes(),
-            [0xff; 32],
-        ];
+        let values = [[0u8; 32], n.to_be_bytes(), n.wrapping_add(&U256::ONE).to_be_bytes(), [0xff; 32]];
         for (half, extra) in [(0usize, plus_n(&r)), (1, plus_n(&s))] {
             for v in values.iter().chain([&extra]) {
                 let mut bad = bytes.clone();

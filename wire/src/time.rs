@@ -24,7 +24,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut i = 19;
@@ -46,7 +52,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
                 return None;
             }
             let off = oh * 3600 + om * 60;
-            if *sign == b'+' { off } else { -off }
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
         }
         _ => return None,
     };
@@ -116,8 +126,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-22T24:00:00Z",
-                    "2026-11-22T14:25:00", "2026-11-22T14:25:00ZZ", "2026-11-22T14:25:00.Z", "२०२६-11-22T14:25:00Z"] {
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T14:25:00",
+            "2026-11-22T14:25:00ZZ",
+            "2026-11-22T14:25:00.Z",
+            "२०२६-11-22T14:25:00Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

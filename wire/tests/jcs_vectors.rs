@@ -3,16 +3,11 @@
 //!
 //! Every test but the stack-depth one also runs compiled to wasm32-unknown-unknown under
 //! wasm-bindgen-test (`make test-wasm-core`), so JCS is checked as the filter runs it: as WebAssembly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use missiongate_wire::digest::{
-    self, envelope_canonical, envelope_hash, parameter_digest, parse_prefixed_digest,
-    prefixed_digest_of_canonical, sha256_b64, ParameterObject, SHA256_PREFIX,
+    self, envelope_canonical, envelope_hash, parameter_digest, parse_prefixed_digest, prefixed_digest_of_canonical,
+    sha256_b64, ParameterObject, SHA256_PREFIX,
 };
 use missiongate_wire::jcs::{canonicalize, canonicalize_ijson, parse_ijson, IJsonError, MAX_DEPTH};
 use serde_json::{json, Value};
@@ -22,9 +17,7 @@ fn canon_str(text: &str) -> String {
 }
 
 fn hdrs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect()
+    list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -43,13 +36,8 @@ fn check(got: (String, Vec<u8>), canonical: &str, digest: &str) {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v1_get_no_body() {
-    let got = parameter_digest(
-        "GET",
-        "https://api.partner.example/v1/invoices?status=open&limit=10",
-        None,
-        None,
-    )
-    .unwrap();
+    let got =
+        parameter_digest("GET", "https://api.partner.example/v1/invoices?status=open&limit=10", None, None).unwrap();
     check(
         got,
         r#"{"method":"GET","target":"https://api.partner.example/v1/invoices?status=open&limit=10"}"#,
@@ -64,13 +52,8 @@ fn spec_v2_post_json_body() {
     let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
     // Lower-case method, a +json type with parameters: same object.
-    let got = parameter_digest(
-        "post",
-        PAYMENTS,
-        None,
-        Some(("Application/Vnd.Pay+JSON; charset=UTF-8", body)),
-    )
-    .unwrap();
+    let got =
+        parameter_digest("post", PAYMENTS, None, Some(("Application/Vnd.Pay+JSON; charset=UTF-8", body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
     // Via a generic Value, too.
     let obj = json!({"method": "POST", "target": PAYMENTS,
@@ -87,13 +70,7 @@ fn spec_v3_same_body_reformatted() {
     check(got, V2_CANONICAL, V2_DIGEST);
     // Escapes that decode to the same strings change nothing either.
     let body = br#"{"to":"acct\u005f123","currency":"\u0055SD","amount":"423.50"}"#;
-    let got = parameter_digest(
-        "POST",
-        PAYMENTS,
-        None,
-        Some(("application/json; charset=utf-8", body)),
-    )
-    .unwrap();
+    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json; charset=utf-8", body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
 }
 
@@ -115,17 +92,8 @@ fn spec_v4_changed_amount_differs() {
 fn spec_v7_text_plain_body() {
     let body = b"hello, partner";
     assert_eq!(body.len(), 14);
-    assert_eq!(
-        sha256_b64(body),
-        "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"
-    );
-    let got = parameter_digest(
-        "POST",
-        "https://api.partner.example/upload",
-        None,
-        Some(("text/plain", body)),
-    )
-    .unwrap();
+    assert_eq!(sha256_b64(body), "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs");
+    let got = parameter_digest("POST", "https://api.partner.example/upload", None, Some(("text/plain", body))).unwrap();
     check(
         got,
         r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#,
@@ -137,61 +105,34 @@ fn spec_v7_text_plain_body() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v9_effect_bearing_header() {
     let h = hdrs(&[("Idempotency-Key", "k-42")]);
-    let got = parameter_digest(
-        "POST",
-        PAYMENTS,
-        Some(&h),
-        Some(("application/json", br#"{"amount":"1.00"}"#)),
-    )
-    .unwrap();
+    let got =
+        parameter_digest("POST", PAYMENTS, Some(&h), Some(("application/json", br#"{"amount":"1.00"}"#))).unwrap();
     check(
         got,
         r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
         "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY",
     );
     // The struct API gives the same.
-    let p = ParameterObject::from_request(
-        "POST",
-        PAYMENTS,
-        Some(&h),
-        Some(("application/json", br#"{"amount":"1.00"}"#)),
-    )
-    .unwrap();
-    assert_eq!(
-        p.digest(),
-        "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY"
-    );
+    let p =
+        ParameterObject::from_request("POST", PAYMENTS, Some(&h), Some(("application/json", br#"{"amount":"1.00"}"#)))
+            .unwrap();
+    assert_eq!(p.digest(), "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_non_ijson_body_is_unbindable() {
     let cases: [(&[u8], IJsonError); 5] = [
-        (
-            br#"{"amount":"1.00","amount":"9999.00"}"#,
-            IJsonError::DuplicateMember("amount".into()),
-        ),
+        (br#"{"amount":"1.00","amount":"9999.00"}"#, IJsonError::DuplicateMember("amount".into())),
         (b"{\"to\":\"acct\xff\"}", IJsonError::InvalidUtf8),
         (br#"{"to":"\ud800"}"#, IJsonError::LoneSurrogate),
         (br#"{"amount":1e400}"#, IJsonError::NumberOutOfRange),
-        (
-            br#"{"amount":"1.00"} {"amount":"2.00"}"#,
-            IJsonError::TrailingData,
-        ),
+        (br#"{"amount":"1.00"} {"amount":"2.00"}"#, IJsonError::TrailingData),
     ];
     for (body, want) in cases {
-        assert_eq!(
-            parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))),
-            Err(want)
-        );
+        assert_eq!(parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))), Err(want));
         // The same bytes under a non-JSON type are bound by their hash.
-        assert!(parameter_digest(
-            "POST",
-            PAYMENTS,
-            None,
-            Some(("application/octet-stream", body))
-        )
-        .is_ok());
+        assert!(parameter_digest("POST", PAYMENTS, None, Some(("application/octet-stream", body))).is_ok());
     }
 }
 
@@ -205,12 +146,7 @@ fn standards_intent_hash() {
     let value = json!({"goal": "Reconcile Q3 invoices", "resources": ["https://erp.example.com"],
         "expires_at": "2026-12-31T23:59:59Z"});
     assert_eq!(
-        String::from_utf8(envelope_canonical(
-            digest::TYP_MISSION_INTENT,
-            "https://as.example.com",
-            &value
-        ))
-        .unwrap(),
+        String::from_utf8(envelope_canonical(digest::TYP_MISSION_INTENT, "https://as.example.com", &value)).unwrap(),
         r#"{"iss":"https://as.example.com","typ":"mission-intent","value":{"expires_at":"2026-12-31T23:59:59Z","goal":"Reconcile Q3 invoices","resources":["https://erp.example.com"]}}"#
     );
     assert_eq!(
@@ -219,29 +155,24 @@ fn standards_intent_hash() {
     );
     // Same as canonicalizing the envelope as a generic value.
     let env = json!({"typ": "mission-intent", "iss": "https://as.example.com", "value": value});
-    assert_eq!(
-        prefixed_digest_of_canonical(&env),
-        "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ"
-    );
+    assert_eq!(prefixed_digest_of_canonical(&env), "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn standards_authority_hash() {
     // Written in a non-canonical member order on purpose.
-    let value = parse_ijson(br#"[
+    let value = parse_ijson(
+        br#"[
         {"type":"mission_resource_access","resource":"https://erp.example.com","actions":["invoices.read"]},
         {"type":"mission_resource_access","resource":"https://erp.example.com","actions":["journal-entries.write"],
          "constraints":{"max_amount":{"currency":"USD","amount":"500.00"}}}
-    ]"#)
+    ]"#,
+    )
     .unwrap();
     assert_eq!(
-        String::from_utf8(envelope_canonical(
-            digest::TYP_MISSION_AUTHORITY_SET,
-            "https://as.example.com",
-            &value
-        ))
-        .unwrap(),
+        String::from_utf8(envelope_canonical(digest::TYP_MISSION_AUTHORITY_SET, "https://as.example.com", &value))
+            .unwrap(),
         r#"{"iss":"https://as.example.com","typ":"mission-authority-set","value":[{"actions":["invoices.read"],"resource":"https://erp.example.com","type":"mission_resource_access"},{"actions":["journal-entries.write"],"constraints":{"max_amount":{"amount":"500.00","currency":"USD"}},"resource":"https://erp.example.com","type":"mission_resource_access"}]}"#
     );
     assert_eq!(
@@ -253,37 +184,21 @@ fn standards_authority_hash() {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn standards_runtime_worked_vector() {
-    let v =
-        parse_ijson(br#"{"source_invoice_id":"inv_2026Q3_842","amount_usd":"423.50"}"#).unwrap();
-    assert_eq!(
-        canonicalize(&v),
-        br#"{"amount_usd":"423.50","source_invoice_id":"inv_2026Q3_842"}"#
-    );
-    assert_eq!(
-        prefixed_digest_of_canonical(&v),
-        "sha-256:WPVi6EnQ7H9Fh-qk9ADxmTg8zruOdVUX1esl-v3TfCI"
-    );
+    let v = parse_ijson(br#"{"source_invoice_id":"inv_2026Q3_842","amount_usd":"423.50"}"#).unwrap();
+    assert_eq!(canonicalize(&v), br#"{"amount_usd":"423.50","source_invoice_id":"inv_2026Q3_842"}"#);
+    assert_eq!(prefixed_digest_of_canonical(&v), "sha-256:WPVi6EnQ7H9Fh-qk9ADxmTg8zruOdVUX1esl-v3TfCI");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn prefixed_digests_round_trip() {
-    for d in [
-        V2_DIGEST,
-        "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ",
-    ] {
+    for d in [V2_DIGEST, "sha-256:6mIFoCz79uCHNzKLfBpBwqFjoFXdpmpuc65486IqimQ"] {
         let h = parse_prefixed_digest(d).unwrap();
         assert_eq!(digest::format_prefixed(&h), d);
     }
     assert!(V2_DIGEST.starts_with(SHA256_PREFIX));
-    assert_eq!(
-        parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha256:")),
-        None
-    );
-    assert_eq!(
-        parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha-384:")),
-        None
-    );
+    assert_eq!(parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha256:")), None);
+    assert_eq!(parse_prefixed_digest(&V2_DIGEST.replace("sha-256:", "sha-384:")), None);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -332,22 +247,10 @@ fn rfc8785_appendix_b_numbers() {
         assert_eq!(number_text(f), want, "{bits:016x}");
         // Through a Value, and back through the parser.
         let v = Value::from(f);
-        assert_eq!(
-            String::from_utf8(canonicalize(&v)).unwrap(),
-            want,
-            "{bits:016x}"
-        );
+        assert_eq!(String::from_utf8(canonicalize(&v)).unwrap(), want, "{bits:016x}");
         let reparsed = parse_ijson(want.as_bytes()).unwrap();
-        assert_eq!(
-            String::from_utf8(canonicalize(&reparsed)).unwrap(),
-            want,
-            "{bits:016x}"
-        );
-        assert_eq!(
-            reparsed.as_f64().unwrap().to_bits() & !(1 << 63),
-            bits & !(1 << 63),
-            "{bits:016x}"
-        );
+        assert_eq!(String::from_utf8(canonicalize(&reparsed)).unwrap(), want, "{bits:016x}");
+        assert_eq!(reparsed.as_f64().unwrap().to_bits() & !(1 << 63), bits & !(1 << 63), "{bits:016x}");
     }
     assert_eq!(number_text(f64::NAN), "null");
     assert_eq!(number_text(f64::INFINITY), "null");
@@ -370,10 +273,7 @@ fn rfc8785_section_3_2_2_example() {
         65 2b 33 30 2c 34 2e 35 2c 30 2e 30 30 32 2c 31 65 2d 32 37 \
         5d 2c 22 73 74 72 69 6e 67 22 3a 22 e2 82 ac 24 5c 75 30 30 \
         30 66 5c 6e 41 27 42 5c 22 5c 5c 5c 5c 5c 22 2f 22 7d";
-    let expected: Vec<u8> = expected_hex
-        .split_whitespace()
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+    let expected: Vec<u8> = expected_hex.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
     let got = canonicalize_ijson(input.as_bytes()).unwrap();
     assert_eq!(got, expected);
     assert_eq!(
@@ -406,30 +306,17 @@ fn rfc8785_section_3_2_3_sorting() {
     let v: Value = serde_json::from_str(&got).unwrap();
     let names: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(names.len(), 7);
-    let order = [
-        "\r",
-        "1",
-        "\u{80}",
-        "\u{f6}",
-        "\u{20ac}",
-        "\u{1f600}",
-        "\u{fb33}",
-    ];
+    let order = ["\r", "1", "\u{80}", "\u{f6}", "\u{20ac}", "\u{1f600}", "\u{fb33}"];
     let mut pos = 0;
     for name in order {
-        let at = got[pos..]
-            .find(&format!("\"{}\":", name.replace('\r', "\\r")))
-            .unwrap();
+        let at = got[pos..].find(&format!("\"{}\":", name.replace('\r', "\\r"))).unwrap();
         pos += at + 1;
     }
     // serde_json's own BTreeMap order (UTF-8 bytes) gets the last two wrong.
     let naive = serde_json::to_string(&parse_ijson(input.as_bytes()).unwrap()).unwrap();
     assert_ne!(naive, got);
     // A control character as a name is escaped, U+0001 as \u0001, and sorts first.
-    assert_eq!(
-        canon_str(r#"{"1":1,"\r":2,"\u0001":3}"#),
-        r#"{"\u0001":3,"\r":2,"1":1}"#
-    );
+    assert_eq!(canon_str(r#"{"1":1,"\r":2,"\u0001":3}"#), r#"{"\u0001":3,"\r":2,"1":1}"#);
 }
 
 /// Doubles → `Number.prototype.toString`, generated by Node.js (tests/data/gen_numbers.js).
@@ -444,11 +331,7 @@ fn ecmascript_number_serialization_table() {
         assert_eq!(number_text(f), want, "{hex}");
         // The canonical text parses back to the same double (or -0 to 0).
         let back = parse_ijson(want.as_bytes()).unwrap();
-        assert_eq!(
-            String::from_utf8(canonicalize(&back)).unwrap(),
-            want,
-            "{hex}"
-        );
+        assert_eq!(String::from_utf8(canonicalize(&back)).unwrap(), want, "{hex}");
         n += 1;
     }
     assert!(n > 9000, "{n}");
@@ -470,12 +353,7 @@ fn ecmascript_number_parsing_table() {
         }
         n += 1;
     }
-    assert!(
-        bad.is_empty(),
-        "{} of {n} wrong, e.g. {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    assert!(bad.is_empty(), "{} of {n} wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
     assert!(n > 4000, "{n}");
 }
 
@@ -486,14 +364,8 @@ fn ecmascript_number_parsing_table() {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_duplicate_names() {
-    assert_eq!(
-        parse_ijson(br#"{"a":1,"b":2,"a":1}"#),
-        Err(IJsonError::DuplicateMember("a".into()))
-    );
-    assert_eq!(
-        parse_ijson(br#"{"x":[{"y":{"k":true,"k":false}}]}"#),
-        Err(IJsonError::DuplicateMember("k".into()))
-    );
+    assert_eq!(parse_ijson(br#"{"a":1,"b":2,"a":1}"#), Err(IJsonError::DuplicateMember("a".into())));
+    assert_eq!(parse_ijson(br#"{"x":[{"y":{"k":true,"k":false}}]}"#), Err(IJsonError::DuplicateMember("k".into())));
     assert_eq!(
         parse_ijson("{\"\u{1f600}\":1,\"\\ud83d\\ude00\":2}".as_bytes()),
         Err(IJsonError::DuplicateMember("\u{1f600}".into()))
@@ -532,11 +404,7 @@ fn rejects_lone_surrogates() {
         r#"["\ud83d\n"]"#,
         r#""\ud83d\u0020""#,
     ] {
-        assert_eq!(
-            parse_ijson(bad.as_bytes()),
-            Err(IJsonError::LoneSurrogate),
-            "{bad}"
-        );
+        assert_eq!(parse_ijson(bad.as_bytes()), Err(IJsonError::LoneSurrogate), "{bad}");
     }
     assert_eq!(canon_str(r#""\ud83d\ude00""#), "\"\u{1f600}\"");
 }
@@ -544,44 +412,19 @@ fn rejects_lone_surrogates() {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_numbers_outside_binary64() {
-    for bad in [
-        "1e400",
-        "-1e400",
-        "[1.8e308]",
-        "{\"a\":-1.7976931348623159e308}",
-        &format!("1{}", "0".repeat(400)),
-    ] {
-        assert_eq!(
-            parse_ijson(bad.as_bytes()),
-            Err(IJsonError::NumberOutOfRange),
-            "{bad}"
-        );
+    for bad in ["1e400", "-1e400", "[1.8e308]", "{\"a\":-1.7976931348623159e308}", &format!("1{}", "0".repeat(400))] {
+        assert_eq!(parse_ijson(bad.as_bytes()), Err(IJsonError::NumberOutOfRange), "{bad}");
     }
     // The largest double and an underflow to zero are accepted (as ECMAScript's JSON.parse does).
-    assert_eq!(
-        canon_str("1.7976931348623157e308"),
-        "1.7976931348623157e+308"
-    );
+    assert_eq!(canon_str("1.7976931348623157e308"), "1.7976931348623157e+308");
     assert_eq!(canon_str("[1e-400,-1e-400]"), "[0,0]");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn rejects_trailing_garbage() {
-    for bad in [
-        "{} x",
-        "{}{}",
-        "[1] [2]",
-        "1 2",
-        "\"a\"\"b\"",
-        "null,",
-        "{}\u{0}",
-    ] {
-        assert_eq!(
-            parse_ijson(bad.as_bytes()),
-            Err(IJsonError::TrailingData),
-            "{bad:?}"
-        );
+    for bad in ["{} x", "{}{}", "[1] [2]", "1 2", "\"a\"\"b\"", "null,", "{}\u{0}"] {
+        assert_eq!(parse_ijson(bad.as_bytes()), Err(IJsonError::TrailingData), "{bad:?}");
     }
     assert!(parse_ijson(b" \t\r\n{} \t\r\n").is_ok());
 }
@@ -610,21 +453,13 @@ fn rejects_syntax_errors() {
         "/* c */ {}",
         "\"\\x41\"",
     ] {
-        assert!(
-            matches!(parse_ijson(bad.as_bytes()), Err(IJsonError::Syntax(_))),
-            "{bad:?}"
-        );
+        assert!(matches!(parse_ijson(bad.as_bytes()), Err(IJsonError::Syntax(_))), "{bad:?}");
     }
 }
 
 /// Runs `f` on a thread with a small stack, as a Wasm module would have.
 fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::Builder::new()
-        .stack_size(512 * 1024)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
+    std::thread::Builder::new().stack_size(512 * 1024).spawn(f).unwrap().join().unwrap()
 }
 
 #[test]
@@ -657,12 +492,9 @@ fn large_body_round_trip() {
     }
     let body = serde_json::to_vec(&json!({"items": items, "currency": "USD"})).unwrap();
     assert!(body.len() > 1_000_000, "{}", body.len());
-    let (d1, c1) =
-        parameter_digest("POST", PAYMENTS, None, Some(("application/json", &body))).unwrap();
-    let pretty =
-        serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
-    let (d2, c2) =
-        parameter_digest("POST", PAYMENTS, None, Some(("application/json", &pretty))).unwrap();
+    let (d1, c1) = parameter_digest("POST", PAYMENTS, None, Some(("application/json", &body))).unwrap();
+    let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
+    let (d2, c2) = parameter_digest("POST", PAYMENTS, None, Some(("application/json", &pretty))).unwrap();
     assert_eq!(d1, d2);
     assert_eq!(c1, c2);
 }
@@ -689,15 +521,53 @@ fn lean_path_agrees_with_value_path() {
         }
     }
     const STRINGS: &[&str] = &[
-        "\"\"", "\"a\"", "\"b\"", "\"\\u20ac\"", "\"\u{20ac}\"", "\"\\ud83d\\ude00\"", "\"\u{1f600}\"",
-        "\"\\ud83d\"", "\"\\ude00x\"", "\"\u{ffff}\"", "\"\u{fdd0}\"", "\"\\uffff\"", "\"\u{e000}\"",
-        "\"tab\\there\"", "\"q\\\"uote\"", "\"\\/slash\"", "\"\\u0000\"", "\"\\u001f\"", "\"\u{7f}\"",
-        "\"\\b\\f\\n\\r\"", "\"\u{10ffff}\"", "\"\u{10fffd}\"",
+        "\"\"",
+        "\"a\"",
+        "\"b\"",
+        "\"\\u20ac\"",
+        "\"\u{20ac}\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\u{1f600}\"",
+        "\"\\ud83d\"",
+        "\"\\ude00x\"",
+        "\"\u{ffff}\"",
+        "\"\u{fdd0}\"",
+        "\"\\uffff\"",
+        "\"\u{e000}\"",
+        "\"tab\\there\"",
+        "\"q\\\"uote\"",
+        "\"\\/slash\"",
+        "\"\\u0000\"",
+        "\"\\u001f\"",
+        "\"\u{7f}\"",
+        "\"\\b\\f\\n\\r\"",
+        "\"\u{10ffff}\"",
+        "\"\u{10fffd}\"",
     ];
     const NUMBERS: &[&str] = &[
-        "0", "-0", "1", "-1", "0.1", "1e21", "1e-7", "123456789012345678901234567890", "9007199254740993",
-        "18446744073709551616", "-9223372036854775809", "1e400", "-1e400", "1e-400", "5e-324",
-        "1.7976931348623157e308", "0.30000000000000004", "1E2", "2.5e+3", "-0.0", "01", "1.", ".5",
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "0.1",
+        "1e21",
+        "1e-7",
+        "123456789012345678901234567890",
+        "9007199254740993",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "5e-324",
+        "1.7976931348623157e308",
+        "0.30000000000000004",
+        "1E2",
+        "2.5e+3",
+        "-0.0",
+        "01",
+        "1.",
+        ".5",
     ];
     fn gen(r: &mut Rng, depth: u32, out: &mut String) {
         match if depth > 6 { r.next() % 4 } else { r.next() % 7 } {

@@ -56,9 +56,16 @@ impl Portal {
         let log = std::fs::File::create(db.with_extension(format!("log{}", now()))).unwrap();
         let approver = format!("{APPROVER}:{APPROVER_TOKEN}");
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db"])
-            .arg(db)
-            .args(["--listen", listen, "--issuer", ISS, "--operator-token", OP, "--approver", &approver]);
+        cmd.args(["serve", "--db"]).arg(db).args([
+            "--listen",
+            listen,
+            "--issuer",
+            ISS,
+            "--operator-token",
+            OP,
+            "--approver",
+            &approver,
+        ]);
         if let Some(p) = public {
             cmd.args(["--public-url", p]);
         }
@@ -98,7 +105,9 @@ impl Portal {
 
     /// A URL the portal handed out (under its public URL), made reachable.
     pub fn local(&self, public_url: &str) -> String {
-        let rest = public_url.strip_prefix(&self.public).unwrap_or_else(|| panic!("{public_url} is not under {}", self.public));
+        let rest = public_url
+            .strip_prefix(&self.public)
+            .unwrap_or_else(|| panic!("{public_url} is not under {}", self.public));
         self.url(rest)
     }
 
@@ -127,7 +136,9 @@ impl Portal {
         });
         let (status, m) = self.op(reqwest::Method::POST, "/operator/missions", Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{m}");
-        let (status, v) = self.op(reqwest::Method::POST, &format!("/operator/missions/{}/approve", m["id"].as_str().unwrap()), None).await;
+        let (status, v) = self
+            .op(reqwest::Method::POST, &format!("/operator/missions/{}/approve", m["id"].as_str().unwrap()), None)
+            .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         m
     }

@@ -42,7 +42,15 @@ fn main() {
     });
     let token = key.sign_compact(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}), &claims);
     let auth = format!("Bearer {token}");
-    let req = Request { method: "GET", scheme: "http", authority: "api.partner.example", path: "/v1/invoices?status=open", authorization: Authz::One(&auth), dpop: None, dpop_count: 0 };
+    let req = Request {
+        method: "GET",
+        scheme: "http",
+        authority: "api.partner.example",
+        path: "/v1/invoices?status=open",
+        authorization: Authz::One(&auth),
+        dpop: None,
+        dpop_count: 0,
+    };
     // Prime: the first decision asks for Mission Status; answer it.
     let (_, nonce) = e.status_callout(0, "msn_7QxVb1zkT9aLw2").unwrap();
     let status = key.sign_compact(

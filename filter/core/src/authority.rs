@@ -191,7 +191,13 @@ mod tests {
 
     #[test]
     fn action_ids() {
-        let ops = vec![Operation { method: "POST".into(), path: "/v1/payments".into(), prefix: false, action: "payments.create".into(), consequential: None }];
+        let ops = vec![Operation {
+            method: "POST".into(),
+            path: "/v1/payments".into(),
+            prefix: false,
+            action: "payments.create".into(),
+            consequential: None,
+        }];
         assert_eq!(action_id(&ops, "POST", "/v1/payments"), "payments.create");
         assert_eq!(action_id(&ops, "GET", "/v1/payments"), "http.get");
         assert_eq!(action_id(&[], "CONNECT", "/"), "http.connect");

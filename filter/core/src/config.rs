@@ -385,7 +385,11 @@ impl Config {
                         status: upstream(m.status, &format!("{mf}.status"))?,
                         events: m.events.map(|e| upstream(e, &format!("{mf}.events"))).transpose()?,
                         audience: m.audience,
-                        max_staleness_seconds: positive(m.max_staleness_seconds, 300, &format!("{mf}.max_staleness_seconds"))?,
+                        max_staleness_seconds: positive(
+                            m.max_staleness_seconds,
+                            300,
+                            &format!("{mf}.max_staleness_seconds"),
+                        )?,
                         credential: m.credential,
                         retry_after_seconds: m.retry_after_seconds.unwrap_or(1),
                     })
@@ -407,8 +411,11 @@ impl Config {
                 return Err(err(format!("{f}.authority"), "must be a host[:port]"));
             }
             let origin = match d.origin {
-                Some(o) => uri::parse_origin(&o).ok_or_else(|| err(format!("{f}.origin"), "must be scheme://host[:port]"))?,
-                None => uri::origin_of("http", &authority).ok_or_else(|| err(format!("{f}.authority"), "not a valid host"))?,
+                Some(o) => {
+                    uri::parse_origin(&o).ok_or_else(|| err(format!("{f}.origin"), "must be scheme://host[:port]"))?
+                }
+                None => uri::origin_of("http", &authority)
+                    .ok_or_else(|| err(format!("{f}.authority"), "not a valid host"))?,
             };
             let mut operations = Vec::new();
             for (j, o) in d.operations.into_iter().enumerate() {
@@ -421,11 +428,18 @@ impl Config {
                 if !crate::authority::valid_action_id(&o.action) {
                     return Err(err(format!("{of}.action"), "action ids match [A-Za-z0-9_.:-]+"));
                 }
-                let path = uri::normalize_path(&o.path).ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
+                let path = uri::normalize_path(&o.path)
+                    .ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
                 if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(err(format!("{of}.method"), "must be an HTTP method"));
                 }
-                operations.push(Operation { method: o.method.to_ascii_uppercase(), path, prefix, action: o.action, consequential: o.consequential });
+                operations.push(Operation {
+                    method: o.method.to_ascii_uppercase(),
+                    path,
+                    prefix,
+                    action: o.action,
+                    consequential: o.consequential,
+                });
             }
             let audience = d.audience.unwrap_or_else(|| origin.clone());
             let consequential_methods = match d.consequential_methods {
@@ -441,7 +455,10 @@ impl Config {
             };
             let mut effect_headers = Vec::new();
             for (j, h) in d.effect_headers.into_iter().enumerate() {
-                if h.is_empty() || h.starts_with(':') || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                if h.is_empty()
+                    || h.starts_with(':')
+                    || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
                     return Err(err(format!("{f}.effect_headers[{j}]"), "must be a header name"));
                 }
                 effect_headers.push(h.to_ascii_lowercase());
@@ -461,7 +478,8 @@ impl Config {
             None => DpopConfig { enabled: true, iat_window_seconds: 60, algs: vec![Alg::Es256, Alg::EdDsa] },
             Some(d) => DpopConfig {
                 enabled: d.enabled.unwrap_or(true),
-                iat_window_seconds: i64::try_from(positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?).unwrap_or(60),
+                iat_window_seconds: i64::try_from(positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?)
+                    .unwrap_or(60),
                 algs: parse_algs(d.allowed_algs.as_deref(), "dpop.allowed_algs", &[Alg::Es256, Alg::EdDsa])?,
             },
         };
@@ -488,7 +506,10 @@ impl Config {
         };
         let mut egress_allow = Vec::new();
         for (i, o) in raw.egress_allow.iter().enumerate() {
-            egress_allow.push(uri::parse_origin(o).ok_or_else(|| err(format!("egress_allow[{i}]"), "must be scheme://host[:port]"))?);
+            egress_allow.push(
+                uri::parse_origin(o)
+                    .ok_or_else(|| err(format!("egress_allow[{i}]"), "must be scheme://host[:port]"))?,
+            );
         }
         let max_body_bytes = raw.max_body_bytes.unwrap_or(1_048_576);
         if !(1..=16 * 1_048_576).contains(&max_body_bytes) {
@@ -602,9 +623,14 @@ fn parse_algs(names: Option<&[String]>, field: &str, default: &[Alg]) -> Result<
             if n == "none" {
                 Err(err(format!("{field}[{i}]"), "\"none\" is never accepted"))
             } else if Alg::is_hmac_name(n) {
-                Err(err(format!("{field}[{i}]"), "HMAC algorithms are not accepted: a shared secret cannot be held safely by a gateway"))
+                Err(err(
+                    format!("{field}[{i}]"),
+                    "HMAC algorithms are not accepted: a shared secret cannot be held safely by a gateway",
+                ))
             } else {
-                Alg::from_name(n).ok_or_else(|| err(format!("{field}[{i}]"), format!("unsupported algorithm {n:?}; supported: ES256, EdDSA")))
+                Alg::from_name(n).ok_or_else(|| {
+                    err(format!("{field}[{i}]"), format!("unsupported algorithm {n:?}; supported: ES256, EdDSA"))
+                })
             }
         })
         .collect()
@@ -676,10 +702,20 @@ mod tests {
     /// error lists them all.
     fn accepted_fields(full: &serde_json::Value, pointer: &str) -> Vec<String> {
         let mut probe = full.clone();
-        probe.pointer_mut(pointer).and_then(|o| o.as_object_mut()).unwrap_or_else(|| panic!("no object at {pointer}")).insert("__probe".into(), 1.into());
+        probe
+            .pointer_mut(pointer)
+            .and_then(|o| o.as_object_mut())
+            .unwrap_or_else(|| panic!("no object at {pointer}"))
+            .insert("__probe".into(), 1.into());
         let e = Config::parse(probe.to_string().as_bytes()).unwrap_err();
-        let list = e.message.split_once("expected one of ").or_else(|| e.message.split_once("expected ")).map(|(_, l)| l.split(" at line ").next().unwrap_or(l).to_owned()).unwrap_or_else(|| panic!("{pointer}: {e}"));
-        let mut fields: Vec<String> = list.split(", ").map(|f| f.trim_matches(|c| c == '`' || c == ' ').to_owned()).collect();
+        let list = e
+            .message
+            .split_once("expected one of ")
+            .or_else(|| e.message.split_once("expected "))
+            .map(|(_, l)| l.split(" at line ").next().unwrap_or(l).to_owned())
+            .unwrap_or_else(|| panic!("{pointer}: {e}"));
+        let mut fields: Vec<String> =
+            list.split(", ").map(|f| f.trim_matches(|c| c == '`' || c == ' ').to_owned()).collect();
         fields.sort();
         fields
     }
@@ -703,7 +739,13 @@ mod tests {
         ];
         for (pointer, schema_pointer) in places {
             let parser = accepted_fields(&full, pointer);
-            let mut documented: Vec<String> = schema.pointer(schema_pointer).and_then(|o| o.as_object()).unwrap_or_else(|| panic!("schema has no {schema_pointer}")).keys().cloned().collect();
+            let mut documented: Vec<String> = schema
+                .pointer(schema_pointer)
+                .and_then(|o| o.as_object())
+                .unwrap_or_else(|| panic!("schema has no {schema_pointer}"))
+                .keys()
+                .cloned()
+                .collect();
             documented.sort();
             assert_eq!(parser, documented, "parser vs schema at {pointer:?}");
             // The full example shows every field (over all array items at that level).

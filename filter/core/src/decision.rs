@@ -142,17 +142,26 @@ impl Reason {
             Reason::Allowed => 200,
             Reason::MalformedRequest | Reason::BodyNotCanonicalizable => 400,
             Reason::BodyTooLarge => 413,
-            Reason::InsufficientAuthority | Reason::ConstraintUnrecognized | Reason::PdpDenied | Reason::ParameterViolation => 403,
+            Reason::InsufficientAuthority
+            | Reason::ConstraintUnrecognized
+            | Reason::PdpDenied
+            | Reason::ParameterViolation => 403,
             Reason::EgressNotAllowed => 511,
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => 503,
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => {
+                503
+            }
             _ => 401,
         }
     }
 
     fn challenge(self) -> Challenge {
         match self {
-            Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => Challenge::None,
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => Challenge::None,
+            Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => {
+                Challenge::None
+            }
+            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => {
+                Challenge::None
+            }
             Reason::NoCredentials => Challenge::Realm,
             Reason::MalformedRequest => Challenge::Bearer("invalid_request"),
             Reason::InvalidDpopProof | Reason::DpopReplay => Challenge::Dpop,
@@ -206,7 +215,13 @@ impl Denial {
     /// A denial with a detail message.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Denial {
         // Every 503 tells the agent when to retry; callers with a better figure set their own.
-        Denial { reason, detail: detail.into(), mission: None, retry_after: (reason.status() == 503).then_some(1), captive: None }
+        Denial {
+            reason,
+            detail: detail.into(),
+            mission: None,
+            retry_after: (reason.status() == 503).then_some(1),
+            captive: None,
+        }
     }
 
     /// Render as a problem+json local reply. `dpop_algs` is advertised in a DPoP challenge when set.
@@ -337,7 +352,10 @@ mod tests {
         assert_eq!(body["status"], 401);
         let r = Denial::new(Reason::ConstraintUnrecognized, "x").render("mg", None, "d1");
         assert_eq!(r.status, 403);
-        assert!(r.headers.iter().any(|(k, v)| k == "www-authenticate" && v.contains("mission_denial=\"constraint_unrecognized\"")));
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "www-authenticate" && v.contains("mission_denial=\"constraint_unrecognized\"")));
         let r = Denial::new(Reason::NoCredentials, "x").render("mg", Some("ES256 EdDSA"), "d1");
         assert!(r.headers.iter().any(|(_, v)| v == "Bearer realm=\"mg\""));
         assert!(r.headers.iter().any(|(_, v)| v == "DPoP algs=\"ES256 EdDSA\""));

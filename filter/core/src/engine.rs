@@ -212,10 +212,8 @@ impl Engine {
         let keys = KeyStore::new(&config);
         let tokens = TokenCache::new(config.token_cache_size);
         let id_prefix = missiongate_wire::b64::encode(seed.get(..9).unwrap_or_default());
-        let dpop_algs = config
-            .dpop
-            .enabled
-            .then(|| config.dpop.algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "));
+        let dpop_algs =
+            config.dpop.enabled.then(|| config.dpop.algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "));
         Engine {
             config,
             keys,
@@ -278,7 +276,14 @@ impl Engine {
     }
 
     /// Decide on a request with whatever the host has gathered so far.
-    pub fn decide_full(&mut self, req: &Request<'_>, extra: &Extra<'_>, now: i64, attempts: Attempts, replay: &mut dyn ReplayGuard) -> Outcome {
+    pub fn decide_full(
+        &mut self,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        now: i64,
+        attempts: Attempts,
+        replay: &mut dyn ReplayGuard,
+    ) -> Outcome {
         let mut ev = Evidence { at: now, ..Evidence::default() };
         match self.decide_inner(req, extra, now, attempts, replay, &mut ev) {
             Ok(()) => {
@@ -307,7 +312,14 @@ impl Engine {
     pub fn refuse(&mut self, reason: Reason, detail: &str, now: i64) -> (Response, Evidence) {
         let id = self.next_id();
         self.count(reason);
-        let ev = Evidence { decision_id: id.clone(), decision: "deny", reason: reason.as_str(), status: reason.status(), at: now, ..Evidence::default() };
+        let ev = Evidence {
+            decision_id: id.clone(),
+            decision: "deny",
+            reason: reason.as_str(),
+            status: reason.status(),
+            at: now,
+            ..Evidence::default()
+        };
         (Denial::new(reason, detail).render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
     }
 
@@ -333,7 +345,8 @@ impl Engine {
             .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
             .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
         ev.destination = Some(dest.origin().to_owned());
-        let path = uri::normalize_path(req.path).ok_or_else(|| Step::deny(Reason::MalformedRequest, "request path is malformed"))?;
+        let path = uri::normalize_path(req.path)
+            .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request path is malformed"))?;
         let action = authority::action_id(dest.operations(), req.method, &path);
         ev.action = Some(action.clone());
 
@@ -406,8 +419,12 @@ impl Engine {
 
         // Sender constraint.
         let proof = match (&vt.cnf_jkt, is_dpop) {
-            (Some(_), false) => return Err(Step::deny(Reason::DpopBoundAsBearer, "DPoP-bound token presented as Bearer")),
-            (None, true) => return Err(Step::deny(Reason::TokenMalformed, "DPoP scheme used with a token that is not DPoP-bound")),
+            (Some(_), false) => {
+                return Err(Step::deny(Reason::DpopBoundAsBearer, "DPoP-bound token presented as Bearer"))
+            }
+            (None, true) => {
+                return Err(Step::deny(Reason::TokenMalformed, "DPoP scheme used with a token that is not DPoP-bound"))
+            }
             (None, false) => None,
             (Some(jkt), true) => {
                 let p = match (req.dpop_count, req.dpop) {
@@ -449,11 +466,15 @@ impl Engine {
         // Authority, then (outside it, or for a consequential call) the PDP.
         let matched = authority::check(&vt.grants, dest.origin(), &path, &action);
         if matched == AuthorityMatch::Unenforceable {
-            return Err(Step::deny(Reason::ConstraintUnrecognized, "the authority entry has a constraint this gateway cannot enforce"));
+            return Err(Step::deny(
+                Reason::ConstraintUnrecognized,
+                "the authority entry has a constraint this gateway cannot enforce",
+            ));
         }
         let consequential = config.pdp.is_some() && dest.consequential(req.method, &path);
         let inside = matched == AuthorityMatch::Permit
-            || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
+            || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential)
+                && config.egress_allow.iter().any(|o| o == dest.origin());
         if !consequential && !inside && config.pdp.is_none() {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         }
@@ -495,19 +516,28 @@ impl Engine {
             if body.len() > config.max_body_bytes {
                 return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
             }
-            let header = |name: &str| extra.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-            let effect: Vec<(String, String)> = dest
-                .effect_headers()
-                .iter()
-                .filter_map(|h| header(h).map(|v| (h.clone(), v.to_owned())))
-                .collect();
+            let header =
+                |name: &str| extra.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+            let effect: Vec<(String, String)> =
+                dest.effect_headers().iter().filter_map(|h| header(h).map(|v| (h.clone(), v.to_owned()))).collect();
             let raw_path = if req.path.is_empty() { "/" } else { req.path.split('#').next().unwrap_or("/") };
             let target = format!("{}{}", dest.origin(), raw_path);
             let headers = (!dest.effect_headers().is_empty()).then_some(effect.as_slice());
-            let body_param = (!body.is_empty()).then(|| (header("content-type").unwrap_or("application/octet-stream"), body));
-            match missiongate_wire::digest::parameter_digest(&req.method.to_ascii_uppercase(), &target, headers, body_param) {
+            let body_param =
+                (!body.is_empty()).then(|| (header("content-type").unwrap_or("application/octet-stream"), body));
+            match missiongate_wire::digest::parameter_digest(
+                &req.method.to_ascii_uppercase(),
+                &target,
+                headers,
+                body_param,
+            ) {
                 Ok((d, _)) => Some(d),
-                Err(e) => return Err(Step::deny(Reason::BodyNotCanonicalizable, &format!("request body cannot be bound: {e}"))),
+                Err(e) => {
+                    return Err(Step::deny(
+                        Reason::BodyNotCanonicalizable,
+                        &format!("request body cannot be bound: {e}"),
+                    ))
+                }
             }
         } else {
             None
@@ -536,8 +566,8 @@ impl Engine {
         if answer.body.len() > 256 * 1024 {
             return Err(unavailable("the policy decision point answered too much"));
         }
-        let resp: missiongate_wire::authzen::EvaluationResponse =
-            serde_json::from_slice(&answer.body).map_err(|_| unavailable("the policy decision point answered garbage"))?;
+        let resp: missiongate_wire::authzen::EvaluationResponse = serde_json::from_slice(&answer.body)
+            .map_err(|_| unavailable("the policy decision point answered garbage"))?;
         ev.evaluation_id = resp.context.evaluation_id.clone();
         if resp.decision {
             let mut until = now + 60;
@@ -556,13 +586,18 @@ impl Engine {
                 }
                 if let Some(pd) = &c.parameter_digest {
                     if digest.as_deref() != Some(pd.as_str()) {
-                        return Err(Step::deny(Reason::ParameterViolation, "the call differs from the one that was approved"));
+                        return Err(Step::deny(
+                            Reason::ParameterViolation,
+                            "the call differs from the one that was approved",
+                        ));
                     }
                 }
                 match c.use_limit {
                     None => {}
                     Some(1) => single_use = true,
-                    Some(_) => return Err(Step::deny(Reason::PdpDenied, "permit use_limit other than 1 is not supported")),
+                    Some(_) => {
+                        return Err(Step::deny(Reason::PdpDenied, "permit use_limit other than 1 is not supported"))
+                    }
                 }
             }
             if single_use {
@@ -572,7 +607,9 @@ impl Engine {
                 }
                 match replay.remember(&format!("mg.use/{id}"), until.max(now + 3600), now) {
                     Ok(true) => {}
-                    Ok(false) => return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used")),
+                    Ok(false) => {
+                        return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
+                    }
                     Err(_) => return Err(unavailable("single-use store unavailable")),
                 }
             } else if !from_cache {
@@ -588,7 +625,11 @@ impl Engine {
                     seconds_remaining: None,
                     access_request: Some(missiongate_wire::authzen::CaptiveAccessRequest {
                         subject: self.subject(pdp, vt),
-                        resource: missiongate_wire::authzen::Entity { type_: "egress".into(), id: dest.origin().to_owned(), ..Default::default() },
+                        resource: missiongate_wire::authzen::Entity {
+                            type_: "egress".into(),
+                            id: dest.origin().to_owned(),
+                            ..Default::default()
+                        },
                         action: Self::action_entity(action, digest.as_deref()),
                         context: missiongate_wire::authzen::CaptiveAccessContext {
                             evaluation_id: resp.context.evaluation_id.clone().unwrap_or_default(),
@@ -682,24 +723,33 @@ impl Engine {
     ) -> Vec<u8> {
         let body = missiongate_wire::authzen::EvaluationRequest {
             subject: self.subject(pdp, vt),
-            resource: missiongate_wire::authzen::Entity { type_: "egress".into(), id: dest.origin().to_owned(), ..Default::default() },
+            resource: missiongate_wire::authzen::Entity {
+                type_: "egress".into(),
+                id: dest.origin().to_owned(),
+                ..Default::default()
+            },
             action: Self::action_entity(action, digest),
-            context: missiongate_wire::authzen::EvaluationContext { mission: Some(Self::mission_ctx(vt)), ..Default::default() },
+            context: missiongate_wire::authzen::EvaluationContext {
+                mission: Some(Self::mission_ctx(vt)),
+                ..Default::default()
+            },
         };
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
     fn retry_after(&self, issuer: usize) -> u32 {
-        self.config
-            .issuers
-            .get(issuer)
-            .and_then(|i| i.mission_authority.as_ref())
-            .map_or(1, |m| m.retry_after_seconds)
+        self.config.issuers.get(issuer).and_then(|i| i.mission_authority.as_ref()).map_or(1, |m| m.retry_after_seconds)
     }
 
     // ------------------------------------------------------------------ callouts --------------
 
-    fn callout(up: &Upstream, method: &str, content_type: Option<&str>, body: Vec<u8>, credential: Option<&str>) -> Callout {
+    fn callout(
+        up: &Upstream,
+        method: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        credential: Option<&str>,
+    ) -> Callout {
         let mut headers = vec![
             (":method".to_owned(), method.to_owned()),
             (":path".to_owned(), up.path.clone()),
@@ -741,13 +791,27 @@ impl Engine {
         let ma = config.issuers.get(issuer)?.mission_authority.as_ref()?;
         let nonce = self.nonce();
         let body = mission::status_request_body(mission_id, &ma.audience, &nonce);
-        let c = Self::callout(&ma.status, "POST", Some("application/x-www-form-urlencoded"), body, ma.credential.as_deref());
+        let c = Self::callout(
+            &ma.status,
+            "POST",
+            Some("application/x-www-form-urlencoded"),
+            body,
+            ma.credential.as_deref(),
+        );
         Some((c, nonce))
     }
 
     /// A Mission Status answer. Returns an issuer whose keys should be refetched, if the answer was
     /// signed by a key not yet known.
-    pub fn on_status(&mut self, issuer: usize, mission_id: &str, nonce: &str, status: Option<u16>, body: &[u8], now: i64) -> Option<usize> {
+    pub fn on_status(
+        &mut self,
+        issuer: usize,
+        mission_id: &str,
+        nonce: &str,
+        status: Option<u16>,
+        body: &[u8],
+        now: i64,
+    ) -> Option<usize> {
         match status {
             Some(200) => match mission::verify_status(&self.config, &self.keys, issuer, body, mission_id, nonce, now) {
                 Ok(v) => {
@@ -777,7 +841,13 @@ impl Engine {
     /// Issuers with an event feed.
     pub fn event_issuers(&self) -> Vec<usize> {
         (0..self.config.issuers.len())
-            .filter(|&i| self.config.issuers.get(i).and_then(|x| x.mission_authority.as_ref()).is_some_and(|m| m.events.is_some()))
+            .filter(|&i| {
+                self.config
+                    .issuers
+                    .get(i)
+                    .and_then(|x| x.mission_authority.as_ref())
+                    .is_some_and(|m| m.events.is_some())
+            })
             .collect()
     }
 
@@ -785,7 +855,8 @@ impl Engine {
     pub fn events_callout(&self, issuer: usize, return_immediately: bool) -> Option<Callout> {
         let ma = self.config.issuers.get(issuer)?.mission_authority.as_ref()?;
         let up = ma.events.as_ref()?;
-        let body = mission::poll_request_body(self.missions.event_cursor.get(&issuer).map(String::as_str), return_immediately);
+        let body =
+            mission::poll_request_body(self.missions.event_cursor.get(&issuer).map(String::as_str), return_immediately);
         let mut c = Self::callout(up, "POST", Some("application/json"), body, ma.credential.as_deref());
         // A long poll is held by the authority; give the callout room beyond the configured timeout.
         if !return_immediately {
@@ -795,7 +866,13 @@ impl Engine {
     }
 
     /// An event-feed answer. Returns (events applied, poll again at once, keys to refetch).
-    pub fn on_events(&mut self, issuer: usize, status: Option<u16>, body: &[u8], now: i64) -> (usize, bool, Option<usize>) {
+    pub fn on_events(
+        &mut self,
+        issuer: usize,
+        status: Option<u16>,
+        body: &[u8],
+        now: i64,
+    ) -> (usize, bool, Option<usize>) {
         if status != Some(200) {
             self.stat(Stat::EventsPollFailed);
             return (0, false, None);

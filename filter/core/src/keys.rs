@@ -125,7 +125,13 @@ impl KeyStore {
     }
 
     /// Install a fetched JWKS. A bad document keeps the previous keys (and reports why).
-    pub fn fetch_finished(&mut self, issuer: usize, status: Option<u16>, body: &[u8], now: i64) -> Result<usize, String> {
+    pub fn fetch_finished(
+        &mut self,
+        issuer: usize,
+        status: Option<u16>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<usize, String> {
         let Some(ik) = self.issuers.get_mut(issuer) else { return Err("unknown issuer".into()) };
         ik.in_flight = false;
         match status {

@@ -1,7 +1,9 @@
 //! Mission state at the edge (SPEC §3): Mission Status answers, verified and cached no longer than
 //! `fresh_until` and the staleness bound; state events that override the cache at once.
 
-use missiongate_wire::claims::{MissionState, MissionStatusClaims, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET};
+use missiongate_wire::claims::{
+    MissionState, MissionStatusClaims, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET,
+};
 use missiongate_wire::jose::{Alg, Compact};
 use missiongate_wire::time::parse_rfc3339;
 use std::collections::HashMap;
@@ -99,12 +101,15 @@ impl MissionCache {
                 return; // never go back to an older version
             }
         }
-        self.status.insert(key, StatusEntry {
-            state: answer.state,
-            version: answer.version,
-            valid_until: answer.valid_until,
-            expires_at: answer.expires_at,
-        });
+        self.status.insert(
+            key,
+            StatusEntry {
+                state: answer.state,
+                version: answer.version,
+                valid_until: answer.valid_until,
+                expires_at: answer.expires_at,
+            },
+        );
     }
 
     /// The authority said it does not know the Mission.
@@ -451,6 +456,9 @@ mod tests {
 
     #[test]
     fn form_body() {
-        assert_eq!(status_request_body("msn_a", "https://gw example", "n+1"), b"mission_id=msn_a&audience=https%3A%2F%2Fgw+example&nonce=n%2B1".to_vec());
+        assert_eq!(
+            status_request_body("msn_a", "https://gw example", "n+1"),
+            b"mission_id=msn_a&audience=https%3A%2F%2Fgw+example&nonce=n%2B1".to_vec()
+        );
     }
 }

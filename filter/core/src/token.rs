@@ -104,7 +104,8 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
             _ => return Err(deny(Reason::TokenLifetimeExceeded, "token lifetime exceeds the maximum")),
         }
     }
-    let mission = claims.mission.as_ref().ok_or_else(|| deny(Reason::MissionClaimMissing, "token has no mission claim"))?;
+    let mission =
+        claims.mission.as_ref().ok_or_else(|| deny(Reason::MissionClaimMissing, "token has no mission claim"))?;
     if mission.id.is_empty() {
         return Err(deny(Reason::MissionClaimMissing, "mission.id is empty"));
     }

@@ -41,7 +41,8 @@ fn split_host_port(a: &str) -> Option<(&str, Option<&str>)> {
     if host.is_empty() {
         return None;
     }
-    if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') {
+    if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    {
         return None;
     }
     if let Some(p) = port {

@@ -171,7 +171,8 @@ fn decide(e: &mut Engine, r: &Request<'_>) -> Outcome {
 
 /// A signed Mission Status answer.
 fn status_jws(nonce: &str, mission: Value) -> String {
-    let claims = json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": nonce, "iat": NOW, "exp": NOW + 60, "mission": mission});
+    let claims =
+        json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": nonce, "iat": NOW, "exp": NOW + 60, "mission": mission});
     sign(&as_key(), "k1", "mission-status-response+jwt", &claims)
 }
 
@@ -254,7 +255,11 @@ fn expect_deny(o: Outcome, reason: &str, status: u16) -> Denied {
 /// SPEC §5 row 2: `Bearer error="invalid_token"` plus the DPoP algorithms challenge.
 fn expect_invalid_token(o: Outcome, reason: &str) -> Denied {
     let d = expect_deny(o, reason, 401);
-    assert!(d.www().starts_with("Bearer realm=\"missiongate\", error=\"invalid_token\", error_description=\""), "{}", d.www());
+    assert!(
+        d.www().starts_with("Bearer realm=\"missiongate\", error=\"invalid_token\", error_description=\""),
+        "{}",
+        d.www()
+    );
     assert_eq!(d.headers("www-authenticate").get(1).copied(), Some("DPoP algs=\"ES256 EdDSA\""));
     d
 }
@@ -722,10 +727,7 @@ fn remote_jwks_fetch_and_rate_limited_refetch() {
     assert_eq!(c.headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.as_str()), Some("/jwks.json"));
     assert_eq!(e.on_jwks(0, Some(200), &jwks_body(&[(&as_key(), "k1")]), NOW), Ok(1));
     let attempts = Attempts { keys: true, ..Attempts::default() };
-    assert_eq!(
-        expect_need(e.decide(&r, NOW, attempts, &mut MapGuard::default())),
-        Need::Status(0, MISSION.to_owned())
-    );
+    assert_eq!(expect_need(e.decide(&r, NOW, attempts, &mut MapGuard::default())), Need::Status(0, MISSION.to_owned()));
 
     // A rotated key (unknown kid) right after a fetch: the refetch is rate-limited.
     let rotated = sign(&as_ed_key(), "k2", "at+jwt", &token_claims());
@@ -807,7 +809,15 @@ fn proof_claims(token: &str, jti: &str) -> Value {
 }
 
 fn dpop_req<'a>(method: &'a str, path: &'a str, authorization: &'a str, proof: &'a str) -> Request<'a> {
-    Request { method, scheme: "https", authority: HOST, path, authorization: Authz::One(authorization), dpop: Some(proof), dpop_count: 1 }
+    Request {
+        method,
+        scheme: "https",
+        authority: HOST,
+        path,
+        authorization: Authz::One(authorization),
+        dpop: Some(proof),
+        dpop_count: 1,
+    }
 }
 
 /// Decide a DPoP request against an engine with an active Mission; the proof is built from
@@ -842,7 +852,10 @@ fn dpop_valid_proof_then_replay() {
         let mut e = engine();
         let mut guard = MapGuard::default();
         // Mission state first; the proof is not consumed by a decision that did not finish.
-        assert_eq!(expect_need(e.decide(&r, NOW, Attempts::default(), &mut guard)), Need::Status(0, MISSION.to_owned()));
+        assert_eq!(
+            expect_need(e.decide(&r, NOW, Attempts::default(), &mut guard)),
+            Need::Status(0, MISSION.to_owned())
+        );
         set_state(&mut e, "active", 1);
         let ev = expect_allow(e.decide(&r, NOW, Attempts { status: true, ..Attempts::default() }, &mut guard));
         assert_eq!(ev.jti.as_deref(), Some("tok-1"));
@@ -878,7 +891,11 @@ fn dpop_wrong_htm() {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn dpop_wrong_htu() {
-    for htu in ["https://api.partner.example/v1/other", "https://evil.example/v1/invoices", "http://api.partner.example/v1/invoices"] {
+    for htu in [
+        "https://api.partner.example/v1/other",
+        "https://evil.example/v1/invoices",
+        "http://api.partner.example/v1/invoices",
+    ] {
         let d = expect_bad_dpop(decide_dpop(|c| c["htu"] = json!(htu)), "invalid_dpop_proof");
         assert!(d.body["detail"].as_str().unwrap().contains("htu"), "{htu}");
     }
@@ -928,9 +945,18 @@ fn dpop_proof_problems() {
     // No embedded key.
     check(&key.sign_compact(&json!({"typ": "dpop+jwt", "alg": "EdDSA"}), &claims), 1, "jwk");
     // Symmetric alg.
-    check(&unsigned(&json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.public_jwk(None)}), &claims, &[1; 32]), 1, "alg");
+    check(
+        &unsigned(&json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.public_jwk(None)}), &claims, &[1; 32]),
+        1,
+        "alg",
+    );
     // Signature by another key under the right jwk.
-    check(&dpop_p256_key().sign_compact(&json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.public_jwk(None)}), &claims), 1, "signature");
+    check(
+        &dpop_p256_key()
+            .sign_compact(&json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.public_jwk(None)}), &claims),
+        1,
+        "signature",
+    );
     // Two DPoP headers.
     check(&proof(&key, &claims), 2, "exactly one");
     // No proof at all.
@@ -956,7 +982,9 @@ fn state_denial(state: &str) -> Denied {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn mission_states_other_than_active_permit_nothing() {
-    for state in ["suspended", "revoked", "expired", "pending_approval", "completed", "rejected", "superseded", "cascaded"] {
+    for state in
+        ["suspended", "revoked", "expired", "pending_approval", "completed", "rejected", "superseded", "cascaded"]
+    {
         state_denial(state);
     }
     // Names are exact: a state this build does not know, or another spelling, permits nothing.
@@ -976,7 +1004,10 @@ fn active_mission_past_expires_at() {
     let auth = bearer(&t);
     let r = get("/v1/invoices", &auth);
     expect_allow(e.decide(&r, NOW + 99, Attempts::default(), &mut MapGuard::default()));
-    let d = expect_invalid_token(e.decide(&r, NOW + 100, Attempts::default(), &mut MapGuard::default()), "mission_inactive");
+    let d = expect_invalid_token(
+        e.decide(&r, NOW + 100, Attempts::default(), &mut MapGuard::default()),
+        "mission_inactive",
+    );
     assert_eq!(d.body["mission"]["state"], "expired");
 }
 
@@ -986,7 +1017,12 @@ fn unknown_mission_404() {
     let mut e = engine();
     assert_eq!(answer_status(&mut e, Some(404), |_| String::new()), None);
     let t = token();
-    let o = e.decide(&get("/v1/invoices", &bearer(&t)), NOW, Attempts { status: true, ..Attempts::default() }, &mut MapGuard::default());
+    let o = e.decide(
+        &get("/v1/invoices", &bearer(&t)),
+        NOW,
+        Attempts { status: true, ..Attempts::default() },
+        &mut MapGuard::default(),
+    );
     let d = expect_invalid_token(o, "mission_unknown");
     assert_eq!(d.body["mission"], json!({"id": MISSION, "state": "unknown"}));
 }
@@ -1109,7 +1145,8 @@ fn set_jws(key: &SigningKey, kid: &str, jti: &str, state: &str, version: u64) ->
 }
 
 fn poll_body(sets: &[(&str, String)]) -> Vec<u8> {
-    let map: serde_json::Map<String, Value> = sets.iter().map(|(j, s)| ((*j).to_owned(), Value::String(s.clone()))).collect();
+    let map: serde_json::Map<String, Value> =
+        sets.iter().map(|(j, s)| ((*j).to_owned(), Value::String(s.clone()))).collect();
     serde_json::to_vec(&json!({"sets": map, "moreAvailable": false})).unwrap()
 }
 
@@ -1207,7 +1244,9 @@ fn authority_prefix_on_segment_boundary() {
     for path in ["/v1x", "/v1x/invoices", "/v2", "/", "/v1/../admin", "/v1%2Finvoices"] {
         let d = expect_deny(decide(&mut e, &get(path, &auth)), "insufficient_authority", 403);
         assert!(
-            d.www().starts_with("Bearer realm=\"missiongate\", error=\"insufficient_scope\", mission_denial=\"insufficient_authority\""),
+            d.www().starts_with(
+                "Bearer realm=\"missiongate\", error=\"insufficient_scope\", mission_denial=\"insufficient_authority\""
+            ),
             "{path}: {}",
             d.www()
         );
@@ -1222,7 +1261,8 @@ fn authority_method_outside_actions() {
     let t = token();
     let auth = bearer(&t);
     for method in ["POST", "DELETE", "PUT", "PATCH"] {
-        let d = expect_deny(decide(&mut e, &req(method, "/v1/invoices", Authz::One(&auth))), "insufficient_authority", 403);
+        let d =
+            expect_deny(decide(&mut e, &req(method, "/v1/invoices", Authz::One(&auth))), "insufficient_authority", 403);
         assert_eq!(d.ev.action, Some(format!("http.{}", method.to_ascii_lowercase())));
     }
 }
@@ -1237,11 +1277,19 @@ fn authority_named_operation_from_config() {
     let ev = expect_allow(decide(&mut e, &req("POST", "/v1/payments", Authz::One(&auth))));
     assert_eq!(ev.action.as_deref(), Some("payments.create"));
     // Another path under POST is plain `http.post`, which the token does not grant.
-    let d = expect_deny(decide(&mut e, &req("POST", "/v1/payments/refunds", Authz::One(&auth))), "insufficient_authority", 403);
+    let d = expect_deny(
+        decide(&mut e, &req("POST", "/v1/payments/refunds", Authz::One(&auth))),
+        "insufficient_authority",
+        403,
+    );
     assert_eq!(d.ev.action.as_deref(), Some("http.post"));
     // `payments.*` never covers `paymentsx.*` nor bare `payments`.
     let narrow = token_with(|c| c["authorization_details"][0]["actions"] = json!(["payment.*", "payments"]));
-    let d = expect_deny(decide(&mut e, &req("POST", "/v1/payments", Authz::One(&bearer(&narrow)))), "insufficient_authority", 403);
+    let d = expect_deny(
+        decide(&mut e, &req("POST", "/v1/payments", Authz::One(&bearer(&narrow)))),
+        "insufficient_authority",
+        403,
+    );
     assert_eq!(d.ev.action.as_deref(), Some("payments.create"));
 }
 
@@ -1326,7 +1374,8 @@ fn bad_config_names_the_field() {
     assert!(e.message.contains("clock_skw_seconds"), "{e}");
 
     let mut c = config_json();
-    c["issuers"][1]["mission_authority"] = json!({"status": {"cluster": "x", "path": "/s"}, "audience": "a", "bogus": 1});
+    c["issuers"][1]["mission_authority"] =
+        json!({"status": {"cluster": "x", "path": "/s"}, "audience": "a", "bogus": 1});
     assert!(config_error(&c).message.contains("bogus"));
 
     let mut c = config_json();
@@ -1360,7 +1409,12 @@ fn bad_config_names_the_field() {
 
 // ------------------------------------------------------------------------- SPEC §6 vectors ----
 
-fn digest_of(method: &str, target: &str, headers: Option<&[(String, String)]>, body: Option<(&str, &[u8])>) -> (String, String) {
+fn digest_of(
+    method: &str,
+    target: &str,
+    headers: Option<&[(String, String)]>,
+    body: Option<(&str, &[u8])>,
+) -> (String, String) {
     let (d, canonical) = missiongate_wire::digest::parameter_digest(method, target, headers, body).unwrap();
     (d, String::from_utf8(canonical).unwrap())
 }
@@ -1377,10 +1431,23 @@ fn spec6_v1_get_no_body() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec6_v2_v3_json_body() {
     let target = "https://api.partner.example/v1/payments";
-    let (d, c) = digest_of("POST", target, None, Some(("application/json", br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#)));
-    assert_eq!(c, r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#);
+    let (d, c) = digest_of(
+        "POST",
+        target,
+        None,
+        Some(("application/json", br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#)),
+    );
+    assert_eq!(
+        c,
+        r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
+    );
     assert_eq!(d, "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE");
-    let (d3, _) = digest_of("POST", target, None, Some(("application/json", b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }")));
+    let (d3, _) = digest_of(
+        "POST",
+        target,
+        None,
+        Some(("application/json", b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }")),
+    );
     assert_eq!(d3, d);
 }
 
@@ -1400,7 +1467,10 @@ fn spec6_v4_changed_amount() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec6_v7_text_body() {
     let (d, c) = digest_of("POST", "https://api.partner.example/upload", None, Some(("text/plain", b"hello, partner")));
-    assert_eq!(c, r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#);
+    assert_eq!(
+        c,
+        r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#
+    );
     assert_eq!(d, "sha-256:Vgo3LeaeAnsM_tdsWBm1dv7B5QTq6bn2Y6OQH9p4f1A");
 }
 
@@ -1408,8 +1478,16 @@ fn spec6_v7_text_body() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec6_v9_effect_header() {
     let headers = [("Idempotency-Key".to_owned(), "k-42".to_owned())];
-    let (d, c) = digest_of("POST", "https://api.partner.example/v1/payments", Some(&headers), Some(("application/json", br#"{"amount":"1.00"}"#)));
-    assert_eq!(c, r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#);
+    let (d, c) = digest_of(
+        "POST",
+        "https://api.partner.example/v1/payments",
+        Some(&headers),
+        Some(("application/json", br#"{"amount":"1.00"}"#)),
+    );
+    assert_eq!(
+        c,
+        r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
+    );
     assert_eq!(d, "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY");
 }
 
@@ -1422,7 +1500,10 @@ fn jcs_numbers_and_utf16_order_in_wasm() {
         canon(r#"{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001]}"#),
         r#"{"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27]}"#
     );
-    assert_eq!(canon("{\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3,\"a\":4}"), "{\"a\":4,\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3}");
+    assert_eq!(
+        canon("{\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3,\"a\":4}"),
+        "{\"a\":4,\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3}"
+    );
     assert!(missiongate_wire::jcs::canonicalize_ijson(br#"{"a":1,"a":2}"#).is_err());
 }
 
@@ -1462,12 +1543,16 @@ fn outside_the_authority_set_the_pdp_is_asked_with_spec_shape() {
     assert!(c.headers.iter().any(|(k, v)| k == ":path" && v == "/access/v1/evaluation"));
     assert!(c.headers.iter().any(|(k, v)| k == ":method" && v == "POST"));
     let body: Value = serde_json::from_slice(&c.body).unwrap();
-    assert_eq!(body, json!({
-        "subject": {"type": "agent", "id": "agent-7", "properties": {"sub": "user-1", "iss": AS}},
-        "resource": {"type": "egress", "id": ORIGIN},
-        "action": {"name": "http.get"},
-        "context": {"mission": {"id": MISSION, "issuer": AS, "authority_hash": "sha-256:AAAA"}}
-    }), "SPEC §4 evaluation request");
+    assert_eq!(
+        body,
+        json!({
+            "subject": {"type": "agent", "id": "agent-7", "properties": {"sub": "user-1", "iss": AS}},
+            "resource": {"type": "egress", "id": ORIGIN},
+            "action": {"name": "http.get"},
+            "context": {"mission": {"id": MISSION, "issuer": AS, "authority_hash": "sha-256:AAAA"}}
+        }),
+        "SPEC §4 evaluation request"
+    );
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -1478,20 +1563,51 @@ fn pdp_answers_and_permit_conditions() {
     let r = get("/v2/reports", &auth);
     let g = &mut MapGuard::default();
     let permit = |c: Value| json!({"decision": true, "context": {"evaluation_id": "eval_1", "conditions": c}});
-    let ev = expect_allow(with_answer(&mut e, &r, Some(200), &json!({"decision": true, "context": {"evaluation_id": "eval_0"}}), g));
+    let ev = expect_allow(with_answer(
+        &mut e,
+        &r,
+        Some(200),
+        &json!({"decision": true, "context": {"evaluation_id": "eval_0"}}),
+        g,
+    ));
     assert_eq!(ev.evaluation_id.as_deref(), Some("eval_0"));
-    expect_allow(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": time::format_rfc3339(NOW + 60)})), g));
+    expect_allow(with_answer(
+        &mut e,
+        &r,
+        Some(200),
+        &permit(json!({"valid_until": time::format_rfc3339(NOW + 60)})),
+        g,
+    ));
     // Unavailable, failed or garbage: 503 with the PDP's Retry-After, never a guess.
-    for (status, body) in [(None, json!(null)), (Some(503), json!({"error": "down"})), (Some(200), json!({"decision": "yes"})), (Some(200), json!([1]))] {
+    for (status, body) in [
+        (None, json!(null)),
+        (Some(503), json!({"error": "down"})),
+        (Some(200), json!({"decision": "yes"})),
+        (Some(200), json!([1])),
+    ] {
         let d = expect_deny(with_answer(&mut e, &r, status, &body, g), "pdp_unavailable", 503);
         assert_eq!(d.header("retry-after"), Some(PDP_RETRY_AFTER.to_string().as_str()));
     }
     // Conditions: each one the filter does not understand or cannot honour denies.
-    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": time::format_rfc3339(NOW)})), g), "parameter_violation", 403);
+    expect_deny(
+        with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": time::format_rfc3339(NOW)})), g),
+        "parameter_violation",
+        403,
+    );
     expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"valid_until": "soon"})), g), "pdp_denied", 403);
     expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"geo_fence": "eu"})), g), "pdp_denied", 403);
     expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"use_limit": 2})), g), "pdp_denied", 403);
-    expect_deny(with_answer(&mut e, &r, Some(200), &permit(json!({"parameter_digest": "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE"})), g), "parameter_violation", 403);
+    expect_deny(
+        with_answer(
+            &mut e,
+            &r,
+            Some(200),
+            &permit(json!({"parameter_digest": "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE"})),
+            g,
+        ),
+        "parameter_violation",
+        403,
+    );
     // Single use: once, across every worker (the guard is what they share).
     let once = json!({"decision": true, "context": {"evaluation_id": "eval_once", "conditions": {"use_limit": 1}}});
     expect_allow(with_answer(&mut e, &r, Some(200), &once, g));
@@ -1499,8 +1615,17 @@ fn pdp_answers_and_permit_conditions() {
     let no_id = json!({"decision": true, "context": {"conditions": {"use_limit": 1}}});
     expect_deny(with_answer(&mut e, &r, Some(200), &no_id, g), "pdp_denied", 403);
     // A plain refusal.
-    let d = expect_deny(with_answer(&mut e, &r, Some(200), &json!({"decision": false, "context": {"reason": "weekend"}}), g), "pdp_denied", 403);
-    assert!(d.www().contains("error=\"insufficient_scope\"") && d.www().contains("mission_denial=\"insufficient_authority\""), "{}", d.www());
+    let d = expect_deny(
+        with_answer(&mut e, &r, Some(200), &json!({"decision": false, "context": {"reason": "weekend"}}), g),
+        "pdp_denied",
+        403,
+    );
+    assert!(
+        d.www().contains("error=\"insufficient_scope\"")
+            && d.www().contains("mission_denial=\"insufficient_authority\""),
+        "{}",
+        d.www()
+    );
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -1545,7 +1670,9 @@ fn named_operations_choose_whether_they_are_consequential() {
     assert_eq!(expect_need(decide(&mut e, &req("POST", "/v1/payments", Authz::One(&auth)))), Need::Body);
     // POST /v1/search is exempted by its operation: decided on the headers (here: outside the
     // Authority Set, so the PDP is asked, without a digest).
-    let Need::Pdp(c) = expect_need(decide(&mut e, &req("POST", "/v1/search", Authz::One(&auth)))) else { panic!("expected a PDP evaluation") };
+    let Need::Pdp(c) = expect_need(decide(&mut e, &req("POST", "/v1/search", Authz::One(&auth)))) else {
+        panic!("expected a PDP evaluation")
+    };
     let body: Value = serde_json::from_slice(&c.body).unwrap();
     assert_eq!(body["action"], json!({"name": "invoices.search"}));
     // GET /v1/exports/... binds itself, although GET is not consequential by default.
@@ -1559,7 +1686,8 @@ fn named_operations_choose_whether_they_are_consequential() {
 fn a_refusal_the_host_finds_is_a_counted_problem_with_evidence() {
     let mut e = engine();
     // A host call failed: 503 with Retry-After, problem+json, no challenge, evidence, its counter.
-    let (resp, ev) = e.refuse(missiongate_core::decision::Reason::GatewayError, "the request body could not be read", NOW);
+    let (resp, ev) =
+        e.refuse(missiongate_core::decision::Reason::GatewayError, "the request body could not be read", NOW);
     let d = expect_deny(Outcome::Deny(resp, ev), "gateway_error", 503);
     assert_eq!(d.header("retry-after"), Some("1"));
     assert_eq!(d.header("www-authenticate"), None);

@@ -60,7 +60,9 @@ struct Settings {
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number"))
+        }
         _ => default,
     }
 }
@@ -84,7 +86,9 @@ impl Settings {
             cold_tokens: env_or("BENCH_COLD_TOKENS", 40_000usize).max(2),
             starts: env_or("BENCH_STARTS", 3u32).max(1),
             revocations: env_or("BENCH_REVOCATIONS", 100usize),
-            work: repo_root().join("target/bench").join(out.file_name().map_or("results".into(), |n| n.to_string_lossy().into_owned())),
+            work: repo_root()
+                .join("target/bench")
+                .join(out.file_name().map_or("results".into(), |n| n.to_string_lossy().into_owned())),
             out,
             envoy_cpu,
             load_cpu,
@@ -154,28 +158,154 @@ const KIB: usize = 1024;
 const COLD: &str = "get_mg_cold";
 
 fn scenarios() -> Vec<Scenario> {
-    let s = |id, title, listener, body, tok, role, baseline, alt_baseline| Scenario { id, title, listener, body, tok, role, baseline, alt_baseline };
+    let s = |id, title, listener, body, tok, role, baseline, alt_baseline| Scenario {
+        id,
+        title,
+        listener,
+        body,
+        tok,
+        role,
+        baseline,
+        alt_baseline,
+    };
     use Role::*;
     use Tok::*;
     vec![
         s("get_none", "GET, no filter", "none", None, Hot, Native, None, None),
         s("get_jwt_cache", "GET, jwt_authn + jwt_cache_config", "jwt_cache", None, Hot, Native, Some("get_none"), None),
-        s("get_jwt_nocache", "GET, jwt_authn, no cache, token pool", "jwt_nocache", None, Pool, Native, Some("get_none"), None),
-        s("get_mg_hot", "GET, missiongate hot path", "mg_hot", None, Hot, Main, Some("get_jwt_cache"), Some("get_none")),
-        s("get_mg_cold", "GET, missiongate cold path (new token each request)", "mg_cold", None, Pool, Main, Some("get_jwt_nocache"), Some("get_none")),
-        s("get_mg_nolog", "GET, missiongate hot path, evidence log off", "mg_nolog", None, Hot, Diagnostic, Some("get_jwt_cache"), Some("get_mg_hot")),
+        s(
+            "get_jwt_nocache",
+            "GET, jwt_authn, no cache, token pool",
+            "jwt_nocache",
+            None,
+            Pool,
+            Native,
+            Some("get_none"),
+            None,
+        ),
+        s(
+            "get_mg_hot",
+            "GET, missiongate hot path",
+            "mg_hot",
+            None,
+            Hot,
+            Main,
+            Some("get_jwt_cache"),
+            Some("get_none"),
+        ),
+        s(
+            "get_mg_cold",
+            "GET, missiongate cold path (new token each request)",
+            "mg_cold",
+            None,
+            Pool,
+            Main,
+            Some("get_jwt_nocache"),
+            Some("get_none"),
+        ),
+        s(
+            "get_mg_nolog",
+            "GET, missiongate hot path, evidence log off",
+            "mg_nolog",
+            None,
+            Hot,
+            Diagnostic,
+            Some("get_jwt_cache"),
+            Some("get_mg_hot"),
+        ),
         s("post_1k_none", "POST 1 KiB, no filter", "none", Some(KIB), Hot, Native, None, None),
-        s("post_1k_buffer", "POST 1 KiB, Envoy buffer filter", "buffer", Some(KIB), Hot, Native, Some("post_1k_none"), None),
-        s("post_1k_mg", "POST 1 KiB, missiongate (buffered, digested)", "mg_post", Some(KIB), Hot, Main, Some("post_1k_buffer"), Some("post_1k_none")),
-        s("post_1k_mg_nopdp", "POST 1 KiB, missiongate, no PDP (not buffered)", "mg_post_nopdp", Some(KIB), Hot, Diagnostic, Some("post_1k_none"), None),
+        s(
+            "post_1k_buffer",
+            "POST 1 KiB, Envoy buffer filter",
+            "buffer",
+            Some(KIB),
+            Hot,
+            Native,
+            Some("post_1k_none"),
+            None,
+        ),
+        s(
+            "post_1k_mg",
+            "POST 1 KiB, missiongate (buffered, digested)",
+            "mg_post",
+            Some(KIB),
+            Hot,
+            Main,
+            Some("post_1k_buffer"),
+            Some("post_1k_none"),
+        ),
+        s(
+            "post_1k_mg_nopdp",
+            "POST 1 KiB, missiongate, no PDP (not buffered)",
+            "mg_post_nopdp",
+            Some(KIB),
+            Hot,
+            Diagnostic,
+            Some("post_1k_none"),
+            None,
+        ),
         s("post_64k_none", "POST 64 KiB, no filter", "none", Some(64 * KIB), Hot, Native, None, None),
-        s("post_64k_buffer", "POST 64 KiB, Envoy buffer filter", "buffer", Some(64 * KIB), Hot, Native, Some("post_64k_none"), None),
-        s("post_64k_mg", "POST 64 KiB, missiongate (buffered, digested)", "mg_post", Some(64 * KIB), Hot, Main, Some("post_64k_buffer"), Some("post_64k_none")),
-        s("post_64k_mg_nopdp", "POST 64 KiB, missiongate, no PDP (not buffered)", "mg_post_nopdp", Some(64 * KIB), Hot, Diagnostic, Some("post_64k_none"), None),
+        s(
+            "post_64k_buffer",
+            "POST 64 KiB, Envoy buffer filter",
+            "buffer",
+            Some(64 * KIB),
+            Hot,
+            Native,
+            Some("post_64k_none"),
+            None,
+        ),
+        s(
+            "post_64k_mg",
+            "POST 64 KiB, missiongate (buffered, digested)",
+            "mg_post",
+            Some(64 * KIB),
+            Hot,
+            Main,
+            Some("post_64k_buffer"),
+            Some("post_64k_none"),
+        ),
+        s(
+            "post_64k_mg_nopdp",
+            "POST 64 KiB, missiongate, no PDP (not buffered)",
+            "mg_post_nopdp",
+            Some(64 * KIB),
+            Hot,
+            Diagnostic,
+            Some("post_64k_none"),
+            None,
+        ),
         s("post_1m_none", "POST 1 MiB, no filter", "none", Some(1024 * KIB), Hot, Native, None, None),
-        s("post_1m_buffer", "POST 1 MiB, Envoy buffer filter", "buffer", Some(1024 * KIB), Hot, Native, Some("post_1m_none"), None),
-        s("post_1m_mg", "POST 1 MiB, missiongate (buffered, digested)", "mg_post", Some(1024 * KIB), Hot, Main, Some("post_1m_buffer"), Some("post_1m_none")),
-        s("post_1m_mg_nopdp", "POST 1 MiB, missiongate, no PDP (not buffered)", "mg_post_nopdp", Some(1024 * KIB), Hot, Diagnostic, Some("post_1m_none"), None),
+        s(
+            "post_1m_buffer",
+            "POST 1 MiB, Envoy buffer filter",
+            "buffer",
+            Some(1024 * KIB),
+            Hot,
+            Native,
+            Some("post_1m_none"),
+            None,
+        ),
+        s(
+            "post_1m_mg",
+            "POST 1 MiB, missiongate (buffered, digested)",
+            "mg_post",
+            Some(1024 * KIB),
+            Hot,
+            Main,
+            Some("post_1m_buffer"),
+            Some("post_1m_none"),
+        ),
+        s(
+            "post_1m_mg_nopdp",
+            "POST 1 MiB, missiongate, no PDP (not buffered)",
+            "mg_post_nopdp",
+            Some(1024 * KIB),
+            Hot,
+            Diagnostic,
+            Some("post_1m_none"),
+            None,
+        ),
     ]
 }
 
@@ -242,7 +372,14 @@ struct Backends<'a> {
 /// `keep` accepts.
 fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
     let admin = free_port();
-    let base = render("envoy/bench.yaml", 10000, admin, 18080, b.authority, &Opts { events: true, pdp: true, ..Opts::default() });
+    let base = render(
+        "envoy/bench.yaml",
+        10000,
+        admin,
+        18080,
+        b.authority,
+        &Opts { events: true, pdp: true, ..Opts::default() },
+    );
     let portal = b.portal.unwrap_or(18444);
     let base = base
         .replace(&format!("filename: {}", wasm_path().display()), &format!("filename: {}", b.wasm.display()))
@@ -316,7 +453,9 @@ impl EnvoyProc {
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display())
+            });
         let mut e = EnvoyProc { child, admin: cfg.admin, ports: cfg.ports.clone(), log, ready_after: Duration::ZERO };
         loop {
             if let Ok(Some(st)) = e.child.try_wait() {
@@ -328,7 +467,11 @@ impl EnvoyProc {
                     break;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "envoy ({tag}) not ready after 60 s: see {}", e.log.display());
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "envoy ({tag}) not ready after 60 s: see {}",
+                e.log.display()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         e
@@ -343,7 +486,9 @@ impl EnvoyProc {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0)
     }
 
@@ -359,7 +504,8 @@ impl EnvoyProc {
 
     /// Answers with status 4xx and 5xx so far, per listener (`http.<stat_prefix>.downstream_rq_[45]xx`).
     fn non_2xx(&self) -> BTreeMap<String, [u64; 2]> {
-        let text = Req::new("GET", "/stats?filter=downstream_rq_%5B45%5Dxx").header("Host", "admin").send(self.admin).text();
+        let text =
+            Req::new("GET", "/stats?filter=downstream_rq_%5B45%5Dxx").header("Host", "admin").send(self.admin).text();
         let mut out: BTreeMap<String, [u64; 2]> = BTreeMap::new();
         for (k, v) in text.lines().filter_map(|l| l.split_once(": ")) {
             let Some(rest) = k.strip_prefix("http.") else { continue };
@@ -401,7 +547,14 @@ end
 
 /// The wrk script of a scenario.
 /// `offset`: where in the pool a rotating script starts (None: at random).
-fn script(s: &Settings, sc: &Scenario, hot: &str, pool: &Path, bodies: &BTreeMap<usize, PathBuf>, offset: Option<usize>) -> PathBuf {
+fn script(
+    s: &Settings,
+    sc: &Scenario,
+    hot: &str,
+    pool: &Path,
+    bodies: &BTreeMap<usize, PathBuf>,
+    offset: Option<usize>,
+) -> PathBuf {
     let mut lua = String::new();
     let method = if sc.body.is_some() { "POST" } else { "GET" };
     let path = if sc.body.is_some() { POST_PATH } else { GET_PATH };
@@ -409,7 +562,8 @@ fn script(s: &Settings, sc: &Scenario, hot: &str, pool: &Path, bodies: &BTreeMap
     if let Some(size) = sc.body {
         let f = bodies.get(&size).unwrap();
         writeln!(lua, "wrk.headers[\"Content-Type\"] = \"application/json\"").unwrap();
-        writeln!(lua, "local f = assert(io.open([[{}]], \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()", f.display()).unwrap();
+        writeln!(lua, "local f = assert(io.open([[{}]], \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()", f.display())
+            .unwrap();
     }
     match sc.tok {
         Tok::Hot => writeln!(lua, "wrk.headers[\"Authorization\"] = \"Bearer {hot}\"").unwrap(),
@@ -481,7 +635,10 @@ fn wrk(s: &Settings, script: &Path, port: u16, secs: u32) -> Run {
 
 /// The 1-minute load average: other work on the machine skews every figure.
 fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0.0)
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -514,9 +671,10 @@ fn precheck(sc: &Scenario, port: u16, token: &str, bodies: &BTreeMap<usize, Vec<
     if sc.body.is_some() {
         let _ = Req::new("GET", GET_PATH).header("Host", HOST).bearer(token).try_send(port);
     }
-    let mut r = Req::new(if sc.body.is_some() { "POST" } else { "GET" }, if sc.body.is_some() { POST_PATH } else { GET_PATH })
-        .header("Host", HOST)
-        .bearer(token);
+    let mut r =
+        Req::new(if sc.body.is_some() { "POST" } else { "GET" }, if sc.body.is_some() { POST_PATH } else { GET_PATH })
+            .header("Host", HOST)
+            .bearer(token);
     if let Some(size) = sc.body {
         r = r.header("Content-Type", "application/json").body(bodies.get(&size).unwrap().clone());
     }
@@ -552,7 +710,8 @@ fn portal_can_revoke() -> Result<PathBuf, String> {
     if !bin.exists() {
         return Err(format!("{} is not built (cargo build -p captive-portal)", bin.display()));
     }
-    match Command::new(&bin).args(["mission", "revoke", "--help"]).stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new(&bin).args(["mission", "revoke", "--help"]).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    {
         Ok(st) if st.success() => Ok(bin),
         Ok(st) => Err(format!("`captive-portal mission revoke --help` exits {st}: no revoke command")),
         Err(e) => Err(format!("cannot run {}: {e}", bin.display())),
@@ -577,7 +736,16 @@ fn revocations(s: &Settings, envoy: &EnvoyProc, portal: &Portal) -> Revocation {
     }
     eprintln!("bench: revocation: preparing {} active Missions", s.revocations);
     let missions: Vec<(String, String)> = (0..s.revocations).map(|_| portal.active(&["http.get"])).collect();
-    let sc = Scenario { id: "revocation_load", title: "", listener: "mg_portal", body: None, tok: Tok::Hot, role: Role::Diagnostic, baseline: None, alt_baseline: None };
+    let sc = Scenario {
+        id: "revocation_load",
+        title: "",
+        listener: "mg_portal",
+        body: None,
+        tok: Tok::Hot,
+        role: Role::Diagnostic,
+        baseline: None,
+        alt_baseline: None,
+    };
     let script = script(s, &sc, &load_token, Path::new("/dev/null"), &BTreeMap::new(), None);
     let secs = 60 + 3 * s.revocations as u32;
     let mut load = pinned(s.load_cpu.as_deref(), "wrk")
@@ -616,7 +784,9 @@ fn revocations(s: &Settings, envoy: &EnvoyProc, portal: &Portal) -> Revocation {
             if let Ok(r) = get(token) {
                 if r.status != 200 {
                     lat.push(t0.elapsed().as_secs_f64() * 1e3);
-                    let reason = serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["reason"].as_str().map(str::to_owned));
+                    let reason = serde_json::from_slice::<Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v["reason"].as_str().map(str::to_owned));
                     *rev.refusals.entry(format!("{} {}", r.status, reason.unwrap_or_default())).or_default() += 1;
                     break;
                 }
@@ -636,8 +806,12 @@ fn revocations(s: &Settings, envoy: &EnvoyProc, portal: &Portal) -> Revocation {
     let _ = load.kill();
     let _ = load.wait();
     // wrk killed early prints nothing: estimate the load from Envoy's counter instead.
-    let rq = Req::new("GET", "/stats?filter=http.mg_portal.downstream_rq_total").header("Host", "admin").send(envoy.admin).text();
-    let total: f64 = rq.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<f64>().ok()).sum();
+    let rq = Req::new("GET", "/stats?filter=http.mg_portal.downstream_rq_total")
+        .header("Host", "admin")
+        .send(envoy.admin)
+        .text();
+    let total: f64 =
+        rq.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<f64>().ok()).sum();
     rev.load_rps = total / (load_secs + 0.5);
     if rev.why_not.is_none() && !lat.is_empty() {
         lat.sort_by(|a, b| a.total_cmp(b));
@@ -814,7 +988,13 @@ fn chart(path: &Path, title: &str, subtitle: &[String], bars: &[Bar]) -> Result<
         let t = f64::from(i) * 0.1;
         let x = x_of(t);
         let major = i % 5 == 0;
-        let c = if i == 10 { RGBColor(60, 60, 60) } else if major { RGBColor(200, 200, 200) } else { RGBColor(235, 235, 235) };
+        let c = if i == 10 {
+            RGBColor(60, 60, 60)
+        } else if major {
+            RGBColor(200, 200, 200)
+        } else {
+            RGBColor(235, 235, 235)
+        };
         root.draw(&PathElement::new(vec![(x, top - 6), (x, bottom)], c.stroke_width(1))).map_err(e)?;
         if major {
             text(&root, x - 24, bottom + 8, &format!("{t:.1}x"), 2, &grey);
@@ -842,10 +1022,12 @@ fn chart(path: &Path, title: &str, subtitle: &[String], bars: &[Bar]) -> Result<
             root.draw(&PathElement::new(vec![(x, y), (x, y + 32)], RGBColor(20, 20, 20).stroke_width(3))).map_err(e)?;
             value = format!("{value} {} (target {t:.1}x)", if p { "PASS" } else { "MISS" });
         }
-        let vx = if b.ratio > max_ratio { x1 - 8 - 16 * value.len() as i32 } else { x1.max(b.target.map_or(0, x_of)) + 10 };
+        let vx =
+            if b.ratio > max_ratio { x1 - 8 - 16 * value.len() as i32 } else { x1.max(b.target.map_or(0, x_of)) + 10 };
         let vcolor = if b.ratio > max_ratio { WHITE } else { ink };
         text(&root, vx, y + 8, &value, 2, &vcolor);
-        root.draw(&Rectangle::new([(left, y + 34), (left + 16 * b.detail.len() as i32, y + 52)], WHITE.filled())).map_err(e)?;
+        root.draw(&Rectangle::new([(left, y + 34), (left + 16 * b.detail.len() as i32, y + 52)], WHITE.filled()))
+            .map_err(e)?;
         text(&root, left, y + 36, &b.detail, 2, &grey);
     }
     root.present().map_err(|e| e.to_string())?;
@@ -873,7 +1055,10 @@ fn check(dir: &Path) -> Result<(), String> {
         // A few errors are the filter's (the report shows them); mostly errors means the scenario is
         // broken (tokens, config) and its figures measure refusals.
         if row.errors * 2 > requests {
-            return Err(format!("row {}: {} errors in {requests} requests (non-2xx or socket errors)", sc.id, row.errors));
+            return Err(format!(
+                "row {}: {} errors in {requests} requests (non-2xx or socket errors)",
+                sc.id, row.errors
+            ));
         }
         if sc.baseline.is_some() && row.ratio_rps.is_none() {
             return Err(format!("row {} has no ratio", sc.id));
@@ -928,11 +1113,8 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    let envoy_version = envoy_version
-        .split_once("version:")
-        .and_then(|(_, v)| v.split('/').nth(1))
-        .unwrap_or("?")
-        .to_owned();
+    let envoy_version =
+        envoy_version.split_once("version:").and_then(|(_, v)| v.split('/').nth(1)).unwrap_or("?").to_owned();
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -961,7 +1143,13 @@ fn main() {
         Err(e) => Err(e),
     };
     let jwks = json!({ "keys": [auth.signer().jwk] }).to_string();
-    let backends = Backends { authority: auth.port, portal: portal.as_ref().ok().map(|p| p.port), pdp: pdp_port, jwks: &jwks, wasm: &wasm };
+    let backends = Backends {
+        authority: auth.port,
+        portal: portal.as_ref().ok().map(|p| p.port),
+        pdp: pdp_port,
+        jwks: &jwks,
+        wasm: &wasm,
+    };
     let with_portal = portal.is_ok();
     let full = |b: &Backends<'_>| render_bench(b, &|l: &str| with_portal || l != "mg_portal");
     let native = |b: &Backends<'_>| render_bench(b, &|l: &str| is_native(l));
@@ -986,7 +1174,10 @@ fn main() {
     // From here on the bench itself (authority, PDP, portal, probes: every thread) stays off Envoy's
     // core; minting used both.
     if let Some(cpu) = &s.load_cpu {
-        let _ = Command::new("taskset").args(["-a", "-p", "-c", cpu, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
     }
     let pool_file = s.work.join("tokens.txt");
     std::fs::write(&pool_file, pool.join("\n") + "\n").unwrap();
@@ -1001,7 +1192,8 @@ fn main() {
         bodies.insert(size, b);
     }
     let scs = scenarios();
-    let scripts: BTreeMap<&str, PathBuf> = scs.iter().map(|sc| (sc.id, script(&s, sc, &hot, &pool_file, &body_files, None))).collect();
+    let scripts: BTreeMap<&str, PathBuf> =
+        scs.iter().map(|sc| (sc.id, script(&s, sc, &hot, &pool_file, &body_files, None))).collect();
     // The cold path takes its tokens in order, each run where the last one stopped, so that no token
     // comes twice (until the pool runs out; the report counts the token-cache hits).
     let mut cold_offset = 1usize; // pool[0] goes to the precheck
@@ -1020,15 +1212,19 @@ fn main() {
     let mut ready_native = Vec::new();
     let mut ready_full = Vec::new();
     for i in 0..s.starts {
-        ready_native.push(EnvoyProc::start(&s, &native(&backends), &format!("start-native-{i}")).ready_after.as_secs_f64() * 1e3);
-        ready_full.push(EnvoyProc::start(&s, &full(&backends), &format!("start-full-{i}")).ready_after.as_secs_f64() * 1e3);
+        ready_native.push(
+            EnvoyProc::start(&s, &native(&backends), &format!("start-native-{i}")).ready_after.as_secs_f64() * 1e3,
+        );
+        ready_full
+            .push(EnvoyProc::start(&s, &full(&backends), &format!("start-full-{i}")).ready_after.as_secs_f64() * 1e3);
     }
 
     // Memory without the filter: the native listeners, warmed up the same way.
     let rss_native = {
         let e = EnvoyProc::start(&s, &native(&backends), "native");
         for sc in scs.iter().filter(|sc| is_native(sc.listener)) {
-            precheck(sc, e.port(sc.listener), &token_of(sc), &bodies).unwrap_or_else(|m| panic!("precheck (native Envoy) {m}"));
+            precheck(sc, e.port(sc.listener), &token_of(sc), &bodies)
+                .unwrap_or_else(|m| panic!("precheck (native Envoy) {m}"));
             if s.warmup > 0 {
                 wrk(&s, &scripts[sc.id], e.port(sc.listener), s.warmup);
             }
@@ -1040,7 +1236,8 @@ fn main() {
     // The run.
     let envoy = EnvoyProc::start(&s, &full(&backends), "bench");
     for sc in &scs {
-        precheck(sc, envoy.port(sc.listener), &token_of(sc), &bodies).unwrap_or_else(|m| panic!("precheck {m}\n{}", envoy.logs()));
+        precheck(sc, envoy.port(sc.listener), &token_of(sc), &bodies)
+            .unwrap_or_else(|m| panic!("precheck {m}\n{}", envoy.logs()));
     }
     if s.warmup > 0 {
         for sc in &scs {
@@ -1182,12 +1379,22 @@ fn main() {
             "lt",
             1000.0,
             if revocation.measured {
-                format!("p50 {:.1} ms, max {:.1} ms over {} revocations", revocation.p50_ms, revocation.max_ms, revocation.samples)
+                format!(
+                    "p50 {:.1} ms, max {:.1} ms over {} revocations",
+                    revocation.p50_ms, revocation.max_ms, revocation.samples
+                )
             } else {
                 format!("not measured: {}", revocation.why_not.clone().unwrap_or_default())
             },
         ),
-        target(".wasm size", Some(wasm_bytes as f64 / MIB), "MiB", "le", 1.0, format!("{} bytes", fmt_int(wasm_bytes as f64))),
+        target(
+            ".wasm size",
+            Some(wasm_bytes as f64 / MIB),
+            "MiB",
+            "le",
+            1.0,
+            format!("{} bytes", fmt_int(wasm_bytes as f64)),
+        ),
         target(
             "memory overhead (Envoy VmRSS with - without the filter)",
             Some(mem_overhead_mib),
@@ -1355,7 +1562,12 @@ fn main() {
         writeln!(md, "- Every answer during the rounds was a 2xx (Envoy's per-listener counters).").unwrap();
     } else {
         let list: Vec<String> = non_2xx.iter().map(|(k, v)| format!("`{k}` {} 4xx, {} 5xx", v[0], v[1])).collect();
-        writeln!(md, "- Answers other than 2xx during the rounds (Envoy's per-listener counters): {}.", list.join("; ")).unwrap();
+        writeln!(
+            md,
+            "- Answers other than 2xx during the rounds (Envoy's per-listener counters): {}.",
+            list.join("; ")
+        )
+        .unwrap();
         let stalled: Vec<&str> = rows
             .iter()
             .filter(|r| r.role != "native" && r.errors > 0 && r.rounds.iter().any(|x| x.max_us >= 2_000_000.0))
@@ -1371,9 +1583,14 @@ fn main() {
             .unwrap();
         }
     }
-    let vm_failures: Vec<&str> = logs.lines().filter(|l| l.contains("[critical]") || l.contains("panic") || l.contains("[error]")).take(5).collect();
+    let vm_failures: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("[critical]") || l.contains("panic") || l.contains("[error]"))
+        .take(5)
+        .collect();
     if !vm_failures.is_empty() {
-        writeln!(md, "- Envoy logged errors during the run (first lines):\n\n```\n{}\n```\n", vm_failures.join("\n")).unwrap();
+        writeln!(md, "- Envoy logged errors during the run (first lines):\n\n```\n{}\n```\n", vm_failures.join("\n"))
+            .unwrap();
     }
     std::fs::write(s.out.join("latest.md"), &md).unwrap();
 
@@ -1412,7 +1629,10 @@ fn main() {
         bar("post_1m_mg_nopdp", " 1 MiB, no PDP / no filter", None, true),
     ];
     let subtitle = vec![
-        format!("{generated}, Envoy {envoy_version}, 1 worker on its own core; wrk -t1 -c{}; median of {} x {} s", s.connections, s.rounds, s.duration),
+        format!(
+            "{generated}, Envoy {envoy_version}, 1 worker on its own core; wrk -t1 -c{}; median of {} x {} s",
+            s.connections, s.rounds, s.duration
+        ),
         format!(
             ".wasm {:.2} MiB; RSS {:+.1} MiB; start to /ready {:+.0} ms; revocation p99 {}",
             wasm_bytes as f64 / MIB,
@@ -1421,7 +1641,8 @@ fn main() {
             if revocation.measured { format!("{:.0} ms", revocation.p99_ms) } else { "not measured".into() }
         ),
     ];
-    chart(&s.out.join("latest.png"), "missiongate vs Envoy's own filters (req/s ratio)", &subtitle, &bars).unwrap_or_else(|e| panic!("chart: {e}"));
+    chart(&s.out.join("latest.png"), "missiongate vs Envoy's own filters (req/s ratio)", &subtitle, &bars)
+        .unwrap_or_else(|e| panic!("chart: {e}"));
 
     println!("{md}");
     eprintln!("bench: wrote {}/latest.{{md,json,png}}", s.out.display());

@@ -78,7 +78,14 @@ fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response 
 
 /// Ask for access after a 511, have a person approve it, and poll the task (as an agent does)
 /// until it is approved.
-fn request_and_approve(portal: &Portal, denial: &Response, justification: &str, parameters: Option<Value>, seconds: u64, failures: &mut Vec<String>) {
+fn request_and_approve(
+    portal: &Portal,
+    denial: &Response,
+    justification: &str,
+    parameters: Option<Value>,
+    seconds: u64,
+    failures: &mut Vec<String>,
+) {
     let doc = denial.json();
     let r = portal.request_access(&doc, &missiongate_tests::rand_id("idem-"), parameters, justification);
     show("agent submits the access request", &r);
@@ -103,7 +110,14 @@ fn main() {
     println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, upstream :{UPSTREAM}");
     let _up = Upstream::start(Some(UPSTREAM));
     let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30"]);
-    let yaml = render("envoy/missiongate.yaml", LISTENER, ADMIN, UPSTREAM, PORTAL, &Opts { events: true, pdp: true, ..Opts::default() });
+    let yaml = render(
+        "envoy/missiongate.yaml",
+        LISTENER,
+        ADMIN,
+        UPSTREAM,
+        PORTAL,
+        &Opts { events: true, pdp: true, ..Opts::default() },
+    );
     let envoy = Envoy::start_yaml(&yaml, LISTENER, ADMIN, 2);
     println!("Envoy log: {}", envoy.log.display());
 
@@ -124,7 +138,11 @@ fn main() {
     let denied_at = Instant::now();
     show("the filter answers with a requestable denial", &denial);
     expect("outside it: a requestable denial (RFC 8908 captive document)", &denial, 511, f);
-    let captive_api = denial.header("link").and_then(|l| l.split('>').next()).map(|s| s.trim_start_matches('<').to_owned()).unwrap_or_default();
+    let captive_api = denial
+        .header("link")
+        .and_then(|l| l.split('>').next())
+        .map(|s| s.trim_start_matches('<').to_owned())
+        .unwrap_or_default();
 
     step("4", "the agent asks for access; a person approves it for 5 seconds");
     request_and_approve(&portal, &denial, "Need the Q3 report to reconcile invoices", None, 5, f);
@@ -188,7 +206,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     envoy.assert_healthy();
-    println!("\nEvidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines).");
+    println!(
+        "\nEvidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines)."
+    );
     if failures.is_empty() {
         println!("demo: every step behaved as described");
     } else {
