@@ -780,7 +780,8 @@ impl RootContext for Root {
         init_buckets();
         // Build the P-256 generator table now rather than on the first request.
         missiongate_wire::p256_fast::precompute_generator();
-        *self.vm.engine.borrow_mut() = Some(Engine::new(Rc::new(config), seed()));
+        *self.vm.engine.borrow_mut() =
+            Some(Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() }));
         if let Err(e) = hostcalls::set_tick_period(TICK) {
             log(LogLevel::Critical, &format!("missiongate: set_tick_period failed: {e:?}"));
             return false;

@@ -19,6 +19,16 @@ pub const RAR_MISSION_RESOURCE_ACCESS: &str = "mission_resource_access";
 /// Older name of the same type, still honoured.
 pub const RAR_RESOURCE_ACCESS_LEGACY: &str = "resource_access";
 
+/// Longest `jti` or `nonce` a gateway or portal accepts (token, DPoP proof).
+pub const MAX_ID_LEN: usize = 256;
+
+/// A `jti` or `nonce` safe to keep in replay storage and to write to evidence: 1 to [`MAX_ID_LEN`]
+/// visible ASCII characters (`!` to `~`). A control character, a space (the replay ledger's
+/// separator), anything beyond ASCII or an overlong value is refused by the caller, never stored.
+pub fn is_safe_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 /// NumericDate (RFC 7519 §2): seconds, possibly fractional; stored floored to whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -367,6 +377,17 @@ pub struct PollResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_ids_are_visible_ascii_and_bounded() {
+        for ok in ["a", "p-1", "0f8fad5b-d9cb-469f-a165-70867728950e", "~!x", &"x".repeat(MAX_ID_LEN)] {
+            assert!(is_safe_id(ok), "{ok:?}");
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in ["", " ", "a b", "a\nb", "a\rb", "\u{0}", "tab\t", "del\u{7f}", "caf\u{e9}", "\u{202e}x", &long] {
+            assert!(!is_safe_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn mission_issuer_and_origin() {

@@ -32,7 +32,10 @@ fn main() {
                                    "audience": "https://gateway.example", "max_staleness_seconds": 600 } }],
         "destinations": [{ "authority": "api.partner.example", "origin": "https://api.partner.example" }]
     });
-    let mut e = Engine::new(Rc::new(Config::parse(config.to_string().as_bytes()).unwrap()), [7; 32]);
+    let mut e = Engine::new(
+        Rc::new(Config::parse(config.to_string().as_bytes()).unwrap()),
+        missiongate_core::Seeds { nonce: [7; 32], ids: [8; 32] },
+    );
     let claims = json!({
         "iss": AS, "sub": "user-1", "client_id": "agent-7", "aud": "https://api.partner.example",
         "iat": NOW - 10, "exp": NOW + 600, "jti": "tok-1",

@@ -87,6 +87,10 @@ struct RawIssuer {
     jwks_refresh_seconds: Option<u64>,
     #[serde(default)]
     jwks_min_refetch_seconds: Option<u64>,
+    #[serde(default)]
+    jwks_max_bytes: Option<usize>,
+    #[serde(default)]
+    jwks_max_keys: Option<usize>,
     #[serde(default = "yes")]
     access_tokens: bool,
     #[serde(default)]
@@ -197,6 +201,10 @@ pub enum KeySource {
         refresh_seconds: u64,
         /// Minimum time between two fetches triggered by an unknown `kid`.
         min_refetch_seconds: u64,
+        /// Longest JWKS document accepted.
+        max_bytes: usize,
+        /// Most entries a JWKS may list.
+        max_keys: usize,
     },
 }
 
@@ -364,6 +372,14 @@ impl Config {
             if issuer_index.insert(ri.issuer.clone(), i).is_some() {
                 return Err(err(format!("{f}.issuer"), "duplicate issuer"));
             }
+            let max_bytes = ri.jwks_max_bytes.unwrap_or(crate::keys::MAX_JWKS_BYTES);
+            if !(1024..=4 * 1_048_576).contains(&max_bytes) {
+                return Err(err(format!("{f}.jwks_max_bytes"), "must be between 1024 and 4194304"));
+            }
+            let max_keys = ri.jwks_max_keys.unwrap_or(crate::keys::MAX_JWKS_KEYS);
+            if !(1..=1000).contains(&max_keys) {
+                return Err(err(format!("{f}.jwks_max_keys"), "must be between 1 and 1000"));
+            }
             let keys = match (ri.jwks, ri.jwks_uri) {
                 (Some(_), Some(_)) => return Err(err(&f, "give either jwks or jwks_uri, not both")),
                 (None, None) => return Err(err(&f, "one of jwks or jwks_uri is required")),
@@ -372,6 +388,8 @@ impl Config {
                     upstream: upstream(u, &format!("{f}.jwks_uri"))?,
                     refresh_seconds: positive(ri.jwks_refresh_seconds, 300, &format!("{f}.jwks_refresh_seconds"))?,
                     min_refetch_seconds: ri.jwks_min_refetch_seconds.unwrap_or(10),
+                    max_bytes,
+                    max_keys,
                 },
             };
             let mission_authority = match ri.mission_authority {
@@ -641,15 +659,17 @@ fn parse_inline_jwks(v: serde_json::Value, field: &str) -> Result<Vec<(Option<St
     if set.keys.is_empty() {
         return Err(err(format!("{field}.keys"), "must contain at least one key"));
     }
-    set.keys
+    let keys = set
+        .keys
         .iter()
         .enumerate()
         .map(|(i, k): (usize, &Jwk)| {
             k.verifying_key()
-                .map(|vk| (k.kid.clone(), vk.precompute()))
+                .map(|vk| (k.kid.clone(), vk))
                 .map_err(|e| err(format!("{field}.keys[{i}]"), e.to_string()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::keys::within_table_budget(keys))
 }
 
 fn upstream(u: RawUpstream, field: &str) -> Result<Upstream, ConfigError> {

@@ -1,6 +1,6 @@
 //! DPoP proof checks (RFC 9449 §4.3) for a DPoP-bound access token.
 
-use missiongate_wire::claims::{DpopClaims, TYP_DPOP};
+use missiongate_wire::claims::{is_safe_id, DpopClaims, TYP_DPOP};
 use missiongate_wire::jose::{Alg, Compact};
 
 use crate::config::DpopConfig;
@@ -64,8 +64,13 @@ pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Resu
     key.verify(alg, parts.signing_input.as_bytes(), &sig).map_err(|_| bad("DPoP proof signature is not valid"))?;
     let payload = parts.payload_bytes().map_err(|_| bad("DPoP proof payload encoding"))?;
     let claims: DpopClaims = serde_json::from_slice(&payload).map_err(|_| bad("DPoP proof claims"))?;
-    if claims.jti.is_empty() || claims.jti.len() > 256 {
-        return Err(bad("DPoP proof jti"));
+    // The jti becomes a replay-ledger key and the nonce could reach a log: only bounded visible
+    // ASCII is accepted, so neither ever carries a control character or a separator.
+    if !is_safe_id(&claims.jti) {
+        return Err(bad("DPoP proof jti must be 1 to 256 visible ASCII characters"));
+    }
+    if claims.nonce.as_deref().is_some_and(|n| !is_safe_id(n)) {
+        return Err(bad("DPoP proof nonce must be 1 to 256 visible ASCII characters"));
     }
     if claims.htm != method {
         return Err(bad("DPoP proof htm does not match the request method"));

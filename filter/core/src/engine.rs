@@ -12,6 +12,7 @@ use crate::keys::KeyStore;
 use crate::mission::{self, AnswerError, MissionCache, MissionView};
 use crate::token::{self, TokenCache, TokenError, VerifiedToken};
 use crate::uri;
+use missiongate_wire::claims::MissionState;
 
 /// The `Authorization` header(s) of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +186,26 @@ impl Stat {
     }
 }
 
+/// Randomness from the host, drawn once per engine. Decision ids and Mission Status nonces come
+/// from independent seeds: a decision id is shown to every client, so nothing about the nonces may
+/// be learnt from it.
+#[derive(Clone, Copy)]
+pub struct Seeds {
+    /// 32 random bytes for Mission Status nonces.
+    pub nonce: [u8; 32],
+    /// 32 random bytes, drawn separately, for decision ids.
+    pub ids: [u8; 32],
+}
+
+impl std::fmt::Debug for Seeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seeds(..)")
+    }
+}
+
+/// Most PDP answers one worker keeps (the shared copy lives in the host's fixed slots).
+pub const MAX_CACHED_DECISIONS: usize = 10_000;
+
 /// The per-VM engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -201,17 +222,20 @@ pub struct Engine {
     id_prefix: String,
     seq: u64,
     nonce_seed: [u8; 32],
+    nonce_seq: u64,
     dpop_algs: Option<String>,
     decisions_cache: std::collections::HashMap<String, Cached>,
 }
 
 impl Engine {
-    /// A new engine. `seed` is 32 random bytes from the host; it makes decision ids and nonces
-    /// unpredictable.
-    pub fn new(config: Rc<Config>, seed: [u8; 32]) -> Engine {
+    /// A new engine. `seeds` are random bytes from the host: one seed makes the Mission Status
+    /// nonces unpredictable, the other (drawn independently) makes decision ids unique per worker.
+    pub fn new(config: Rc<Config>, seeds: Seeds) -> Engine {
+        use sha2::{Digest, Sha256};
         let keys = KeyStore::new(&config);
         let tokens = TokenCache::new(config.token_cache_size);
-        let id_prefix = missiongate_wire::b64::encode(seed.get(..9).unwrap_or_default());
+        let id_hash = Sha256::new().chain_update(b"missiongate decision ids\0").chain_update(seeds.ids).finalize();
+        let id_prefix = missiongate_wire::b64::encode(id_hash.get(..9).unwrap_or_default());
         let dpop_algs =
             config.dpop.enabled.then(|| config.dpop.algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "));
         Engine {
@@ -223,7 +247,8 @@ impl Engine {
             stats: [0; ALL_STATS.len()],
             id_prefix,
             seq: 0,
-            nonce_seed: seed,
+            nonce_seed: seeds.nonce,
+            nonce_seq: 0,
             dpop_algs,
             decisions_cache: std::collections::HashMap::new(),
         }
@@ -263,10 +288,11 @@ impl Engine {
     /// A fresh unpredictable nonce.
     pub fn nonce(&mut self) -> String {
         use sha2::{Digest, Sha256};
-        self.seq += 1;
+        self.nonce_seq += 1;
         let mut h = Sha256::new();
+        h.update(b"missiongate nonces\0");
         h.update(self.nonce_seed);
-        h.update(self.seq.to_le_bytes());
+        h.update(self.nonce_seq.to_le_bytes());
         missiongate_wire::b64::encode(h.finalize().get(..18).unwrap_or_default())
     }
 
@@ -341,6 +367,10 @@ impl Engine {
         ev: &mut Evidence,
     ) -> Result<(), Step> {
         let config = Rc::clone(&self.config);
+        // The method becomes the action id in evidence and in the PDP question: an HTTP token only.
+        if !valid_method(req.method) {
+            return Err(Step::deny(Reason::MalformedRequest, "request method is not an HTTP method token"));
+        }
         let dest = config
             .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
             .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
@@ -442,7 +472,12 @@ impl Engine {
             MissionView::Active => self.stat(Stat::MissionCacheHit),
             MissionView::Inactive(state) => {
                 self.stat(Stat::MissionCacheHit);
-                let mut d = Denial::new(Reason::MissionInactive, format!("mission is {state}"));
+                // A state this gateway does not know is named in `mission.state`, not in the detail.
+                let detail = match &state {
+                    MissionState::Other(_) => "mission is not active".to_owned(),
+                    known => format!("mission is {}", known.as_str()),
+                };
+                let mut d = Denial::new(Reason::MissionInactive, detail);
                 d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: Some(state.as_str().to_owned()) });
                 return Err(Step::Deny(d));
             }
@@ -478,11 +513,19 @@ impl Engine {
         if !consequential && !inside && config.pdp.is_none() {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         }
-        if consequential || !inside {
-            self.evaluate(req, extra, &dest, &vt, &action, consequential, now, replay, ev)?;
-        }
+        let permit = if consequential || !inside {
+            self.evaluate(req, extra, &dest, &vt, &action, consequential, now, replay, ev)?
+        } else {
+            None
+        };
 
-        // Last: a DPoP proof is single-use across every worker.
+        // Last, the two single-use stores shared by every worker, in this order:
+        // 1. The DPoP proof. Only a request that passed every other check gets here, so a proof is
+        //    remembered only for a request that is allowed but for a single-use permit still to be
+        //    taken. A replayed proof stops here, before that permit is touched.
+        // 2. The single-use permit. If it turns out spent, the proof stays remembered although the
+        //    request is refused: that is safe, because a proof is single-use anyway (RFC 9449 §11.1)
+        //    and an honest client makes a fresh one for every request, retries included.
         if let Some(p) = proof {
             match replay.remember(&p.replay_key, p.remember_until, now) {
                 Ok(true) => {}
@@ -490,10 +533,25 @@ impl Engine {
                 Err(_) => return Err(Step::deny(Reason::AuthorityUnavailable, "DPoP replay store unavailable")),
             }
         }
+        if let Some(use_once) = permit {
+            match replay.remember(&use_once.key, use_once.until, now) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
+                }
+                Err(_) => {
+                    let mut d = Denial::new(Reason::PdpUnavailable, "single-use store unavailable");
+                    d.retry_after = config.pdp.as_ref().map(|p| p.retry_after_seconds);
+                    return Err(Step::Deny(d));
+                }
+            }
+        }
         Ok(())
     }
 
     /// The PDP path (SPEC §4, §6): digest the call if consequential, use a cached decision or ask.
+    /// An allowing answer may carry a single-use permit: it is returned, to be taken by the caller
+    /// once every other check has passed.
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
@@ -506,7 +564,7 @@ impl Engine {
         now: i64,
         replay: &mut dyn ReplayGuard,
         ev: &mut Evidence,
-    ) -> Result<(), Step> {
+    ) -> Result<Option<UseOnce>, Step> {
         let config = Rc::clone(&self.config);
         let Some(pdp) = &config.pdp else {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
@@ -543,15 +601,17 @@ impl Engine {
             None
         };
         ev.parameter_digest = digest.clone();
-        let key = format!("mg.dec/{}|{}|{}|{}", vt.mission_id, dest.origin(), action, digest.as_deref().unwrap_or("-"));
+        // The question exactly as it is (or was) sent, and where: an answer is reused only for the
+        // same question to the same PDP endpoint.
+        let question = self.evaluation_request(pdp, dest, vt, action, digest.as_deref());
+        let key = decision_key(&pdp.evaluation, &question);
         let cached = if extra.pdp.is_none() { self.cached_answer(&key, now, replay) } else { None };
         let from_cache = cached.is_some();
         let answer: &PdpAnswer = match (extra.pdp, cached.as_deref()) {
             (Some(a), _) => a,
             (None, Some(c)) => c,
             (None, None) => {
-                let body = self.evaluation_request(pdp, req, dest, vt, action, digest.as_deref());
-                let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, None);
+                let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), question, None);
                 return Err(Step::Need(Need::Pdp(Box::new(c))));
             }
         };
@@ -573,8 +633,8 @@ impl Engine {
             let mut until = now + 60;
             let mut single_use = false;
             if let Some(c) = &resp.context.conditions {
-                if let Some(k) = c.unknown.keys().next() {
-                    return Err(Step::deny(Reason::PdpDenied, &format!("permit condition {k:?} is not understood")));
+                if !c.unknown.is_empty() {
+                    return Err(Step::deny(Reason::PdpDenied, "a permit condition is not understood"));
                 }
                 if let Some(vu) = &c.valid_until {
                     let t = missiongate_wire::time::parse_rfc3339(vu)
@@ -605,17 +665,12 @@ impl Engine {
                 if id.is_empty() {
                     return Err(Step::deny(Reason::PdpDenied, "a single-use permit needs an evaluation_id"));
                 }
-                match replay.remember(&format!("mg.use/{id}"), until.max(now + 3600), now) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
-                    }
-                    Err(_) => return Err(unavailable("single-use store unavailable")),
-                }
-            } else if !from_cache {
+                return Ok(Some(UseOnce { key: use_once_key(&pdp.evaluation, id), until: until.max(now + 3600) }));
+            }
+            if !from_cache {
                 self.cache_answer(key, until, answer, now, replay);
             }
-            return Ok(());
+            return Ok(None);
         }
         let denial = match resp.context.access_request.clone() {
             Some(hint) => {
@@ -643,10 +698,11 @@ impl Engine {
                 d.captive = Some(Box::new((doc, resp.context.captive_portal_api.clone())));
                 d
             }
-            None => Denial::new(
-                Reason::PdpDenied,
-                format!("denied by policy: {}", resp.context.reason.as_deref().unwrap_or("no reason given")),
-            ),
+            // The PDP's reason is repeated only when it is a short code, never free text.
+            None => match resp.context.reason.as_deref().filter(|r| is_reason_code(r)) {
+                Some(r) => Denial::new(Reason::PdpDenied, format!("denied by policy: {r}")),
+                None => Denial::new(Reason::PdpDenied, "denied by policy"),
+            },
         };
         if pdp.deny_cache_seconds > 0 && !from_cache {
             self.cache_answer(key, now + pdp.deny_cache_seconds, answer, now, replay);
@@ -669,18 +725,33 @@ impl Engine {
             return None;
         }
         let answer = Rc::new(PdpAnswer { status: Some(200), body: body.to_vec() });
-        self.decisions_cache.insert(key.to_owned(), Cached { until, answer: Rc::clone(&answer) });
+        self.keep_answer(key.to_owned(), Cached { until, answer: Rc::clone(&answer) }, now);
         Some(answer)
     }
 
     fn cache_answer(&mut self, key: String, until: i64, answer: &PdpAnswer, now: i64, shared: &mut dyn ReplayGuard) {
-        if self.decisions_cache.len() > 10_000 {
-            self.decisions_cache.retain(|_, c| c.until > now);
-        }
         let mut bytes = until.to_le_bytes().to_vec();
         bytes.extend_from_slice(&answer.body);
         shared.store(&key, &bytes);
-        self.decisions_cache.insert(key, Cached { until, answer: Rc::new(answer.clone()) });
+        self.keep_answer(key, Cached { until, answer: Rc::new(answer.clone()) }, now);
+    }
+
+    /// Keep an answer in this worker's cache, which never holds more than [`MAX_CACHED_DECISIONS`]:
+    /// expired answers go first; if the cache is still full, all of it goes (a miss only asks the
+    /// PDP again).
+    fn keep_answer(&mut self, key: String, entry: Cached, now: i64) {
+        if self.decisions_cache.len() >= MAX_CACHED_DECISIONS && !self.decisions_cache.contains_key(&key) {
+            self.decisions_cache.retain(|_, c| c.until > now);
+            if self.decisions_cache.len() >= MAX_CACHED_DECISIONS {
+                self.decisions_cache.clear();
+            }
+        }
+        self.decisions_cache.insert(key, entry);
+    }
+
+    /// Number of PDP answers this worker holds.
+    pub fn cached_decisions(&self) -> usize {
+        self.decisions_cache.len()
     }
 
     fn subject(&self, pdp: &crate::config::Pdp, vt: &VerifiedToken) -> missiongate_wire::authzen::Entity {
@@ -715,7 +786,6 @@ impl Engine {
     fn evaluation_request(
         &self,
         pdp: &crate::config::Pdp,
-        _req: &Request<'_>,
         dest: &crate::config::DestinationRef<'_>,
         vt: &VerifiedToken,
         action: &str,
@@ -816,7 +886,7 @@ impl Engine {
             Some(200) => match mission::verify_status(&self.config, &self.keys, issuer, body, mission_id, nonce, now) {
                 Ok(v) => {
                     self.stat(Stat::StatusFetchOk);
-                    self.missions.put_status(issuer, v);
+                    self.missions.put_status(issuer, v, now);
                     None
                 }
                 Err(e) => {
@@ -920,6 +990,57 @@ impl Engine {
 enum Step {
     Deny(Denial),
     Need(Need),
+}
+
+/// A single-use permit still to be taken in the shared store.
+struct UseOnce {
+    key: String,
+    until: i64,
+}
+
+/// Length-prefixed SHA-256 over `parts`, base64url: no two part lists hash alike by concatenation.
+fn digest_parts(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_le_bytes());
+        h.update(p);
+    }
+    missiongate_wire::b64::encode(h.finalize())
+}
+
+/// Cache key of a PDP answer: the evaluation request body as sent (subject with token `iss`, `sub`
+/// and client id; resource; action with `parameter_digest`; Mission id, issuer and `authority_hash`)
+/// and the endpoint it was sent to (cluster, `:authority`, path). A fixed-size key, whatever the
+/// token carries.
+fn decision_key(endpoint: &Upstream, question: &[u8]) -> String {
+    let d =
+        digest_parts(&[endpoint.cluster.as_bytes(), endpoint.authority.as_bytes(), endpoint.path.as_bytes(), question]);
+    format!("mg.dec/{d}")
+}
+
+/// Replay-store key of a single-use permit: the PDP endpoint and its `evaluation_id`, hashed, so an
+/// id the PDP chose never puts a separator or control character into the store, and two PDPs
+/// cannot spend each other's permits.
+fn use_once_key(endpoint: &Upstream, evaluation_id: &str) -> String {
+    let d = digest_parts(&[
+        endpoint.cluster.as_bytes(),
+        endpoint.authority.as_bytes(),
+        endpoint.path.as_bytes(),
+        evaluation_id.as_bytes(),
+    ]);
+    format!("mg.use/{d}")
+}
+
+/// An HTTP method: an RFC 9110 token of at most 32 characters.
+fn valid_method(m: &str) -> bool {
+    !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A PDP reason worth repeating in a problem detail: a short code such as `weekend` or
+/// `egress_not_allowed`, never free text.
+fn is_reason_code(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
 impl Step {

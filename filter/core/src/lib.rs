@@ -14,4 +14,4 @@ pub mod token;
 pub mod uri;
 
 pub use config::{Config, ConfigError};
-pub use engine::{Attempts, Authz, Engine, Need, Outcome, ReplayGuard, Request};
+pub use engine::{Attempts, Authz, Engine, Need, Outcome, ReplayGuard, Request, Seeds};

@@ -20,7 +20,24 @@ pub const UNKNOWN_TTL: i64 = 5;
 /// How long a failed status fetch is remembered before the next try (requests are refused meanwhile).
 pub const FAILURE_BACKOFF: i64 = 1;
 
+/// Most Missions one worker remembers in each of its maps (status answers, "unknown", failures,
+/// state events).
+pub const MAX_MISSIONS: usize = 100_000;
+
 type Key = (usize, String);
+
+/// Insert into a map that never holds more than [`MAX_MISSIONS`]: entries past their time go
+/// first; if it is still full, all of it goes. Forgetting is always safe here: a Mission that is
+/// not in the cache is asked about again (and every request waits for the answer).
+fn bounded_insert<V>(map: &mut HashMap<Key, V>, key: Key, value: V, live: impl Fn(&V) -> bool) {
+    if map.len() >= MAX_MISSIONS && !map.contains_key(&key) {
+        map.retain(|_, v| live(v));
+        if map.len() >= MAX_MISSIONS {
+            map.clear();
+        }
+    }
+    map.insert(key, value);
+}
 
 #[derive(Debug, Clone)]
 struct StatusEntry {
@@ -91,8 +108,8 @@ impl MissionCache {
         MissionView::NeedFetch
     }
 
-    /// Record a verified status answer.
-    pub fn put_status(&mut self, issuer: usize, answer: VerifiedStatus) {
+    /// Record a verified status answer, received at `now`.
+    pub fn put_status(&mut self, issuer: usize, answer: VerifiedStatus, now: i64) {
         let key = (issuer, answer.id);
         self.failed.remove(&key);
         self.unknown.remove(&key);
@@ -101,7 +118,8 @@ impl MissionCache {
                 return; // never go back to an older version
             }
         }
-        self.status.insert(
+        bounded_insert(
+            &mut self.status,
             key,
             StatusEntry {
                 state: answer.state,
@@ -109,17 +127,18 @@ impl MissionCache {
                 valid_until: answer.valid_until,
                 expires_at: answer.expires_at,
             },
+            |s| s.valid_until > now,
         );
     }
 
     /// The authority said it does not know the Mission.
     pub fn put_unknown(&mut self, issuer: usize, id: &str, now: i64) {
-        self.unknown.insert((issuer, id.to_owned()), now + UNKNOWN_TTL);
+        bounded_insert(&mut self.unknown, (issuer, id.to_owned()), now + UNKNOWN_TTL, |t| *t > now);
     }
 
     /// A fetch failed; refuse for a short backoff rather than hammer the authority.
     pub fn put_failure(&mut self, issuer: usize, id: &str, now: i64) {
-        self.failed.insert((issuer, id.to_owned()), now + FAILURE_BACKOFF);
+        bounded_insert(&mut self.failed, (issuer, id.to_owned()), now + FAILURE_BACKOFF, |t| *t > now);
     }
 
     /// Apply a state event. An event whose version is not newer than the one held is ignored.
@@ -131,6 +150,9 @@ impl MissionCache {
         }
         if self.status.get(&key).is_some_and(|s| s.version >= version) {
             return false;
+        }
+        if self.events.len() >= MAX_MISSIONS && !self.events.contains_key(&key) {
+            self.forget_events();
         }
         if let Some(s) = self.status.get_mut(&key) {
             if state.is_active() {
@@ -158,12 +180,21 @@ impl MissionCache {
         self.status.retain(|_, s| s.valid_until > now);
         self.unknown.retain(|_, t| *t > now);
         self.failed.retain(|_, t| *t > now);
-        if self.events.len() > 100_000 {
-            // Forgetting events must not let a cached `active` answer outlive a revocation: drop
-            // the status answers with them, so every Mission is asked about again.
-            self.events.clear();
-            self.status.clear();
+        if self.events.len() >= MAX_MISSIONS {
+            self.forget_events();
         }
+    }
+
+    /// Forgetting events must not let a cached `active` answer outlive a revocation: the status
+    /// answers go with them, so every Mission is asked about again.
+    fn forget_events(&mut self) {
+        self.events.clear();
+        self.status.clear();
+    }
+
+    /// Number of entries in the maps other than status answers: (events, unknown, failures).
+    pub fn other_counts(&self) -> (usize, usize, usize) {
+        (self.events.len(), self.unknown.len(), self.failed.len())
     }
 }
 
@@ -377,7 +408,7 @@ mod tests {
     fn status_then_event_then_stale_event() {
         let mut c = MissionCache::default();
         assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
-        c.put_status(0, active(3, 130));
+        c.put_status(0, active(3, 130), 0);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
         assert_eq!(c.view(0, "m", 130), MissionView::NeedFetch);
         assert!(c.apply_event(0, "m", MissionState::Revoked, 4));
@@ -387,14 +418,14 @@ mod tests {
         assert!(!c.apply_event(0, "m", MissionState::Active, 2));
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Revoked));
         // nor does an older status answer
-        c.put_status(0, active(3, 200));
+        c.put_status(0, active(3, 200), 0);
         assert_eq!(c.view(0, "m", 150), MissionView::Inactive(MissionState::Revoked));
     }
 
     #[test]
     fn suspend_then_resume_by_events() {
         let mut c = MissionCache::default();
-        c.put_status(0, active(1, 200));
+        c.put_status(0, active(1, 200), 0);
         c.apply_event(0, "m", MissionState::Suspended, 2);
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
         c.apply_event(0, "m", MissionState::Active, 3);
@@ -408,7 +439,7 @@ mod tests {
         // has arrived when a request comes: ask Mission Status rather than refuse on a stale event.
         assert!(c.apply_event(0, "m", MissionState::PendingApproval, 1));
         assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
-        c.put_status(0, active(2, 200));
+        c.put_status(0, active(2, 200), 0);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
         // The late approval event changes nothing.
         assert!(!c.apply_event(0, "m", MissionState::Active, 2));
@@ -417,14 +448,14 @@ mod tests {
         let mut d = MissionCache::default();
         d.apply_event(0, "m", MissionState::Suspended, 5);
         assert_eq!(d.view(0, "m", 100), MissionView::NeedFetch);
-        d.put_status(0, active(4, 200));
+        d.put_status(0, active(4, 200), 0);
         assert_eq!(d.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
     }
 
     #[test]
     fn forgetting_events_forgets_the_status_answers_too() {
         let mut c = MissionCache::default();
-        c.put_status(0, active(1, 200));
+        c.put_status(0, active(1, 200), 0);
         c.apply_event(0, "m", MissionState::Revoked, 2);
         for i in 0..=100_000 {
             c.apply_event(0, &format!("other-{i}"), MissionState::Revoked, 1);
@@ -443,7 +474,7 @@ mod tests {
     #[test]
     fn expiry_and_unknown_and_failure() {
         let mut c = MissionCache::default();
-        c.put_status(0, VerifiedStatus { expires_at: Some(150), ..active(1, 200) });
+        c.put_status(0, VerifiedStatus { expires_at: Some(150), ..active(1, 200) }, 0);
         assert_eq!(c.view(0, "m", 149), MissionView::Active);
         assert_eq!(c.view(0, "m", 150), MissionView::Inactive(MissionState::Expired));
         c.put_unknown(0, "x", 100);

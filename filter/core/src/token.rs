@@ -1,7 +1,7 @@
 //! Access-token validation (SPEC §2): cheap checks first, the signature once, the result cached.
 
 use missiongate_wire::b64;
-use missiongate_wire::claims::{AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
+use missiongate_wire::claims::{is_safe_id, AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
 use missiongate_wire::jose::{Alg, Compact};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -78,6 +78,10 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
     let payload = parts.payload_bytes().map_err(|_| deny(Reason::TokenMalformed, "token payload encoding"))?;
     let claims: AccessTokenClaims =
         serde_json::from_slice(&payload).map_err(|_| deny(Reason::TokenMalformed, "token claims are not valid"))?;
+    // The jti is written to evidence: bounded visible ASCII only (no control characters).
+    if claims.jti.as_deref().is_some_and(|j| !is_safe_id(j)) {
+        return Err(deny(Reason::TokenMalformed, "token jti must be 1 to 256 visible ASCII characters"));
+    }
     let issuer = match config.issuer_index.get(&claims.iss) {
         Some(&i) if config.issuers.get(i).is_some_and(|x| x.access_tokens) => i,
         _ => return Err(deny(Reason::UnknownIssuer, "token issuer is not trusted")),
@@ -172,17 +176,22 @@ impl TokenCache {
     pub fn get(&self, token: &str) -> Option<Rc<VerifiedToken>> {
         self.map.get(token).cloned()
     }
-    /// Insert, evicting expired entries first and then an arbitrary one when full.
+    /// Insert. When full, expired entries go first; if that frees less than an eighth of the
+    /// capacity, arbitrary entries go too, down to seven eighths: the full scan is paid at most
+    /// once per `capacity / 8` inserts, never on every insert of a full cache.
     pub fn insert(&mut self, token: &str, v: Rc<VerifiedToken>, now: i64, skew: i64) {
         if self.capacity == 0 {
             return;
         }
-        if self.map.len() >= self.capacity {
+        if self.map.len() >= self.capacity && !self.map.contains_key(token) {
             self.map.retain(|_, t| t.exp.saturating_add(skew) > now);
-        }
-        if self.map.len() >= self.capacity {
-            if let Some(k) = self.map.keys().next().cloned() {
-                self.map.remove(&k);
+            let target = self.capacity - self.capacity.div_ceil(8);
+            if self.map.len() > target {
+                let excess = self.map.len() - target;
+                let victims: Vec<Box<str>> = self.map.keys().take(excess).cloned().collect();
+                for k in victims {
+                    self.map.remove(&k);
+                }
             }
         }
         self.map.insert(token.into(), v);

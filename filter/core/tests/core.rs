@@ -83,7 +83,7 @@ fn config_json() -> Value {
 
 fn engine_with(config: &Value) -> Engine {
     let config = Config::parse(config.to_string().as_bytes()).unwrap();
-    Engine::new(Rc::new(config), [7; 32])
+    Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: [7; 32], ids: [8; 32] })
 }
 
 fn engine() -> Engine {
