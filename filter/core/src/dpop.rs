@@ -64,7 +64,7 @@ pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Resu
     key.verify(alg, parts.signing_input.as_bytes(), &sig).map_err(|_| bad("DPoP proof signature is not valid"))?;
     let payload = parts.payload_bytes().map_err(|_| bad("DPoP proof payload encoding"))?;
     let claims: DpopClaims = serde_json::from_slice(&payload).map_err(|_| bad("DPoP proof claims"))?;
-    if claims.jti.is_empty() || claims.jti.len() > 256 {
+    if claims.jti.is_empty() || claims.jti.len() > 256 || claims.jti.chars().any(char::is_control) {
         return Err(bad("DPoP proof jti"));
     }
     if claims.htm != method {
