@@ -43,10 +43,12 @@ pub enum Reason {
     PdpUnavailable,
     /// The gateway itself could not decide (a host call failed, the engine was not ready): 503.
     GatewayError,
+    /// The bounded single-use/DPoP replay ledger has no room for one more key: 503 + Retry-After.
+    ReplayStoreFull,
 }
 
 /// Every reason, for counter definition.
-pub const ALL_REASONS: [Reason; 33] = [
+pub const ALL_REASONS: [Reason; 34] = [
     Reason::Allowed,
     Reason::NoCredentials,
     Reason::MalformedRequest,
@@ -80,6 +82,7 @@ pub const ALL_REASONS: [Reason; 33] = [
     Reason::AuthorityUnavailable,
     Reason::PdpUnavailable,
     Reason::GatewayError,
+    Reason::ReplayStoreFull,
 ];
 
 /// The challenge family of a denial.
@@ -133,6 +136,7 @@ impl Reason {
             Reason::AuthorityUnavailable => "authority_unavailable",
             Reason::PdpUnavailable => "pdp_unavailable",
             Reason::GatewayError => "gateway_error",
+            Reason::ReplayStoreFull => "replay_store_full",
         }
     }
 
@@ -147,9 +151,11 @@ impl Reason {
             | Reason::PdpDenied
             | Reason::ParameterViolation => 403,
             Reason::EgressNotAllowed => 511,
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => {
-                503
-            }
+            Reason::KeysUnavailable
+            | Reason::AuthorityUnavailable
+            | Reason::PdpUnavailable
+            | Reason::GatewayError
+            | Reason::ReplayStoreFull => 503,
             _ => 401,
         }
     }
@@ -159,9 +165,11 @@ impl Reason {
             Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => {
                 Challenge::None
             }
-            Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => {
-                Challenge::None
-            }
+            Reason::KeysUnavailable
+            | Reason::AuthorityUnavailable
+            | Reason::PdpUnavailable
+            | Reason::GatewayError
+            | Reason::ReplayStoreFull => Challenge::None,
             Reason::NoCredentials => Challenge::Realm,
             Reason::MalformedRequest => Challenge::Bearer("invalid_request"),
             Reason::InvalidDpopProof | Reason::DpopReplay => Challenge::Dpop,

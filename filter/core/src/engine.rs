@@ -44,6 +44,19 @@ pub struct Request<'a> {
     pub dpop_count: usize,
 }
 
+/// The error a [`ReplayGuard`] returns when its bounded store has no room left for a key: the
+/// request is refused with `replay_store_full` (503, Retry-After), never remembered unboundedly.
+pub const REPLAY_STORE_FULL: &str = "replay store full";
+
+/// The denial for a replay store error: `replay_store_full` when the store is full, else `fallback`.
+fn replay_failure(error: &str, fallback: Reason, detail: &str) -> Step {
+    if error == REPLAY_STORE_FULL {
+        Step::deny(Reason::ReplayStoreFull, "the replay store is full; retry shortly")
+    } else {
+        Step::deny(fallback, detail)
+    }
+}
+
 /// Replay memory shared by every worker (Envoy shared data in the filter, a map in tests).
 pub trait ReplayGuard {
     /// Remember `key` until `until`; `Ok(false)` when it was already remembered (a replay),
@@ -95,6 +108,9 @@ pub struct PdpAnswer {
 pub struct Extra<'a> {
     /// All request headers (content type, effect-bearing headers).
     pub headers: &'a [(String, String)],
+    /// Lower-case names of headers whose value is not UTF-8 (see `head`): on a bound call a
+    /// `Content-Type` or effect-bearing header among them makes the call unbindable (400).
+    pub unreadable: &'a [String],
     /// The complete body, once buffered (empty slice = no body).
     pub body: Option<&'a [u8]>,
     /// The PDP's answer for this request, once it came.
@@ -530,7 +546,9 @@ impl Engine {
             match replay.remember(&p.replay_key, p.remember_until, now) {
                 Ok(true) => {}
                 Ok(false) => return Err(Step::deny(Reason::DpopReplay, "DPoP proof jti was already used")),
-                Err(_) => return Err(Step::deny(Reason::AuthorityUnavailable, "DPoP replay store unavailable")),
+                Err(e) => {
+                    return Err(replay_failure(&e, Reason::AuthorityUnavailable, "DPoP replay store unavailable"))
+                }
             }
         }
         if let Some(use_once) = permit {
@@ -538,6 +556,9 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
+                }
+                Err(e) if e == REPLAY_STORE_FULL => {
+                    return Err(replay_failure(&e, Reason::PdpUnavailable, "single-use store unavailable"))
                 }
                 Err(_) => {
                     let mut d = Denial::new(Reason::PdpUnavailable, "single-use store unavailable");
@@ -570,6 +591,15 @@ impl Engine {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         };
         let digest = if consequential {
+            if let Some(h) = extra.unreadable.iter().find(|h| {
+                h.eq_ignore_ascii_case("content-type")
+                    || dest.effect_headers().iter().any(|e| e.eq_ignore_ascii_case(h))
+            }) {
+                return Err(Step::deny(
+                    Reason::BodyNotCanonicalizable,
+                    &format!("the {h} header of a bound call is not UTF-8"),
+                ));
+            }
             let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
             if body.len() > config.max_body_bytes {
                 return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));

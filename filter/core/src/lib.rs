@@ -8,8 +8,11 @@ pub mod config;
 pub mod decision;
 pub mod dpop;
 pub mod engine;
+pub mod head;
 pub mod keys;
+pub mod ledger;
 pub mod mission;
+pub mod stream;
 pub mod token;
 pub mod uri;
 

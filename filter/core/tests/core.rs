@@ -1528,7 +1528,7 @@ fn pdp_engine() -> Engine {
 /// Decide with the PDP's answer in hand.
 fn with_answer(e: &mut Engine, r: &Request<'_>, status: Option<u16>, answer: &Value, guard: &mut MapGuard) -> Outcome {
     let pdp = missiongate_core::engine::PdpAnswer { status, body: serde_json::to_vec(answer).unwrap() };
-    let extra = missiongate_core::engine::Extra { headers: &[], body: None, pdp: Some(&pdp) };
+    let extra = missiongate_core::engine::Extra { pdp: Some(&pdp), ..Default::default() };
     e.decide_full(r, &extra, NOW, Attempts { keys: true, status: true }, guard)
 }
 

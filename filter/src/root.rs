@@ -1,0 +1,154 @@
+//! The root context: configuration, the tick (callout housekeeping, JWKS refresh, event polls,
+//! counters) and the HTTP contexts it creates.
+
+use crate::shared::init_buckets;
+use crate::stream::HttpStream;
+use crate::{abi, log, Vm};
+use missiongate_core::decision::{Reason, ALL_REASONS};
+use missiongate_core::engine::ALL_STATS;
+use missiongate_core::stream::Stream;
+use missiongate_core::{Config, Engine};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+const TICK_MS: u32 = 200;
+const METRIC_PREFIX: &str = "missiongate.";
+
+pub(crate) struct Root {
+    vm: Rc<Vm>,
+}
+
+impl Root {
+    pub(crate) fn new(context_id: u32) -> Root {
+        let vm = Vm::default();
+        vm.root_id.set(context_id);
+        Root { vm: Rc::new(vm) }
+    }
+}
+
+fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::getrandom(&mut seed).is_err() {
+        log(abi::Level::Warn, "missiongate: no random source; seeding from the clock");
+        for (s, b) in seed.iter_mut().zip(u128::from(abi::now_nanos()).to_le_bytes()) {
+            *s = b;
+        }
+    }
+    seed
+}
+
+impl Vm {
+    fn tick(&self) {
+        let now = abi::now_secs();
+        self.tick_requests(now);
+        // JWKS initial load and refresh; event polls.
+        let (due, event_issuers) = {
+            let guard = self.engine.borrow();
+            match guard.as_ref() {
+                Some(e) => (e.jwks_due(now), e.event_issuers()),
+                None => (Vec::new(), Vec::new()),
+            }
+        };
+        for i in due {
+            self.start_jwks(i);
+        }
+        for i in event_issuers {
+            self.poll_events(i, false);
+        }
+        self.flush_counters();
+        if let Some(e) = self.engine.borrow_mut().as_mut() {
+            e.sweep(now);
+        }
+    }
+
+    fn flush_counters(&self) {
+        let mut deltas = match self.engine.borrow_mut().as_mut() {
+            Some(e) => e.take_counters(),
+            None => return,
+        };
+        let uncounted = self.uncounted.replace(0);
+        if uncounted > 0 {
+            deltas.push((format!("decision.{}", Reason::GatewayError.as_str()), uncounted));
+        }
+        let metrics = self.metrics.borrow();
+        for (name, delta) in deltas {
+            if let Some(id) = metrics.get(&name) {
+                let _ = abi::increment_counter(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.vm.enter(self.vm.root_id.get());
+        self.vm.on_response(token_id, body_size);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.vm.enter(self.vm.root_id.get());
+        let bytes = match abi::buffer(abi::Buffer::PluginConfiguration, usize::MAX) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => {
+                log(abi::Level::Critical, "invalid missiongate config: (root): configuration is empty");
+                return false;
+            }
+            Err(e) => {
+                log(abi::Level::Critical, &format!("missiongate: cannot read configuration: status {}", e.0));
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(abi::Level::Critical, &e.to_string());
+                return false;
+            }
+        };
+        self.vm.evidence_log.set(Some(config.evidence_log));
+        let mut metrics = HashMap::new();
+        let names = ALL_REASONS
+            .iter()
+            .map(|r| format!("decision.{}", r.as_str()))
+            .chain(ALL_STATS.iter().map(|s| s.as_str().to_owned()));
+        for name in names {
+            match abi::define_counter(&format!("{METRIC_PREFIX}{name}")) {
+                Ok(id) => {
+                    metrics.insert(name, id);
+                }
+                Err(e) => log(abi::Level::Warn, &format!("missiongate: define_metric {name}: status {}", e.0)),
+            }
+        }
+        *self.vm.metrics.borrow_mut() = metrics;
+        init_buckets();
+        // Build the P-256 generator table now rather than on the first request.
+        missiongate_wire::p256_fast::precompute_generator();
+        *self.vm.engine.borrow_mut() = Some(Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() }));
+        if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
+            log(abi::Level::Critical, &format!("missiongate: set_tick_period failed: status {}", e.0));
+            return false;
+        }
+        // Load remote keys and start event polls at once rather than on the first tick.
+        self.vm.tick();
+        log(abi::Level::Info, "missiongate: configured");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.vm.enter(self.vm.root_id.get());
+        self.vm.tick();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        self.vm.streams.borrow_mut().insert(context_id, Stream::new());
+        Some(Box::new(HttpStream { id: context_id, vm: Rc::clone(&self.vm) }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
