@@ -43,10 +43,12 @@ pub enum Reason {
     PdpUnavailable,
     /// The gateway itself could not decide (a host call failed, the engine was not ready): 503.
     GatewayError,
+    /// A request path an upstream could resolve to another resource than the one decided on: 400.
+    AmbiguousPath,
 }
 
 /// Every reason, for counter definition.
-pub const ALL_REASONS: [Reason; 33] = [
+pub const ALL_REASONS: [Reason; 34] = [
     Reason::Allowed,
     Reason::NoCredentials,
     Reason::MalformedRequest,
@@ -80,6 +82,7 @@ pub const ALL_REASONS: [Reason; 33] = [
     Reason::AuthorityUnavailable,
     Reason::PdpUnavailable,
     Reason::GatewayError,
+    Reason::AmbiguousPath,
 ];
 
 /// The challenge family of a denial.
@@ -133,6 +136,7 @@ impl Reason {
             Reason::AuthorityUnavailable => "authority_unavailable",
             Reason::PdpUnavailable => "pdp_unavailable",
             Reason::GatewayError => "gateway_error",
+            Reason::AmbiguousPath => "ambiguous_path",
         }
     }
 
@@ -140,7 +144,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::Allowed => 200,
-            Reason::MalformedRequest | Reason::BodyNotCanonicalizable => 400,
+            Reason::MalformedRequest | Reason::BodyNotCanonicalizable | Reason::AmbiguousPath => 400,
             Reason::BodyTooLarge => 413,
             Reason::InsufficientAuthority
             | Reason::ConstraintUnrecognized
@@ -156,9 +160,11 @@ impl Reason {
 
     fn challenge(self) -> Challenge {
         match self {
-            Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => {
-                Challenge::None
-            }
+            Reason::Allowed
+            | Reason::BodyNotCanonicalizable
+            | Reason::BodyTooLarge
+            | Reason::EgressNotAllowed
+            | Reason::AmbiguousPath => Challenge::None,
             Reason::KeysUnavailable | Reason::AuthorityUnavailable | Reason::PdpUnavailable | Reason::GatewayError => {
                 Challenge::None
             }
