@@ -156,6 +156,7 @@ fn path_forms_under_a_prefix_grant_and_a_named_operation() {
             ("GET", "/v1//x", Forwarded("/v1/x")),
             ("GET", "/v1//../admin", Forwarded("/v1/admin")),
             ("POST", "/v1/p%61yments", Forwarded("/v1/payments")),
+            ("GET", "/v1/%7Euser", Forwarded("/v1/~user")),
             // Forms Envoy leaves alone and the filter refuses.
             ("GET", "/v1/..%2Fadmin", Refused),
             ("GET", "/v1/..%2fadmin", Refused),
@@ -165,6 +166,8 @@ fn path_forms_under_a_prefix_grant_and_a_named_operation() {
             ("GET", "/v1/a%00", RefusedByEnvoy),
             ("GET", "/v1/%252e%252e/admin", Refused),
             ("GET", "/v1/%C0%AE%C0%AE/admin", Refused),
+            // Envoy keeps lower-case hex; its normal form differs from the bytes, so it is refused.
+            ("GET", "/v1/caf%c3%a9", Refused),
             ("GET", "/v1\\..\\admin", Denied(403, "insufficient_authority", "/admin")),
             // Grants are case-sensitive: the upstream-case trick is a denial.
             ("GET", "/V1/payments", Denied(403, "insufficient_authority", "/V1/payments")),
