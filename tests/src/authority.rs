@@ -11,7 +11,7 @@ use p256::pkcs8::EncodePrivateKey;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How the authority behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,16 @@ struct Inner {
     /// Every state-event SET published: (jti, compact JWS).
     events: Vec<(String, String)>,
     next_event: u64,
+    /// Extra delay before answering Mission Status for these Missions.
+    status_delays: HashMap<String, Duration>,
+    /// Extra delay before answering the JWKS.
+    jwks_delay: Duration,
+    /// Status answers: (mission id, received, answered).
+    status_log: Vec<(String, Instant, Instant)>,
+    /// JWKS answers: (received, answered).
+    jwks_log: Vec<(Instant, Instant)>,
+    /// JWKS requests received (counted on arrival, before any delay).
+    jwks_received: u64,
 }
 
 /// A running stand-in authority.
@@ -102,9 +112,14 @@ async fn delay(inner: &Arc<Mutex<Inner>>) -> Mode {
 }
 
 async fn jwks(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
+    let received = Instant::now();
+    inner.lock().unwrap().jwks_received += 1;
     let mode = delay(&inner).await;
+    let extra = inner.lock().unwrap().jwks_delay;
+    tokio::time::sleep(extra).await;
     let mut g = inner.lock().unwrap();
     g.jwks_hits += 1;
+    g.jwks_log.push((received, Instant::now()));
     match mode {
         Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Mode::Garbage => (StatusCode::OK, "{\"keys\": 42").into_response(),
@@ -116,9 +131,14 @@ async fn jwks(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
 }
 
 async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm>) -> Response {
+    let received = Instant::now();
     let mode = delay(&inner).await;
+    let id = f.mission_id.clone().unwrap_or_default();
+    let extra = inner.lock().unwrap().status_delays.get(&id).copied().unwrap_or_default();
+    tokio::time::sleep(extra).await;
     let mut g = inner.lock().unwrap();
     g.status_hits += 1;
+    g.status_log.push((id, received, Instant::now()));
     match mode {
         Mode::Unavailable => return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
         Mode::Garbage => return (StatusCode::OK, "this is not a JWS {]").into_response(),
@@ -199,6 +219,11 @@ impl Authority {
             jwks_hits: 0,
             events: Vec::new(),
             next_event: 1,
+            status_delays: HashMap::new(),
+            jwks_delay: Duration::ZERO,
+            status_log: Vec::new(),
+            jwks_log: Vec::new(),
+            jwks_received: 0,
         }));
         let a = Authority { port, issuer, inner, task: Mutex::new(None) };
         a.open();
@@ -247,6 +272,32 @@ impl Authority {
     /// The current signing key.
     pub fn signer(&self) -> Signer {
         self.inner.lock().unwrap().keys.last().unwrap().clone()
+    }
+
+    /// Delay Mission Status answers for this Mission only (on top of the mode).
+    pub fn set_status_delay(&self, mission_id: &str, d: Duration) {
+        self.inner.lock().unwrap().status_delays.insert(mission_id.into(), d);
+    }
+
+    /// Delay every JWKS answer (on top of the mode).
+    pub fn set_jwks_delay(&self, d: Duration) {
+        self.inner.lock().unwrap().jwks_delay = d;
+    }
+
+    /// Status answers for this Mission: (received, answered).
+    pub fn status_answers(&self, mission_id: &str) -> Vec<(Instant, Instant)> {
+        let g = self.inner.lock().unwrap();
+        g.status_log.iter().filter(|(m, _, _)| m == mission_id).map(|(_, r, a)| (*r, *a)).collect()
+    }
+
+    /// JWKS requests received so far (answered or not).
+    pub fn jwks_requests(&self) -> u64 {
+        self.inner.lock().unwrap().jwks_received
+    }
+
+    /// JWKS answers: (received, answered).
+    pub fn jwks_answers(&self) -> Vec<(Instant, Instant)> {
+        self.inner.lock().unwrap().jwks_log.clone()
     }
 
     /// Status requests served.

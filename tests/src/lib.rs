@@ -11,9 +11,11 @@ pub mod bodies;
 pub mod browser;
 pub mod dpop;
 pub mod envoy;
+pub mod h2c;
 pub mod http;
 pub mod pdp;
 pub mod portal;
+pub mod raw;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -10,11 +10,29 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A test's own policy: for the evaluation requests it recognises (say, by Mission id), how long
+/// to wait and what to answer; `None` leaves the request to the next rule or the default answer.
+type Rule = Box<dyn Fn(&Value) -> Option<(Duration, Value)> + Send + Sync>;
+
+/// One evaluation as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The request body (`null` when not JSON).
+    pub request: Value,
+    /// When it arrived.
+    pub received: Instant,
+    /// When the answer was sent (after any delay).
+    pub answered: Instant,
+}
 
 struct Inner {
     mode: Mode,
     answer: Value,
     requests: Vec<Value>,
+    rules: Vec<Rule>,
+    log: Vec<Evaluation>,
 }
 
 /// A running stand-in PDP.
@@ -26,12 +44,23 @@ pub struct Pdp {
 }
 
 async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::Bytes) -> Response {
+    let received = Instant::now();
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let ruled = inner.lock().unwrap().rules.iter().find_map(|r| r(&request));
+    if let Some((delay, answer)) = ruled {
+        tokio::time::sleep(delay).await;
+        let mut g = inner.lock().unwrap();
+        g.requests.push(request.clone());
+        g.log.push(Evaluation { request, received, answered: Instant::now() });
+        return axum::Json(answer).into_response();
+    }
     let mode = inner.lock().unwrap().mode;
     if let Mode::Slow(d) = mode {
         tokio::time::sleep(d).await;
     }
     let mut g = inner.lock().unwrap();
-    g.requests.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    g.requests.push(request.clone());
+    g.log.push(Evaluation { request, received, answered: Instant::now() });
     match mode {
         Mode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
         Mode::Garbage => {
@@ -44,8 +73,13 @@ async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::By
 impl Pdp {
     /// Start on an ephemeral port, answering `{"decision": true}`.
     pub fn start() -> Pdp {
-        let inner =
-            Arc::new(Mutex::new(Inner { mode: Mode::Normal, answer: json!({"decision": true}), requests: Vec::new() }));
+        let inner = Arc::new(Mutex::new(Inner {
+            mode: Mode::Normal,
+            answer: json!({"decision": true}),
+            requests: Vec::new(),
+            rules: Vec::new(),
+            log: Vec::new(),
+        }));
         let p = Pdp { port: crate::free_port(), inner, task: Mutex::new(None) };
         p.open();
         p
@@ -70,6 +104,17 @@ impl Pdp {
     /// The answer to every evaluation from now on.
     pub fn answer(&self, v: Value) {
         self.inner.lock().unwrap().answer = v;
+    }
+
+    /// Add a rule (checked in the order added, before the mode and the default answer), so tests
+    /// sharing one PDP each answer their own requests, with a delay of their own.
+    pub fn rule(&self, f: impl Fn(&Value) -> Option<(Duration, Value)> + Send + Sync + 'static) {
+        self.inner.lock().unwrap().rules.push(Box::new(f));
+    }
+
+    /// Every evaluation so far, with when it arrived and when it was answered.
+    pub fn evaluations(&self) -> Vec<Evaluation> {
+        self.inner.lock().unwrap().log.clone()
     }
 
     /// Evaluation requests received so far (`null` for a body that was not JSON).
