@@ -129,16 +129,17 @@ fn check_entry(entry: &Value) -> Result<(), String> {
         Some(Value::String(t)) if t == RAR_MISSION_RESOURCE_ACCESS => {}
         _ => return Err(format!("type must be {RAR_MISSION_RESOURCE_ACCESS:?}")),
     }
-    let prefix = match obj.get("resource_match") {
-        None => false,
-        Some(Value::String(m)) if m == "exact" => false,
-        Some(Value::String(m)) if m == "prefix" => true,
+    match obj.get("resource_match") {
+        None => {}
+        Some(Value::String(m)) if m == "exact" || m == "prefix" => {}
         Some(_) => return Err("resource_match must be \"exact\" or \"prefix\"".into()),
-    };
+    }
     let Some(Value::String(resource)) = obj.get("resource") else {
         return Err("resource must be a string".into());
     };
-    check_resource_uri(resource, prefix).map_err(|e| format!("resource: {e}"))?;
+    // An entry's resource names an origin (the whole destination) or a path, never a query: the
+    // gateway matches origin and path only and does not honour an entry with a query (SPEC §2).
+    check_resource_uri(resource, true).map_err(|e| format!("resource: {e}"))?;
     let Some(Value::Array(actions)) = obj.get("actions") else {
         return Err("actions must be an array of action ids".into());
     };
@@ -171,9 +172,9 @@ pub fn is_action_id(s: &str) -> bool {
     !base.is_empty() && base.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
-/// An absolute `http`/`https` URI with a host, no user info and no fragment; a `prefix` resource has
-/// no query either.
-fn check_resource_uri(s: &str, prefix: bool) -> Result<(), String> {
+/// An absolute `http`/`https` URI with a host, no user info and no fragment; with `no_query` (an
+/// Authority Set entry), no query either.
+fn check_resource_uri(s: &str, no_query: bool) -> Result<(), String> {
     if s.len() > MAX_URI_BYTES {
         return Err(format!("longer than {MAX_URI_BYTES} bytes"));
     }
@@ -190,8 +191,8 @@ fn check_resource_uri(s: &str, prefix: bool) -> Result<(), String> {
     if url.fragment().is_some() {
         return Err("a fragment is not allowed".into());
     }
-    if prefix && url.query().is_some() {
-        return Err("a prefix resource has no query".into());
+    if no_query && url.query().is_some() {
+        return Err("an authority resource has no query".into());
     }
     Ok(())
 }
@@ -364,7 +365,21 @@ mod tests {
         let ok = json!([{"type": "mission_resource_access", "resource": "https://a.example/v1", "actions": ["http.*"],
                          "resource_match": "prefix"}]);
         assert!(body(ok).validate(now).is_ok());
+        // The drafts' own shape: an origin-only resource (the whole destination), with or without `/`.
+        for origin in ["https://a.example", "https://a.example/", "https://a.example:8443"] {
+            let ok = json!([{"type": "mission_resource_access", "resource": origin, "actions": ["invoices.read"]}]);
+            assert!(body(ok).validate(now).is_ok(), "{origin}");
+        }
         for (bad, why) in [
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example/v1?x=1", "actions": ["x"]}]),
+                "query",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example/v1?", "actions": ["x"],
+                     "resource_match": "exact"}]),
+                "query",
+            ),
             (json!([]), "at least one"),
             (json!([{"type": "resource_access", "resource": "https://a.example", "actions": ["x"]}]), "type"),
             (json!([{"type": "mission_resource_access", "resource": "a.example", "actions": ["x"]}]), "absolute"),

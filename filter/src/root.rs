@@ -127,7 +127,8 @@ impl RootContext for Root {
         init_buckets();
         // Build the P-256 generator table now rather than on the first request.
         missiongate_wire::p256_fast::precompute_generator();
-        *self.vm.engine.borrow_mut() = Some(Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() }));
+        *self.vm.engine.borrow_mut() =
+            Some(Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() }));
         if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
             log(abi::Level::Critical, &format!("missiongate: set_tick_period failed: status {}", e.0));
             return false;

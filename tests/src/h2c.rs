@@ -111,17 +111,28 @@ impl H2Conn {
         let end_at_headers = req.chunks.is_empty() && req.trailers.is_none();
         let (response, mut stream) =
             send.send_request(request, end_at_headers).map_err(|e| format!("send headers: {e}"))?;
+        // A server may answer before the request is complete and then close the stream (RFC 9113
+        // §8.1): sending stops there, and the answer already received is read.
+        let mut unsent = None;
         for (i, c) in req.chunks.iter().enumerate() {
             if i > 0 && !req.pause.is_zero() {
                 tokio::time::sleep(req.pause).await;
             }
             let last = i + 1 == req.chunks.len() && req.trailers.is_none();
-            stream.send_data(Bytes::copy_from_slice(c), last).map_err(|e| format!("send data: {e}"))?;
+            if let Err(e) = stream.send_data(Bytes::copy_from_slice(c), last) {
+                unsent = Some(format!("send data: {e}"));
+                break;
+            }
         }
-        if let Some(t) = &req.trailers {
-            stream.send_trailers(header_map(t)?).map_err(|e| format!("send trailers: {e}"))?;
+        if let (Some(t), None) = (&req.trailers, &unsent) {
+            if let Err(e) = stream.send_trailers(header_map(t)?) {
+                unsent = Some(format!("send trailers: {e}"));
+            }
         }
-        let response = response.await.map_err(|e| format!("stream: {e}"))?;
+        let response = response.await.map_err(|e| match &unsent {
+            Some(u) => format!("{u}; stream: {e}"),
+            None => format!("stream: {e}"),
+        })?;
         let status = response.status().as_u16();
         let headers = response
             .headers()

@@ -52,6 +52,11 @@ impl Upstream {
         self.uris.lock().map(|v| v.iter().filter(|x| *x == uri).count()).unwrap_or(0)
     }
 
+    /// Every URI (path and query) received so far, in order.
+    pub fn uris(&self) -> Vec<String> {
+        self.uris.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)

@@ -33,10 +33,13 @@ impl ActionPattern {
 pub struct Grant {
     /// Destination origin.
     pub origin: String,
-    /// Normalised path.
+    /// Normalised path; `/` for an origin-only `resource`, which covers the whole destination.
     pub path: String,
     /// `resource_match: prefix`.
     pub prefix: bool,
+    /// The whole `resource`, normalised (`origin` + `path`): compared with the resource identifier a
+    /// deployment configures for a destination.
+    pub resource: String,
     /// Actions.
     pub actions: Vec<ActionPattern>,
     /// False when a constraint cannot be enforced: the entry then permits nothing.
@@ -72,6 +75,7 @@ fn compile_one(entry: &Value) -> Option<Grant> {
         return None;
     }
     let (origin, path) = uri::parse_resource(obj.get("resource")?.as_str()?)?;
+    let resource = format!("{origin}{path}");
     let prefix = match obj.get("resource_match") {
         None => false,
         Some(v) => match v.as_str()? {
@@ -99,18 +103,34 @@ fn compile_one(entry: &Value) -> Option<Grant> {
         Some(Value::Object(c)) => c.keys().all(|k| ENFORCEABLE_CONSTRAINTS.contains(&k.as_str())),
         Some(_) => false,
     };
-    Some(Grant { origin, path, prefix, actions, enforceable })
+    Some(Grant { origin, path, prefix, resource, actions, enforceable })
 }
 
-/// Match a request (origin, normalised path, action id) against compiled grants: entries are alternatives.
-pub fn check(grants: &[Grant], origin: &str, path: &str, action: &str) -> AuthorityMatch {
+impl Grant {
+    /// Does this entry's `resource` cover a request to `path` on the destination with this origin and
+    /// configured resource identifier (SPEC §2)? The destination's origin (`/` path) or its configured
+    /// identifier covers every request to it; a longer path is matched `exact`/`prefix`, case-sensitively.
+    pub fn covers(&self, origin: &str, resource_id: Option<&str>, path: &str) -> bool {
+        if resource_id == Some(self.resource.as_str()) {
+            return true;
+        }
+        if self.origin != origin {
+            return false;
+        }
+        if self.path == "/" || self.prefix {
+            return uri::path_has_prefix(path, &self.path);
+        }
+        self.path == path
+    }
+}
+
+/// Match a request against compiled grants: entries are alternatives. `origin` and `resource_id`
+/// name the destination (its origin and the resource identifier the deployment configures for it),
+/// `path` is the request path as decided and forwarded, `action` its action id.
+pub fn check(grants: &[Grant], origin: &str, resource_id: Option<&str>, path: &str, action: &str) -> AuthorityMatch {
     let mut unenforceable = false;
     for g in grants {
-        if g.origin != origin {
-            continue;
-        }
-        let path_ok = if g.prefix { uri::path_has_prefix(path, &g.path) } else { g.path == path };
-        if !path_ok || !g.actions.iter().any(|p| p.covers(action)) {
+        if !g.covers(origin, resource_id, path) || !g.actions.iter().any(|p| p.covers(action)) {
             continue;
         }
         if g.enforceable {
@@ -142,12 +162,14 @@ pub fn action_id(operations: &[Operation], method: &str, path: &str) -> String {
     a
 }
 
-/// The first named operation matching `method` and the normalised `path`.
+/// The first named operation matching `method` and `path`. The path is compared with ASCII case
+/// folded and one trailing slash ignored (SPEC §2): a request that differs from a named operation only
+/// by case or a trailing slash is that operation (its action id, its consequential flag), never
+/// quietly `http.<method>`; `;` parameters never get this far (the path is refused first).
 pub fn operation<'o>(operations: &'o [Operation], method: &str, path: &str) -> Option<&'o Operation> {
-    operations.iter().find(|op| {
-        let path_ok = if op.prefix { uri::path_has_prefix(path, &op.path) } else { op.path == path };
-        path_ok && op.method.eq_ignore_ascii_case(method)
-    })
+    operations
+        .iter()
+        .find(|op| op.method.eq_ignore_ascii_case(method) && uri::operation_path_matches(&op.path, op.prefix, path))
 }
 
 #[cfg(test)]
@@ -174,19 +196,43 @@ mod tests {
     #[test]
     fn matching() {
         let g = grants();
-        assert_eq!(check(&g, "https://api.example", "/v1", "http.get"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", "/v1/a/b", "http.get"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", "/v1x", "http.get"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/v1/a", "http.post"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/v1/a", "invoices.read"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", "/v1/a", "invoices.q3.export"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", "/v1/a", "invoicesx.read"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/v1/a", "invoices"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/exact", "http.post"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", "/exact/x", "http.post"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/c", "http.get"), AuthorityMatch::Unenforceable);
-        assert_eq!(check(&g, "https://other.example", "/v1", "http.get"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", "/bad", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/v1", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a/b", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://api.example", None, "/v1x", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices.read"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices.q3.export"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoicesx.read"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/exact", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://api.example", None, "/exact/x", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/c", "http.get"), AuthorityMatch::Unenforceable);
+        assert_eq!(check(&g, "https://other.example", None, "/v1", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://api.example", None, "/bad", "http.get"), AuthorityMatch::Outside);
+    }
+
+    #[test]
+    fn origin_and_configured_resources_cover_the_whole_destination() {
+        let g = compile(&[
+            json!({"type":"mission_resource_access","resource":"https://erp.example","actions":["invoices.read"]}),
+            json!({"type":"mission_resource_access","resource":"https://API.example:443/","actions":["http.get"]}),
+            json!({"type":"mission_resource_access","resource":"https://id.example/api","actions":["http.post"]}),
+        ]);
+        for path in ["/", "/invoices", "/a/b/c"] {
+            assert_eq!(check(&g, "https://erp.example", None, path, "invoices.read"), AuthorityMatch::Permit, "{path}");
+            assert_eq!(check(&g, "https://api.example", None, path, "http.get"), AuthorityMatch::Permit, "{path}");
+        }
+        assert_eq!(check(&g, "https://erp.example", None, "/x", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, "https://erp2.example", None, "/x", "invoices.read"), AuthorityMatch::Outside);
+        // The resource identifier configured for a destination covers it whole, whatever its own path.
+        let id = Some("https://id.example/api");
+        assert_eq!(check(&g, "https://svc.example", id, "/anything", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://svc.example", None, "/anything", "http.post"), AuthorityMatch::Outside);
+        // Without that configuration it is an ordinary exact entry on its own origin.
+        assert_eq!(check(&g, "https://id.example", None, "/api", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, "https://id.example", None, "/api/x", "http.post"), AuthorityMatch::Outside);
+        // Grants stay case-sensitive: denial is the safe side.
+        assert_eq!(check(&g, "https://id.example", None, "/API", "http.post"), AuthorityMatch::Outside);
     }
 
     #[test]
@@ -199,6 +245,9 @@ mod tests {
             consequential: None,
         }];
         assert_eq!(action_id(&ops, "POST", "/v1/payments"), "payments.create");
+        assert_eq!(action_id(&ops, "POST", "/V1/Payments/"), "payments.create");
+        assert_eq!(action_id(&ops, "post", "/v1/PAYMENTS"), "payments.create");
+        assert_eq!(action_id(&ops, "POST", "/v1/paymentsx"), "http.post");
         assert_eq!(action_id(&ops, "GET", "/v1/payments"), "http.get");
         assert_eq!(action_id(&[], "CONNECT", "/"), "http.connect");
     }

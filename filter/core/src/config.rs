@@ -136,6 +136,8 @@ struct RawDestination {
     #[serde(default)]
     audience: Option<String>,
     #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
     operations: Vec<RawOperation>,
     #[serde(default)]
     consequential_methods: Option<Vec<String>>,
@@ -261,6 +263,10 @@ pub struct Destination {
     pub origin: String,
     /// Audience a token must carry to be used here.
     pub audience: String,
+    /// The resource identifier (RFC 8707 / RFC 9728) the deployment gives this destination, normalised
+    /// (`origin` + path): an `authorization_details` entry with this `resource` covers every request to
+    /// the destination, as one whose `resource` is the destination's origin does (SPEC §2).
+    pub resource: Option<String>,
     /// Named operations.
     pub operations: Vec<Operation>,
     /// Upper-case methods that are consequential (bound to a `parameter_digest`). `None` = the default:
@@ -448,6 +454,13 @@ impl Config {
                 }
                 let path = uri::normalize_path(&o.path)
                     .ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
+                // A path no request can carry (the filter refuses it as ambiguous) would never match.
+                if let Err(e) = uri::request_path(&path) {
+                    return Err(err(format!("{of}.path"), format!("can never match a request: {}", e.describe())));
+                }
+                if o.path.contains(['?', '#']) {
+                    return Err(err(format!("{of}.path"), "must not have a query or fragment"));
+                }
                 if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(err(format!("{of}.method"), "must be an HTTP method"));
                 }
@@ -460,6 +473,18 @@ impl Config {
                 });
             }
             let audience = d.audience.unwrap_or_else(|| origin.clone());
+            let resource = match d.resource {
+                None => None,
+                Some(r) => {
+                    let (o, p) = uri::parse_resource(&r).ok_or_else(|| {
+                        err(
+                            format!("{f}.resource"),
+                            "must be an absolute URI scheme://host[:port][/path], without query or fragment",
+                        )
+                    })?;
+                    Some(format!("{o}{p}"))
+                }
+            };
             let consequential_methods = match d.consequential_methods {
                 None => None,
                 Some(ms) => {
@@ -481,7 +506,7 @@ impl Config {
                 }
                 effect_headers.push(h.to_ascii_lowercase());
             }
-            let dest = Destination { origin, audience, operations, consequential_methods, effect_headers };
+            let dest = Destination { origin, audience, resource, operations, consequential_methods, effect_headers };
             if destinations.insert(authority, dest).is_some() {
                 return Err(err(format!("{f}.authority"), "duplicate destination"));
             }
@@ -596,6 +621,13 @@ impl DestinationRef<'_> {
         match self {
             DestinationRef::Known(d) => &d.audience,
             DestinationRef::Implicit(o) => o,
+        }
+    }
+    /// The configured resource identifier, normalised.
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            DestinationRef::Known(d) => d.resource.as_deref(),
+            DestinationRef::Implicit(_) => None,
         }
     }
     /// Named operations.
@@ -780,6 +812,34 @@ mod tests {
             let missing: Vec<&String> = documented.iter().filter(|f| !shown.contains(f)).collect();
             assert!(missing.is_empty(), "examples/full.json at {pointer:?} does not show {missing:?}");
         }
+    }
+
+    #[test]
+    fn destination_resource_and_operation_paths_are_validated() {
+        let full = include_str!("../../examples/full.json");
+        let c = Config::parse(full.as_bytes()).unwrap();
+        let d = c.destination("api.partner.example", "http", false).unwrap();
+        assert_eq!(d.resource(), Some("https://partner.example/erp"));
+        let c = Config::parse(full.replace("https://partner.example/erp", "HTTPS://Partner.Example:443").as_bytes())
+            .unwrap();
+        assert_eq!(c.destinations["api.partner.example"].resource.as_deref(), Some("https://partner.example/"));
+        for bad in [
+            "partner.example/erp",
+            "https://partner.example/erp?x=1",
+            "https://partner.example/#f",
+            "https://u@p.example",
+        ] {
+            let e = err_of(&full.replace("https://partner.example/erp", bad));
+            assert_eq!(e.field, "destinations[0].resource", "{bad}");
+        }
+        for bad in ["/v1/pay;x", "/v1/%2Fpay", "/v1//pay", "/v1/pay?x=1", "v1/pay"] {
+            let e = err_of(&full.replace("\"path\": \"/v1/payments\"", &format!("\"path\": \"{bad}\"")));
+            assert_eq!(e.field, "destinations[0].operations[0].path", "{bad}");
+        }
+        // A path in another spelling of its normal form is normalised at load.
+        let c = Config::parse(full.replace("\"path\": \"/v1/payments\"", "\"path\": \"/v1/./p%61yments\"").as_bytes())
+            .unwrap();
+        assert_eq!(c.destinations["api.partner.example"].operations[0].path, "/v1/payments");
     }
 
     fn err_of(json: &str) -> ConfigError {

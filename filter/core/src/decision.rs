@@ -45,10 +45,12 @@ pub enum Reason {
     GatewayError,
     /// The bounded single-use/DPoP replay ledger has no room for one more key: 503 + Retry-After.
     ReplayStoreFull,
+    /// A request path an upstream could resolve to another resource than the one decided on: 400.
+    AmbiguousPath,
 }
 
 /// Every reason, for counter definition.
-pub const ALL_REASONS: [Reason; 34] = [
+pub const ALL_REASONS: [Reason; 35] = [
     Reason::Allowed,
     Reason::NoCredentials,
     Reason::MalformedRequest,
@@ -83,6 +85,7 @@ pub const ALL_REASONS: [Reason; 34] = [
     Reason::PdpUnavailable,
     Reason::GatewayError,
     Reason::ReplayStoreFull,
+    Reason::AmbiguousPath,
 ];
 
 /// The challenge family of a denial.
@@ -137,6 +140,7 @@ impl Reason {
             Reason::PdpUnavailable => "pdp_unavailable",
             Reason::GatewayError => "gateway_error",
             Reason::ReplayStoreFull => "replay_store_full",
+            Reason::AmbiguousPath => "ambiguous_path",
         }
     }
 
@@ -144,7 +148,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::Allowed => 200,
-            Reason::MalformedRequest | Reason::BodyNotCanonicalizable => 400,
+            Reason::MalformedRequest | Reason::BodyNotCanonicalizable | Reason::AmbiguousPath => 400,
             Reason::BodyTooLarge => 413,
             Reason::InsufficientAuthority
             | Reason::ConstraintUnrecognized
@@ -162,9 +166,11 @@ impl Reason {
 
     fn challenge(self) -> Challenge {
         match self {
-            Reason::Allowed | Reason::BodyNotCanonicalizable | Reason::BodyTooLarge | Reason::EgressNotAllowed => {
-                Challenge::None
-            }
+            Reason::Allowed
+            | Reason::BodyNotCanonicalizable
+            | Reason::BodyTooLarge
+            | Reason::EgressNotAllowed
+            | Reason::AmbiguousPath => Challenge::None,
             Reason::KeysUnavailable
             | Reason::AuthorityUnavailable
             | Reason::PdpUnavailable

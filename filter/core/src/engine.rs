@@ -391,9 +391,14 @@ impl Engine {
             .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
             .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
         ev.destination = Some(dest.origin().to_owned());
-        let path = uri::normalize_path(req.path)
-            .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request path is malformed"))?;
-        let action = authority::action_id(dest.operations(), req.method, &path);
+        // The path decided on is the path forwarded, byte for byte: any form an upstream could resolve
+        // otherwise is refused, for every request (SPEC §2). CONNECT has no path.
+        let path = if req.method.eq_ignore_ascii_case("CONNECT") {
+            "/"
+        } else {
+            uri::request_path(req.path).map_err(|e| Step::deny(Reason::AmbiguousPath, e.describe()))?
+        };
+        let action = authority::action_id(dest.operations(), req.method, path);
         ev.action = Some(action.clone());
 
         // Credentials.
@@ -478,7 +483,7 @@ impl Engine {
                     (0, _) => return Err(Step::deny(Reason::InvalidDpopProof, "DPoP proof missing")),
                     _ => return Err(Step::deny(Reason::InvalidDpopProof, "exactly one DPoP header is required")),
                 };
-                let bound = dpop::Bound { method: req.method, origin: dest.origin(), path: &path, token, jkt };
+                let bound = dpop::Bound { method: req.method, origin: dest.origin(), path, token, jkt };
                 Some(dpop::check(&config.dpop, p, &bound, now).map_err(Step::Deny)?)
             }
         };
@@ -515,14 +520,14 @@ impl Engine {
         }
 
         // Authority, then (outside it, or for a consequential call) the PDP.
-        let matched = authority::check(&vt.grants, dest.origin(), &path, &action);
+        let matched = authority::check(&vt.grants, dest.origin(), dest.resource(), path, &action);
         if matched == AuthorityMatch::Unenforceable {
             return Err(Step::deny(
                 Reason::ConstraintUnrecognized,
                 "the authority entry has a constraint this gateway cannot enforce",
             ));
         }
-        let consequential = config.pdp.is_some() && dest.consequential(req.method, &path);
+        let consequential = config.pdp.is_some() && dest.consequential(req.method, path);
         let inside = matched == AuthorityMatch::Permit
             || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential)
                 && config.egress_allow.iter().any(|o| o == dest.origin());

@@ -138,6 +138,157 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     Some(result)
 }
 
+/// Why a request path is refused: a form that upstreams may resolve to another resource than the
+/// one the gateway would decide on (SPEC §2, "the path that is authorised is the path that goes
+/// upstream").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an absolute path (`*`, a relative reference, empty).
+    NotAbsolute,
+    /// `%2F` or `%5C`: a separator hidden in a segment.
+    EncodedSeparator,
+    /// `%2E`: a dot hidden in a segment.
+    EncodedDot,
+    /// A raw `\`.
+    Backslash,
+    /// `;` (or `%3B`): path parameters.
+    PathParameter,
+    /// A `.` or `..` segment.
+    DotSegment,
+    /// An empty segment (`//`) other than one trailing slash.
+    EmptySegment,
+    /// A percent-encoded unreserved character or lower-case hex digits: the normal form differs.
+    NotNormalised,
+    /// `%` not followed by two hex digits.
+    InvalidEscape,
+    /// `%25` followed by two hex digits: a second decoding would change the path.
+    DoubleEncoding,
+    /// A control or non-ASCII byte, raw or percent-encoded control.
+    ControlOrNonAscii,
+    /// Percent-encoded bytes that are not UTF-8 (overlong forms of `.` and `/` among them).
+    InvalidUtf8,
+    /// A character RFC 3986 does not allow in a path (`"`, `<`, `>`, `#`, `[`, `{`, `|`, ...).
+    InvalidCharacter,
+}
+
+impl PathError {
+    /// Problem detail.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "the request path is not an absolute path",
+            PathError::EncodedSeparator => "the request path has an encoded / or \\ (%2F, %5C)",
+            PathError::EncodedDot => "the request path has an encoded dot (%2E)",
+            PathError::Backslash => "the request path has a backslash",
+            PathError::PathParameter => "the request path has ; path parameters",
+            PathError::DotSegment => "the request path has a . or .. segment",
+            PathError::EmptySegment => "the request path has an empty segment (//)",
+            PathError::NotNormalised => {
+                "the request path is not in normal form (encoded unreserved character or lower-case hex)"
+            }
+            PathError::InvalidEscape => "the request path has an invalid percent-encoding",
+            PathError::DoubleEncoding => "the request path has a double percent-encoding (%25 before hex digits)",
+            PathError::ControlOrNonAscii => "the request path has a control or non-ASCII byte",
+            PathError::InvalidUtf8 => "the request path has percent-encoded bytes that are not UTF-8",
+            PathError::InvalidCharacter => "the request path has a character not allowed in a URI path",
+        }
+    }
+}
+
+/// The path part (before `?`) of a request's `:path`, when it is the one form every upstream reads
+/// the same way: an absolute path in RFC 3986 normal form with no dot segments, no empty segments
+/// (one trailing slash aside), no `;` parameters, no backslash, no encoded `/`, `\`, `.`, `;`, `%`
+/// or control character, upper-case hex, UTF-8 escapes, printable ASCII only. This path is decided
+/// on and forwarded byte for byte; anything else is refused (SPEC §2). The query is not looked at.
+pub fn request_path(raw: &str) -> Result<&str, PathError> {
+    let path = match raw.split_once('?') {
+        Some((p, _)) => p,
+        None => raw,
+    };
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Segment by segment (the leading `/` opens the first one).
+    let mut segments = path.get(1..).unwrap_or("").split('/').peekable();
+    let mut decoded: Vec<u8> = Vec::new();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg.is_empty() {
+            if last {
+                break; // one trailing slash
+            }
+            return Err(PathError::EmptySegment);
+        }
+        if seg == "." || seg == ".." {
+            return Err(PathError::DotSegment);
+        }
+        decoded.clear();
+        let sb = seg.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = sb.get(i) {
+            match b {
+                b'%' => {
+                    let (Some(&h), Some(&l)) = (sb.get(i + 1), sb.get(i + 2)) else {
+                        return Err(PathError::InvalidEscape);
+                    };
+                    let (Some(hv), Some(lv)) = (hex(h), hex(l)) else { return Err(PathError::InvalidEscape) };
+                    let c = (hv << 4) | lv;
+                    match c {
+                        b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                        b'.' => return Err(PathError::EncodedDot),
+                        b';' => return Err(PathError::PathParameter),
+                        0x00..=0x1F | 0x7F => return Err(PathError::ControlOrNonAscii),
+                        b'%' if sb.get(i + 3).copied().and_then(hex).is_some()
+                            && sb.get(i + 4).copied().and_then(hex).is_some() =>
+                        {
+                            return Err(PathError::DoubleEncoding)
+                        }
+                        _ if is_unreserved(c) => return Err(PathError::NotNormalised),
+                        _ => {}
+                    }
+                    if h.is_ascii_lowercase() || l.is_ascii_lowercase() {
+                        return Err(PathError::NotNormalised);
+                    }
+                    decoded.push(c);
+                    i += 3;
+                }
+                b'\\' => return Err(PathError::Backslash),
+                b';' => return Err(PathError::PathParameter),
+                0x00..=0x1F | 0x7F..=0xFF => return Err(PathError::ControlOrNonAscii),
+                _ if is_unreserved(b) || b"!$&'()*+,=:@".contains(&b) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+                _ => return Err(PathError::InvalidCharacter),
+            }
+        }
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(PathError::InvalidUtf8);
+        }
+    }
+    Ok(path)
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+/// A configured path compared the way a named operation is matched (SPEC §2): ASCII case folded and
+/// one trailing slash ignored, so `POST /V1/Payments/` is the operation `POST /v1/payments`, never
+/// quietly `http.post`. `prefix` matches on a segment boundary.
+pub fn operation_path_matches(op_path: &str, prefix: bool, path: &str) -> bool {
+    let trim = |p: &str| -> String {
+        let p = if p.len() > 1 { p.strip_suffix('/').unwrap_or(p) } else { p };
+        p.to_ascii_lowercase()
+    };
+    let (op, path) = (trim(op_path), trim(path));
+    if prefix {
+        path_has_prefix(&path, &op)
+    } else {
+        op == path
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex(b: u8) -> Option<u8> {
@@ -198,5 +349,89 @@ mod tests {
         assert!(!path_has_prefix("/v1x", "/v1"));
         assert!(!path_has_prefix("/v1%2Fx", "/v1/"));
         assert!(path_has_prefix("/anything", "/"));
+    }
+
+    #[test]
+    fn request_paths_in_the_one_form_pass_byte_for_byte() {
+        for p in [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/payments",
+            "/v1/a-b_c~d.e",
+            "/v1/caf%C3%A9",
+            "/v1/a%20b",
+            "/v1/x@y:z!$&'()*+,=",
+            "/v1/...",
+            "/v1/.well",
+            "/v1/%25",
+            "/v1/%25zz",
+            "/v1/%3F",
+        ] {
+            assert_eq!(request_path(p), Ok(p), "{p}");
+        }
+        assert_eq!(request_path("/v1/a?x=../..%2F;\\"), Ok("/v1/a"), "the query is not path matching");
+    }
+
+    #[test]
+    fn ambiguous_request_paths_are_refused() {
+        use PathError::*;
+        let cases = [
+            ("", NotAbsolute),
+            ("*", NotAbsolute),
+            ("v1/a", NotAbsolute),
+            ("/v1/../admin", DotSegment),
+            ("/v1/./a", DotSegment),
+            ("/v1/..", DotSegment),
+            ("/v1/..%2Fadmin", EncodedSeparator),
+            ("/v1/..%2fadmin", EncodedSeparator),
+            ("/v1/..%5Cadmin", EncodedSeparator),
+            ("/v1/..%5cadmin", EncodedSeparator),
+            ("/v1/..;/admin", PathParameter),
+            ("/v1;x=1/a", PathParameter),
+            ("/v1/a%3Bb", PathParameter),
+            ("/v1\\..\\admin", Backslash),
+            ("/v1//../admin", EmptySegment),
+            ("//v1", EmptySegment),
+            ("/v1//", EmptySegment),
+            ("/v1/%2e%2e/admin", EncodedDot),
+            ("/v1/%2E/x", EncodedDot),
+            ("/v1/.%2e/admin", EncodedDot),
+            ("/v1/a%00", ControlOrNonAscii),
+            ("/v1/a%1F", ControlOrNonAscii),
+            ("/v1/a%7F", ControlOrNonAscii),
+            ("/v1/a\u{7f}", ControlOrNonAscii),
+            ("/v1/a\tb", ControlOrNonAscii),
+            ("/v1/caf\u{e9}", ControlOrNonAscii),
+            ("/v1/p%61yments", NotNormalised),
+            ("/v1/%7Euser", NotNormalised),
+            ("/v1/caf%c3%a9", NotNormalised),
+            ("/v1/%zz", InvalidEscape),
+            ("/v1/%4", InvalidEscape),
+            ("/v1/%", InvalidEscape),
+            ("/v1/%252e%252e/admin", DoubleEncoding),
+            ("/v1/%C0%AE%C0%AE/admin", InvalidUtf8),
+            ("/v1/%C0%AF", InvalidUtf8),
+            ("/v1/%FF", InvalidUtf8),
+            ("/v1/a b", InvalidCharacter),
+            ("/v1/a#b", InvalidCharacter),
+            ("/v1/<a>", InvalidCharacter),
+            ("/v1/a|b", InvalidCharacter),
+        ];
+        for (p, e) in cases {
+            assert_eq!(request_path(p), Err(e), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn operation_paths_fold_case_and_one_trailing_slash() {
+        assert!(operation_path_matches("/v1/payments", false, "/v1/payments"));
+        assert!(operation_path_matches("/v1/payments", false, "/V1/Payments/"));
+        assert!(operation_path_matches("/v1/payments/", false, "/v1/payments"));
+        assert!(!operation_path_matches("/v1/payments", false, "/v1/payments/x"));
+        assert!(!operation_path_matches("/v1/payments", false, "/v1/paymentsx"));
+        assert!(operation_path_matches("/v1/exports", true, "/V1/EXPORTS/q3"));
+        assert!(!operation_path_matches("/v1/exports", true, "/v1/exportsx"));
+        assert!(operation_path_matches("/", false, "/"));
     }
 }
