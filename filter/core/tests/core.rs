@@ -1630,7 +1630,7 @@ fn pdp_answers_and_permit_conditions() {
             &mut e,
             &r,
             Some(200),
-            &permit(json!({"parameter_digest": "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE"})),
+            &permit(json!({"parameter_digest": "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk"})),
             g,
         ),
         "parameter_violation",
