@@ -33,7 +33,7 @@ use missiongate_wire::authzen::{
     AccessRequestHint, CaptiveAccessContext, CaptiveAccessRequest, CaptiveDocument, Conditions, Display,
     EvaluationRequest, EvaluationResponse, ResponseContext,
 };
-use missiongate_wire::digest::{parse_prefixed_digest, BodyParam, ParameterObject};
+use missiongate_wire::digest::{parse_prefixed_digest, ParameterObject};
 use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
 use missiongate_wire::{b64, jcs};
 
@@ -334,34 +334,11 @@ fn digest_of(req: &EvaluationRequest) -> Option<String> {
     req.action.properties.get("parameter_digest").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// A parameter object (SPEC §6) given as JSON: `{method, target, headers?, body?}`; returns its digest.
+/// A parameter object (SPEC §6, HTTP Operation Profile version 2) given as JSON:
+/// `{method, target, headers?, content_type?, body? | body_sha256?}`; returns its digest. The shape
+/// is checked in `wire` ([`ParameterObject::from_value`]), the one place the filter's rules live.
 pub fn digest_of_parameters(p: &Value) -> Result<String, String> {
-    let obj = p.as_object().ok_or("parameters must be an object")?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "method" | "target" | "headers" | "body") {
-            return Err(format!("parameters.{k} is not a member of the HTTP Operation Profile parameter object"));
-        }
-    }
-    let method = obj.get("method").and_then(Value::as_str).ok_or("parameters.method must be a string")?;
-    let target = obj.get("target").and_then(Value::as_str).ok_or("parameters.target must be a string")?;
-    let headers = match obj.get("headers") {
-        None => None,
-        Some(Value::Object(h)) => {
-            let mut list = Vec::with_capacity(h.len());
-            for (name, v) in h {
-                let v = v.as_str().ok_or("parameters.headers values must be strings")?;
-                list.push((name.clone(), v.to_owned()));
-            }
-            Some(list)
-        }
-        Some(_) => return Err("parameters.headers must be an object".into()),
-    };
-    let body = match obj.get("body") {
-        None => BodyParam::None,
-        Some(v) => BodyParam::Json(v.clone()),
-    };
-    let po = ParameterObject::new(method, target, headers.as_deref(), body).map_err(|e| e.to_string())?;
-    Ok(po.digest())
+    ParameterObject::from_value(p).map(|po| po.digest()).map_err(|e| e.to_string())
 }
 
 /// The PDP, Access Request Service and portal back end.
@@ -1041,17 +1018,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parameter_digest_matches_spec_vector_v2() {
+    fn parameter_digest_matches_spec_vectors() {
         let p = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                       "content_type": "application/json",
                        "body": {"to": "acct_123", "currency": "USD", "amount": "423.50"}});
-        assert_eq!(digest_of_parameters(&p).unwrap(), "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE");
+        assert_eq!(digest_of_parameters(&p).unwrap(), "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk");
         let v9 = json!({"method": "post", "target": "https://api.partner.example/v1/payments",
-                        "headers": {"Idempotency-Key": "k-42"}, "body": {"amount": "1.00"}});
-        assert_eq!(digest_of_parameters(&v9).unwrap(), "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY");
+                        "headers": {"Idempotency-Key": "k-42"}, "content_type": "application/json",
+                        "body": {"amount": "1.00"}});
+        assert_eq!(digest_of_parameters(&v9).unwrap(), "sha-256:UldhSLs_XZgqm4WsxWCCcbBBP58Z_7YFyzFbZE-1Rro");
         let v1 = json!({"method": "GET", "target": "https://api.partner.example/v1/invoices?status=open&limit=10"});
         assert_eq!(digest_of_parameters(&v1).unwrap(), "sha-256:oZaAtCgeL4f6PCVrFBIdLpEJpdO9JQz4DwZ76Slp5XY");
+        let v7 = json!({"method": "POST", "target": "https://api.partner.example/upload", "content_type": "text/plain",
+                        "body_sha256": "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"});
+        assert_eq!(digest_of_parameters(&v7).unwrap(), "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI");
         assert!(digest_of_parameters(&json!({"method": "GET"})).is_err());
         assert!(digest_of_parameters(&json!({"method": "GET", "target": "x", "extra": 1})).is_err());
+        // Version 1 shapes are refused: a body without content_type, a raw body as {"sha-256": ...}.
+        let v1_json = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                             "body": {"amount": "1.00"}});
+        assert!(digest_of_parameters(&v1_json).is_err());
+        let v1_raw = json!({"method": "POST", "target": "https://api.partner.example/upload",
+                            "body": {"sha-256": "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}});
+        assert!(digest_of_parameters(&v1_raw).is_err());
     }
 
     #[test]

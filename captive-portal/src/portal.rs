@@ -88,7 +88,7 @@ th{width:11em;color:#555;font-weight:600}pre{background:#fff;border:1px solid #d
 .status{display:inline-block;padding:.1em .6em;border-radius:1em;background:#e8eef7}.pending{background:#fff3cd}.approved{background:#d1f2dc}.denied,.cancelled,.expired{background:#f4d6d6}\
 .forms{display:flex;gap:1.2em;flex-wrap:wrap;margin:1em 0}.forms form{background:#fff;border:1px solid #d8dce1;padding:.8em;flex:1;min-width:18em}\
 button{font:inherit;padding:.35em 1em;cursor:pointer}button.approve{background:#1a7f37;color:#fff;border:0}button.deny{background:#b42318;color:#fff;border:0}\
-.note{color:#555;font-size:.9em}.err{background:#fde2e1;border:1px solid #f5b5b2;padding:.6em}code{word-break:break-all}";
+.note{color:#555;font-size:.9em}.err{background:#fde2e1;border:1px solid #f5b5b2;padding:.6em}.warn{background:#fff3cd;border:1px solid #f0d68a;padding:.6em}code{word-break:break-all}";
 
 fn page(title: &str, who: Option<&SessionRow>, body: &str) -> String {
     let header = match who {
@@ -512,6 +512,24 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
             b.push_str("<h3>Parameters</h3>");
             match &t.parameters {
                 Some(v) => {
+                    // What the approver must know of the body before the JSON: its media type, and
+                    // for a non-JSON body that only its hash is bound (SPEC §6, version 2).
+                    let member = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
+                    if let Some(ct) = member("content_type") {
+                        b.push_str(&format!(
+                            "<p>Content type: <code id=\"content-type\">{}</code></p>",
+                            esc(ct)
+                        ));
+                    }
+                    if let Some(hash) = member("body_sha256") {
+                        b.push_str(&format!(
+                            "<p class=\"warn\" id=\"raw-body\">Only a hash of the body is bound: the body is not \
+                             JSON, so its content is not shown here and cannot be checked on this page. \
+                             SHA-256 (base64url): <code>{}</code>. Approve only if you know, from elsewhere, \
+                             which bytes have this hash.</p>",
+                            esc(hash)
+                        ));
+                    }
                     b.push_str(&format!("<pre id=\"parameters\">{}</pre>", esc(&pretty(v))));
                     if d.parameter_digest.is_some() {
                         b.push_str("<p class=\"note\">Verified: these parameters hash to the blocked call's parameter_digest. An approval allows exactly this call.</p>");

@@ -516,6 +516,18 @@ async fn hostile_access_requests_get_profile_problems() {
     assert_problem(s, &h, &e, 400, "invalid_denial_binding");
     let (s, h, e) = p.submit(Some("m-5"), &submission(&d, "fine", None)).await;
     assert_problem(s, &h, &e, 400, "invalid_denial_binding");
+    // The same call in version 1's shape (no content_type) is not a parameter object any more.
+    let (right, _) = payment("99.00", "hostile");
+    let mut v1 = right.clone();
+    v1.as_object_mut().unwrap().remove("content_type");
+    let (s, h, e) = p.submit(Some("m-6"), &submission(&d, "fine", Some(&v1))).await;
+    assert_problem(s, &h, &e, 400, "invalid_denial_binding");
+    // A number the body cannot hold exactly is refused with the submission, whatever it hashes to.
+    let mut inexact = submission(&d, "fine", Some(&right)).to_string();
+    inexact = inexact.replacen("\"99.00\"", "9007199254740993", 1);
+    let (s, h, e) = p.submit_raw(Some("m-7"), inexact.as_bytes()).await;
+    assert_problem(s, &h, &e, 400, "invalid_request");
+    assert!(e["detail"].as_str().unwrap().contains("exactly"), "{e}");
     // ARAP-style submissions repeating the bound members are fine (act excluded).
     let mut body = good.clone();
     body["subject"] =
@@ -687,6 +699,8 @@ async fn portal_sign_in_csrf_and_inert_agent_text() {
     );
     assert!(html.contains("Pay the Q3 partner invoices &lt;b&gt;on time&lt;/b&gt;"), "Mission goal shown, escaped");
     assert!(html.contains("&quot;amount&quot;: &quot;77.00&quot;"), "pretty parameters");
+    assert!(html.contains("<code id=\"content-type\">application/json</code>"), "the bound media type is shown");
+    assert!(!html.contains("id=\"raw-body\""), "a JSON body is shown, not only a hash");
     let list = p.http.get(p.url("/portal")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
     assert!(
         list.contains(&task_id)
@@ -818,4 +832,27 @@ async fn kill_9_in_the_middle_of_an_approval_loses_nothing() {
     let (_, shown) = p.op(Method::GET, &format!("/operator/access-requests/{task_id}"), None).await;
     let actions: Vec<&str> = shown["audit"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["submit", "approve"]);
+}
+
+#[tokio::test]
+async fn a_raw_body_is_approved_by_its_hash_and_the_page_says_so() {
+    let (_dir, db) = temp_db();
+    let p = Portal::start(&db, &[]).await;
+    let m = p.active_mission().await;
+    let (params, digest) = upload(b"hello, partner");
+    assert_eq!(digest, "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI", "SPEC §6 V7");
+    let d = p.evaluate(&eval_req(&m, PARTNER, "http.post", Some(&digest))).await;
+    // A JSON body spelling the raw hash (V10) is another call.
+    let spelled = json!({"method": "POST", "target": format!("{PARTNER}/upload"), "content_type": "application/json",
+                         "body": {"sha-256": params["body_sha256"]}});
+    let (s, h, e) = p.submit(Some("r-0"), &submission(&d, "upload", Some(&spelled))).await;
+    assert_problem(s, &h, &e, 400, "invalid_denial_binding");
+    let (s, _, t) = p.submit(Some("r-1"), &submission(&d, "upload", Some(&params))).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (cookie, _) = sign_in(&p, APPROVER_TOKEN).await.unwrap();
+    let page = p.local(d["context"]["user_portal_url"].as_str().unwrap());
+    let html = p.http.get(&page).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("<code id=\"content-type\">text/plain</code>"), "{html}");
+    assert!(html.contains("id=\"raw-body\"") && html.contains("Only a hash of the body is bound"), "{html}");
+    assert!(html.contains("BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"), "the bound hash is shown");
 }

@@ -39,7 +39,7 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
     let doc = denial.json();
     let portal_url = doc["user-portal-url"].as_str().unwrap().to_owned();
     let params = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
-                        "body": serde_json::from_str::<Value>(&body).unwrap()});
+                        "content_type": "application/json", "body": serde_json::from_str::<Value>(&body).unwrap()});
     let justification = format!("Invoice 842 is due today. {PAYLOAD}");
     let r = portal.request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(params), &justification);
     assert_eq!(r.status, 201, "{}", r.text());
@@ -61,11 +61,14 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
     assert_eq!(b.url(), portal_url, "back on the denial after sign-in");
     assert_eq!(b.title(), "Access request · missiongate");
     assert!(b.text("#who").contains(APPROVER));
-    // What the approver must see: agent, Mission, destination, operation, the parameters.
+    // What the approver must see: agent, Mission, destination, operation, the bound media type,
+    // the parameters.
     assert!(b.text("#agent").contains("agent-7"));
     assert!(b.text("#mission").contains(&mission), "{}", b.text("#mission"));
     assert_eq!(b.text("#destination"), "https://api.partner.example");
     assert_eq!(b.text("#operation"), "payments.create");
+    assert_eq!(b.text("#content-type"), "application/json");
+    assert!(b.find_all("#raw-body").is_empty(), "a JSON body is shown, not only its hash");
     let shown = b.text("#parameters");
     assert!(
         shown.contains("423.50") && shown.contains("acct_123") && shown.contains("document.title='pwned'"),

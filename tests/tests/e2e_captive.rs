@@ -27,8 +27,8 @@ fn world() -> &'static World {
     })
 }
 
-const V2_DIGEST: &str = "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE";
-const V7_DIGEST: &str = "sha-256:Vgo3LeaeAnsM_tdsWBm1dv7B5QTq6bn2Y6OQH9p4f1A";
+const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
+const V7_DIGEST: &str = "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI";
 const BODY_A: &str = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
 
 fn send(method: &str, path: &str, token: &str, body: Option<(&str, &str)>) -> Response {
@@ -191,20 +191,28 @@ fn an_approval_covers_exactly_the_approved_call() {
     assert_eq!(w.up.seen("/v1/payments"), 0);
     // The portal refuses parameters that don't match the binding.
     let wrong = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                       "content_type": "application/json",
                        "body": {"amount": "4235.00", "currency": "USD", "to": "acct_123"}});
     let r = request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(wrong), "pay");
     assert_eq!(r.status, 400, "{}", r.text());
+    // Version 1's shape (no content_type) is not a parameter object any more.
+    let v1 = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                    "body": serde_json::from_str::<Value>(BODY_A).unwrap()});
+    let r = request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(v1), "pay");
+    assert_eq!(r.status, 400, "{}", r.text());
     let right = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                       "content_type": "application/json",
                        "body": serde_json::from_str::<Value>(BODY_A).unwrap()});
     let task = task_id(&request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(right), "pay INV-77"));
     approve(&task, 60);
     std::thread::sleep(Duration::from_millis(1100));
-    // The same call, members reordered and whitespace changed, goes through once, in many chunks.
+    // The same call, members reordered and whitespace changed, the media type spelled with a
+    // parameter (SPEC §6 V3), goes through once, in many chunks.
     let reordered = "{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
     let chunks: Vec<Vec<u8>> = reordered.as_bytes().chunks(3).map(<[u8]>::to_vec).collect();
     let r = Req::new("POST", "/v1/payments")
         .bearer(&token)
-        .header("content-type", "application/json")
+        .header("content-type", "Application/JSON; charset=utf-8")
         .chunked(chunks)
         .send(w.envoy.port);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -245,6 +253,18 @@ fn bodies_that_cannot_be_bound() {
     assert_eq!(r.json()["reason"], "body_not_canonicalizable");
     let r = send("POST", "/v1/x", &token, Some(("application/json", "[1e400]")));
     assert_eq!(r.json()["reason"], "body_not_canonicalizable");
+    // Numbers binary64 does not hold as written: the approver would see one value and the
+    // upstream could act on another, so 400, and the problem never echoes the body.
+    for n in ["9007199254740993", "1e-400", "0.10000000000000000001"] {
+        let body = format!("{{\"amount\":{n},\"to\":\"acct_secret_77\"}}");
+        let r = send("POST", "/v1/x", &token, Some(("application/json", &body)));
+        assert_eq!(r.status, 400, "{n}: {}", r.text());
+        assert_eq!(r.json()["reason"], "body_not_canonicalizable", "{n}");
+        assert!(!r.text().contains(n) && !r.text().contains("acct_secret_77"), "{}", r.text());
+    }
+    // The same bytes as another media type are a raw body: bound by their hash, so requestable.
+    let r = send("POST", "/v1/x", &token, Some(("text/plain", r#"{"amount":9007199254740993}"#)));
+    assert_captive(&r);
     // Over the bound (1 MiB): 413, whether announced by Content-Length or streamed.
     let big = "x".repeat(1_100_000);
     let r = send("POST", "/v1/x", &token, Some(("text/plain", &big)));
@@ -265,7 +285,8 @@ fn two_workers_race_for_one_single_use_permit() {
     let (_, token) = w.portal.active(&["http.get", "payments.create"]);
     let body = r#"{"amount":"9.99","currency":"EUR","to":"acct_race"}"#;
     let doc = assert_captive(&send("POST", "/v1/payments", &token, Some(("application/json", body))));
-    let params = json!({"method": "POST", "target": "https://api.partner.example/v1/payments", "body": serde_json::from_str::<Value>(body).unwrap()});
+    let params = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                        "content_type": "application/json", "body": serde_json::from_str::<Value>(body).unwrap()});
     let task = task_id(&request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(params), "race"));
     approve(&task, 60);
     std::thread::sleep(Duration::from_millis(1100));

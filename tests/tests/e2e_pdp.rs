@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// SPEC §6 vector V2: `POST https://api.partner.example/v1/payments` with this body.
 const BODY_A: &str = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
-const V2_DIGEST: &str = "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE";
+const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
 
 struct World {
     up: Upstream,

@@ -16,8 +16,12 @@ mod bodies;
 fn run(body: &[u8], n: usize) -> usize {
     let mut total = 0;
     for _ in 0..n {
-        let r =
-            parameter_digest("POST", "https://api.partner.example/v1/payments", None, Some(("application/json", body)));
+        let r = parameter_digest(
+            "POST",
+            "https://api.partner.example/v1/payments",
+            None,
+            Some((Some("application/json"), body)),
+        );
         total += r.map(|(d, c)| d.len() + c.len()).unwrap_or(0);
     }
     total

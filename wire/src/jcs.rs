@@ -4,8 +4,9 @@
 //!
 //! * [`parse_ijson`] parses bytes into a [`serde_json::Value`] and refuses everything I-JSON forbids
 //!   that `serde_json` would otherwise accept or report vaguely: invalid UTF-8, duplicate member names
-//!   (at any depth), lone surrogates, noncharacters, numbers that are not finite binary64, trailing
-//!   data, and nesting deeper than [`MAX_DEPTH`]. It never panics and its recursion is bounded, so a
+//!   (at any depth), lone surrogates, noncharacters, numbers that are not finite binary64, numbers
+//!   that binary64 does not hold as written (their JCS form would denote another decimal value, see
+//!   [`IJsonError::InexactNumber`]), trailing data, and nesting deeper than [`MAX_DEPTH`]. It never panics and its recursion is bounded, so a
 //!   hostile body cannot overflow the stack of the Wasm filter.
 //! * [`canonicalize`] / [`canonicalize_into`] write the JCS form: members sorted by UTF-16 code units,
 //!   numbers as ECMAScript `Number.prototype.toString`, strings escaped minimally, no whitespace. The
@@ -44,6 +45,13 @@ pub enum IJsonError {
     Noncharacter,
     /// A number's magnitude is beyond IEEE-754 binary64 (for example `1e400`) (RFC 7493 §2.2).
     NumberOutOfRange,
+    /// A number that binary64 does not hold as written: its JCS form (the shortest text that reads
+    /// back to the same double) denotes another decimal value, so a signer would approve one number
+    /// and the upstream might act on another (SPEC §6; RFC 7493 §2.2). For example `1e-400` (JCS
+    /// `0`), `9007199254740993` (`9007199254740992`), `0.10000000000000000001` (`0.1`). `1.0`,
+    /// `1e2`, `0.1` and `5E2` are exact in this sense. `-0` (and `-0.0`) is accepted: it denotes
+    /// the decimal value zero, which is what its JCS form `0` denotes.
+    InexactNumber,
     /// Arrays and objects nest deeper than [`MAX_DEPTH`].
     TooDeep,
     /// Something other than whitespace follows the JSON text.
@@ -56,10 +64,14 @@ impl fmt::Display for IJsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidUtf8 => f.write_str("not I-JSON: invalid UTF-8"),
-            Self::DuplicateMember(name) => write!(f, "not I-JSON: duplicate member name {name:?}"),
+            // The name is input: never echoed (it may be large, or secret).
+            Self::DuplicateMember(_) => f.write_str("not I-JSON: duplicate member name"),
             Self::LoneSurrogate => f.write_str("not I-JSON: lone surrogate in \\u escape"),
             Self::Noncharacter => f.write_str("not I-JSON: Unicode noncharacter in a string"),
             Self::NumberOutOfRange => f.write_str("not I-JSON: number is not a finite IEEE-754 binary64 value"),
+            Self::InexactNumber => {
+                f.write_str("not I-JSON: a number that IEEE-754 binary64 does not hold exactly as written")
+            }
             Self::TooDeep => write!(f, "not I-JSON: nesting deeper than {MAX_DEPTH}"),
             Self::TrailingData => f.write_str("not JSON: data after the JSON text"),
             Self::Syntax(msg) => write!(f, "not JSON: {msg}"),
@@ -69,6 +81,24 @@ impl fmt::Display for IJsonError {
 
 impl std::error::Error for IJsonError {}
 
+impl IJsonError {
+    /// The rule that was broken, as a fixed text with nothing of the input in it (no member name, no
+    /// position): what a response to an untrusted client may carry.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::InvalidUtf8 => "invalid UTF-8",
+            Self::DuplicateMember(_) => "duplicate member name",
+            Self::LoneSurrogate => "lone surrogate in a \\u escape",
+            Self::Noncharacter => "Unicode noncharacter in a string",
+            Self::NumberOutOfRange => "number beyond IEEE-754 binary64",
+            Self::InexactNumber => "number that IEEE-754 binary64 does not hold exactly as written",
+            Self::TooDeep => "nesting too deep",
+            Self::TrailingData => "data after the JSON text",
+            Self::Syntax(_) => "not JSON",
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Parsing
 // ---------------------------------------------------------------------------------------------------
@@ -77,7 +107,9 @@ impl std::error::Error for IJsonError {}
 ///
 /// Integers that fit `u64`/`i64` stay integers in the `Value`; [`canonicalize`] prints them through
 /// their binary64 value, as ECMAScript would. Larger integers and all other numbers become `f64`
-/// (correctly rounded; underflow such as `1e-400` rounds to `0` as in ECMAScript's `JSON.parse`).
+/// (correctly rounded). A number whose canonical form would denote another decimal value than its
+/// text (`9007199254740993`, `1e-400`, `0.10000000000000000001`) is refused as
+/// [`IJsonError::InexactNumber`], so every number in the result prints back as the value written.
 ///
 /// A leading byte order mark is refused (RFC 8259 §8.1 allows parsers to do so).
 pub fn parse_ijson(bytes: &[u8]) -> Result<Value, IJsonError> {
@@ -97,7 +129,152 @@ fn strict<'de, T>(
     let fault = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = deserialize(ValueSeed { depth: 0, fault: &fault }, &mut de).and_then(|value| de.end().map(|()| value));
-    parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))
+    let value = parsed.map_err(|err| fault.take().unwrap_or_else(|| classify(&err)))?;
+    // Only well-formed JSON gets here, so every number token the scan finds is a JSON number.
+    check_numbers(text.as_bytes())?;
+    Ok(value)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Exact numbers
+// ---------------------------------------------------------------------------------------------------
+
+/// Refuse a number whose canonical form would denote another decimal value than its text
+/// ([`IJsonError::InexactNumber`]).
+///
+/// One linear pass over JSON text that has already parsed, with no allocation: outside strings,
+/// every `-` or digit starts a number token (literals `true`/`false`/`null` have no digits).
+fn check_numbers(text: &[u8]) -> Result<(), IJsonError> {
+    let mut rest = text;
+    loop {
+        // Whitespace and structural bytes between tokens are skipped in bulk.
+        let Some(at) = rest.iter().position(|&b| b == b'"' || b == b'-' || b.is_ascii_digit()) else {
+            return Ok(());
+        };
+        let Some((&first, tail)) = rest.get(at..).and_then(<[u8]>::split_first) else {
+            return Ok(());
+        };
+        if first == b'"' {
+            // Skip the string: to the first `"` not escaped by a backslash.
+            let mut s = tail;
+            loop {
+                let Some(q) = s.iter().position(|&b| b == b'"' || b == b'\\') else {
+                    return Ok(());
+                };
+                if s.get(q) == Some(&b'"') {
+                    s = s.get(q.saturating_add(1)..).unwrap_or_default();
+                    break;
+                }
+                // The backslash and the byte it escapes.
+                s = s.get(q.saturating_add(2)..).unwrap_or_default();
+            }
+            rest = s;
+            continue;
+        }
+        // A number token: one pass for its end, its digit count, whether it has an exponent.
+        let token = rest.get(at..).unwrap_or_default();
+        let (mut len, mut digits, mut exponent) = (0usize, 0usize, false);
+        for &b in token {
+            match b {
+                b'0'..=b'9' => digits = digits.saturating_add(1),
+                b'e' | b'E' => exponent = true,
+                b'-' | b'+' | b'.' => {}
+                _ => break,
+            }
+            len = len.saturating_add(1);
+        }
+        // Without an exponent, a number of at most 15 digits lies well inside binary64's normal
+        // range, and every decimal of at most 15 significant digits reads back unchanged from its
+        // nearest double (DBL_DIG): its JCS form is the same value.
+        if (exponent || digits > 15) && !number_is_exact(token.get(..len).unwrap_or_default()) {
+            return Err(IJsonError::InexactNumber);
+        }
+        rest = token.get(len..).unwrap_or_default();
+    }
+}
+
+/// `true` when the JSON number `literal` denotes the same decimal value as its JCS form (the
+/// ECMAScript `Number.prototype.toString` of the double it reads as).
+///
+/// Compared as decimals, digit by digit: never through floating-point equality, which would call
+/// `0.10000000000000000001` and `0.1` equal.
+fn number_is_exact(literal: &[u8]) -> bool {
+    let Ok(text) = core::str::from_utf8(literal) else { return false };
+    let Ok(f) = text.parse::<f64>() else { return false };
+    if !f.is_finite() {
+        return false;
+    }
+    let mut buf = ryu_js::Buffer::new();
+    decimal_eq(literal, buf.format_finite(f).as_bytes())
+}
+
+/// A decimal number's text split at its parts: `[-] int [. frac] [e|E [+|-] exp]`.
+#[derive(Clone, Copy)]
+struct DecimalText<'a> {
+    negative: bool,
+    int: &'a [u8],
+    frac: &'a [u8],
+    exp: i64,
+}
+
+impl<'a> DecimalText<'a> {
+    fn split(text: &'a [u8]) -> Self {
+        let (negative, rest) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        let mantissa_end = rest.iter().position(|&b| b == b'e' || b == b'E').unwrap_or(rest.len());
+        let (mantissa, exp_text) = rest.split_at(mantissa_end);
+        let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+            Some(dot) => {
+                (mantissa.get(..dot).unwrap_or_default(), mantissa.get(dot.saturating_add(1)..).unwrap_or_default())
+            }
+            None => (mantissa, &[][..]),
+        };
+        // Saturating: an exponent beyond i64 is far outside binary64 either way.
+        let mut exp: i64 = 0;
+        let mut exp_negative = false;
+        for &b in exp_text.iter().skip(1) {
+            match b {
+                b'-' => exp_negative = true,
+                b'0'..=b'9' => exp = exp.saturating_mul(10).saturating_add(i64::from(b - b'0')),
+                _ => {}
+            }
+        }
+        Self { negative, int, frac, exp: if exp_negative { exp.saturating_neg() } else { exp } }
+    }
+
+    fn digits(&self) -> core::iter::Chain<core::slice::Iter<'a, u8>, core::slice::Iter<'a, u8>> {
+        self.int.iter().chain(self.frac.iter())
+    }
+}
+
+/// `true` when two decimal number texts denote the same value (`-0` and `0` both denote zero).
+fn decimal_eq(a: &[u8], b: &[u8]) -> bool {
+    /// Leading zeros, significant digits, and the decimal exponent of the first significant digit.
+    fn normal(d: &DecimalText<'_>) -> Option<(usize, usize, i64)> {
+        let total = d.int.len().saturating_add(d.frac.len());
+        let lead = d.digits().take_while(|&&c| c == b'0').count();
+        if lead == total {
+            return None; // zero
+        }
+        let trail = d.digits().rev().take_while(|&&c| c == b'0').count();
+        let significant = total.saturating_sub(lead).saturating_sub(trail);
+        let int_len = i64::try_from(d.int.len()).unwrap_or(i64::MAX);
+        let lead_len = i64::try_from(lead).unwrap_or(i64::MAX);
+        Some((lead, significant, int_len.saturating_sub(lead_len).saturating_add(d.exp)))
+    }
+    let (x, y) = (DecimalText::split(a), DecimalText::split(b));
+    match (normal(&x), normal(&y)) {
+        (None, None) => true,
+        (Some((lead_x, n_x, e_x)), Some((lead_y, n_y, e_y))) => {
+            x.negative == y.negative
+                && e_x == e_y
+                && n_x == n_y
+                && x.digits().skip(lead_x).take(n_x).eq(y.digits().skip(lead_y).take(n_y))
+        }
+        _ => false,
+    }
 }
 
 /// Map a `serde_json` error to the I-JSON rule it reports.
@@ -705,15 +882,59 @@ mod tests {
             canon("[-0, -0.0, 0e5, 10.0, 1e21, 1e20, 1e-7, 1e-6, 100e-9]"),
             "[0,0,0,10,1e+21,100000000000000000000,1e-7,0.000001,1e-7]"
         );
-        // u64/i64 integers are printed through their binary64 value.
-        assert_eq!(
-            canon("[9007199254740993, 18446744073709551615, -9223372036854775808]"),
-            "[9007199254740992,18446744073709552000,-9223372036854776000]"
-        );
+        // Integers beyond 2^53 print through their binary64 value, which is another decimal: refused.
+        for inexact in ["9007199254740993", "18446744073709551615", "-9223372036854775808", "1e-400"] {
+            assert_eq!(parse_ijson(inexact.as_bytes()), Err(IJsonError::InexactNumber), "{inexact}");
+        }
+        assert_eq!(canon("[9007199254740992, 1e2, 5E2, 1.0, 0.1]"), "[9007199254740992,100,500,1,0.1]");
         let mut out = Vec::new();
+        write_number(&mut out, &Number::from(9_007_199_254_740_993u64));
         write_number(&mut out, &Number::from_f64(1e21).unwrap());
         write_f64(&mut out, f64::NAN);
-        assert_eq!(out, b"1e+21null");
+        assert_eq!(out, b"90071992547409921e+21null");
+    }
+
+    #[test]
+    fn decimal_comparison() {
+        for (a, b) in [
+            ("1", "1"),
+            ("1.0", "1"),
+            ("1e2", "100"),
+            ("100e-9", "1e-7"),
+            ("0.000001", "1e-6"),
+            ("-0", "0"),
+            ("-0.0e-5", "0"),
+            ("00.0", "0"),
+            ("123.4500", "1.2345e2"),
+            ("1e+21", "1000000000000000000000"),
+            ("0.00012", "1.2e-4"),
+        ] {
+            assert!(decimal_eq(a.as_bytes(), b.as_bytes()), "{a} == {b}");
+            assert!(decimal_eq(b.as_bytes(), a.as_bytes()), "{b} == {a}");
+        }
+        for (a, b) in [
+            ("1", "-1"),
+            ("1", "10"),
+            ("1", "0"),
+            ("0.1", "0.10000000000000000001"),
+            ("1e-400", "0"),
+            ("12", "21"),
+            ("1.2", "12e-2"),
+            ("9007199254740993", "9007199254740992"),
+            ("1e99999999999999999999", "1e+308"),
+        ] {
+            assert!(!decimal_eq(a.as_bytes(), b.as_bytes()), "{a} != {b}");
+            assert!(!decimal_eq(b.as_bytes(), a.as_bytes()), "{b} != {a}");
+        }
+    }
+
+    #[test]
+    fn number_scan_skips_strings() {
+        // Digits inside strings, escaped quotes and member names are not numbers.
+        assert!(check_numbers(br#"{"9007199254740993":"1e-400","q\"1e-400":[1,"\\",2]}"#).is_ok());
+        assert_eq!(check_numbers(br#"{"a\"":[1,1e-400]}"#), Err(IJsonError::InexactNumber));
+        assert_eq!(check_numbers(b"[0.10000000000000000001]"), Err(IJsonError::InexactNumber));
+        assert!(check_numbers(b"[0.1000000000000000000]").is_ok());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! JCS and digest vectors: SPEC §6, standards.md §3.4/§3.9, RFC 8785 (§3.2.2, §3.2.3, Appendix B),
+//! JCS and digest vectors: SPEC §6 (HTTP Operation Profile v2: V1-V4, V7, V9-V12, exact numbers),
+//! SPEC §7 (MCP Tool Call Profile: M1-M4), standards.md §3.4/§3.9, RFC 8785 (§3.2.2, §3.2.3, Appendix B),
 //! and number tables generated with ECMAScript itself (`tests/data/gen_numbers.js`, run under node).
 //!
 //! Every test but the stack-depth one also runs compiled to wasm32-unknown-unknown under
@@ -6,8 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use missiongate_wire::digest::{
-    self, envelope_canonical, envelope_hash, parameter_digest, parse_prefixed_digest, prefixed_digest_of_canonical,
-    sha256_b64, ParameterObject, SHA256_PREFIX,
+    self, envelope_canonical, envelope_hash, mcp_tool_call_digest, mcp_tool_call_digest_of_body, parameter_digest,
+    parse_prefixed_digest, prefixed_digest_of_canonical, request_digest, sha256_b64, ParameterObject, Unbindable,
+    SHA256_PREFIX,
 };
 use missiongate_wire::jcs::{canonicalize, canonicalize_ijson, parse_ijson, IJsonError, MAX_DEPTH};
 use serde_json::{json, Value};
@@ -21,56 +23,68 @@ fn hdrs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 // ------------------------------------------------------------------------------------------------
-// SPEC §6 vectors
+// SPEC §6 vectors (HTTP Operation Profile, version 2)
 // ------------------------------------------------------------------------------------------------
 
 const PAYMENTS: &str = "https://api.partner.example/v1/payments";
-const V2_CANONICAL: &str = r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#;
-const V2_DIGEST: &str = "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE";
+const UPLOAD: &str = "https://api.partner.example/upload";
+const V2_CANONICAL: &str = r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"content_type":"application/json","method":"POST","target":"https://api.partner.example/v1/payments"}"#;
+const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
+const V7_DIGEST: &str = "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI";
+const JSON: Option<&str> = Some("application/json");
 
 fn check(got: (String, Vec<u8>), canonical: &str, digest: &str) {
     assert_eq!(String::from_utf8(got.1).unwrap(), canonical);
     assert_eq!(got.0, digest);
 }
 
+/// The same digest through the JSON parameter object (what an agent submits to the portal).
+fn check_value(params: Value, digest: &str) {
+    assert_eq!(ParameterObject::from_value(&params).unwrap().digest(), digest, "{params}");
+}
+
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v1_get_no_body() {
-    let got =
-        parameter_digest("GET", "https://api.partner.example/v1/invoices?status=open&limit=10", None, None).unwrap();
-    check(
-        got,
-        r#"{"method":"GET","target":"https://api.partner.example/v1/invoices?status=open&limit=10"}"#,
-        "sha-256:oZaAtCgeL4f6PCVrFBIdLpEJpdO9JQz4DwZ76Slp5XY",
-    );
+    let target = "https://api.partner.example/v1/invoices?status=open&limit=10";
+    let want = "sha-256:oZaAtCgeL4f6PCVrFBIdLpEJpdO9JQz4DwZ76Slp5XY";
+    let got = parameter_digest("GET", target, None, None).unwrap();
+    check(got, r#"{"method":"GET","target":"https://api.partner.example/v1/invoices?status=open&limit=10"}"#, want);
+    // A request without a body binds nothing more, whatever its Content-Type says.
+    let h = hdrs(&[("Content-Type", "application/json")]);
+    assert_eq!(request_digest("GET", target, &h, &[], b"").unwrap().0, want);
+    check_value(json!({"method": "GET", "target": target}), want);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v2_post_json_body() {
     let body = br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
-    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    let got = parameter_digest("POST", PAYMENTS, None, Some((JSON, body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
-    // Lower-case method, a +json type with parameters: same object.
-    let got =
-        parameter_digest("post", PAYMENTS, None, Some(("Application/Vnd.Pay+JSON; charset=UTF-8", body))).unwrap();
+    // Lower-case method: same object.
+    let got = parameter_digest("post", PAYMENTS, None, Some((JSON, body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
+    // From the request's header list, as the filter calls it.
+    let h = hdrs(&[("content-type", "application/json")]);
+    check(request_digest("POST", PAYMENTS, &h, &[], body).unwrap(), V2_CANONICAL, V2_DIGEST);
     // Via a generic Value, too.
-    let obj = json!({"method": "POST", "target": PAYMENTS,
+    let obj = json!({"method": "POST", "target": PAYMENTS, "content_type": "application/json",
         "body": {"amount": "423.50", "currency": "USD", "to": "acct_123"}});
     assert_eq!(String::from_utf8(canonicalize(&obj)).unwrap(), V2_CANONICAL);
     assert_eq!(prefixed_digest_of_canonical(&obj), V2_DIGEST);
+    check_value(obj, V2_DIGEST);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v3_same_body_reformatted() {
     let body = b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
-    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    let got = parameter_digest("POST", PAYMENTS, None, Some((Some("Application/JSON; charset=utf-8"), body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
     // Escapes that decode to the same strings change nothing either.
     let body = br#"{"to":"acct\u005f123","currency":"\u0055SD","amount":"423.50"}"#;
-    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json; charset=utf-8", body))).unwrap();
+    let got = parameter_digest("POST", PAYMENTS, None, Some((Some("application/json;charset=UTF-8"), body))).unwrap();
     check(got, V2_CANONICAL, V2_DIGEST);
 }
 
@@ -78,12 +92,12 @@ fn spec_v3_same_body_reformatted() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v4_changed_amount_differs() {
     let body = br#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#;
-    let got = parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))).unwrap();
+    let got = parameter_digest("POST", PAYMENTS, None, Some((JSON, body))).unwrap();
     assert_ne!(got.0, V2_DIGEST);
     check(
         got,
-        r#"{"body":{"amount":"4235.00","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
-        "sha-256:CISb-uEWNxfSZHWX_m_MNKSEYB-0cjSpO3_aVwWd_MM",
+        r#"{"body":{"amount":"4235.00","currency":"USD","to":"acct_123"},"content_type":"application/json","method":"POST","target":"https://api.partner.example/v1/payments"}"#,
+        "sha-256:kY7PAYsBSabmUJeTfmLFkMD3l9Kjqs4l6SX5GkhJRSU",
     );
 }
 
@@ -93,46 +107,333 @@ fn spec_v7_text_plain_body() {
     let body = b"hello, partner";
     assert_eq!(body.len(), 14);
     assert_eq!(sha256_b64(body), "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs");
-    let got = parameter_digest("POST", "https://api.partner.example/upload", None, Some(("text/plain", body))).unwrap();
-    check(
-        got,
-        r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#,
-        "sha-256:Vgo3LeaeAnsM_tdsWBm1dv7B5QTq6bn2Y6OQH9p4f1A",
+    let canonical = r#"{"body_sha256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs","content_type":"text/plain","method":"POST","target":"https://api.partner.example/upload"}"#;
+    let got = parameter_digest("POST", UPLOAD, None, Some((Some("text/plain"), body))).unwrap();
+    check(got, canonical, V7_DIGEST);
+    // Parameters of the media type are not bound; its case is not either.
+    let got = parameter_digest("POST", UPLOAD, None, Some((Some("Text/Plain; charset=us-ascii"), body))).unwrap();
+    check(got, canonical, V7_DIGEST);
+    check_value(
+        json!({"method": "POST", "target": UPLOAD, "content_type": "text/plain",
+            "body_sha256": "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}),
+        V7_DIGEST,
     );
+    // Another media type for the same bytes is another call.
+    let other = parameter_digest("POST", UPLOAD, None, Some((Some("text/csv"), body))).unwrap();
+    assert_ne!(other.0, V7_DIGEST);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_v9_effect_bearing_header() {
+    let want = "sha-256:UldhSLs_XZgqm4WsxWCCcbBBP58Z_7YFyzFbZE-1Rro";
     let h = hdrs(&[("Idempotency-Key", "k-42")]);
-    let got =
-        parameter_digest("POST", PAYMENTS, Some(&h), Some(("application/json", br#"{"amount":"1.00"}"#))).unwrap();
+    let got = parameter_digest("POST", PAYMENTS, Some(&h), Some((JSON, br#"{"amount":"1.00"}"#))).unwrap();
     check(
         got,
-        r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
-        "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY",
+        r#"{"body":{"amount":"1.00"},"content_type":"application/json","headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#,
+        want,
     );
     // The struct API gives the same.
-    let p =
-        ParameterObject::from_request("POST", PAYMENTS, Some(&h), Some(("application/json", br#"{"amount":"1.00"}"#)))
-            .unwrap();
-    assert_eq!(p.digest(), "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY");
+    let p = ParameterObject::from_request("POST", PAYMENTS, Some(&h), Some((JSON, br#"{"amount":"1.00"}"#))).unwrap();
+    assert_eq!(p.digest(), want);
+    // And the filter's call over the whole header list.
+    let all = hdrs(&[("Content-Type", "application/json"), ("IDEMPOTENCY-KEY", "k-42"), ("Accept", "*/*")]);
+    let effect = vec!["idempotency-key".to_owned()];
+    assert_eq!(request_digest("POST", PAYMENTS, &all, &effect, br#"{"amount":"1.00"}"#).unwrap().0, want);
+    check_value(
+        json!({"method": "POST", "target": PAYMENTS, "headers": {"Idempotency-Key": "k-42"},
+            "content_type": "application/json", "body": {"amount": "1.00"}}),
+        want,
+    );
+}
+
+/// A header named effect-bearing that is sent more than once makes the request unbindable.
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_repeated_effect_header_is_unbindable() {
+    let effect = vec!["idempotency-key".to_owned()];
+    let body = br#"{"amount":"1.00"}"#;
+    for twice in [
+        hdrs(&[("content-type", "application/json"), ("idempotency-key", "k-42"), ("idempotency-key", "k-43")]),
+        hdrs(&[("Idempotency-Key", "k-42"), ("content-type", "application/json"), ("idempotency-key", "k-42")]),
+    ] {
+        assert_eq!(
+            request_digest("POST", PAYMENTS, &twice, &effect, body),
+            Err(Unbindable::RepeatedHeader("idempotency-key".into()))
+        );
+    }
+    // Content-Type twice on a body cannot say which media type is bound.
+    let ct2 = hdrs(&[("content-type", "application/json"), ("content-type", "text/plain")]);
+    assert_eq!(request_digest("POST", PAYMENTS, &ct2, &[], body), Err(Unbindable::ContentType));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_v10_json_body_cannot_spell_a_raw_hash() {
+    let body = br#"{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}"#;
+    let got = parameter_digest("POST", UPLOAD, None, Some((JSON, body))).unwrap();
+    assert_ne!(got.0, V7_DIGEST);
+    check(
+        got,
+        r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"content_type":"application/json","method":"POST","target":"https://api.partner.example/upload"}"#,
+        "sha-256:z2OPMgUIwl1dYMoZibm4cr8ZumaUoiHBb12o26mjphY",
+    );
+    // Nor can it spell body_sha256: a JSON body is always the `body` member.
+    let body = br#"{"body_sha256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}"#;
+    assert_ne!(parameter_digest("POST", UPLOAD, None, Some((JSON, body))).unwrap().0, V7_DIGEST);
+    // Version 1's raw-body member is not accepted from an agent either.
+    let v1 = json!({"method": "POST", "target": UPLOAD,
+        "body": {"sha-256": "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}});
+    assert!(matches!(ParameterObject::from_value(&v1), Err(Unbindable::Shape(_))));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_v11_other_json_media_type_differs() {
+    let body = br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
+    let want = "sha-256:9ZerN1VqypBn4XxzI1my-SwXHpGb5TGADWs1e77waGg";
+    let got = parameter_digest("POST", PAYMENTS, None, Some((Some("application/vnd.api+json"), body))).unwrap();
+    assert_ne!(got.0, V2_DIGEST);
+    check(
+        got,
+        r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"content_type":"application/vnd.api+json","method":"POST","target":"https://api.partner.example/v1/payments"}"#,
+        want,
+    );
+    let got = parameter_digest("POST", PAYMENTS, None, Some((Some("Application/Vnd.API+JSON; ext=x"), body))).unwrap();
+    assert_eq!(got.0, want);
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_v12_raw_body_without_content_type() {
+    let want = "sha-256:SdgghQ-PAioTqxAgBA-ZHfFdEub769L-JCEJO4HFjLU";
+    let got =
+        parameter_digest("PUT", "https://api.partner.example/blob", None, Some((None, b"hello, partner"))).unwrap();
+    check(
+        got,
+        r#"{"body_sha256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs","content_type":"application/octet-stream","method":"PUT","target":"https://api.partner.example/blob"}"#,
+        want,
+    );
+    // An explicit application/octet-stream is the same call; the filter's call gives the same.
+    let got = parameter_digest(
+        "PUT",
+        "https://api.partner.example/blob",
+        None,
+        Some((Some("application/octet-stream"), b"hello, partner")),
+    )
+    .unwrap();
+    assert_eq!(got.0, want);
+    assert_eq!(request_digest("PUT", "https://api.partner.example/blob", &[], &[], b"hello, partner").unwrap().0, want);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec_non_ijson_body_is_unbindable() {
-    let cases: [(&[u8], IJsonError); 5] = [
+    let cases: [(&[u8], IJsonError); 8] = [
         (br#"{"amount":"1.00","amount":"9999.00"}"#, IJsonError::DuplicateMember("amount".into())),
         (b"{\"to\":\"acct\xff\"}", IJsonError::InvalidUtf8),
         (br#"{"to":"\ud800"}"#, IJsonError::LoneSurrogate),
         (br#"{"amount":1e400}"#, IJsonError::NumberOutOfRange),
+        (br#"{"amount":1e-400}"#, IJsonError::InexactNumber),
+        (br#"{"amount":9007199254740993}"#, IJsonError::InexactNumber),
+        (br#"{"amount":0.10000000000000000001}"#, IJsonError::InexactNumber),
         (br#"{"amount":"1.00"} {"amount":"2.00"}"#, IJsonError::TrailingData),
     ];
     for (body, want) in cases {
-        assert_eq!(parameter_digest("POST", PAYMENTS, None, Some(("application/json", body))), Err(want));
+        assert_eq!(parameter_digest("POST", PAYMENTS, None, Some((JSON, body))), Err(Unbindable::Body(want)));
         // The same bytes under a non-JSON type are bound by their hash.
-        assert!(parameter_digest("POST", PAYMENTS, None, Some(("application/octet-stream", body))).is_ok());
+        assert!(parameter_digest("POST", PAYMENTS, None, Some((Some("application/octet-stream"), body))).is_ok());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Exact numbers (SPEC §6): a number binds only if its JCS form denotes the value written
+// ------------------------------------------------------------------------------------------------
+
+/// Numbers binary64 does not hold as written (refused), and numbers it does (with their JCS form).
+const INEXACT_NUMBERS: &[&str] = &[
+    "1e-400",
+    "-1e-400",
+    "5e-325",
+    "2.4703282292062328e-324",
+    "9007199254740993",
+    "-9007199254740993",
+    "0.10000000000000000001",
+    "0.30000000000000000001",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "123456789012345678901234567890",
+    "295147905179352825856",
+    "1.7976931348623158e308",
+    "333333333.33333329",
+    "1.00000000000000000000000000000001",
+    "4.9e-324",
+    "100000000000000000000001",
+    "9.999999999999999161e22",
+];
+const EXACT_NUMBERS: &[(&str, &str)] = &[
+    ("1.0", "1"),
+    ("1e2", "100"),
+    ("1E2", "100"),
+    ("5E2", "500"),
+    ("2.5e+3", "2500"),
+    ("0.1", "0.1"),
+    ("-0", "0"),
+    ("-0.0", "0"),
+    ("0e10", "0"),
+    ("0.30000000000000004", "0.30000000000000004"),
+    ("9007199254740992", "9007199254740992"),
+    ("-9007199254740992", "-9007199254740992"),
+    ("1e21", "1e+21"),
+    ("1E+21", "1e+21"),
+    ("100e-9", "1e-7"),
+    ("0.000001", "0.000001"),
+    ("5e-324", "5e-324"),
+    ("1.7976931348623157e308", "1.7976931348623157e+308"),
+    ("295147905179352830000", "295147905179352830000"),
+    ("4.50", "4.5"),
+    ("423.5000000000000000000000000", "423.5"),
+    ("123456789012345", "123456789012345"),
+    ("0.000000000000001", "1e-15"),
+    ("1e23", "1e+23"),
+    // 1e23 is not a double (the nearest is 99999999999999991611392), but its JCS form is 1e+23.
+    ("100000000000000000000000", "1e+23"),
+];
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn inexact_numbers_are_refused() {
+    for &n in INEXACT_NUMBERS {
+        for doc in [n.to_owned(), format!("[{n}]"), format!("{{\"a\":{{\"b\":[\"x\",{n},2]}}}}")] {
+            assert_eq!(canonicalize_ijson(doc.as_bytes()), Err(IJsonError::InexactNumber), "{doc}");
+            assert_eq!(parse_ijson(doc.as_bytes()), Err(IJsonError::InexactNumber), "{doc}");
+        }
+        let body = format!("{{\"amount\":{n}}}");
+        assert_eq!(
+            parameter_digest("POST", PAYMENTS, None, Some((JSON, body.as_bytes()))),
+            Err(Unbindable::Body(IJsonError::InexactNumber)),
+            "{n}"
+        );
+    }
+    for &(n, want) in EXACT_NUMBERS {
+        assert_eq!(canon_str(n), want, "{n}");
+        assert_eq!(String::from_utf8(canonicalize(&parse_ijson(n.as_bytes()).unwrap())).unwrap(), want, "{n}");
+        // The JCS form is itself exact, and a fixed point.
+        assert_eq!(canon_str(want), want, "{want}");
+    }
+    // The same texts inside strings or names are strings, not numbers.
+    assert_eq!(canon_str(r#"{"9007199254740993":"1e-400"}"#), r#"{"9007199254740993":"1e-400"}"#);
+}
+
+/// An independent decimal comparison for the tables (owned strings, not the crate's code):
+/// `(negative, significant digits, exponent)` with zero as `(false, "", 0)`.
+fn decimal(text: &str) -> (bool, String, i64) {
+    let (neg, t) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
+    let (mant, exp) = t.split_once(['e', 'E']).unwrap_or((t, "0"));
+    let exp: i64 = exp.trim_start_matches('+').parse().unwrap();
+    let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+    let all = format!("{int}{frac}");
+    let trimmed = all.trim_start_matches('0');
+    let point = int.len() as i64 - (all.len() - trimmed.len()) as i64 + exp;
+    let digits = trimmed.trim_end_matches('0').to_owned();
+    if digits.is_empty() {
+        (false, digits, 0)
+    } else {
+        (neg, digits, point)
+    }
+}
+
+/// JSON number texts → `Number(text).toString()`, generated by Node.js: a text whose ECMAScript
+/// form denotes the same decimal prints as that form (this checks the parser's rounding: long
+/// mantissas, halfway points, extremes); any other is refused as inexact.
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn ecmascript_number_parsing_table() {
+    let text = include_str!("data/parse_numbers.txt");
+    let (mut exact, mut inexact) = (0, 0);
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        let (input, want) = line.split_once(',').unwrap();
+        let got = canonicalize_ijson(input.as_bytes()).map(|c| String::from_utf8(c).unwrap());
+        if decimal(input) == decimal(want) {
+            exact += 1;
+            if got.as_deref() != Ok(want) {
+                bad.push(format!("{input} -> {got:?}, want {want}"));
+            }
+        } else {
+            inexact += 1;
+            if got != Err(IJsonError::InexactNumber) {
+                bad.push(format!("{input} -> {got:?}, want refused (ECMAScript reads {want})"));
+            }
+        }
+    }
+    let n = exact + inexact;
+    assert!(bad.is_empty(), "{} of {n} wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(n > 4000 && exact > 1000 && inexact > 1000, "{exact} exact, {inexact} inexact");
+}
+
+// ------------------------------------------------------------------------------------------------
+// SPEC §7 vectors (MCP Tool Call Profile)
+// ------------------------------------------------------------------------------------------------
+
+const MCP: &str = "https://mcp.partner.example/mcp";
+const M1_DIGEST: &str = "sha-256:VumVMDaxUyrb1aj7IoSEwyzXCgSy83iqcrdTFe30x_c";
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_m1_m2_tool_call() {
+    let args = json!({"invoice": "inv_842", "amount": "423.50", "currency": "USD"});
+    let canonical = r#"{"arguments":{"amount":"423.50","currency":"USD","invoice":"inv_842"},"mcp_method":"tools/call","target":"https://mcp.partner.example/mcp","tool":"pay_invoice"}"#;
+    check(mcp_tool_call_digest(MCP, "tools/call", "pay_invoice", Some(&args)), canonical, M1_DIGEST);
+    let m1 = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay_invoice","arguments":{"invoice":"inv_842","amount":"423.50","currency":"USD"}}}"#;
+    check(mcp_tool_call_digest_of_body(MCP, m1).unwrap(), canonical, M1_DIGEST);
+    // M2: arguments reordered, another id, a _meta: the same digest.
+    let m2 = br#"{"params":{"_meta":{"progressToken":"p-9"},"arguments":{"currency":"USD","amount":"423.50","invoice":"inv_842"},"name":"pay_invoice"},"id":"other-id","method":"tools/call","jsonrpc":"2.0"}"#;
+    check(mcp_tool_call_digest_of_body(MCP, m2).unwrap(), canonical, M1_DIGEST);
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_m3_changed_amount_differs() {
+    let args = json!({"invoice": "inv_842", "amount": "4235.00", "currency": "USD"});
+    let got = mcp_tool_call_digest(MCP, "tools/call", "pay_invoice", Some(&args));
+    assert_ne!(got.0, M1_DIGEST);
+    assert_eq!(got.0, "sha-256:tQBHpn5MxqmrpD2zCdhRlK0fIHiGubfyT82NTr10_mM");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec_m4_tool_call_without_arguments() {
+    let canonical = r#"{"arguments":{},"mcp_method":"tools/call","target":"https://mcp.partner.example/mcp","tool":"list_open_invoices"}"#;
+    let want = "sha-256:QOQ38dSi29jvPE02iUwUxQDDAFrQCF9dx2c96RXIcyQ";
+    check(mcp_tool_call_digest(MCP, "tools/call", "list_open_invoices", None), canonical, want);
+    check(mcp_tool_call_digest(MCP, "tools/call", "list_open_invoices", Some(&json!({}))), canonical, want);
+    let body = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"list_open_invoices"}}"#;
+    check(mcp_tool_call_digest_of_body(MCP, body).unwrap(), canonical, want);
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn mcp_tool_call_bodies_that_cannot_bind() {
+    let inexact =
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"n":9007199254740993}}}"#;
+    assert_eq!(mcp_tool_call_digest_of_body(MCP, inexact), Err(Unbindable::Body(IJsonError::InexactNumber)));
+    let dup = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","name":"other"}}"#;
+    assert!(matches!(mcp_tool_call_digest_of_body(MCP, dup), Err(Unbindable::Body(IJsonError::DuplicateMember(_)))));
+    for shape in [
+        &br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay"}}]"#[..],
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":[1]}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":null}}"#,
+    ] {
+        assert!(
+            matches!(mcp_tool_call_digest_of_body(MCP, shape), Err(Unbindable::Shape(_))),
+            "{}",
+            String::from_utf8_lossy(shape)
+        );
     }
 }
 
@@ -274,7 +575,16 @@ fn rfc8785_section_3_2_2_example() {
         5d 2c 22 73 74 72 69 6e 67 22 3a 22 e2 82 ac 24 5c 75 30 30 \
         30 66 5c 6e 41 27 42 5c 22 5c 5c 5c 5c 5c 22 2f 22 7d";
     let expected: Vec<u8> = expected_hex.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    let got = canonicalize_ijson(input.as_bytes()).unwrap();
+    // The RFC's first number has more digits than its double holds: JCS prints 333333333.3333333,
+    // another decimal value, so the document is not bindable (SPEC §6) and the strict parsers
+    // refuse it. The writer is checked on the RFC's own input through a lenient parse ...
+    assert_eq!(canonicalize_ijson(input.as_bytes()), Err(IJsonError::InexactNumber));
+    assert_eq!(parse_ijson(input.as_bytes()), Err(IJsonError::InexactNumber));
+    let lenient: Value = serde_json::from_str(input).unwrap();
+    assert_eq!(canonicalize(&lenient), expected);
+    // ... and the strict path on the same document with that number written as its double holds it.
+    let exact = input.replace("333333333.33333329", "333333333.3333333");
+    let got = canonicalize_ijson(exact.as_bytes()).unwrap();
     assert_eq!(got, expected);
     assert_eq!(
         String::from_utf8(got).unwrap(),
@@ -337,26 +647,6 @@ fn ecmascript_number_serialization_table() {
     assert!(n > 9000, "{n}");
 }
 
-/// JSON number texts → `Number(text).toString()`, generated by Node.js: checks correct rounding of the
-/// parser (long mantissas, halfway points, extremes, integers beyond 2^53 and u64).
-#[cfg_attr(not(target_arch = "wasm32"), test)]
-#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-fn ecmascript_number_parsing_table() {
-    let text = include_str!("data/parse_numbers.txt");
-    let mut n = 0;
-    let mut bad = Vec::new();
-    for line in text.lines() {
-        let (input, want) = line.split_once(',').unwrap();
-        let got = canon_str(input);
-        if got != want {
-            bad.push(format!("{input} -> {got}, want {want}"));
-        }
-        n += 1;
-    }
-    assert!(bad.is_empty(), "{} of {n} wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
-    assert!(n > 4000, "{n}");
-}
-
 // ------------------------------------------------------------------------------------------------
 // I-JSON rejections
 // ------------------------------------------------------------------------------------------------
@@ -415,9 +705,10 @@ fn rejects_numbers_outside_binary64() {
     for bad in ["1e400", "-1e400", "[1.8e308]", "{\"a\":-1.7976931348623159e308}", &format!("1{}", "0".repeat(400))] {
         assert_eq!(parse_ijson(bad.as_bytes()), Err(IJsonError::NumberOutOfRange), "{bad}");
     }
-    // The largest double and an underflow to zero are accepted (as ECMAScript's JSON.parse does).
+    // The largest double is accepted; an underflow to zero is not (ECMAScript's JSON.parse would
+    // read 0, another value than written: SPEC §6).
     assert_eq!(canon_str("1.7976931348623157e308"), "1.7976931348623157e+308");
-    assert_eq!(canon_str("[1e-400,-1e-400]"), "[0,0]");
+    assert_eq!(parse_ijson(b"[1e-400,-1e-400]"), Err(IJsonError::InexactNumber));
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -492,9 +783,9 @@ fn large_body_round_trip() {
     }
     let body = serde_json::to_vec(&json!({"items": items, "currency": "USD"})).unwrap();
     assert!(body.len() > 1_000_000, "{}", body.len());
-    let (d1, c1) = parameter_digest("POST", PAYMENTS, None, Some(("application/json", &body))).unwrap();
+    let (d1, c1) = parameter_digest("POST", PAYMENTS, None, Some((JSON, &body))).unwrap();
     let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
-    let (d2, c2) = parameter_digest("POST", PAYMENTS, None, Some(("application/json", &pretty))).unwrap();
+    let (d2, c2) = parameter_digest("POST", PAYMENTS, None, Some((JSON, &pretty))).unwrap();
     assert_eq!(d1, d2);
     assert_eq!(c1, c2);
 }

@@ -168,6 +168,22 @@ impl Portal {
         (status, headers, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /access/v1/requests` with body bytes as given (JSON that `serde_json::Value` cannot carry).
+    pub async fn submit_raw(&self, key: Option<&str>, body: &[u8]) -> (StatusCode, HeaderMap, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/access/v1/requests"))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, url: &str) -> (StatusCode, HeaderMap, Value) {
         let resp = self.http.get(url).send().await.unwrap();
         let status = resp.status();
@@ -195,13 +211,29 @@ pub fn eval_req(mission: &Value, resource: &str, action: &str, digest: Option<&s
     })
 }
 
-/// SPEC §6 vector V2: the payment and its parameter object and digest.
+/// SPEC §6 vector V2's shape: the payment, its parameter object (version 2) and digest, computed
+/// from the bytes the agent would send, as the filter does.
 pub fn payment(amount: &str, memo: &str) -> (Value, String) {
     let body = json!({"amount": amount, "currency": "USD", "to": "acct_123", "memo": memo});
     let bytes = serde_json::to_vec(&body).unwrap();
+    let (digest, _) = missiongate_wire::digest::parameter_digest(
+        "POST",
+        PAYMENTS,
+        None,
+        Some((Some("application/json; charset=utf-8"), &bytes)),
+    )
+    .unwrap();
+    (json!({"method": "POST", "target": PAYMENTS, "content_type": "application/json", "body": body}), digest)
+}
+
+/// SPEC §6 vector V7's shape: a text/plain upload, bound by the hash of its bytes only.
+pub fn upload(bytes: &[u8]) -> (Value, String) {
+    let target = format!("{PARTNER}/upload");
     let (digest, _) =
-        missiongate_wire::digest::parameter_digest("POST", PAYMENTS, None, Some(("application/json", &bytes))).unwrap();
-    (json!({"method": "POST", "target": PAYMENTS, "body": body}), digest)
+        missiongate_wire::digest::parameter_digest("POST", &target, None, Some((Some("text/plain"), bytes))).unwrap();
+    let params = json!({"method": "POST", "target": target, "content_type": "text/plain",
+                        "body_sha256": missiongate_wire::digest::sha256_b64(bytes)});
+    (params, digest)
 }
 
 /// A submission body echoing a denial's hint.

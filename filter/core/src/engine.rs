@@ -609,26 +609,22 @@ impl Engine {
             if body.len() > config.max_body_bytes {
                 return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
             }
-            let header =
-                |name: &str| extra.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-            let effect: Vec<(String, String)> =
-                dest.effect_headers().iter().filter_map(|h| header(h).map(|v| (h.clone(), v.to_owned()))).collect();
             let raw_path = if req.path.is_empty() { "/" } else { req.path.split('#').next().unwrap_or("/") };
             let target = format!("{}{}", dest.origin(), raw_path);
-            let headers = (!dest.effect_headers().is_empty()).then_some(effect.as_slice());
-            let body_param =
-                (!body.is_empty()).then(|| (header("content-type").unwrap_or("application/octet-stream"), body));
-            match missiongate_wire::digest::parameter_digest(
+            // Every header occurrence goes in: a repeated effect-bearing header (or Content-Type on a
+            // body) is unbindable. The detail names the rule only, never body bytes or header values.
+            match missiongate_wire::digest::request_digest(
                 &req.method.to_ascii_uppercase(),
                 &target,
-                headers,
-                body_param,
+                extra.headers,
+                dest.effect_headers(),
+                body,
             ) {
                 Ok((d, _)) => Some(d),
                 Err(e) => {
                     return Err(Step::deny(
                         Reason::BodyNotCanonicalizable,
-                        &format!("request body cannot be bound: {e}"),
+                        &format!("the request cannot be bound: {e}"),
                     ))
                 }
             }

@@ -1417,11 +1417,13 @@ fn digest_of(
     method: &str,
     target: &str,
     headers: Option<&[(String, String)]>,
-    body: Option<(&str, &[u8])>,
+    body: Option<(Option<&str>, &[u8])>,
 ) -> (String, String) {
     let (d, canonical) = missiongate_wire::digest::parameter_digest(method, target, headers, body).unwrap();
     (d, String::from_utf8(canonical).unwrap())
 }
+
+const JSON_TYPE: Option<&str> = Some("application/json");
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
@@ -1435,22 +1437,21 @@ fn spec6_v1_get_no_body() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec6_v2_v3_json_body() {
     let target = "https://api.partner.example/v1/payments";
-    let (d, c) = digest_of(
-        "POST",
-        target,
-        None,
-        Some(("application/json", br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#)),
-    );
+    let (d, c) =
+        digest_of("POST", target, None, Some((JSON_TYPE, br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#)));
     assert_eq!(
         c,
-        r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
+        r#"{"body":{"amount":"423.50","currency":"USD","to":"acct_123"},"content_type":"application/json","method":"POST","target":"https://api.partner.example/v1/payments"}"#
     );
-    assert_eq!(d, "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE");
+    assert_eq!(d, "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk");
     let (d3, _) = digest_of(
         "POST",
         target,
         None,
-        Some(("application/json", b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }")),
+        Some((
+            Some("Application/JSON; charset=utf-8"),
+            b"{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }",
+        )),
     );
     assert_eq!(d3, d);
 }
@@ -1462,20 +1463,21 @@ fn spec6_v4_changed_amount() {
         "POST",
         "https://api.partner.example/v1/payments",
         None,
-        Some(("application/json", br#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#)),
+        Some((JSON_TYPE, br#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#)),
     );
-    assert_eq!(d, "sha-256:CISb-uEWNxfSZHWX_m_MNKSEYB-0cjSpO3_aVwWd_MM");
+    assert_eq!(d, "sha-256:kY7PAYsBSabmUJeTfmLFkMD3l9Kjqs4l6SX5GkhJRSU");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn spec6_v7_text_body() {
-    let (d, c) = digest_of("POST", "https://api.partner.example/upload", None, Some(("text/plain", b"hello, partner")));
+    let (d, c) =
+        digest_of("POST", "https://api.partner.example/upload", None, Some((Some("text/plain"), b"hello, partner")));
     assert_eq!(
         c,
-        r#"{"body":{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"},"method":"POST","target":"https://api.partner.example/upload"}"#
+        r#"{"body_sha256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs","content_type":"text/plain","method":"POST","target":"https://api.partner.example/upload"}"#
     );
-    assert_eq!(d, "sha-256:Vgo3LeaeAnsM_tdsWBm1dv7B5QTq6bn2Y6OQH9p4f1A");
+    assert_eq!(d, "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -1486,13 +1488,34 @@ fn spec6_v9_effect_header() {
         "POST",
         "https://api.partner.example/v1/payments",
         Some(&headers),
-        Some(("application/json", br#"{"amount":"1.00"}"#)),
+        Some((JSON_TYPE, br#"{"amount":"1.00"}"#)),
     );
     assert_eq!(
         c,
-        r#"{"body":{"amount":"1.00"},"headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
+        r#"{"body":{"amount":"1.00"},"content_type":"application/json","headers":{"idempotency-key":"k-42"},"method":"POST","target":"https://api.partner.example/v1/payments"}"#
     );
-    assert_eq!(d, "sha-256:YaxbPy9cEuYTjdvzVzNUTDNb9ZEUnxbPUovKKAVqRoY");
+    assert_eq!(d, "sha-256:UldhSLs_XZgqm4WsxWCCcbBBP58Z_7YFyzFbZE-1Rro");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn spec6_v10_v11_v12() {
+    let (d10, _) = digest_of(
+        "POST",
+        "https://api.partner.example/upload",
+        None,
+        Some((JSON_TYPE, br#"{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}"#)),
+    );
+    assert_eq!(d10, "sha-256:z2OPMgUIwl1dYMoZibm4cr8ZumaUoiHBb12o26mjphY");
+    let (d11, _) = digest_of(
+        "POST",
+        "https://api.partner.example/v1/payments",
+        None,
+        Some((Some("application/vnd.api+json"), br#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#)),
+    );
+    assert_eq!(d11, "sha-256:9ZerN1VqypBn4XxzI1my-SwXHpGb5TGADWs1e77waGg");
+    let (d12, _) = digest_of("PUT", "https://api.partner.example/blob", None, Some((None, b"hello, partner")));
+    assert_eq!(d12, "sha-256:SdgghQ-PAioTqxAgBA-ZHfFdEub769L-JCEJO4HFjLU");
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -1501,8 +1524,13 @@ fn jcs_numbers_and_utf16_order_in_wasm() {
     // RFC 8785 §3.2.2 number serialization and §3.2.3 member order (UTF-16 code units).
     let canon = |s: &str| String::from_utf8(missiongate_wire::jcs::canonicalize_ijson(s.as_bytes()).unwrap()).unwrap();
     assert_eq!(
-        canon(r#"{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001]}"#),
+        canon(r#"{"numbers":[333333333.3333333,1E30,4.50,2e-3,0.000000000000000000000000001]}"#),
         r#"{"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27]}"#
+    );
+    // The RFC's own 333333333.33333329 is not held by its double as written: unbindable (SPEC §6).
+    assert_eq!(
+        missiongate_wire::jcs::canonicalize_ijson(b"[333333333.33333329]"),
+        Err(missiongate_wire::jcs::IJsonError::InexactNumber)
     );
     assert_eq!(
         canon("{\"\u{20ac}\":1,\"\u{1f600}\":2,\"\u{fb33}\":3,\"a\":4}"),
@@ -1606,7 +1634,7 @@ fn pdp_answers_and_permit_conditions() {
             &mut e,
             &r,
             Some(200),
-            &permit(json!({"parameter_digest": "sha-256:P5mMEjSeBUyhFkchQY7Ljk5o1qHeIZW6MKnnNoIeLkE"})),
+            &permit(json!({"parameter_digest": "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk"})),
             g,
         ),
         "parameter_violation",
@@ -1683,6 +1711,125 @@ fn named_operations_choose_whether_they_are_consequential() {
     assert_eq!(expect_need(decide(&mut e, &get("/v1/exports/q3", &auth))), Need::Body);
     // A plain GET inside the Authority Set needs nothing.
     expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
+}
+
+/// A consequential call with its body in hand, before the PDP answered.
+fn decide_bound(e: &mut Engine, r: &Request<'_>, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let extra = missiongate_core::engine::Extra { headers: &headers, body: Some(body), pdp: None };
+    e.decide_full(r, &extra, NOW, Attempts { keys: true, status: true }, &mut MapGuard::default())
+}
+
+/// The problem body must not carry any of `secrets` (body bytes, header values).
+fn assert_echoes_none(d: &Denied, secrets: &[&str]) {
+    let text = String::from_utf8_lossy(&d.resp.body);
+    for s in secrets {
+        assert!(!text.contains(s), "{s:?} echoed in {text}");
+        assert!(d.resp.headers.iter().all(|(_, v)| !v.contains(s)), "{s:?} echoed in {:?}", d.resp.headers);
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn an_inexact_number_makes_a_bound_call_a_400() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = req("POST", "/v1/payments", Authz::One(&auth));
+    let ct = [("content-type", "application/json")];
+    for body in [
+        &br#"{"amount":9007199254740993,"to":"acct_123"}"#[..],
+        br#"{"amount":1e-400,"to":"acct_123"}"#,
+        br#"{"amount":0.10000000000000000001,"to":"acct_123"}"#,
+        br#"{"amount":1e400,"to":"acct_123"}"#,
+    ] {
+        let d = expect_deny(decide_bound(&mut e, &r, &ct, body), "body_not_canonicalizable", 400);
+        assert_echoes_none(&d, &["acct_123", "9007199254740993", "1e-400", "0.10000000000000000001", "1e400"]);
+        assert_eq!(d.ev.parameter_digest, None);
+    }
+    // Exact spellings of numbers bind, and the PDP is asked with the digest.
+    let exact = br#"{"amount":1.0,"fee":5E2,"rate":0.1,"n":-0,"to":"acct_123"}"#;
+    let Need::Pdp(c) = expect_need(decide_bound(&mut e, &r, &ct, exact)) else { panic!("expected a PDP evaluation") };
+    let body: Value = serde_json::from_slice(&c.body).unwrap();
+    let (want, _) = digest_of("POST", &format!("{ORIGIN}/v1/payments"), None, Some((JSON_TYPE, exact)));
+    assert_eq!(body["action"]["properties"]["parameter_digest"], want);
+    // A duplicate member name in the body is not echoed either.
+    let d = expect_deny(
+        decide_bound(&mut e, &r, &ct, br#"{"secret-name":1,"secret-name":2}"#),
+        "body_not_canonicalizable",
+        400,
+    );
+    assert_echoes_none(&d, &["secret-name"]);
+    let counters: HashMap<String, u64> = e.take_counters().into_iter().collect();
+    assert_eq!(counters.get("decision.body_not_canonicalizable"), Some(&5));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_repeated_effect_bearing_header_makes_a_bound_call_a_400() {
+    let mut c = config_json();
+    c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
+                      "retry_after_seconds": PDP_RETRY_AFTER, "deny_cache_seconds": 0});
+    c["destinations"][0]["effect_headers"] = json!(["Idempotency-Key"]);
+    let mut e = engine_with(&c);
+    set_state(&mut e, "active", 1);
+    let auth = bearer(&token());
+    let r = req("POST", "/v1/payments", Authz::One(&auth));
+    let body = br#"{"amount":"1.00"}"#;
+    let twice =
+        [("content-type", "application/json"), ("idempotency-key", "k-secret-1"), ("Idempotency-Key", "k-secret-2")];
+    let d = expect_deny(decide_bound(&mut e, &r, &twice, body), "body_not_canonicalizable", 400);
+    assert_echoes_none(&d, &["k-secret-1", "k-secret-2", "1.00"]);
+    assert!(d.body["detail"].as_str().unwrap().contains("idempotency-key"), "{}", d.body);
+    // The same value twice is still two fields.
+    let same = [("content-type", "application/json"), ("idempotency-key", "k-42"), ("idempotency-key", "k-42")];
+    expect_deny(decide_bound(&mut e, &r, &same, body), "body_not_canonicalizable", 400);
+    // Content-Type twice on a body: which media type would be bound?
+    let ct2 = [("content-type", "application/json"), ("content-type", "text/plain"), ("idempotency-key", "k-42")];
+    expect_deny(decide_bound(&mut e, &r, &ct2, body), "body_not_canonicalizable", 400);
+    // Once each: bound with the header, SPEC §6 V9.
+    let once = [("content-type", "application/json"), ("Idempotency-Key", "k-42"), ("x-other", "1"), ("x-other", "2")];
+    let Need::Pdp(c) = expect_need(decide_bound(&mut e, &r, &once, body)) else { panic!("expected a PDP evaluation") };
+    let eval: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(eval["action"]["properties"]["parameter_digest"], "sha-256:UldhSLs_XZgqm4WsxWCCcbBBP58Z_7YFyzFbZE-1Rro");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_raw_body_is_bound_by_its_hash_and_content_type() {
+    const V7: &str = "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI";
+    const V10: &str = "sha-256:z2OPMgUIwl1dYMoZibm4cr8ZumaUoiHBb12o26mjphY";
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = req("POST", "/upload", Authz::One(&auth));
+    let text = [("Content-Type", "text/plain; charset=us-ascii")];
+    let Need::Pdp(c) = expect_need(decide_bound(&mut e, &r, &text, b"hello, partner")) else {
+        panic!("expected a PDP evaluation")
+    };
+    let eval: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(eval["action"]["properties"]["parameter_digest"], V7, "SPEC §6 V7");
+    // A permit for exactly that call allows it; the same bytes under another media type, or a JSON
+    // body spelling the raw hash (V10), are other calls.
+    let headers = vec![("content-type".to_owned(), "text/plain".to_owned())];
+    let permit = |d: &str| {
+        let answer =
+            json!({"decision": true, "context": {"evaluation_id": "eval_raw", "conditions": {"parameter_digest": d}}});
+        missiongate_core::engine::PdpAnswer { status: Some(200), body: serde_json::to_vec(&answer).unwrap() }
+    };
+    let with = |e: &mut Engine, headers: &[(String, String)], body: &[u8], d: &str| {
+        let pdp = permit(d);
+        let extra = missiongate_core::engine::Extra { headers, body: Some(body), pdp: Some(&pdp) };
+        e.decide_full(&r, &extra, NOW, Attempts { keys: true, status: true }, &mut MapGuard::default())
+    };
+    let ev = expect_allow(with(&mut e, &headers, b"hello, partner", V7));
+    assert_eq!(ev.parameter_digest.as_deref(), Some(V7));
+    let csv = vec![("content-type".to_owned(), "text/csv".to_owned())];
+    expect_deny(with(&mut e, &csv, b"hello, partner", V7), "parameter_violation", 403);
+    let json_spelling = vec![("content-type".to_owned(), "application/json".to_owned())];
+    let spelled = br#"{"sha-256":"BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"}"#;
+    let d = expect_deny(with(&mut e, &json_spelling, spelled, V7), "parameter_violation", 403);
+    assert_eq!(d.ev.parameter_digest.as_deref(), Some(V10));
+    // No Content-Type: bound as application/octet-stream (V12's rule), so not V7 either.
+    expect_deny(with(&mut e, &[], b"hello, partner", V7), "parameter_violation", 403);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]

@@ -165,7 +165,9 @@ fn main() {
     let denied_at = Instant::now();
     show("the call is bound to its parameter_digest and needs approval", &denial);
     expect("a consequential call waits for approval of exactly this call", &denial, 511, f);
+    // The parameter object of SPEC §6 (HTTP Operation Profile version 2): the media type is bound.
     let params = json!({ "method": "POST", "target": "https://api.partner.example/v1/payments",
+                          "content_type": "application/json",
                           "body": serde_json::from_str::<Value>(body).unwrap() });
     request_and_approve(&portal, &denial, "Pay invoice INV-77", Some(params), 60, f);
     wait_out_the_denial_memory(denied_at);
