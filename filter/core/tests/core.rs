@@ -1716,7 +1716,8 @@ fn named_operations_choose_whether_they_are_consequential() {
 /// A consequential call with its body in hand, before the PDP answered.
 fn decide_bound(e: &mut Engine, r: &Request<'_>, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
     let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let extra = missiongate_core::engine::Extra { headers: &headers, body: Some(body), pdp: None };
+    let extra =
+        missiongate_core::engine::Extra { headers: &headers, body: Some(body), pdp: None, ..Default::default() };
     e.decide_full(r, &extra, NOW, Attempts { keys: true, status: true }, &mut MapGuard::default())
 }
 
@@ -1817,7 +1818,8 @@ fn a_raw_body_is_bound_by_its_hash_and_content_type() {
     };
     let with = |e: &mut Engine, headers: &[(String, String)], body: &[u8], d: &str| {
         let pdp = permit(d);
-        let extra = missiongate_core::engine::Extra { headers, body: Some(body), pdp: Some(&pdp) };
+        let extra =
+            missiongate_core::engine::Extra { headers, body: Some(body), pdp: Some(&pdp), ..Default::default() };
         e.decide_full(&r, &extra, NOW, Attempts { keys: true, status: true }, &mut MapGuard::default())
     };
     let ev = expect_allow(with(&mut e, &headers, b"hello, partner", V7));
