@@ -8,6 +8,8 @@ pub mod config;
 pub mod decision;
 pub mod dpop;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod keys;
 pub mod mission;
 pub mod token;
