@@ -865,6 +865,11 @@ fn pdp_answer(flags: u8) -> PdpAnswer {
 /// valid header; 2 the rest is `header \n claims`, signed; 3 as 1 but signed by an untrusted key.
 /// The answer is checked against mission [`MISSION`] and nonce [`NONCE`].
 pub fn mission_status(data: &[u8]) {
+    let _ = mission_status_verdict(data);
+}
+
+/// [`mission_status`], returning whether `mission::verify_status` accepted the answer.
+pub fn mission_status_verdict(data: &[u8]) -> bool {
     let fx = fixture();
     let (flags, rest) = split_flags(data);
     let body = match flags % 4 {
@@ -911,6 +916,7 @@ pub fn mission_status(data: &[u8]) {
         _ => MissionView::Unavailable,
     };
     assert_eq!(view, expected);
+    r.is_ok()
 }
 
 // ------------------------------------------------------------------------- SET feed -----------

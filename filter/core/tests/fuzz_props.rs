@@ -417,3 +417,43 @@ fn committed_seeds_are_current() {
         );
     }
 }
+
+// ------------------------------------------------------------------------- regressions --------
+// Inputs the fuzzers found, minimised, kept here so they run in every `cargo test`.
+
+/// jcs: an object with a duplicate member and, later, a syntax error. The lean canonicalizer
+/// reports the syntax error (it checks members when the object closes), `parse_ijson` the
+/// duplicate; both refuse. The harness once required equal errors.
+#[test]
+fn regression_jcs_duplicate_then_syntax_error() {
+    let body = br#"{"c":2,"c":3x}"#;
+    assert!(missiongate_wire::jcs::canonicalize_ijson(body).is_err());
+    assert!(missiongate_wire::jcs::parse_ijson(body).is_err());
+    let mut data = vec![0];
+    data.extend_from_slice(body);
+    fuzzing::jcs(&data);
+}
+
+/// mission_status: a trusted answer whose `exp` is near `i64::MAX` overflowed `exp + skew`
+/// (`filter/core/src/mission.rs`, a panic with overflow checks; a wrapped, refused answer in the
+/// release filter). It is accepted now, as its `exp` says.
+#[test]
+fn regression_status_exp_near_i64_max() {
+    let c = r#"{"iss":"https://as.example","aud":"https://gateway.example","nonce":"fuzz-nonce","iat":1800000000,"exp":9223372036854775807,"mission":{"id":"msn_fuzz","issuer":"https://as.example","state":"active","version":1,"fresh_until":"2027-01-15T08:05:00Z"}}"#;
+    let mut data = vec![0x31];
+    data.extend_from_slice(c.as_bytes());
+    fuzzing::mission_status(&data);
+    assert!(fuzzing::mission_status_verdict(&data), "a fresh, well-signed answer is accepted");
+}
+
+/// authzen: a requestable denial whose `captive_portal_api` holds a control character other than
+/// CR or LF (NUL, VT) put it into the 511's `Link` header (`Denial::render` refused only `<>"`,
+/// CR and LF). Such a link is left out now.
+#[test]
+fn regression_link_header_control_character() {
+    let a = r#"{"decision":false,"context":{"evaluation_id":"ev-3","reason":"egress_not_allowed","access_request":{"endpoint":"https://portal.example/r","expires_at":"2027-01-15T09:00:00Z","binding_token":"a.b.c"},"captive_portal_api":"https://portal.example/api\u0000x\u000by"}}"#;
+    let mut data = vec![2];
+    data.extend_from_slice(a.as_bytes());
+    fuzzing::authzen(&data);
+    assert_eq!(fuzzing::authzen_status(&data), 511);
+}
