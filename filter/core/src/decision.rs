@@ -247,7 +247,7 @@ impl Denial {
                 ("cache-control".to_owned(), "no-store".to_owned()),
             ];
             if let Some(l) = link {
-                if !l.contains(['<', '>', '"', '\r', '\n']) {
+                if !l.chars().any(|c| matches!(c, '<' | '>' | '"') || c.is_control()) {
                     headers.push(("link".to_owned(), format!("<{l}>; rel=\"{LINK_REL_CAPTIVE_API}\"")));
                 }
             }

@@ -8,6 +8,8 @@ pub mod config;
 pub mod decision;
 pub mod dpop;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod head;
 pub mod keys;
 pub mod ledger;

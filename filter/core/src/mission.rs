@@ -276,7 +276,7 @@ pub fn verify_status(
     if claims.iat.0 > now + STATUS_SKEW || claims.iat.0 < now - STATUS_SKEW - 60 {
         return Err(AnswerError::Invalid("iat"));
     }
-    if claims.exp.0 + STATUS_SKEW <= now {
+    if claims.exp.0.saturating_add(STATUS_SKEW) <= now {
         return Err(AnswerError::Invalid("exp"));
     }
     let fresh_until = parse_rfc3339(&claims.mission.fresh_until).ok_or(AnswerError::Invalid("fresh_until"))?;

@@ -1,0 +1,4 @@
+//! `jcs`: see `missiongate_core::fuzzing::jcs` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| missiongate_core::fuzzing::jcs(data));

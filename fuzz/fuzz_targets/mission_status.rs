@@ -1,0 +1,4 @@
+//! `mission_status`: see `missiongate_core::fuzzing::mission_status` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| missiongate_core::fuzzing::mission_status(data));
