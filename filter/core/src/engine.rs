@@ -551,7 +551,8 @@ impl Engine {
             (None, Some(c)) => c,
             (None, None) => {
                 let body = self.evaluation_request(pdp, req, dest, vt, action, digest.as_deref());
-                let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, None);
+                let c =
+                    Self::callout(&pdp.evaluation, "POST", Some("application/json"), body, pdp.credential.as_deref());
                 return Err(Step::Need(Need::Pdp(Box::new(c))));
             }
         };
@@ -571,6 +572,7 @@ impl Engine {
         ev.evaluation_id = resp.context.evaluation_id.clone();
         if resp.decision {
             let mut until = now + 60;
+            let mut valid_until: Option<i64> = None;
             let mut single_use = false;
             if let Some(c) = &resp.context.conditions {
                 if let Some(k) = c.unknown.keys().next() {
@@ -583,6 +585,7 @@ impl Engine {
                         return Err(Step::deny(Reason::ParameterViolation, "the permit has expired"));
                     }
                     until = until.min(t);
+                    valid_until = Some(t);
                 }
                 if let Some(pd) = &c.parameter_digest {
                     if digest.as_deref() != Some(pd.as_str()) {
@@ -605,7 +608,10 @@ impl Engine {
                 if id.is_empty() {
                     return Err(Step::deny(Reason::PdpDenied, "a single-use permit needs an evaluation_id"));
                 }
-                match replay.remember(&format!("mg.use/{id}"), until.max(now + 3600), now) {
+                // Remembered for the permit's whole validity (at least an hour when it names none), so
+                // the same permit is never used twice through this gateway while it could be presented.
+                let remember_until = valid_until.unwrap_or(until).max(now + 3600);
+                match replay.remember(&format!("mg.use/{id}"), remember_until, now) {
                     Ok(true) => {}
                     Ok(false) => {
                         return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
@@ -643,6 +649,12 @@ impl Engine {
                 d.captive = Some(Box::new((doc, resp.context.captive_portal_api.clone())));
                 d
             }
+            // The PDP says this call's single-use approval was already used (by this or another
+            // gateway): the same answer as this gateway's own single-use ledger gives.
+            None if resp.context.reason.as_deref() == Some("parameter_violation") => Denial::new(
+                Reason::ParameterViolation,
+                "the single-use approval of this call was already used; request access again",
+            ),
             None => Denial::new(
                 Reason::PdpDenied,
                 format!("denied by policy: {}", resp.context.reason.as_deref().unwrap_or("no reason given")),
@@ -877,7 +889,7 @@ impl Engine {
             self.stat(Stat::EventsPollFailed);
             return (0, false, None);
         }
-        match mission::verify_events(&self.config, &self.keys, issuer, body) {
+        match mission::verify_events(&self.config, &self.keys, issuer, body, now) {
             Ok((events, rejected, more)) => {
                 self.stat(Stat::EventsPollOk);
                 for _ in 0..rejected {
@@ -897,7 +909,6 @@ impl Engine {
                         self.missions.event_cursor.insert(issuer, e.jti);
                     }
                 }
-                let _ = now;
                 (applied, more, None)
             }
             Err(AnswerError::UnknownKey) => {
