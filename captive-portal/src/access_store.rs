@@ -915,14 +915,16 @@ impl Store {
         audit_retention: i64,
     ) -> Result<Pruned, StoreError> {
         let cut = now - retention;
-        let mut out = Pruned::default();
-        out.sessions = self
-            .prune_batches(
-                "DELETE FROM approver_sessions WHERE rowid IN \
+        let mut out = Pruned {
+            sessions: self
+                .prune_batches(
+                    "DELETE FROM approver_sessions WHERE rowid IN \
                  (SELECT rowid FROM approver_sessions WHERE expires_at <= ?1 LIMIT ?2)",
-                now,
-            )
-            .await?;
+                    now,
+                )
+                .await?,
+            ..Pruned::default()
+        };
         out.idempotency_keys = self
             .prune_batches(
                 "DELETE FROM idempotency_keys WHERE rowid IN \

@@ -64,7 +64,7 @@ pub fn parse_approvers(args: &ServeArgs) -> Result<Vec<Approver>, String> {
                 "approver {name} uses the operator token; give approvers their own tokens (or use --operator-may-approve)"
             ));
         }
-        if args.gateway_credentials.iter().any(|c| *c == token) {
+        if args.gateway_credentials.contains(&token) {
             return Err(format!("approver {name} uses a gateway credential; give approvers their own tokens"));
         }
         if token.len() < 16 {
