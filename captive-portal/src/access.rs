@@ -38,7 +38,8 @@ use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
 use missiongate_wire::{b64, jcs};
 
 use crate::access_store::{
-    status, AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, TaskRow,
+    status, AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, RequesterLimits,
+    TaskRow,
 };
 use crate::authority::{Authority, AuthorityError, VerifyError};
 use crate::store::{MissionRow, StoreError};
@@ -93,8 +94,16 @@ pub struct AccessSettings {
     pub max_approval_seconds: i64,
     /// Most denials with a live hint per Mission; beyond, denials are not requestable.
     pub max_open_denials_per_mission: i64,
-    /// SHA-256 of the PDP credential (`Authorization: Bearer`); `None`: loopback callers only.
-    pub pdp_credential_sha256: Option<[u8; 32]>,
+    /// Most pending access requests per requester (Mission issuer, Mission, subject).
+    pub max_open_requests_per_requester: i64,
+    /// Most stored Idempotency-Keys per requester.
+    pub max_idempotency_keys_per_requester: i64,
+    /// Ended tasks, expired denials and Idempotency-Keys are pruned this long after they ended.
+    pub retention_seconds: i64,
+    /// Audit records are pruned this long after they were written.
+    pub audit_retention_seconds: i64,
+    /// How often the pruning runs.
+    pub prune_interval_seconds: i64,
     /// Who may sign in to the portal.
     pub approvers: Vec<Approver>,
 }
@@ -141,11 +150,21 @@ pub struct ArError {
     pub code: &'static str,
     /// Human-readable detail (never token material).
     pub detail: String,
+    /// Seconds to wait before trying again (`Retry-After` and `retry_after`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ArError {
     fn new(status: u16, code: &'static str, detail: impl Into<String>) -> ArError {
-        ArError { status, code, detail: detail.into() }
+        ArError { status, code, detail: detail.into(), retry_after: None }
+    }
+    /// 429 `rate_limited`: a per-requester limit is reached; try again after `retry_after` seconds.
+    pub fn rate_limited(detail: impl Into<String>, retry_after: u64) -> ArError {
+        ArError { status: 429, code: "rate_limited", detail: detail.into(), retry_after: Some(retry_after.max(1)) }
+    }
+    /// 503 `unavailable`: too busy right now.
+    pub fn busy(detail: impl Into<String>) -> ArError {
+        ArError { status: 503, code: "unavailable", detail: detail.into(), retry_after: Some(1) }
     }
     /// 400 `invalid_request`.
     pub fn invalid(detail: impl Into<String>) -> ArError {
@@ -346,12 +365,36 @@ pub fn digest_of_parameters(p: &Value) -> Result<String, String> {
 pub struct Access {
     settings: AccessSettings,
     authority: Arc<Authority>,
+    /// Agents' writes (submissions, cancellations) take turns: at most one of them holds or waits for
+    /// the database's single writer at a time, so the gateway's writes (a new denial, a single-use
+    /// grant consumed) never queue behind a flood of them.
+    agent_writes: tokio::sync::Semaphore,
+}
+
+/// How long an agent's write waits for its turn before the answer is 503 with `Retry-After`.
+pub const AGENT_WRITE_WAIT: Duration = Duration::from_secs(3);
+
+/// What a policy decision is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A gateway's evaluation: a single-use grant is consumed by the permit it yields.
+    Evaluate,
+    /// The Captive Portal API's view: reads only, consumes nothing.
+    Captive,
 }
 
 impl Access {
     /// A service over `authority` (its store, keys and Missions).
     pub fn new(settings: AccessSettings, authority: Arc<Authority>) -> Arc<Access> {
-        Arc::new(Access { settings, authority })
+        Arc::new(Access { settings, authority, agent_writes: tokio::sync::Semaphore::new(1) })
+    }
+
+    /// Wait (bounded) for the agents' turn at the writer.
+    async fn agent_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ArError> {
+        match tokio::time::timeout(AGENT_WRITE_WAIT, self.agent_writes.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ArError::busy("the access request service is busy; try again shortly")),
+        }
     }
 
     /// The settings.
@@ -390,7 +433,7 @@ impl Access {
     }
 
     /// Apply the policy (module documentation). Creates or refreshes the denial when requestable.
-    async fn verdict(&self, req: &EvaluationRequest, now: i64) -> Result<Verdict, ArError> {
+    async fn verdict(&self, req: &EvaluationRequest, now: i64, purpose: Purpose) -> Result<Verdict, ArError> {
         let Some(mission) = &req.context.mission else {
             return Ok(Verdict::Refuse { reason: "mission_required", mission_state: None });
         };
@@ -414,20 +457,34 @@ impl Access {
         }
         let digest = digest_of(req);
         let store = self.authority.store();
-        if let Some(g) = store
-            .find_grant(
-                &mission.id,
-                &mission.issuer,
-                &req.subject.id,
-                &req.resource.type_,
-                &req.resource.id,
-                &req.action.name,
-                digest.as_deref(),
-                now,
-            )
-            .await?
-        {
-            return Ok(Verdict::Permit(Box::new(g)));
+        let tuple = (&mission.id, &mission.issuer, &req.subject.id, &req.resource.type_, &req.resource.id);
+        // A single-use grant yields one permit in total: the evaluation that issues it marks it used in
+        // the same atomic UPDATE that checks it is unused, and only then answers. Losing that race (to
+        // another gateway, or another worker) means looking again.
+        for _ in 0..4 {
+            let found = store
+                .find_grant(tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, &req.action.name, digest.as_deref(), now)
+                .await?;
+            match found {
+                None => break,
+                Some(g) if !g.single_use || purpose == Purpose::Captive => return Ok(Verdict::Permit(Box::new(g))),
+                Some(g) => {
+                    if store.consume_grant(&g.id, now).await? {
+                        tracing::info!(grant = %g.id, "single-use grant consumed");
+                        return Ok(Verdict::Permit(Box::new(g)));
+                    }
+                }
+            }
+        }
+        if purpose == Purpose::Evaluate {
+            let used = store
+                .used_grant(tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, &req.action.name, digest.as_deref(), now)
+                .await?;
+            if used.is_some() {
+                // Its one permit was issued (maybe lost on the way): the gateway answers 403
+                // parameter_violation; the agent asks again through the denial's Captive Portal API.
+                return Ok(Verdict::Refuse { reason: "parameter_violation", mission_state: None });
+            }
         }
         let binding = binding_object(req);
         let draft = DenialDraft {
@@ -470,6 +527,19 @@ impl Access {
             }
             key.sign(TYP_BINDING, &Value::Object(claims))
         };
+        if purpose == Purpose::Captive {
+            // The Captive Portal API never writes: it shows the stored hint, or a fresh one signed for
+            // the same denial (binding tokens are checked by signature and evaluation id, not stored).
+            let Some(mut d) = store.denial_by_binding(&draft.binding_hash).await? else {
+                return Ok(Verdict::Refuse { reason: "unknown_denial", mission_state: None });
+            };
+            if d.hint_expires_at < min_valid_until {
+                d.binding_token = sign(&d.evaluation_id, now, hint_expires_at);
+                d.hint_issued_at = now;
+                d.hint_expires_at = hint_expires_at;
+            }
+            return Ok(Verdict::Request(Box::new(d)));
+        }
         let max_open = self.settings.max_open_denials_per_mission;
         match store.ensure_denial(&draft, now, min_valid_until, hint_expires_at, max_open, sign).await? {
             EnsureDenial::Denial(d) => Ok(Verdict::Request(d)),
@@ -526,7 +596,7 @@ impl Access {
     pub async fn evaluate(&self, req: &EvaluationRequest) -> Result<EvaluationResponse, ArError> {
         validate_request(req)?;
         let now = now_secs();
-        let verdict = self.verdict(req, now).await?;
+        let verdict = self.verdict(req, now, Purpose::Evaluate).await?;
         let mut resp = EvaluationResponse::default();
         match verdict {
             Verdict::Permit(g) => {
@@ -570,7 +640,7 @@ impl Access {
             seconds_remaining: None,
             access_request: None,
         };
-        match self.verdict(&d.request, now).await? {
+        match self.verdict(&d.request, now, Purpose::Captive).await? {
             Verdict::Permit(g) => {
                 doc.captive = false;
                 doc.seconds_remaining = Some((g.approved_until - now).max(0));
@@ -677,6 +747,7 @@ impl Access {
         let body_hash = b64::encode(sha256(jcs::canonicalize(&value)));
         let store = self.authority.store();
         if let Some((hash, task)) = store.idempotency(&scope, idempotency_key).await? {
+            let task = effective(task, now_secs());
             return if hash == body_hash {
                 Ok(Submitted { created: false, task })
             } else {
@@ -742,7 +813,13 @@ impl Access {
             grant_id: None,
             detail: json!({"evaluation_id": denial.evaluation_id}),
         };
-        match store.create_task(&task, &scope, idempotency_key, &body_hash, &audit).await? {
+        let limits = RequesterLimits {
+            keys: self.settings.max_idempotency_keys_per_requester,
+            open: self.settings.max_open_requests_per_requester,
+            retention: self.settings.retention_seconds,
+        };
+        let _turn = self.agent_turn().await?;
+        match store.create_task(&task, &scope, idempotency_key, &body_hash, &audit, limits).await? {
             CreateTask::Created(t) => {
                 tracing::info!(task = %t.id, denial = %denial.id, "access request submitted");
                 Ok(Submitted { created: true, task: t })
@@ -751,21 +828,37 @@ impl Access {
             CreateTask::Conflict => {
                 Err(ArError::new(409, "duplicate_request", "this Idempotency-Key was used with another request body"))
             }
+            CreateTask::KeyLimit(free_at) => {
+                // A key is freed when the oldest is pruned (the pruning runs every minute).
+                let wait = u64::try_from(free_at - now + self.settings.prune_interval_seconds).unwrap_or(1);
+                Err(ArError::rate_limited(
+                    format!(
+                        "this requester already stores {} Idempotency-Keys; reuse one for a retry",
+                        self.settings.max_idempotency_keys_per_requester
+                    ),
+                    wait,
+                ))
+            }
+            CreateTask::OpenLimit => Err(ArError::rate_limited(
+                format!(
+                    "this requester already has {} pending access requests; cancel one or wait for a decision",
+                    self.settings.max_open_requests_per_requester
+                ),
+                RETRY_AFTER_SECONDS,
+            )),
         }
     }
 
     /// A task as the requester sees it (`{"task": ..., "result"?: ...}`); expiry applied.
     pub async fn task_view(&self, id: &str) -> Result<(Value, TaskRow), ArError> {
         let store = self.authority.store();
-        let mut task = store.task(id).await?.ok_or_else(ArError::unknown_task)?;
+        let task = store.task(id).await?.ok_or_else(ArError::unknown_task)?;
         let now = now_secs();
         if now >= task.expires_at + self.settings.task_retention_seconds {
             return Err(ArError::new(410, "task_expired", "the task handle has expired"));
         }
-        if task.status == status::PENDING && task.expires_at <= now {
-            store.expire_tasks(now).await?;
-            task = store.task(id).await?.ok_or_else(ArError::unknown_task)?;
-        }
+        // Read-only: a pending task past its expiry is shown expired (the maintenance task records it).
+        let task = effective(task, now);
         let grant = match &task.grant_id {
             Some(g) => store.grant(g).await?,
             None => None,
@@ -809,6 +902,7 @@ impl Access {
         let task = store.task(id).await?.ok_or_else(ArError::unknown_task)?;
         let denial = store.denial(&task.denial_id).await?.ok_or_else(|| ArError::internal("task without denial"))?;
         let actor = format!("requester:{}", denial.subject_id);
+        let _turn = self.agent_turn().await?;
         match store.decide_task(id, &Decision::Cancel, &actor, now_secs()).await? {
             Decided::NotFound => Err(ArError::unknown_task()),
             Decided::NotPending(t) => Err(ArError::state(format!("the task is {}, not pending", t.status))),
@@ -922,8 +1016,9 @@ impl Access {
     pub async fn denial_page(&self, denial_id: &str) -> Result<Option<DenialPage>, ArError> {
         let store = self.authority.store();
         let Some(denial) = store.denial(denial_id).await? else { return Ok(None) };
-        store.expire_tasks(now_secs()).await?;
-        let tasks = store.tasks_for_denial(denial_id).await?;
+        let now = now_secs();
+        let tasks: Vec<TaskRow> =
+            store.tasks_for_denial(denial_id).await?.into_iter().map(|t| effective(t, now)).collect();
         let audit = store.audit_for_denial(denial_id).await?;
         let mission = match self.local_mission(&denial.mission_id, &denial.mission_issuer).await? {
             Some(Ok(m)) => Some(m),
@@ -943,8 +1038,14 @@ impl Access {
     /// Pending (or all) tasks with their denials and Missions, newest first.
     pub async fn list(&self, status_filter: Option<&str>, limit: u32) -> Result<Vec<ListedTask>, ArError> {
         let store = self.authority.store();
-        store.expire_tasks(now_secs()).await?;
-        let rows = store.list_tasks(status_filter, limit).await?;
+        let now = now_secs();
+        let rows: Vec<(TaskRow, DenialRow)> = store
+            .list_tasks(status_filter, limit)
+            .await?
+            .into_iter()
+            .map(|(t, d)| (effective(t, now), d))
+            .filter(|(t, _)| status_filter.is_none_or(|f| f == t.status))
+            .collect();
         let mut out = Vec::with_capacity(rows.len());
         for (task, denial) in rows {
             let mission = match self.local_mission(&denial.mission_id, &denial.mission_issuer).await? {
@@ -956,8 +1057,8 @@ impl Access {
         Ok(out)
     }
 
-    /// Background work until shutdown: expire pending tasks every second, prune sessions and old
-    /// idempotency keys every minute.
+    /// Background work until shutdown: expire pending tasks every second; every minute, prune what
+    /// the retention settings let go (see [`crate::access_store::Store::prune_access`]).
     pub async fn run_maintenance(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -977,14 +1078,30 @@ impl Access {
                 Ok(n) => tracing::info!(count = n, "access requests expired"),
                 Err(e) => tracing::warn!(error = %e, "access request expiry failed"),
             }
-            if now - last_prune >= 60 {
+            if now - last_prune >= self.settings.prune_interval_seconds {
                 last_prune = now;
-                if let Err(e) = store.prune_access(now, self.settings.task_retention_seconds).await {
-                    tracing::warn!(error = %e, "access pruning failed");
+                let s = &self.settings;
+                match store
+                    .prune_access(now, s.retention_seconds, s.task_retention_seconds, s.audit_retention_seconds)
+                    .await
+                {
+                    Ok(p) if p.total() > 0 => tracing::info!(?p, "access records pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "access pruning failed"),
                 }
             }
         }
     }
+}
+
+/// A task as it is at `now`: a pending one past its `expires_at` is expired (the maintenance task
+/// writes that down within a second; readers do not wait for it).
+fn effective(mut t: TaskRow, now: i64) -> TaskRow {
+    if t.status == status::PENDING && t.expires_at <= now {
+        t.status = status::EXPIRED.into();
+        t.updated_at = t.expires_at;
+    }
+    t
 }
 
 /// The approver page's data.

@@ -3,8 +3,8 @@
 //! | method | path | body | answer |
 //! |---|---|---|---|
 //! | GET | `/.well-known/authzen-configuration` | | AuthZEN PDP metadata (+ ARAP `access_request_endpoint`, `jwks_uri`, capabilities) |
-//! | POST | `/access/v1/evaluation` | AuthZEN evaluation | `{"decision", "context"}` (PDP callers only) |
-//! | POST | `/access/v1/evaluations` | AuthZEN batch | `{"evaluations": [...]}` (PDP callers only) |
+//! | POST | `/access/v1/evaluation` | AuthZEN evaluation | `{"decision", "context"}` (gateways only, [`crate::gateway`]) |
+//! | POST | `/access/v1/evaluations` | AuthZEN batch | `{"evaluations": [...]}` (gateways only) |
 //! | POST | `/access/v1/requests` | ARAP submission, `Idempotency-Key` header | 201/200 `{"task"}` |
 //! | GET | `/access/v1/requests/{id}` | | `{"task", "result"?}`, `Retry-After` while pending |
 //! | POST | `/access/v1/requests/{id}/cancel` (or `DELETE /access/v1/requests/{id}`) | | `{"task"}` |
@@ -19,12 +19,10 @@
 
 #![allow(clippy::result_large_err)]
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,7 +37,6 @@ use missiongate_wire::problem;
 
 use crate::access::ArError;
 use crate::http::{json_response, require_operator, with_headers, HttpState, JsonBody, ACTOR_OPERATOR};
-use crate::util::secret_matches;
 
 /// Largest evaluation body.
 pub const EVALUATION_BODY_LIMIT: usize = 256 * 1024;
@@ -50,7 +47,7 @@ pub(crate) fn routes(state: &HttpState) -> Router<HttpState> {
     let pdp = Router::new()
         .route(EVALUATION_PATH, post(evaluation))
         .route(EVALUATIONS_PATH, post(evaluations))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_pdp_caller))
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::http::require_gateway))
         .layer(DefaultBodyLimit::max(EVALUATION_BODY_LIMIT));
     let operator = Router::new()
         .route("/operator/access-requests", get(op_list))
@@ -78,8 +75,15 @@ pub(crate) fn ar_problem(e: &ArError) -> Response {
         "detail": e.detail,
         "error": e.code,
     });
+    let mut body = body;
+    if let (Some(secs), Some(obj)) = (e.retry_after, body.as_object_mut()) {
+        obj.insert("retry_after".into(), json!(secs));
+    }
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut resp = with_headers((status, bytes).into_response(), problem::CONTENT_TYPE);
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         // The rest of the body was not read: the connection cannot be reused.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -90,38 +94,6 @@ pub(crate) fn ar_problem(e: &ArError) -> Response {
 // -------------------------------------------------------------------------------------------------
 // PDP
 // -------------------------------------------------------------------------------------------------
-
-/// With `--pdp-credential`: `Authorization: Bearer <credential>`. Without: loopback peers only.
-async fn require_pdp_caller(State(st): State<HttpState>, req: Request, next: Next) -> Response {
-    let allowed = match &st.access.settings().pdp_credential_sha256 {
-        Some(expected) => {
-            let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-            let presented = match (values.next(), values.next()) {
-                (Some(v), None) => v.to_str().ok().and_then(|v| {
-                    let (scheme, token) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-                }),
-                _ => None,
-            };
-            presented.is_some_and(|t| secret_matches(t, expected))
-        }
-        None => {
-            req.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback())
-        }
-    };
-    if allowed {
-        return next.run(req).await;
-    }
-    let mut resp = crate::http::problem_response(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "the PDP answers the gateway only (loopback, or Authorization: Bearer <PDP credential>)",
-        None,
-        &[],
-    );
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-pdp\""));
-    resp
-}
 
 fn echo_request_id(headers: &HeaderMap, mut resp: Response) -> Response {
     if let Some(id) = headers.get("x-request-id") {
@@ -261,6 +233,7 @@ async fn submit(State(st): State<HttpState>, req: Request) -> Response {
                 status: 415,
                 code: "invalid_request",
                 detail: "Content-Type must be application/json".into(),
+                retry_after: None,
             });
         }
     }
@@ -271,6 +244,7 @@ async fn submit(State(st): State<HttpState>, req: Request) -> Response {
                 status: 413,
                 code: "invalid_request",
                 detail: "request body is larger than 1 MiB".into(),
+                retry_after: None,
             })
         }
         Err(_) => return ar_problem(&ArError::invalid("request body could not be read")),
@@ -382,6 +356,7 @@ async fn op_show(State(st): State<HttpState>, Path(id): Path<String>) -> Respons
                 status: 404,
                 code: "unknown_task",
                 detail: "no such access request task".into(),
+                retry_after: None,
             })
         }
         Err(e) => return ar_problem(&ArError::internal(e)),

@@ -4,6 +4,11 @@
 //! Same rules as [`crate::store`]: one writer connection, `BEGIN IMMEDIATE` for every read-decide-write,
 //! WAL with `synchronous=FULL`, so an answer is only sent after its write is durable (a `kill -9` after
 //! an approval was acknowledged loses nothing).
+//!
+//! Reads that answer agents, approvers and the captive API go to the reader pool: in WAL mode a
+//! reader sees the last committed state and never waits for the writer, so a queue of writes cannot
+//! slow them down. Only a decision that must be atomic with what it read (consuming a single-use
+//! grant, creating a task under the per-requester limits) goes through the writer.
 
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
@@ -198,6 +203,11 @@ pub enum CreateTask {
     Replayed(TaskRow),
     /// The same key came with another body.
     Conflict,
+    /// The requester already stores as many Idempotency-Keys as allowed; the oldest is pruned at
+    /// the given time.
+    KeyLimit(i64),
+    /// The requester already has as many pending access requests as allowed.
+    OpenLimit,
     /// The denial already has a pending task: that one (the key now names it too).
     Existing(TaskRow),
 }
@@ -363,6 +373,13 @@ impl Store {
     where
         S: FnOnce(&str, i64, i64) -> String,
     {
+        // Most evaluations of a blocked call find its denial with a live hint: answer from a reader,
+        // without queueing for the write lock.
+        if let Some(d) = self.denial_by_binding(&draft.binding_hash).await? {
+            if d.hint_expires_at >= min_valid_until {
+                return Ok(EnsureDenial::Denial(Box::new(d)));
+            }
+        }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = ?");
         let existing = sqlx::query(&sql).bind(&draft.binding_hash).fetch_optional(&mut *tx).await?;
@@ -455,6 +472,13 @@ impl Store {
         row.as_ref().map(denial_from_row).transpose()
     }
 
+    /// One denial by its binding hash.
+    pub async fn denial_by_binding(&self, binding_hash: &str) -> Result<Option<DenialRow>, StoreError> {
+        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = ?");
+        let row = sqlx::query(&sql).bind(binding_hash).fetch_optional(&self.reader).await?;
+        row.as_ref().map(denial_from_row).transpose()
+    }
+
     /// One denial by evaluation id.
     pub async fn denial_by_evaluation_id(&self, evaluation_id: &str) -> Result<Option<DenialRow>, StoreError> {
         let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE evaluation_id = ?");
@@ -466,9 +490,10 @@ impl Store {
     // Grants
     // ---------------------------------------------------------------------------------------------
 
-    /// The live grant covering a request tuple: unexpired, same Mission, subject, resource and action,
-    /// and either bound to `digest` or not bound to any digest. A digest-bound grant wins, then the one
-    /// that lasts longest.
+    /// The live grant covering a request tuple: unexpired, not a single-use grant already used, same
+    /// Mission, subject, resource and action, and either bound to `digest` or not bound to any digest.
+    /// A digest-bound grant wins, then a reusable one, then the one that lasts longest. (A reader: the
+    /// caller consumes a single-use grant with [`Store::consume_grant`].)
     #[allow(clippy::too_many_arguments)]
     pub async fn find_grant(
         &self,
@@ -484,8 +509,8 @@ impl Store {
         let sql = format!(
             "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = ? AND mission_issuer = ? AND subject_id = ? \
              AND resource_type = ? AND resource_id = ? AND action_name = ? AND approved_until > ? \
-             AND (parameter_digest IS NULL OR parameter_digest = ?) \
-             ORDER BY parameter_digest IS NULL, approved_until DESC, id LIMIT 1"
+             AND (parameter_digest IS NULL OR parameter_digest = ?) AND (single_use = 0 OR used_at IS NULL) \
+             ORDER BY parameter_digest IS NULL, single_use, approved_until DESC, id LIMIT 1"
         );
         let row = sqlx::query(&sql)
             .bind(mission_id)
@@ -496,7 +521,52 @@ impl Store {
             .bind(action_name)
             .bind(now)
             .bind(digest)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(grant_from_row).transpose()
+    }
+
+    /// Consume a single-use grant: true for the one caller that marks it used (a conditional UPDATE,
+    /// durable before this returns), false when it was already used.
+    pub async fn consume_grant(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE access_grants SET used_at = ? WHERE id = ? AND single_use = 1 AND used_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A used single-use grant, still within its validity, that would have covered this request tuple.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn used_grant(
+        &self,
+        mission_id: &str,
+        mission_issuer: &str,
+        subject_id: &str,
+        resource_type: &str,
+        resource_id: &str,
+        action_name: &str,
+        digest: Option<&str>,
+        now: i64,
+    ) -> Result<Option<GrantRow>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = ? AND mission_issuer = ? AND subject_id = ? \
+             AND resource_type = ? AND resource_id = ? AND action_name = ? AND approved_until > ? \
+             AND (parameter_digest IS NULL OR parameter_digest = ?) AND single_use = 1 AND used_at IS NOT NULL \
+             ORDER BY used_at DESC, id LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(mission_id)
+            .bind(mission_issuer)
+            .bind(subject_id)
+            .bind(resource_type)
+            .bind(resource_id)
+            .bind(action_name)
+            .bind(now)
+            .bind(digest)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(grant_from_row).transpose()
     }
@@ -518,7 +588,7 @@ impl Store {
             sqlx::query_as("SELECT body_hash, task_id FROM idempotency_keys WHERE scope = ? AND key = ?")
                 .bind(scope)
                 .bind(key)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&self.reader)
                 .await?;
         let Some((hash, task_id)) = row else { return Ok(None) };
         let task =
@@ -527,7 +597,9 @@ impl Store {
     }
 
     /// Store a new task for a submission (or find what an earlier identical one made), atomically with
-    /// its Idempotency-Key and an audit row.
+    /// its Idempotency-Key and an audit row, within the requester's limits: at most `limits.keys`
+    /// stored Idempotency-Keys in `scope` (they are pruned `limits.retention` after they were made)
+    /// and at most `limits.open` pending tasks for the denial's requester.
     pub async fn create_task(
         &self,
         task: &TaskRow,
@@ -535,6 +607,7 @@ impl Store {
         key: &str,
         body_hash: &str,
         audit: &AuditRow,
+        limits: RequesterLimits,
     ) -> Result<CreateTask, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let seen: Option<(String, String)> =
@@ -552,6 +625,15 @@ impl Store {
                 None => Err(StoreError::Corrupt("idempotency key without task".into())),
             };
         }
+        let (keys, oldest): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM idempotency_keys WHERE scope = ?")
+                .bind(scope)
+                .fetch_one(&mut *tx)
+                .await?;
+        if keys >= limits.keys {
+            tx.rollback().await?;
+            return Ok(CreateTask::KeyLimit(oldest.unwrap_or(task.created_at) + limits.retention));
+        }
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM access_tasks WHERE denial_id = ? AND status = 'pending' AND expires_at > ? \
              ORDER BY created_at LIMIT 1"
@@ -564,6 +646,20 @@ impl Store {
                 (CreateTask::Existing(p), id)
             }
             None => {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM access_tasks t JOIN denials d ON d.id = t.denial_id \
+                     JOIN denials mine ON mine.id = ? \
+                     WHERE d.mission_issuer = mine.mission_issuer AND d.mission_id = mine.mission_id \
+                     AND d.subject_id = mine.subject_id AND t.status = 'pending' AND t.expires_at > ?",
+                )
+                .bind(&task.denial_id)
+                .bind(task.created_at)
+                .fetch_one(&mut *tx)
+                .await?;
+                if open >= limits.open {
+                    tx.rollback().await?;
+                    return Ok(CreateTask::OpenLimit);
+                }
                 sqlx::query(&format!(
                     "INSERT INTO access_tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ))
@@ -602,7 +698,7 @@ impl Store {
     /// One task.
     pub async fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -805,18 +901,127 @@ impl Store {
         Ok(())
     }
 
-    /// Housekeeping: drop ended sessions and idempotency keys of tasks past their retention.
-    pub async fn prune_access(&self, now: i64, task_retention: i64) -> Result<u64, StoreError> {
-        let a =
-            sqlx::query("DELETE FROM approver_sessions WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
-        let b = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE task_id IN (SELECT id FROM access_tasks WHERE expires_at + ? <= ?)",
-        )
-        .bind(task_retention)
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
-        Ok(a.rows_affected() + b.rows_affected())
+    /// Housekeeping, in batches of at most [`PRUNE_BATCH`] rows per statement (each its own short
+    /// write, so evaluations never wait long behind it): ended approver sessions; Idempotency-Keys
+    /// older than `retention`; grants that ended more than `retention` ago; tasks that ended (or whose
+    /// handle retention ran out) more than `retention` ago and nothing refers to any more; denials
+    /// whose hint expired more than `retention` ago and nothing refers to any more; audit records
+    /// older than `audit_retention`. Returns the rows deleted per kind.
+    pub async fn prune_access(
+        &self,
+        now: i64,
+        retention: i64,
+        task_retention: i64,
+        audit_retention: i64,
+    ) -> Result<Pruned, StoreError> {
+        let cut = now - retention;
+        let mut out = Pruned {
+            sessions: self
+                .prune_batches(
+                    "DELETE FROM approver_sessions WHERE rowid IN \
+                 (SELECT rowid FROM approver_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+                    now,
+                )
+                .await?,
+            ..Pruned::default()
+        };
+        out.idempotency_keys = self
+            .prune_batches(
+                "DELETE FROM idempotency_keys WHERE rowid IN \
+                 (SELECT rowid FROM idempotency_keys WHERE created_at <= ?1 LIMIT ?2)",
+                cut,
+            )
+            .await?;
+        out.grants = self
+            .prune_batches(
+                "DELETE FROM access_grants WHERE rowid IN \
+                 (SELECT rowid FROM access_grants WHERE approved_until <= ?1 LIMIT ?2)",
+                cut,
+            )
+            .await?;
+        let task_sql = format!(
+            "DELETE FROM access_tasks WHERE id IN (SELECT t.id FROM access_tasks t WHERE t.status <> 'pending' \
+             AND t.updated_at <= ?1 AND t.expires_at + {task_retention} <= ?1 + {retention} \
+             AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.task_id = t.id) \
+             AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.task_id = t.id) LIMIT ?2)"
+        );
+        out.tasks = self.prune_batches(&task_sql, cut).await?;
+        out.denials = self
+            .prune_batches(
+                "DELETE FROM denials WHERE id IN (SELECT d.id FROM denials d WHERE d.hint_expires_at <= ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM access_tasks t WHERE t.denial_id = d.id) \
+                 AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.denial_id = d.id) LIMIT ?2)",
+                cut,
+            )
+            .await?;
+        out.audit = self
+            .prune_batches(
+                "DELETE FROM access_audit WHERE id IN (SELECT id FROM access_audit WHERE at <= ?1 LIMIT ?2)",
+                now - audit_retention,
+            )
+            .await?;
+        Ok(out)
+    }
+
+    /// Run a `DELETE` (bound `?1` = `cut`, `?2` = the batch size) until it deletes less than a batch.
+    async fn prune_batches(&self, sql: &str, cut: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql).bind(cut).bind(PRUNE_BATCH).execute(&self.writer).await?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Row counts of the access tables (for operators and tests).
+    pub async fn access_counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for t in ["denials", "access_tasks", "access_grants", "idempotency_keys", "access_audit", "approver_sessions"] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&self.reader).await?;
+            out.push((t, n));
+        }
+        Ok(out)
+    }
+}
+
+/// Most rows one pruning statement deletes.
+pub const PRUNE_BATCH: i64 = 500;
+
+/// The per-requester limits [`Store::create_task`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct RequesterLimits {
+    /// Stored Idempotency-Keys.
+    pub keys: i64,
+    /// Pending tasks.
+    pub open: i64,
+    /// How long an Idempotency-Key is kept.
+    pub retention: i64,
+}
+
+/// What [`Store::prune_access`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Approver sessions.
+    pub sessions: u64,
+    /// Idempotency-Keys.
+    pub idempotency_keys: u64,
+    /// Grants.
+    pub grants: u64,
+    /// Tasks.
+    pub tasks: u64,
+    /// Denials.
+    pub denials: u64,
+    /// Audit records.
+    pub audit: u64,
+}
+
+impl Pruned {
+    /// Everything deleted.
+    pub fn total(&self) -> u64 {
+        self.sessions + self.idempotency_keys + self.grants + self.tasks + self.denials + self.audit
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Settings {
     pub longpoll_seconds: u64,
     /// How long events are kept.
     pub event_retention_seconds: i64,
+    /// `aud` of state-event SETs: the audiences of the gateways that consume the feed (SPEC §3: a
+    /// gateway accepts only SETs naming its own audience). Empty: SETs carry no `aud`.
+    pub gateway_audiences: Vec<String>,
 }
 
 impl Settings {
@@ -224,7 +227,12 @@ impl Authority {
     }
 
     /// A closure that signs an event as a SET with `key`.
-    fn set_signer(key: Arc<crate::keys::ActiveKey>) -> impl FnOnce(&EventDraft) -> Result<SignedEvent, String> {
+    fn set_signer(&self, key: Arc<crate::keys::ActiveKey>) -> impl FnOnce(&EventDraft) -> Result<SignedEvent, String> {
+        let aud = match self.settings.gateway_audiences.as_slice() {
+            [] => None,
+            [one] => Some(Audience::One(one.clone())),
+            many => Some(Audience::Many(many.to_vec())),
+        };
         move |draft: &EventDraft| {
             let event = json!({"mission": {
                 "id": draft.mission_id, "issuer": draft.issuer, "state": draft.state, "version": draft.version,
@@ -235,7 +243,7 @@ impl Authority {
                 iss: draft.issuer.clone(),
                 iat: NumericDate(draft.at),
                 jti: draft.seq.to_string(),
-                aud: None,
+                aud,
                 events,
             };
             let payload = serde_json::to_value(&claims).map_err(|e| e.to_string())?;
@@ -265,7 +273,7 @@ impl Authority {
             expires_at: valid.expires_at,
         };
         let key = self.keys.signer_until(&self.store, now + self.settings.event_retention_seconds).await?;
-        let (row, seq) = self.store.insert_mission(&new, actor, now, Self::set_signer(key)).await?;
+        let (row, seq) = self.store.insert_mission(&new, actor, now, self.set_signer(key)).await?;
         self.notify(seq);
         tracing::info!(mission = %row.id, client_id = %row.client_id, actor, "mission created");
         Ok(Created { mission: row, client_secret })
@@ -297,7 +305,7 @@ impl Authority {
             }
             mission::next_state(&m.state, action)
         };
-        let outcome = self.store.transition(id, actor, now, decide, Self::set_signer(key)).await?;
+        let outcome = self.store.transition(id, actor, now, decide, self.set_signer(key)).await?;
         if let TransitionOutcome::Applied(m, seq) = &outcome {
             self.notify(*seq);
             tracing::info!(mission = %m.id, state = %m.state, version = m.version, actor, "mission transition");

@@ -59,10 +59,45 @@ pub struct ServeArgs {
     /// portal (no query, fragment or trailing slash). Default: the issuer.
     #[arg(long)]
     pub public_url: Option<String>,
-    /// Bearer credential the gateway presents to the PDP. Without it, only loopback callers may ask
-    /// for evaluations.
-    #[arg(long, env = "MISSIONGATE_PDP_CREDENTIAL", hide_env_values = true)]
-    pub pdp_credential: Option<String>,
+    /// A gateway credential (repeatable; the environment variable takes a comma-separated list): the
+    /// Bearer token a gateway presents to the PDP, Mission Status and the event feed, which refuse
+    /// everyone else with 401. `--pdp-credential` is an older name.
+    #[arg(
+        long = "gateway-credential",
+        alias = "pdp-credential",
+        env = "MISSIONGATE_GATEWAY_CREDENTIALS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub gateway_credentials: Vec<String>,
+    /// DEVELOPMENT ONLY: also let loopback callers use the PDP, Mission Status and the event feed
+    /// without a gateway credential. Never behind a same-host reverse proxy (everything is loopback).
+    #[arg(long)]
+    pub dev_trust_loopback: bool,
+    /// The audience of the gateways that read the event feed (repeatable): the `aud` of every
+    /// state-event SET, which a gateway checks against its own.
+    #[arg(long = "gateway-audience")]
+    pub gateway_audiences: Vec<String>,
+    /// Most long polls one gateway caller may hold on the event feed at once (beyond: 429).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_long_polls_per_caller: u32,
+    /// Most pending access requests per requester (an agent in a Mission); beyond: 429.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_open_requests_per_requester: u32,
+    /// Most stored Idempotency-Keys per requester (kept for `--retention-seconds`); beyond: 429.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_idempotency_keys_per_requester: u32,
+    /// Finished access requests, expired denials and Idempotency-Keys are deleted this long after
+    /// they ended (and never before a task's handle retention, `--task-retention-seconds`).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
+    pub retention_seconds: u32,
+    /// How often the pruning runs.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub prune_interval_seconds: u32,
+    /// Access audit records are deleted this long after they were written (at least
+    /// `--retention-seconds`).
+    #[arg(long, default_value_t = 7_776_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_seconds: u32,
     /// An approver of the portal, `NAME:TOKEN` (repeatable; the environment variable takes a
     /// comma-separated list).
     #[arg(long = "approver", env = "MISSIONGATE_APPROVERS", hide_env_values = true, value_delimiter = ',')]

@@ -49,6 +49,7 @@ use missiongate_wire::time::format_rfc3339;
 
 use crate::access::Access;
 use crate::authority::{Authority, AuthorityError, Minted};
+use crate::gateway::{Caller, GatewayAuth};
 use crate::mission::{self, Action, CreateMission};
 use crate::store::{MissionRow, TransitionRow};
 use crate::util::{now_secs, secret_matches, sha256};
@@ -65,13 +66,20 @@ pub const ACTOR_OPERATOR: &str = "operator";
 pub struct HttpState {
     pub(crate) authority: Arc<Authority>,
     pub(crate) access: Arc<Access>,
+    pub(crate) gateway: Arc<GatewayAuth>,
     operator_token_sha256: Arc<[u8; 32]>,
 }
 
 impl HttpState {
-    /// State for `authority` and the access service, with the operator API guarded by `operator_token`.
-    pub fn new(authority: Arc<Authority>, access: Arc<Access>, operator_token: &str) -> HttpState {
-        HttpState { authority, access, operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())) }
+    /// State for `authority` and the access service, with the operator API guarded by `operator_token`
+    /// and the gateway surfaces (PDP, Mission Status, event feed) by `gateway`.
+    pub fn new(
+        authority: Arc<Authority>,
+        access: Arc<Access>,
+        operator_token: &str,
+        gateway: Arc<GatewayAuth>,
+    ) -> HttpState {
+        HttpState { authority, access, gateway, operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())) }
     }
 }
 
@@ -94,8 +102,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/jwks.json", get(jwks))
         .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }))
         .route("/token", post(token))
-        .route("/mission/status", post(mission_status))
-        .route("/mission/events", post(mission_events))
+        .merge(gateway_routes(&state))
         .merge(operator)
         .merge(crate::access_http::routes(&state))
         .merge(crate::portal::routes())
@@ -106,6 +113,17 @@ pub fn router(state: HttpState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Mission Status (OAuth-style errors) and the event feed (problem documents): gateways only.
+fn gateway_routes(state: &HttpState) -> Router<HttpState> {
+    let status = Router::new()
+        .route("/mission/status", post(mission_status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_gateway_oauth));
+    let events = Router::new()
+        .route("/mission/events", post(mission_events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_gateway));
+    status.merge(events)
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -363,6 +381,56 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
+fn peer_of(req: &Request) -> Option<std::net::SocketAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
+}
+
+const GATEWAY_REALM: &str = "Bearer realm=\"missiongate-gateway\"";
+
+/// Gateways only (see [`crate::gateway`]); a refusal is a 401 problem document. The caller is put in
+/// the request's extensions for the handler.
+pub(crate) async fn require_gateway(State(st): State<HttpState>, mut req: Request, next: Next) -> Response {
+    match st.gateway.check(req.headers(), peer_of(&req)) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(refusal) => {
+            tracing::warn!(path = %req.uri().path(), ?refusal, "gateway surface refused a caller");
+            let mut resp = problem_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this endpoint answers gateways only: Authorization: Bearer <gateway credential>",
+                None,
+                &[],
+            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(GATEWAY_REALM));
+            resp
+        }
+    }
+}
+
+/// As [`require_gateway`], with the Mission Status draft's JSON error (`unauthorized`, 401).
+async fn require_gateway_oauth(State(st): State<HttpState>, mut req: Request, next: Next) -> Response {
+    match st.gateway.check(req.headers(), peer_of(&req)) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(refusal) => {
+            tracing::warn!(path = %req.uri().path(), ?refusal, "gateway surface refused a caller");
+            let mut resp = oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Mission Status answers gateways only: Authorization: Bearer <gateway credential>",
+                &[],
+            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(GATEWAY_REALM));
+            resp
+        }
+    }
+}
+
 /// `Authorization: Bearer <operator token>`, compared in constant time. Anything else (no header, two
 /// headers, another scheme, an agent's access token) is a 401.
 pub(crate) async fn require_operator(State(st): State<HttpState>, req: Request, next: Next) -> Response {
@@ -447,7 +515,31 @@ async fn mission_status(State(st): State<HttpState>, FormBody(form): FormBody) -
     }
 }
 
-async fn mission_events(State(st): State<HttpState>, JsonBody(req): JsonBody<PollRequest>) -> Response {
+async fn mission_events(
+    State(st): State<HttpState>,
+    caller: Option<axum::Extension<Caller>>,
+    JsonBody(req): JsonBody<PollRequest>,
+) -> Response {
+    // A poll that may wait holds one of its caller's long-poll slots while it waits.
+    let long = !req.return_immediately.unwrap_or(false) && req.max_events != Some(0);
+    let _slot = match (long, caller) {
+        (true, Some(axum::Extension(c))) => match st.gateway.long_poll(&c) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(caller = %c, "too many long polls");
+                let mut resp = problem_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "this gateway already holds as many long polls as allowed; poll again later",
+                    None,
+                    &[("retry_after", json!(1))],
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                return resp;
+            }
+        },
+        _ => None,
+    };
     match st.authority.poll(&req).await {
         Ok(resp) => match serde_json::to_value(&resp) {
             Ok(v) => json_response(StatusCode::OK, &v),

@@ -14,6 +14,7 @@
 //! - [`access`], [`access_store`]: the AuthZEN PDP and the Access Request Service (requestable
 //!   denials, tasks, grants), with [`access_http`] for their routes and the Captive Portal API;
 //! - [`portal`]: the approver pages (the `user-portal-url` of every denial);
+//! - [`gateway`]: who may call the gateway surfaces (PDP, Mission Status, event feed);
 //! - [`http`]: the axum router;
 //! - [`cli`] and [`client`]: the command line, both the server and an HTTP client of it.
 
@@ -24,6 +25,7 @@ pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod dpop;
+pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod mission;

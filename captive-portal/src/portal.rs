@@ -617,9 +617,12 @@ async fn form_task(st: &HttpState, denial_id: &str, form: &HashMap<String, Strin
     let task_id = form.get("task").cloned().unwrap_or_default();
     match st.authority.store().task(&task_id).await? {
         Some(t) if t.denial_id == denial_id => Ok(t.id),
-        _ => {
-            Err(ArError { status: 404, code: "unknown_task", detail: "no such access request for this denial".into() })
-        }
+        _ => Err(ArError {
+            status: 404,
+            code: "unknown_task",
+            detail: "no such access request for this denial".into(),
+            retry_after: None,
+        }),
     }
 }
 

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use crate::access::{Access, AccessSettings, Approver};
 use crate::authority::{Authority, Settings};
 use crate::cli::ServeArgs;
+use crate::gateway::GatewayAuth;
 use crate::http::{router, HttpState};
 use crate::store::Store;
 use crate::util::sha256;
@@ -63,8 +64,8 @@ pub fn parse_approvers(args: &ServeArgs) -> Result<Vec<Approver>, String> {
                 "approver {name} uses the operator token; give approvers their own tokens (or use --operator-may-approve)"
             ));
         }
-        if args.pdp_credential.as_deref() == Some(token.as_str()) {
-            return Err(format!("approver {name} uses the PDP credential; give approvers their own tokens"));
+        if args.gateway_credentials.contains(&token) {
+            return Err(format!("approver {name} uses a gateway credential; give approvers their own tokens"));
         }
         if token.len() < 16 {
             tracing::warn!(approver = %name, "approver token is shorter than 16 characters");
@@ -82,6 +83,45 @@ pub fn parse_approvers(args: &ServeArgs) -> Result<Vec<Approver>, String> {
         out.push(Approver { name: "operator".into(), token_sha256: sha256(args.operator_token.as_bytes()) });
     }
     Ok(out)
+}
+
+/// The gateway credentials and the loopback development flag; refuses a portal no gateway could use.
+pub fn gateway_auth(args: &ServeArgs) -> Result<std::sync::Arc<GatewayAuth>, String> {
+    let mut creds: Vec<String> = Vec::new();
+    for c in &args.gateway_credentials {
+        let c = c.trim();
+        if c.is_empty() {
+            continue;
+        }
+        if c == args.operator_token {
+            return Err("a gateway credential must differ from the operator token".into());
+        }
+        if !c.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a gateway credential is visible ASCII without spaces (it is sent as a Bearer token)".into());
+        }
+        if c.len() < 16 {
+            tracing::warn!("a gateway credential is shorter than 16 characters");
+        }
+        if creds.iter().any(|x| x == c) {
+            return Err("a gateway credential is given twice".into());
+        }
+        creds.push(c.to_owned());
+    }
+    if creds.is_empty() && !args.dev_trust_loopback {
+        return Err("no gateway could call the PDP, Mission Status or the event feed: give --gateway-credential \
+                    (or, for local development only, --dev-trust-loopback)"
+            .into());
+    }
+    if args.dev_trust_loopback {
+        tracing::warn!(
+            "--dev-trust-loopback: loopback callers use the PDP, Mission Status and the event feed without a \
+             credential; never run this behind a same-host reverse proxy"
+        );
+    }
+    if args.gateway_audiences.is_empty() {
+        tracing::warn!("no --gateway-audience: state-event SETs carry no aud, and gateways reject them");
+    }
+    Ok(std::sync::Arc::new(GatewayAuth::new(&creds, args.dev_trust_loopback, args.max_long_polls_per_caller as usize)))
 }
 
 async fn wait_for_signal() {
@@ -122,14 +162,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         token_lifetime_seconds: i64::from(args.token_lifetime_seconds),
         longpoll_seconds: u64::from(args.longpoll_seconds),
         event_retention_seconds: i64::from(args.event_retention_seconds),
+        gateway_audiences: args.gateway_audiences.clone(),
     };
     let public_url = args.public_url.clone().unwrap_or_else(|| args.issuer.clone());
     check_issuer(&public_url).map_err(|e| e.replace("--issuer", "--public-url"))?;
     let approvers = parse_approvers(&args)?;
-    if let Some(c) = &args.pdp_credential {
-        if c.is_empty() || *c == args.operator_token {
-            return Err("the PDP credential must be non-empty and differ from the operator token".into());
-        }
+    let gateway = gateway_auth(&args)?;
+    if args.audit_retention_seconds < args.retention_seconds {
+        return Err("--audit-retention-seconds must be at least --retention-seconds".into());
     }
     let access_settings = AccessSettings {
         public_url,
@@ -139,7 +179,11 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         default_approval_seconds: i64::from(args.default_approval_minutes) * 60,
         max_approval_seconds: i64::from(args.max_approval_seconds),
         max_open_denials_per_mission: i64::from(args.max_open_denials),
-        pdp_credential_sha256: args.pdp_credential.as_deref().map(|c| sha256(c.as_bytes())),
+        max_open_requests_per_requester: i64::from(args.max_open_requests_per_requester),
+        max_idempotency_keys_per_requester: i64::from(args.max_idempotency_keys_per_requester),
+        retention_seconds: i64::from(args.retention_seconds),
+        audit_retention_seconds: i64::from(args.audit_retention_seconds),
+        prune_interval_seconds: i64::from(args.prune_interval_seconds),
         approvers,
     };
     let store = Store::open(&args.db).await.map_err(|e| format!("{}: {e}", args.db.display()))?;
@@ -161,7 +205,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(%addr, issuer = %args.issuer, db = %args.db.display(), "mission authority started");
 
-    let app = router(HttpState::new(authority.clone(), access, &args.operator_token));
+    let app = router(HttpState::new(authority.clone(), access, &args.operator_token, gateway));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             wait_for_signal().await;

@@ -47,6 +47,7 @@ async fn authzen_metadata_batch_and_request_id() {
     let resp = p
         .http
         .post(p.url("/access/v1/evaluations"))
+        .bearer_auth(GW)
         .header("X-Request-ID", "req-42")
         .json(&batch)
         .send()
@@ -77,6 +78,7 @@ async fn authzen_metadata_batch_and_request_id() {
     let resp = p
         .http
         .post(p.url("/access/v1/evaluation"))
+        .bearer_auth(GW)
         .header("content-type", "application/json")
         .body("{\"subject\":")
         .send()
@@ -122,9 +124,9 @@ fn non_loopback_ip() -> Option<std::net::IpAddr> {
 }
 
 #[tokio::test]
-async fn without_a_credential_the_pdp_answers_loopback_callers_only() {
+async fn dev_trust_loopback_lets_loopback_callers_in_without_a_credential_and_no_one_else() {
     let (_dir, db) = temp_db();
-    let p = Portal::try_start(&db, "0.0.0.0:0", None, &[]).await.unwrap();
+    let p = Portal::try_start(&db, "0.0.0.0:0", None, &["--dev-trust-loopback"]).await.unwrap();
     let port = p.url.rsplit(':').next().unwrap().to_owned();
     let m = p.active_mission().await;
     let body = eval_req(&m, PARTNER, "http.get", None);
@@ -263,17 +265,21 @@ async fn operation_level_denial_request_approval_and_single_use_permit() {
     let until = parse_rfc3339(c["valid_until"].as_str().unwrap()).unwrap();
     assert!((now() + 590..=now() + 601).contains(&until));
     assert_eq!(permit["context"]["evaluation_id"], format!("perm_{grant_id}"));
-    // Stable across evaluations (the filter consumes single-use permits by it).
-    assert_eq!(p.evaluate(&req).await["context"]["evaluation_id"], format!("perm_{grant_id}"));
+    // Single use at the source: that was the one permit of this approval. Asked again (by this or any
+    // other gateway), the PDP refuses with parameter_violation (the gateway's 403), not requestable.
+    let again = p.evaluate(&req).await;
+    assert_eq!(again["decision"], false, "{again}");
+    assert_eq!(again["context"]["reason"], "parameter_violation", "{again}");
+    assert!(again["context"].get("access_request").is_none(), "{again}");
 
-    // 7. The captive API is open now, counted to approved_until.
+    // 7. The captive API: captive again (the approval is used up), with a fresh hint for the same
+    // denial, so the agent can ask again.
     let (status, headers, doc) = p.get(&p.local(captive_api)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "application/captive+json");
-    assert_eq!(doc["captive"], false, "{doc}");
-    let left = doc["seconds-remaining"].as_i64().unwrap();
-    assert!((590..=600).contains(&left), "{left}");
-    assert!(doc.get("access-request").is_none());
+    assert_eq!(doc["captive"], true, "{doc}");
+    assert_eq!(doc["access-request"]["context"]["evaluation_id"], eval_id);
+    assert!(doc["access-request"]["context"]["access_request"]["binding_token"].is_string());
 
     // 8. The task reports the approval for re-evaluation; no Retry-After any more.
     let (status, headers, st) = p.get(&p.local(status_endpoint)).await;
@@ -819,6 +825,8 @@ async fn kill_9_in_the_middle_of_an_approval_loses_nothing() {
     // Acknowledged → durable: kill -9 right after the answer.
     p.kill9().await;
     let p = Portal::start(&db, &[]).await;
+    let (_, _, doc) = p.get(&p.url(&captive_path)).await;
+    assert_eq!(doc["captive"], false, "approved and not used yet: {doc}");
     let permit = p.evaluate(&req).await;
     assert_eq!(permit["decision"], true, "{permit}");
     let (_, _, st) = p.get(&p.url(&format!("/access/v1/requests/{task_id}"))).await;
@@ -827,11 +835,15 @@ async fn kill_9_in_the_middle_of_an_approval_loses_nothing() {
         permit["context"]["evaluation_id"],
         format!("perm_{}", st["result"]["approval"]["id"].as_str().unwrap())
     );
-    let (_, _, doc) = p.get(&p.url(&captive_path)).await;
-    assert_eq!(doc["captive"], false);
     let (_, shown) = p.op(Method::GET, &format!("/operator/access-requests/{task_id}"), None).await;
     let actions: Vec<&str> = shown["audit"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["submit", "approve"]);
+    // The single-use permit was issued: that is durable too. kill -9 and restart: never again.
+    p.kill9().await;
+    let p = Portal::start(&db, &[]).await;
+    let again = p.evaluate(&req).await;
+    assert_eq!(again["decision"], false, "{again}");
+    assert_eq!(again["context"]["reason"], "parameter_violation");
 }
 
 #[tokio::test]

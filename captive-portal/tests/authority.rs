@@ -30,7 +30,14 @@ struct Portal {
     child: Child,
     url: String,
     http: reqwest::Client,
+    /// A client presenting the gateway credential (Mission Status and the event feed answer gateways only).
+    gw: reqwest::Client,
 }
+
+/// The gateway credential the tests configure.
+const GW: &str = "test-gateway-credential-0123456789";
+/// The gateway audience the tests configure (the `aud` of state-event SETs).
+const GW_AUD: &str = "https://gateway.missiongate.local";
 
 impl Portal {
     async fn start(db: &Path, extra: &[&str]) -> Portal {
@@ -43,6 +50,7 @@ impl Portal {
             .args(["serve", "--db"])
             .arg(db)
             .args(["--listen", "127.0.0.1:0", "--issuer", issuer, "--operator-token", OP])
+            .args(["--gateway-credential", GW, "--gateway-audience", GW_AUD])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -64,7 +72,10 @@ impl Portal {
         let url = line.strip_prefix("listening on ").expect("listening line").trim().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Ok(Portal { child, url, http })
+        let mut auth = reqwest::header::HeaderMap::new();
+        auth.insert(reqwest::header::AUTHORIZATION, format!("Bearer {GW}").parse().unwrap());
+        let gw = reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(auth).build().unwrap();
+        Ok(Portal { child, url, http, gw })
     }
 
     fn url(&self, path: &str) -> String {
@@ -134,14 +145,14 @@ impl Portal {
     }
 
     async fn poll(&self, body: Value) -> PollResponse {
-        let resp = self.http.post(self.url("/mission/events")).json(&body).send().await.unwrap();
+        let resp = self.gw.post(self.url("/mission/events")).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         resp.json().await.unwrap()
     }
 
     async fn status(&self, mission_id: &str, audience: &str, nonce: &str) -> reqwest::Response {
         let form = [("mission_id", mission_id), ("audience", audience), ("nonce", nonce)];
-        self.http.post(self.url("/mission/status")).form(&form).send().await.unwrap()
+        self.gw.post(self.url("/mission/status")).form(&form).send().await.unwrap()
     }
 
     fn pid(&self) -> u32 {
@@ -492,19 +503,18 @@ async fn mission_status_is_a_signed_fresh_answer() {
         vec![("mission_id", id(&m)), ("audience", "a")],
         vec![("mission_id", id(&m)), ("audience", ""), ("nonce", "n")],
     ] {
-        let resp = p.http.post(p.url("/mission/status")).form(&form).send().await.unwrap();
+        let resp = p.gw.post(p.url("/mission/status")).form(&form).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{form:?}");
         assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_request");
     }
     // A repeated parameter is refused.
-    let resp = p
-        .http
-        .post(p.url("/mission/status"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("mission_id={}&audience=a&nonce=n&nonce=m", id(&m)))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        p.gw.post(p.url("/mission/status"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("mission_id={}&audience=a&nonce=n&nonce=m", id(&m)))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -562,7 +572,7 @@ async fn event_feed_acks_are_cumulative_and_receivers_independent() {
     assert_eq!(r2.sets.len(), 4);
 
     // Bad ack values are refused.
-    let resp = p.http.post(p.url("/mission/events")).json(&json!({"ack": ["abc"]})).send().await.unwrap();
+    let resp = p.gw.post(p.url("/mission/events")).json(&json!({"ack": ["abc"]})).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
 }
@@ -583,7 +593,7 @@ async fn long_poll_wakes_within_milliseconds_of_a_revoke() {
     // Two receivers long-poll (returnImmediately absent means long poll, RFC 8936).
     let body = json!({"ack": [seq.to_string()]});
     let (h1, h2) = {
-        let (c1, c2) = (p.http.clone(), p.http.clone());
+        let (c1, c2) = (p.gw.clone(), p.gw.clone());
         let (u1, u2) = (p.url("/mission/events"), p.url("/mission/events"));
         let (b1, b2) = (body.clone(), body.clone());
         (
@@ -829,14 +839,8 @@ async fn malformed_requests_get_problem_json() {
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // Bad JSON on the event feed.
-    let resp = p
-        .http
-        .post(p.url("/mission/events"))
-        .header("content-type", "application/json")
-        .body("[")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        p.gw.post(p.url("/mission/events")).header("content-type", "application/json").body("[").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // Unknown path and wrong method.
@@ -853,7 +857,7 @@ async fn malformed_requests_get_problem_json() {
 async fn sigterm_ends_long_polls_and_exits_cleanly() {
     let (_dir, db) = temp_db();
     let mut p = Portal::start(&db, &[]).await;
-    let (c, u) = (p.http.clone(), p.url("/mission/events"));
+    let (c, u) = (p.gw.clone(), p.url("/mission/events"));
     let poll = tokio::spawn(async move { c.post(u).json(&json!({"ack": ["1000"]})).send().await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();

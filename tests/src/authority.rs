@@ -197,7 +197,7 @@ impl Authority {
         let jti = g.next_event.to_string();
         g.next_event += 1;
         let claims = json!({
-            "iss": g.issuer, "iat": crate::now(), "jti": jti,
+            "iss": g.issuer, "iat": crate::now(), "jti": jti, "aud": crate::portal::GATEWAY_AUDIENCE,
             "events": { missiongate_wire::claims::EVENT_MISSION_STATE: {
                 "mission": { "id": mission_id, "issuer": g.issuer, "state": state, "version": version } } }
         });

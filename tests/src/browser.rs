@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// How long any step waits for what it needs (an element, a page load) on a loaded machine.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn tool(env: &str, default: &str) -> PathBuf {
     let p = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
@@ -80,9 +82,10 @@ impl Browser {
         v["value"].clone()
     }
 
-    /// Navigate.
+    /// Navigate, and wait until the page has loaded.
     pub fn goto(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({"url": url})));
+        self.wait_loaded();
     }
     /// The current URL.
     pub fn url(&self) -> String {
@@ -92,19 +95,74 @@ impl Browser {
     pub fn title(&self) -> String {
         self.cmd("GET", "/title", None).as_str().unwrap().to_owned()
     }
-    /// Every element matching a CSS selector.
+    /// Run a script in the page; `None` when the page is between documents.
+    fn script(&self, js: &str) -> Option<Value> {
+        let v = self.raw(
+            "POST",
+            &format!("/session/{}/execute/sync", self.session),
+            Some(json!({"script": js, "args": []})),
+        )?;
+        v["value"].get("error").is_none().then(|| v["value"].clone())
+    }
+    /// Wait until the current document has loaded completely.
+    pub fn wait_loaded(&self) {
+        let started = Instant::now();
+        while self.script("return document.readyState").is_none_or(|v| v != "complete") {
+            assert!(started.elapsed() < STEP_TIMEOUT, "the page did not finish loading: {}", self.url());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// Wait until the current URL satisfies `ok` (and its page has loaded); returns it.
+    pub fn wait_url(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let u = self.url();
+            if ok(&u) {
+                self.wait_loaded();
+                return u;
+            }
+            assert!(started.elapsed() < STEP_TIMEOUT, "waited for {what}; the browser is at {u}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// Every element matching a CSS selector, now (no waiting: for asserting absence).
     pub fn find_all(&self, css: &str) -> Vec<String> {
+        self.wait_loaded();
         let v = self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
         v.as_array().unwrap().iter().map(|e| e[ELEMENT].as_str().unwrap().to_owned()).collect()
     }
-    /// The first element matching a CSS selector.
+    /// The first element matching a CSS selector, waiting (bounded) until the page has it.
     pub fn find(&self, css: &str) -> String {
-        self.find_all(css).into_iter().next().unwrap_or_else(|| panic!("no element {css}"))
+        let started = Instant::now();
+        loop {
+            let found = self
+                .raw(
+                    "POST",
+                    &format!("/session/{}/elements", self.session),
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .and_then(|v| {
+                    v["value"].as_array().and_then(|a| a.first()).and_then(|e| e[ELEMENT].as_str().map(str::to_owned))
+                });
+            if let Some(e) = found {
+                return e;
+            }
+            assert!(started.elapsed() < STEP_TIMEOUT, "no element {css} on {}", self.url());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    /// The rendered text of an element.
+    /// The rendered text of an element (found again if the page replaced it meanwhile).
     pub fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.cmd("GET", &format!("/element/{e}/text"), None).as_str().unwrap().to_owned()
+        let started = Instant::now();
+        loop {
+            let e = self.find(css);
+            let v = self.raw("GET", &format!("/session/{}/element/{e}/text", self.session), None);
+            if let Some(t) = v.as_ref().and_then(|v| v["value"].as_str()) {
+                return t.to_owned();
+            }
+            assert!(started.elapsed() < STEP_TIMEOUT, "cannot read the text of {css}: {v:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     /// Clear a field and type into it.
     pub fn type_into(&self, css: &str, text: &str) {
@@ -112,10 +170,26 @@ impl Browser {
         self.cmd("POST", &format!("/element/{e}/clear"), Some(json!({})));
         self.cmd("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
     }
-    /// Click an element.
+    /// Click an element (one that does not leave the page).
     pub fn click(&self, css: &str) {
         let e = self.find(css);
         self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+    /// Click an element that submits a form or follows a link, and wait until the next document
+    /// has replaced this one and finished loading (even when it has the same URL).
+    pub fn click_and_wait(&self, css: &str) {
+        self.wait_loaded();
+        let marked = self.script("window.__mgOld = true; return true");
+        assert!(marked.is_some(), "cannot mark the page before clicking {css}");
+        self.click(css);
+        let started = Instant::now();
+        while self
+            .script("return window.__mgOld === true ? 'old' : document.readyState")
+            .is_none_or(|v| v != "complete")
+        {
+            assert!(started.elapsed() < STEP_TIMEOUT, "no new page loaded after clicking {css}: {}", self.url());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     /// Save a PNG screenshot of the page.
     pub fn screenshot(&self, to: &Path) -> usize {

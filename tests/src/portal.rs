@@ -10,6 +10,11 @@ use crate::http::{Req, Response};
 
 /// The operator token the tests use.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
+/// The gateway credential of `envoy/missiongate.yaml`'s filter config, which every portal started
+/// here accepts (`--gateway-credential`).
+pub const GATEWAY_CREDENTIAL: &str = "missiongate-dev-gateway-credential-change-me";
+/// The gateway audience of `envoy/missiongate.yaml` (the `aud` of the portal's state-event SETs).
+pub const GATEWAY_AUDIENCE: &str = "https://gateway.missiongate.local";
 
 /// The portal binary (built by `make test` / `cargo build -p captive-portal`).
 pub fn portal_bin() -> PathBuf {
@@ -65,6 +70,10 @@ impl Portal {
                 &self.issuer,
                 "--operator-token",
                 OPERATOR_TOKEN,
+                "--gateway-credential",
+                GATEWAY_CREDENTIAL,
+                "--gateway-audience",
+                GATEWAY_AUDIENCE,
             ])
             .args(&self.args)
             .stdout(Stdio::piped())

@@ -51,14 +51,15 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
     let shot = missiongate_tests::repo_root().join("target/e2e/approver.png");
     // The user-portal-url sends an approver to sign in first (an agent token is no credential
     // here), then back to the denial.
+    // Every step waits for what it needs: the next document after a click, the element it reads.
     b.goto(&portal_url);
-    assert!(b.url().contains("/portal/login?next="), "{}", b.url());
+    b.wait_url("the sign-in page", |u| u.contains("/portal/login?next="));
     b.type_into("#token", &token);
-    b.click("#login");
+    b.click_and_wait("#login");
     assert!(b.url().contains("/portal/login"), "an agent's token signed in: {}", b.url());
     b.type_into("#token", APPROVER_TOKEN);
-    b.click("#login");
-    assert_eq!(b.url(), portal_url, "back on the denial after sign-in");
+    b.click_and_wait("#login");
+    b.wait_url("the denial after sign-in", |u| u == portal_url);
     assert_eq!(b.title(), "Access request · missiongate");
     assert!(b.text("#who").contains(APPROVER));
     // What the approver must see: agent, Mission, destination, operation, the bound media type,
@@ -82,8 +83,8 @@ fn a_person_approves_in_chromium_and_the_agents_retry_goes_through_envoy_once() 
     assert!(b.screenshot(&shot) > 10_000, "screenshot {}", shot.display());
     // Approve for 5 minutes, by a click.
     b.type_into("#minutes", "5");
-    b.click("#approve");
-    assert_eq!(b.url(), portal_url);
+    b.click_and_wait("#approve");
+    b.wait_url("the denial after approving", |u| u == portal_url);
     let grant = b.text("#grant");
     assert!(grant.contains("approver:alice") && grant.contains("one use"), "{grant}");
     assert!(b.text("#state").contains("approved"));

@@ -23,6 +23,10 @@ pub const AGENT: &str = "agent-7";
 pub const PARTNER: &str = "https://api.partner.example";
 pub const PAYMENTS: &str = "https://api.partner.example/v1/payments";
 pub const URN: &str = "urn:openid:authzen:access-request:error:";
+/// The gateway credential every test portal is configured with.
+pub const GW: &str = "test-gateway-credential-0123456789";
+/// The gateway audience every test portal is configured with.
+pub const GW_AUD: &str = "https://gateway.missiongate.local";
 
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -65,6 +69,10 @@ impl Portal {
             OP,
             "--approver",
             &approver,
+            "--gateway-credential",
+            GW,
+            "--gateway-audience",
+            GW_AUD,
         ]);
         if let Some(p) = public {
             cmd.args(["--public-url", p]);
@@ -73,7 +81,7 @@ impl Portal {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("MISSIONGATE_APPROVERS")
-            .env_remove("MISSIONGATE_PDP_CREDENTIAL")
+            .env_remove("MISSIONGATE_GATEWAY_CREDENTIALS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -143,8 +151,13 @@ impl Portal {
         m
     }
 
+    /// `POST` JSON; the gateway's evaluation endpoints get the gateway credential.
     pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
-        let resp = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let mut req = self.http.post(self.url(path)).json(body);
+        if path.starts_with("/access/v1/evaluation") {
+            req = req.bearer_auth(GW);
+        }
+        let resp = req.send().await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         (status, headers, resp.json().await.unwrap_or(Value::Null))

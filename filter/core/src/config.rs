@@ -73,6 +73,8 @@ struct RawPdp {
     deny_cache_seconds: Option<u64>,
     #[serde(default)]
     subject_type: Option<String>,
+    #[serde(default)]
+    credential: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +289,8 @@ pub struct Pdp {
     pub deny_cache_seconds: i64,
     /// AuthZEN subject type of the agent.
     pub subject_type: String,
+    /// `Authorization` header value sent with every evaluation (the gateway's credential at the PDP).
+    pub credential: Option<String>,
 }
 
 /// Is `method` consequential for a destination with these settings?
@@ -540,12 +544,20 @@ impl Config {
         }
         let pdp = match raw.pdp {
             None => None,
-            Some(p) => Some(Pdp {
-                evaluation: upstream(p.evaluation, "pdp.evaluation")?,
-                retry_after_seconds: p.retry_after_seconds.unwrap_or(1),
-                deny_cache_seconds: i64::try_from(p.deny_cache_seconds.unwrap_or(1).min(300)).unwrap_or(1),
-                subject_type: p.subject_type.unwrap_or_else(|| "agent".to_owned()),
-            }),
+            Some(p) => {
+                if let Some(c) = &p.credential {
+                    if c.trim().is_empty() || !c.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                        return Err(err("pdp.credential", "must be a non-empty header value of visible ASCII"));
+                    }
+                }
+                Some(Pdp {
+                    evaluation: upstream(p.evaluation, "pdp.evaluation")?,
+                    retry_after_seconds: p.retry_after_seconds.unwrap_or(1),
+                    deny_cache_seconds: i64::try_from(p.deny_cache_seconds.unwrap_or(1).min(300)).unwrap_or(1),
+                    subject_type: p.subject_type.unwrap_or_else(|| "agent".to_owned()),
+                    credential: p.credential,
+                })
+            }
         };
         let mut egress_allow = Vec::new();
         for (i, o) in raw.egress_allow.iter().enumerate() {

@@ -642,7 +642,13 @@ impl Engine {
             (Some(a), _) => a,
             (None, Some(c)) => c,
             (None, None) => {
-                let c = Self::callout(&pdp.evaluation, "POST", Some("application/json"), question, None);
+                let c = Self::callout(
+                    &pdp.evaluation,
+                    "POST",
+                    Some("application/json"),
+                    question,
+                    pdp.credential.as_deref(),
+                );
                 return Err(Step::Need(Need::Pdp(Box::new(c))));
             }
         };
@@ -662,6 +668,7 @@ impl Engine {
         ev.evaluation_id = resp.context.evaluation_id.clone();
         if resp.decision {
             let mut until = now + 60;
+            let mut valid_until: Option<i64> = None;
             let mut single_use = false;
             if let Some(c) = &resp.context.conditions {
                 if !c.unknown.is_empty() {
@@ -674,6 +681,7 @@ impl Engine {
                         return Err(Step::deny(Reason::ParameterViolation, "the permit has expired"));
                     }
                     until = until.min(t);
+                    valid_until = Some(t);
                 }
                 if let Some(pd) = &c.parameter_digest {
                     if digest.as_deref() != Some(pd.as_str()) {
@@ -696,7 +704,10 @@ impl Engine {
                 if id.is_empty() {
                     return Err(Step::deny(Reason::PdpDenied, "a single-use permit needs an evaluation_id"));
                 }
-                return Ok(Some(UseOnce { key: use_once_key(&pdp.evaluation, id), until: until.max(now + 3600) }));
+                // Remembered for the permit's whole validity (at least an hour when it names none), so
+                // the same permit is never used twice through this gateway while it could be presented.
+                let remember_until = valid_until.unwrap_or(until).max(now + 3600);
+                return Ok(Some(UseOnce { key: use_once_key(&pdp.evaluation, id), until: remember_until }));
             }
             if !from_cache {
                 self.cache_answer(key, until, answer, now, replay);
@@ -729,6 +740,12 @@ impl Engine {
                 d.captive = Some(Box::new((doc, resp.context.captive_portal_api.clone())));
                 d
             }
+            // The PDP says this call's single-use approval was already used (by this or another
+            // gateway): the same answer as this gateway's own single-use ledger gives.
+            None if resp.context.reason.as_deref() == Some("parameter_violation") => Denial::new(
+                Reason::ParameterViolation,
+                "the single-use approval of this call was already used; request access again",
+            ),
             // The PDP's reason is repeated only when it is a short code, never free text.
             None => match resp.context.reason.as_deref().filter(|r| is_reason_code(r)) {
                 Some(r) => Denial::new(Reason::PdpDenied, format!("denied by policy: {r}")),
@@ -978,7 +995,7 @@ impl Engine {
             self.stat(Stat::EventsPollFailed);
             return (0, false, None);
         }
-        match mission::verify_events(&self.config, &self.keys, issuer, body) {
+        match mission::verify_events(&self.config, &self.keys, issuer, body, now) {
             Ok((events, rejected, more)) => {
                 self.stat(Stat::EventsPollOk);
                 for _ in 0..rejected {
@@ -998,7 +1015,6 @@ impl Engine {
                         self.missions.event_cursor.insert(issuer, e.jti);
                     }
                 }
-                let _ = now;
                 (applied, more, None)
             }
             Err(AnswerError::UnknownKey) => {

@@ -944,7 +944,7 @@ pub fn set_feed(data: &[u8]) {
             Err(_) => rest.to_vec(),
         }
     };
-    let verified = mission::verify_events(&fx.config, &fx.keys, 0, &body);
+    let verified = mission::verify_events(&fx.config, &fx.keys, 0, &body, NOW);
     if let Ok((events, rejected, _more)) = &verified {
         let poll: PollResponse = serde_json::from_slice(&body).expect("a verified feed is a poll response");
         assert_eq!(events.len() + rejected, poll.sets.len(), "every SET is applied or counted as rejected");

@@ -341,11 +341,13 @@ pub fn verify_events(
     keys: &KeyStore,
     issuer: usize,
     body: &[u8],
+    now: i64,
 ) -> Result<(Vec<VerifiedEvent>, usize, bool), AnswerError> {
     if body.len() > 4 * MAX_ANSWER_BYTES {
         return Err(AnswerError::Invalid("answer too large"));
     }
     let Some(cfg) = config.issuers.get(issuer) else { return Err(AnswerError::Invalid("issuer")) };
+    let Some(ma) = &cfg.mission_authority else { return Err(AnswerError::Invalid("not a mission authority")) };
     let poll: PollResponse = serde_json::from_slice(body).map_err(|_| AnswerError::Invalid("not a poll response"))?;
     let mut out = Vec::new();
     let mut rejected = 0;
@@ -372,6 +374,12 @@ pub fn verify_events(
             continue;
         };
         if claims.iss != cfg.issuer || &claims.jti != jti {
+            rejected += 1;
+            continue;
+        }
+        // SPEC §3: the SET's `aud` MUST be this gateway's audience; one issued in the future (beyond
+        // the skew) is not trusted either.
+        if !claims.aud.as_ref().is_some_and(|a| a.contains(&ma.audience)) || claims.iat.0 > now + STATUS_SKEW {
             rejected += 1;
             continue;
         }

@@ -1853,3 +1853,97 @@ fn a_refusal_the_host_finds_is_a_counted_problem_with_evidence() {
     assert_eq!(counters.get("decision.gateway_error"), Some(&1));
     assert_eq!(counters.get("decision.body_too_large"), Some(&1));
 }
+
+// ------------------------------------------------------------------------- issue 11 ------------
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn the_pdp_callout_carries_the_configured_credential() {
+    let mut c = config_json();
+    c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
+                      "credential": "Bearer gw-secret-1"});
+    let mut e = engine_with(&c);
+    set_state(&mut e, "active", 1);
+    let auth = bearer(&token());
+    let Need::Pdp(call) = expect_need(decide(&mut e, &get("/v2/reports", &auth))) else {
+        panic!("expected a PDP call")
+    };
+    assert!(call.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer gw-secret-1"), "{:?}", call.headers);
+    // Without one, no Authorization header is sent.
+    let mut e = pdp_engine();
+    let Need::Pdp(call) = expect_need(decide(&mut e, &get("/v2/reports", &auth))) else {
+        panic!("expected a PDP call")
+    };
+    assert!(!call.headers.iter().any(|(k, _)| k == "authorization"));
+    // A credential that cannot be a header value is a config error naming the field.
+    c["pdp"]["credential"] = json!("Bearer a\r\nx: y");
+    let err = Config::parse(serde_json::to_vec(&c).unwrap().as_slice()).unwrap_err();
+    assert_eq!(err.field, "pdp.credential");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn state_events_for_another_audience_or_from_the_future_are_rejected() {
+    let mut e = active_engine();
+    let set = |aud: Value, iat: i64, jti: &str| {
+        let claims = json!({"iss": AS, "iat": iat, "jti": jti, "aud": aud,
+            "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": "revoked", "version": 2}}}});
+        sign(&as_key(), "k1", "secevent+jwt", &claims)
+    };
+    let no_aud = sign(
+        &as_key(),
+        "k1",
+        "secevent+jwt",
+        &json!({"iss": AS, "iat": NOW, "jti": "44",
+            "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": "revoked", "version": 2}}}}),
+    );
+    let body = poll_body(&[
+        ("41", set(json!("https://other-gateway.example"), NOW, "41")),
+        ("42", set(json!(["https://other-gateway.example"]), NOW, "42")),
+        ("43", set(json!(GATEWAY_AUD), NOW + 31, "43")),
+        ("44", no_aud),
+    ]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 0);
+    expect_allow(state_now(&mut e));
+    // The same event for this gateway (in an audience list, within the skew) applies.
+    let body = poll_body(&[("45", set(json!(["https://other-gateway.example", GATEWAY_AUD]), NOW + 30, "45"))]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 1);
+    expect_invalid_token(state_now(&mut e), "mission_inactive");
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_single_use_permit_is_remembered_for_its_whole_validity() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = get("/v2/reports", &auth);
+    let day = NOW + 86_400;
+    let once = json!({"decision": true, "context": {"evaluation_id": "perm_day",
+        "conditions": {"use_limit": 1, "valid_until": time::format_rfc3339(day)}}});
+    let pdp = missiongate_core::engine::PdpAnswer { status: Some(200), body: serde_json::to_vec(&once).unwrap() };
+    let extra = missiongate_core::engine::Extra { headers: &[], body: None, pdp: Some(&pdp), ..Default::default() };
+    let mut g = MapGuard::default();
+    expect_allow(e.decide_full(&r, &extra, NOW, Attempts { keys: true, status: true }, &mut g));
+    assert_eq!(g.0.get("mg.use/perm_day"), Some(&day));
+    // Asked again (by any worker sharing the memory), the same permit is refused.
+    let o = e.decide_full(&r, &extra, NOW + 1, Attempts { keys: true, status: true }, &mut g);
+    expect_deny(o, "parameter_violation", 403);
+    // A permit without valid_until is remembered for an hour at least.
+    let short = json!({"decision": true, "context": {"evaluation_id": "perm_short", "conditions": {"use_limit": 1}}});
+    let pdp = missiongate_core::engine::PdpAnswer { status: Some(200), body: serde_json::to_vec(&short).unwrap() };
+    let extra = missiongate_core::engine::Extra { headers: &[], body: None, pdp: Some(&pdp), ..Default::default() };
+    expect_allow(e.decide_full(&r, &extra, NOW, Attempts { keys: true, status: true }, &mut g));
+    assert_eq!(g.0.get("mg.use/perm_short"), Some(&(NOW + 3600)));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_pdp_refusal_for_a_used_single_use_approval_is_a_parameter_violation() {
+    let mut e = pdp_engine();
+    let auth = bearer(&token());
+    let r = get("/v2/reports", &auth);
+    let g = &mut MapGuard::default();
+    let used = json!({"decision": false, "context": {"evaluation_id": "eval_u", "reason": "parameter_violation",
+        "next_action": "none"}});
+    expect_deny(with_answer(&mut e, &r, Some(200), &used, g), "parameter_violation", 403);
+}

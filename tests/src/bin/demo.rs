@@ -109,7 +109,9 @@ fn main() {
     let f = &mut failures;
     println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, upstream :{UPSTREAM}");
     let _up = Upstream::start(Some(UPSTREAM));
-    let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30"]);
+    // --dev-trust-loopback: on this loopback-only demo, curl may ask the PDP, Mission Status and the
+    // event feed without the gateway credential (the README says why that is for development only).
+    let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30", "--dev-trust-loopback"]);
     let yaml = render(
         "envoy/missiongate.yaml",
         LISTENER,
