@@ -28,6 +28,7 @@ fn approved_payment(portal: &Portal, via: &Envoy, token: &str, body: &str) {
     let denial = pay(via, token, body);
     assert_eq!(denial.status, 511, "{}", denial.text());
     let params = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",
+                        "content_type": "application/json",
                         "body": serde_json::from_str::<Value>(body).unwrap()});
     let r = portal.request_access(&denial.json(), &missiongate_tests::rand_id("idem-"), Some(params), "pay once");
     assert_eq!(r.status, 201, "{}", r.text());
