@@ -375,7 +375,7 @@ fn evaluations_for(pdp: &Pdp, mission: &str) -> Vec<missiongate_tests::pdp::Eval
 fn digest_of(seen: &Seen) -> String {
     let target = format!("{ORIGIN}{}", seen.target_text());
     let ct = seen.header("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
-    let body = (!seen.body.is_empty()).then(|| (ct.as_deref(), seen.body.as_slice()));
+    let body = (!seen.body.is_empty()).then_some((ct.as_deref(), seen.body.as_slice()));
     missiongate_wire::digest::parameter_digest(&seen.method, &target, None, body)
         .map(|(d, _)| d)
         .unwrap_or_else(|e| format!("unbindable: {e}"))
