@@ -12,6 +12,9 @@ use missiongate_core::engine::{Callout, Need, PdpAnswer};
 use missiongate_core::stream::State;
 use std::time::Duration;
 
+/// The most of a callout answer that is read: the largest JWKS `jwks_max_bytes` allows (4 MiB).
+const MAX_CALLOUT_BODY: usize = 4 * 1024 * 1024;
+
 /// What a dispatched callout is for.
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
@@ -32,7 +35,7 @@ impl Kind {
     }
 }
 
-fn dispatch(c: &Callout) -> Result<u32, String> {
+fn dispatch_raw(c: &Callout) -> Result<u32, String> {
     let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = if c.body.is_empty() { None } else { Some(c.body.as_slice()) };
     proxy_wasm::hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms))
@@ -40,8 +43,29 @@ fn dispatch(c: &Callout) -> Result<u32, String> {
 }
 
 impl Vm {
+    /// Dispatch a callout with the root context effective, then switch back. Envoy cancels a
+    /// callout, without an answer, when the context it was made from goes away, and the SDK then
+    /// keeps its token forever (it forgets a token only when an answer comes): a client resetting
+    /// requests while their callouts are under way would grow the VM without bound. The root lives as
+    /// long as the VM, so every callout ends in an answer or its timeout; the SDK still routes the
+    /// answer to the request that dispatched it (and drops it if that one is gone, which `forget`
+    /// turns into a dispatch again from the root).
+    fn dispatch(&self, c: &Callout) -> Result<u32, String> {
+        let current = self.effective.get();
+        let root = self.root_id.get();
+        if current != root && !self.switch_to(root) {
+            return Err("the root context is not available".into());
+        }
+        let token = dispatch_raw(c);
+        if current != root && !self.switch_to(current) {
+            log(abi::Level::Warn, "missiongate: could not switch back to the request after a dispatch");
+        }
+        token
+    }
+
     fn register(&self, token: u32, kind: Kind) {
-        let d = Dispatched { kind, routed_to: self.active.get(), owned_by: self.effective.get() };
+        // Every callout is made with the root effective (see `dispatch`).
+        let d = Dispatched { kind, routed_to: self.active.get(), owned_by: self.root_id.get() };
         self.callouts.borrow_mut().insert(token, d);
     }
 
@@ -90,7 +114,7 @@ impl Vm {
 
     /// Dispatch request `ctx`'s PDP evaluation.
     pub(crate) fn dispatch_pdp(&self, ctx: u32, c: &Callout) -> bool {
-        match dispatch(c) {
+        match self.dispatch(c) {
             Ok(token) => {
                 self.register(token, Kind::Pdp(ctx));
                 true
@@ -124,7 +148,7 @@ impl Vm {
             }
         };
         let Some((callout, kind)) = built else { return false };
-        match dispatch(&callout) {
+        match self.dispatch(&callout) {
             Ok(token) => {
                 self.register(token, kind);
                 true
@@ -173,8 +197,10 @@ impl Vm {
             .ok()
             .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == b":status"))
             .and_then(|(_, v)| std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u16>().ok()));
+        // Never more than the largest answer any parser takes (a JWKS within its configurable
+        // limit): one byte over is enough for the engine to refuse an answer as too large.
         let body = if body_size > 0 {
-            abi::buffer(abi::Buffer::CallResponseBody, body_size).unwrap_or_default()
+            abi::buffer(abi::Buffer::CallResponseBody, body_size.min(MAX_CALLOUT_BODY + 1)).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -220,7 +246,7 @@ impl Vm {
             guard.as_ref().and_then(|e| e.events_callout(issuer, immediately))
         };
         let Some(c) = callout else { return };
-        match dispatch(&c) {
+        match self.dispatch(&c) {
             Ok(token) => {
                 self.events_in_flight.borrow_mut().insert(issuer, true);
                 self.register(token, Kind::Events(issuer));
@@ -235,9 +261,12 @@ impl Vm {
         if let Some(mut m) = self.streams.borrow_mut().remove(&ctx) {
             m.on_gone();
         }
-        for list in self.waiters.borrow_mut().values_mut() {
+        // Lists left empty go too: a list under a need means "a fetch for it is being waited for",
+        // and an empty one would keep the periodic JWKS refresh from ever starting again.
+        self.waiters.borrow_mut().retain(|_, list| {
             list.retain(|c| *c != ctx);
-        }
+            !list.is_empty()
+        });
         let mut orphaned = Vec::new();
         let mut lost = Vec::new();
         let mut events = Vec::new();

@@ -1228,6 +1228,40 @@ fn inexact_json_numbers_make_a_bound_body_unbindable() {
     finish("inexact_numbers", problems);
 }
 
+/// A method in another case (`connect`, `Post`, `get`) is one method to Envoy or a case-folding
+/// upstream and another to a filter that folds case: over HTTP/2 a `:method: connect` with a path is
+/// an ordinary request to Envoy. Every such method is refused before anything else is decided.
+#[test]
+fn a_method_in_another_case_is_refused_and_never_forwarded() {
+    let w = world();
+    let (a, up) = (&w.s.a, &w.s.up);
+    let mut problems = Vec::new();
+    for proto in [Proto::H1, Proto::H2] {
+        for method in ["connect", "Connect", "post", "Post", "get"] {
+            let m = active(a, "msn_case_");
+            let mk = rand_id("case_");
+            let call = Call::new(method, "/v1/payments")
+                .bearer(&token(a, &m, |_| {}))
+                .marker(&mk)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"amount":"1.00","ref":"{mk}"}}"#));
+            let r = send(proto, w.envoy.port, &call);
+            let label = format!("{method} over {proto:?}");
+            // Envoy's HTTP/1 codec may refuse some of these itself (a bare 400): that is fine too.
+            match &r {
+                Ok(x) if x.status == 400 => {}
+                Ok(_) => problems.push(format!("{label}: expected 400, got {}", show(&r))),
+                Err(_) => {}
+            }
+            if !up.marked(&mk).is_empty() {
+                problems.push(format!("{label}: reached the upstream"));
+            }
+        }
+    }
+    w.envoy.assert_healthy();
+    finish("method_case", problems);
+}
+
 // ---------------------------------------------------------------------------------------------
 // No PDP answer reused for another question.
 

@@ -388,12 +388,12 @@ impl Engine {
             return Err(Step::deny(Reason::MalformedRequest, "request method is not an HTTP method token"));
         }
         let dest = config
-            .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
+            .destination(req.authority, req.scheme, req.method == "CONNECT")
             .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
         ev.destination = Some(dest.origin().to_owned());
         // The path decided on is the path forwarded, byte for byte: any form an upstream could resolve
         // otherwise is refused, for every request (SPEC §2). CONNECT has no path.
-        let path = if req.method.eq_ignore_ascii_case("CONNECT") {
+        let path = if req.method == "CONNECT" {
             "/"
         } else {
             uri::request_path(req.path).map_err(|e| Step::deny(Reason::AmbiguousPath, e.describe()))?
@@ -529,8 +529,7 @@ impl Engine {
         }
         let consequential = config.pdp.is_some() && dest.consequential(req.method, path);
         let inside = matched == AuthorityMatch::Permit
-            || (req.method.eq_ignore_ascii_case("CONNECT") || !consequential)
-                && config.egress_allow.iter().any(|o| o == dest.origin());
+            || (req.method == "CONNECT" || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
         if !consequential && !inside && config.pdp.is_none() {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         }
@@ -1079,9 +1078,15 @@ fn use_once_key(endpoint: &Upstream, evaluation_id: &str) -> String {
     format!("mg.use/{d}")
 }
 
-/// An HTTP method: an RFC 9110 token of at most 32 characters.
+/// An HTTP method: an RFC 9110 token of at most 32 characters, with no lower-case letter.
+///
+/// Methods are case-sensitive (RFC 9110 §9.1) and Envoy treats a request as CONNECT only when its
+/// method is exactly `CONNECT`: a `connect` or `Get` would be decided as one method here and handled
+/// as another by Envoy or an upstream that folds case, so such methods are refused.
 fn valid_method(m: &str) -> bool {
-    !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !m.is_empty()
+        && m.len() <= 32
+        && m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A PDP reason worth repeating in a problem detail: a short code such as `weekend` or

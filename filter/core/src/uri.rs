@@ -200,6 +200,11 @@ impl PathError {
 /// or control character, upper-case hex, UTF-8 escapes, printable ASCII only. This path is decided
 /// on and forwarded byte for byte; anything else is refused (SPEC §2). The query is not looked at.
 pub fn request_path(raw: &str) -> Result<&str, PathError> {
+    // A fragment is never sent to a server; the digest's target could not say whether it was
+    // forwarded, so a `#` anywhere (the query included) is refused.
+    if raw.contains('#') {
+        return Err(PathError::InvalidCharacter);
+    }
     let path = match raw.split_once('?') {
         Some((p, _)) => p,
         None => raw,
