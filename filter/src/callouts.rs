@@ -94,15 +94,13 @@ impl Vm {
         let first = {
             let mut w = self.waiters.borrow_mut();
             let list = w.entry(need.clone()).or_default();
-            if !list.contains(&ctx) {
-                list.push(ctx);
-            }
+            list.insert(ctx);
             list.len() == 1
         };
         if first && !self.dispatch_need(need) {
             let mut w = self.waiters.borrow_mut();
             if let Some(list) = w.get_mut(need) {
-                list.retain(|c| *c != ctx);
+                list.remove(&ctx);
                 if list.is_empty() {
                     w.remove(need);
                 }
@@ -264,7 +262,7 @@ impl Vm {
         // Lists left empty go too: a list under a need means "a fetch for it is being waited for",
         // and an empty one would keep the periodic JWKS refresh from ever starting again.
         self.waiters.borrow_mut().retain(|_, list| {
-            list.retain(|c| *c != ctx);
+            list.remove(&ctx);
             !list.is_empty()
         });
         let mut orphaned = Vec::new();
@@ -345,14 +343,14 @@ impl Vm {
         for n in late_needs {
             let list = self.waiters.borrow_mut().remove(&n).unwrap_or_default();
             // Every request waiting for it, in the list or not (its deadline is what counts).
-            let stuck: Vec<u32> = {
+            let stuck: std::collections::BTreeSet<u32> = {
                 let streams = self.streams.borrow();
-                let mut s: Vec<u32> = streams
+                let mut s: std::collections::BTreeSet<u32> = streams
                     .iter()
                     .filter(|(_, m)| matches!(m.state(), State::WaitingCallout { need, .. } if *need == n))
                     .map(|(c, _)| *c)
                     .collect();
-                s.extend(list.into_iter().filter(|c| !s.contains(c)).collect::<Vec<_>>());
+                s.extend(list);
                 s
             };
             for ctx in stuck {

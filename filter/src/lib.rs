@@ -58,7 +58,7 @@ struct Vm {
     /// token -> callout
     callouts: RefCell<HashMap<u32, Dispatched>>,
     /// need -> waiting contexts
-    waiters: RefCell<HashMap<Need, Vec<u32>>>,
+    waiters: RefCell<HashMap<Need, std::collections::BTreeSet<u32>>>,
     /// Needs whose callout died with its owner; the root re-dispatches them.
     orphans: RefCell<Vec<Need>>,
     /// Requests whose PDP callout died with the context that dispatched it; the root asks again.
