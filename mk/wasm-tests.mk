@@ -38,4 +38,4 @@ test-wasm-core: wasm32-unknown-target wasm-bindgen-cli
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
 	  $(CARGO) test -p missiongate-core --target wasm32-unknown-unknown
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(WASM_BINDGEN_RUNNER)" \
-	  $(CARGO) test -p missiongate-wire --target wasm32-unknown-unknown --test jcs_vectors
+	  $(CARGO) test -p missiongate-wire --target wasm32-unknown-unknown --test jcs_vectors --test rsa_vectors

@@ -167,6 +167,9 @@ impl Vm {
                 if let Err(e) = engine.on_jwks(*i, status, body, now) {
                     log(abi::Level::Warn, &format!("missiongate: JWKS of issuer #{i}: {e}"));
                 }
+                for m in engine.take_jwks_refused(*i) {
+                    log(abi::Level::Warn, &format!("missiongate: JWKS of issuer #{i}: {m}"));
+                }
                 None
             }
             Kind::Status(i, id, nonce) => engine.on_status(*i, id, nonce, status, body, now),

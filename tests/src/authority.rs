@@ -26,40 +26,104 @@ pub enum Mode {
     Garbage,
 }
 
-/// An ES256 signing key with its public JWK.
+/// How a [`Signer`] signs.
+#[derive(Clone)]
+enum Enc {
+    /// ES256 through jsonwebtoken (an implementation independent of the filter's).
+    Jwt(EncodingKey),
+    /// RS256 / PS256 through missiongate-wire's test signer (RustCrypto `rsa`; the filter's RSA
+    /// verification is checked against pyca/cryptography vectors in wire/tests/rsa_vectors.rs).
+    Wire(missiongate_wire::jose::SigningKey),
+}
+
+/// A signing key with its public JWK: ES256 (fresh) or RSA (fixed test keys).
 #[derive(Clone)]
 pub struct Signer {
     /// Key id.
     pub kid: String,
-    enc: EncodingKey,
+    enc: Enc,
     /// Public JWK.
     pub jwk: Value,
-    /// The raw key, for tests that need to misuse its public bytes.
+    /// The raw key, for tests that need to misuse its public bytes (EC keys; empty for RSA).
     pub public_sec1: Vec<u8>,
 }
+
+const RSA_TEST_KEYS: &str = include_str!("../../wire/tests/data/rsa_test_keys.json");
 
 impl Signer {
     /// A fresh P-256 key.
     pub fn new(kid: &str) -> Signer {
         let sk = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
         let der = sk.to_pkcs8_der().unwrap();
-        let enc = EncodingKey::from_ec_der(der.as_bytes());
+        let enc = Enc::Jwt(EncodingKey::from_ec_der(der.as_bytes()));
         let point = sk.verifying_key().to_encoded_point(false);
         let b = |x: &[u8]| missiongate_wire::b64::encode(x);
         let jwk = json!({"kty": "EC", "crv": "P-256", "x": b(point.x().unwrap()), "y": b(point.y().unwrap()), "kid": kid, "alg": "ES256", "use": "sig"});
         Signer { kid: kid.into(), enc, jwk, public_sec1: point.as_bytes().to_vec() }
     }
-    /// Sign claims with a given header.
+
+    /// One of the fixed RSA test keys (`a2048`, `b2048`, `c2048`, `short1024` in
+    /// wire/tests/data/rsa_test_keys.json), signing `alg` ("RS256" or "PS256"). Its JWK has no
+    /// `alg` member, so the filter takes it for both.
+    pub fn rsa(kid: &str, key: &str, alg: &str) -> Signer {
+        use missiongate_wire::jose::{Alg, SigningKey};
+        let keys: Value = serde_json::from_str(RSA_TEST_KEYS).unwrap();
+        let unhex = |s: &str| {
+            let s = if s.len() % 2 == 1 { format!("0{s}") } else { s.to_owned() };
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>()
+        };
+        let p = unhex(keys[key]["p"].as_str().expect("test key name"));
+        let q = unhex(keys[key]["q"].as_str().unwrap());
+        let sk = SigningKey::rsa_from_primes(Alg::from_name(alg).unwrap(), &p, &q).unwrap();
+        let mut jwk = serde_json::to_value(sk.public_jwk(Some(kid))).unwrap();
+        jwk.as_object_mut().unwrap().remove("alg");
+        Signer { kid: kid.into(), enc: Enc::Wire(sk), jwk, public_sec1: Vec::new() }
+    }
+
+    /// The same RSA key signing another algorithm ("RS256" or "PS256").
+    pub fn with_alg(&self, alg: &str) -> Signer {
+        let mut s = self.clone();
+        if let Enc::Wire(k) = &self.enc {
+            s.enc = Enc::Wire(k.with_alg(missiongate_wire::jose::Alg::from_name(alg).unwrap()));
+        }
+        s
+    }
+
+    /// The JOSE `alg` this signer uses.
+    pub fn alg(&self) -> &'static str {
+        match &self.enc {
+            Enc::Jwt(_) => "ES256",
+            Enc::Wire(k) => k.alg().name(),
+        }
+    }
+
+    /// Sign claims with a given header (its `alg` is taken as given: tests craft mismatches).
     pub fn sign_with_header(&self, h: Header, claims: &Value) -> String {
-        jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
+        match &self.enc {
+            Enc::Jwt(enc) => jsonwebtoken::encode(&h, claims, enc).unwrap(),
+            Enc::Wire(k) => k.sign_compact(&serde_json::to_value(&h).unwrap(), claims),
+        }
     }
 
     /// Sign claims as a JWS with this `typ`.
     pub fn sign(&self, typ: &str, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.typ = Some(typ.into());
-        h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
+        match &self.enc {
+            Enc::Jwt(enc) => {
+                let mut h = Header::new(Algorithm::ES256);
+                h.typ = Some(typ.into());
+                h.kid = Some(self.kid.clone());
+                jsonwebtoken::encode(&h, claims, enc).unwrap()
+            }
+            Enc::Wire(k) => k.sign_compact(&json!({"alg": self.alg(), "typ": typ, "kid": self.kid}), claims),
+        }
+    }
+
+    /// Sign with an arbitrary JSON header (e.g. an `alg` that does not match the key).
+    pub fn sign_raw_header(&self, header: &Value, claims: &Value) -> String {
+        match &self.enc {
+            Enc::Wire(k) => k.sign_compact(header, claims),
+            Enc::Jwt(_) => panic!("sign_raw_header is for RSA test keys"),
+        }
     }
 }
 
@@ -269,7 +333,21 @@ impl Authority {
         s
     }
 
-    /// The current signing key.
+    /// Publish another key in the JWKS (before the others: the last one keeps signing the
+    /// authority's own answers).
+    pub fn publish_extra(&self, s: Signer) {
+        self.inner.lock().unwrap().keys.insert(0, s);
+    }
+
+    /// Replace the published key under `kid` by `s` (same `kid`, new key material), as an
+    /// authority that makes a new key on every restart does. Panics if no key has that `kid`.
+    pub fn replace_key(&self, kid: &str, s: Signer) {
+        let mut g = self.inner.lock().unwrap();
+        let slot = g.keys.iter_mut().find(|k| k.kid == kid).expect("a key with this kid");
+        *slot = s;
+    }
+
+    /// The current signing key (the last published).
     pub fn signer(&self) -> Signer {
         self.inner.lock().unwrap().keys.last().unwrap().clone()
     }

@@ -411,7 +411,10 @@ fn bad_filter_config_is_rejected_naming_the_field() {
         18080,
         18443,
         &Opts {
-            replace: vec![("\"allowed_algs\": [\"ES256\", \"EdDSA\"]".into(), "\"allowed_algs\": [\"HS256\"]".into())],
+            replace: vec![(
+                "\"allowed_algs\": [\"ES256\", \"EdDSA\", \"RS256\", \"PS256\"]".into(),
+                "\"allowed_algs\": [\"HS256\"]".into(),
+            )],
             ..Opts::default()
         },
     );

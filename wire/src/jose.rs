@@ -1,7 +1,7 @@
 //! JWS compact serialization (RFC 7515) and JWKs (RFC 7517) for the algorithms missiongate accepts.
 //!
-//! Only asymmetric algorithms exist here: ES256 (RFC 7518 §3.4) and EdDSA with Ed25519 (RFC 8037).
-//! HMAC is deliberately absent, so algorithm confusion (an HS256 token "signed" with a public key's
+//! Only asymmetric algorithms exist here: ES256 (RFC 7518 §3.4), EdDSA with Ed25519 (RFC 8037), and
+//! RS256 / PS256 (RFC 7518 §3.3 and §3.5; RSA keys of 2048 to 4096 bits). HMAC is deliberately absent, so algorithm confusion (an HS256 token "signed" with a public key's
 //! bytes) cannot be verified by construction: the header's `alg` never selects a symmetric check.
 //! Verifying keys are decoded once (at configuration or JWKS load) and reused for every token.
 
@@ -18,7 +18,16 @@ pub enum Alg {
     Es256,
     /// Ed25519 (RFC 8037).
     EdDsa,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3).
+    Rs256,
+    /// RSASSA-PSS with SHA-256, MGF1 with SHA-256, salt length 32 (RFC 7518 §3.5).
+    Ps256,
 }
+
+/// Shortest RSA modulus accepted (RFC 7518 §3.3: "2048 bits or larger MUST be used").
+pub const RSA_MIN_BITS: usize = 2048;
+/// Longest RSA modulus accepted: bounds the cost of one verification (and of a hostile JWKS).
+pub const RSA_MAX_BITS: usize = 4096;
 
 impl Alg {
     /// Parse a JOSE `alg` name. `none` and every HMAC or unknown name is `None`.
@@ -26,6 +35,8 @@ impl Alg {
         match name {
             "ES256" => Some(Alg::Es256),
             "EdDSA" | "Ed25519" => Some(Alg::EdDsa),
+            "RS256" => Some(Alg::Rs256),
+            "PS256" => Some(Alg::Ps256),
             _ => None,
         }
     }
@@ -34,6 +45,8 @@ impl Alg {
         match self {
             Alg::Es256 => "ES256",
             Alg::EdDsa => "EdDSA",
+            Alg::Rs256 => "RS256",
+            Alg::Ps256 => "PS256",
         }
     }
     /// True for the names of symmetric (HMAC) algorithms, which are never accepted.
@@ -164,6 +177,12 @@ pub struct Jwk {
     /// Public coordinate (base64url), EC only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
+    /// RSA modulus (base64url, big-endian).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA public exponent (base64url, big-endian).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     /// Key id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
@@ -188,6 +207,13 @@ pub struct JwkSet {
 impl Jwk {
     /// RFC 7638 thumbprint: base64url(SHA-256(JCS of the required members)).
     pub fn thumbprint(&self) -> Result<String, JoseError> {
+        if self.kty == "RSA" {
+            let n = self.n.as_deref().ok_or(JoseError::BadKey("n missing"))?;
+            let e = self.e.as_deref().ok_or(JoseError::BadKey("e missing"))?;
+            let canonical = serde_json::json!({"e": e, "kty": "RSA", "n": n});
+            let bytes = serde_json::to_vec(&canonical).map_err(|_| JoseError::BadKey("encode"))?;
+            return Ok(b64::encode(Sha256::digest(&bytes)));
+        }
         let x = self.x.as_deref().ok_or(JoseError::BadKey("x missing"))?;
         let crv = self.crv.as_deref().ok_or(JoseError::BadKey("crv missing"))?;
         // The required members in lexicographic order, per RFC 7638 §3.2; the values are base64url
@@ -230,9 +256,69 @@ impl Jwk {
                     ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| JoseError::BadKey("not an Ed25519 key"))?;
                 Ok(VerifyingKey::Ed25519(key))
             }
+            ("RSA", _) => {
+                // A JWK that names its algorithm is held to it; one that does not serves RS256 and PS256.
+                let only = match self.alg.as_deref() {
+                    None => None,
+                    Some("RS256") => Some(Alg::Rs256),
+                    Some("PS256") => Some(Alg::Ps256),
+                    Some(_) => return Err(JoseError::BadKey("RSA key for an algorithm other than RS256 or PS256")),
+                };
+                Ok(VerifyingKey::Rsa(RsaKey::from_jwk(self.n.as_deref(), self.e.as_deref())?, only))
+            }
             ("oct", _) => Err(JoseError::BadKey("symmetric keys are not accepted")),
             _ => Err(JoseError::BadKey("unsupported key type or curve")),
         }
+    }
+}
+
+/// An RSA public key of [`RSA_MIN_BITS`] to [`RSA_MAX_BITS`] bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsaKey(std::sync::Arc<rsa::RsaPublicKey>);
+
+impl RsaKey {
+    /// From the JWK members `n` and `e` (RFC 7518 §6.3.1): unsigned big-endian, base64url.
+    pub fn from_jwk(n: Option<&str>, e: Option<&str>) -> Result<RsaKey, JoseError> {
+        let n = b64::decode(n.ok_or(JoseError::BadKey("n missing"))?).map_err(|_| JoseError::BadKey("n"))?;
+        let e = b64::decode(e.ok_or(JoseError::BadKey("e missing"))?).map_err(|_| JoseError::BadKey("e"))?;
+        // RFC 7518 §6.3.1.1: no leading zero octets; a modulus with one is not a canonical encoding.
+        if n.first() == Some(&0) || e.first() == Some(&0) {
+            return Err(JoseError::BadKey("RSA member with a leading zero octet"));
+        }
+        let n = rsa::BigUint::from_bytes_be(&n);
+        let bits = n.bits();
+        if bits < RSA_MIN_BITS {
+            return Err(JoseError::BadKey("RSA modulus shorter than 2048 bits"));
+        }
+        if bits > RSA_MAX_BITS {
+            return Err(JoseError::BadKey("RSA modulus longer than 4096 bits"));
+        }
+        // `new` also checks the exponent (odd, at least 3, at most 2^33 - 1).
+        let key = rsa::RsaPublicKey::new(n, rsa::BigUint::from_bytes_be(&e))
+            .map_err(|_| JoseError::BadKey("not a valid RSA public key"))?;
+        Ok(RsaKey(std::sync::Arc::new(key)))
+    }
+
+    /// Modulus length in bits.
+    pub fn bits(&self) -> usize {
+        use rsa::traits::PublicKeyParts;
+        self.0.n().bits()
+    }
+
+    fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> Result<(), JoseError> {
+        use rsa::traits::PublicKeyParts;
+        // The signature is exactly as long as the modulus (RFC 8017 §8.1.2 and §8.2.2 step 1).
+        if signature.len() != self.0.size() {
+            return Err(JoseError::BadSignature);
+        }
+        let digest = Sha256::digest(signing_input);
+        let r = match alg {
+            Alg::Rs256 => self.0.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, signature),
+            // `Pss::new` expects a salt exactly as long as the digest, as RFC 7518 §3.5 requires.
+            Alg::Ps256 => self.0.verify(rsa::Pss::new::<Sha256>(), &digest, signature),
+            _ => return Err(JoseError::KeyAlgMismatch),
+        };
+        r.map_err(|_| JoseError::BadSignature)
     }
 }
 
@@ -248,14 +334,19 @@ pub enum VerifyingKey {
     P256(p256::ecdsa::VerifyingKey, Option<std::sync::Arc<crate::p256_fast::FastP256Key>>),
     /// Ed25519.
     Ed25519(ed25519_dalek::VerifyingKey),
+    /// RSA: RS256 and PS256, or only the one the JWK's `alg` names.
+    Rsa(RsaKey, Option<Alg>),
 }
 
 impl VerifyingKey {
-    /// The one algorithm this key verifies.
-    pub fn alg(&self) -> Alg {
+    /// True when this key verifies `alg`: ES256 only with a P-256 key, EdDSA only with an Ed25519
+    /// key, RS256 and PS256 only with an RSA key (no algorithm confusion across key types).
+    pub fn accepts(&self, alg: Alg) -> bool {
         match self {
-            VerifyingKey::P256(..) => Alg::Es256,
-            VerifyingKey::Ed25519(_) => Alg::EdDsa,
+            VerifyingKey::P256(..) => alg == Alg::Es256,
+            VerifyingKey::Ed25519(_) => alg == Alg::EdDsa,
+            VerifyingKey::Rsa(_, Some(only)) => alg == *only,
+            VerifyingKey::Rsa(_, None) => matches!(alg, Alg::Rs256 | Alg::Ps256),
         }
     }
 
@@ -274,7 +365,7 @@ impl VerifyingKey {
 
     /// Verify `signature` over `signing_input` with `alg`, which must be this key's algorithm.
     pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> Result<(), JoseError> {
-        if alg != self.alg() {
+        if !self.accepts(alg) {
             return Err(JoseError::KeyAlgMismatch);
         }
         match self {
@@ -296,6 +387,7 @@ impl VerifyingKey {
                 let sig = ed25519_dalek::Signature::from_bytes(&bytes);
                 key.verify_strict(signing_input, &sig).map_err(|_| JoseError::BadSignature)
             }
+            VerifyingKey::Rsa(key, _) => key.verify(alg, signing_input, signature),
         }
     }
 }
@@ -321,7 +413,47 @@ mod signing {
         P256(p256::ecdsa::SigningKey),
         /// Ed25519 (EdDSA).
         Ed25519(ed25519_dalek::SigningKey),
+        /// RSA, signing RS256 or PS256 (tests and demo authorities; the portal signs ES256).
+        Rsa(std::sync::Arc<rsa::RsaPrivateKey>, Alg),
     }
+
+    /// Deterministic bytes for the PSS salt: SHA-256 in counter mode over a secret and the message,
+    /// so signing needs no RNG (a salt need not be random for PSS to be secure, RFC 8017 §9.1 note 4).
+    struct SaltStream {
+        seed: [u8; 32],
+        counter: u64,
+        buf: Vec<u8>,
+    }
+
+    impl rsa::rand_core::RngCore for SaltStream {
+        fn next_u32(&mut self) -> u32 {
+            let mut b = [0u8; 4];
+            self.fill_bytes(&mut b);
+            u32::from_le_bytes(b)
+        }
+        fn next_u64(&mut self) -> u64 {
+            let mut b = [0u8; 8];
+            self.fill_bytes(&mut b);
+            u64::from_le_bytes(b)
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for d in dest.iter_mut() {
+                if self.buf.is_empty() {
+                    let mut h = Sha256::new();
+                    h.update(self.seed);
+                    h.update(self.counter.to_be_bytes());
+                    self.counter += 1;
+                    self.buf = h.finalize().to_vec();
+                }
+                *d = self.buf.pop().unwrap_or(0);
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl rsa::rand_core::CryptoRng for SaltStream {}
 
     impl fmt::Debug for SigningKey {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -345,18 +477,51 @@ mod signing {
                 SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
             }
         }
+        /// An RSA key from its two primes (big-endian) with e = 65537, signing `alg` (RS256 or PS256).
+        pub fn rsa_from_primes(alg: Alg, p: &[u8], q: &[u8]) -> Result<SigningKey, JoseError> {
+            if !matches!(alg, Alg::Rs256 | Alg::Ps256) {
+                return Err(JoseError::KeyAlgMismatch);
+            }
+            let key = rsa::RsaPrivateKey::from_p_q(
+                rsa::BigUint::from_bytes_be(p),
+                rsa::BigUint::from_bytes_be(q),
+                rsa::BigUint::from(65537u32),
+            )
+            .map_err(|_| JoseError::BadKey("RSA primes"))?;
+            Ok(SigningKey::Rsa(std::sync::Arc::new(key), alg))
+        }
+        /// The same RSA key signing the other RSA algorithm (RS256 <-> PS256); other keys unchanged.
+        pub fn with_alg(&self, alg: Alg) -> SigningKey {
+            match self {
+                SigningKey::Rsa(k, _) if matches!(alg, Alg::Rs256 | Alg::Ps256) => {
+                    SigningKey::Rsa(std::sync::Arc::clone(k), alg)
+                }
+                other => other.clone(),
+            }
+        }
         /// The algorithm this key signs with.
         pub fn alg(&self) -> Alg {
             match self {
                 SigningKey::P256(_) => Alg::Es256,
                 SigningKey::Ed25519(_) => Alg::EdDsa,
+                SigningKey::Rsa(_, alg) => *alg,
             }
         }
-        /// Private scalar / seed bytes, for storage.
+        /// Private scalar / seed bytes, for storage. RSA: `len(p)` (2 bytes, big-endian), `p`, `q`.
         pub fn secret_bytes(&self) -> Vec<u8> {
             match self {
                 SigningKey::P256(k) => k.to_bytes().to_vec(),
                 SigningKey::Ed25519(k) => k.to_bytes().to_vec(),
+                SigningKey::Rsa(k, _) => {
+                    use rsa::traits::PrivateKeyParts;
+                    let primes = k.primes();
+                    let p = primes.first().map(|x| x.to_bytes_be()).unwrap_or_default();
+                    let q = primes.get(1).map(|x| x.to_bytes_be()).unwrap_or_default();
+                    let mut out = u16::try_from(p.len()).unwrap_or(0).to_be_bytes().to_vec();
+                    out.extend_from_slice(&p);
+                    out.extend_from_slice(&q);
+                    out
+                }
             }
         }
         /// Restore from `secret_bytes`.
@@ -368,6 +533,13 @@ mod signing {
                 Alg::EdDsa => {
                     let seed: [u8; 32] = bytes.try_into().map_err(|_| JoseError::BadKey("Ed25519 seed"))?;
                     Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
+                }
+                Alg::Rs256 | Alg::Ps256 => {
+                    let (len, rest) = bytes.split_at_checked(2).ok_or(JoseError::BadKey("RSA secret"))?;
+                    let len: [u8; 2] = len.try_into().map_err(|_| JoseError::BadKey("RSA secret"))?;
+                    let len = usize::from(u16::from_be_bytes(len));
+                    let (p, q) = rest.split_at_checked(len).ok_or(JoseError::BadKey("RSA secret"))?;
+                    SigningKey::rsa_from_primes(alg, p, q)
                 }
             }
         }
@@ -390,6 +562,15 @@ mod signing {
                     x: Some(b64::encode(k.verifying_key().to_bytes())),
                     ..Jwk::default()
                 },
+                SigningKey::Rsa(k, _) => {
+                    use rsa::traits::PublicKeyParts;
+                    Jwk {
+                        kty: "RSA".into(),
+                        n: Some(b64::encode(k.n().to_bytes_be())),
+                        e: Some(b64::encode(k.e().to_bytes_be())),
+                        ..Jwk::default()
+                    }
+                }
             };
             jwk.kid = kid.map(str::to_owned);
             jwk.alg = Some(self.alg().name().to_owned());
@@ -407,6 +588,20 @@ mod signing {
                 SigningKey::Ed25519(k) => {
                     use ed25519_dalek::Signer;
                     k.sign(input).to_bytes().to_vec()
+                }
+                SigningKey::Rsa(k, alg) => {
+                    let digest = Sha256::digest(input);
+                    let r = if *alg == Alg::Ps256 {
+                        let mut h = Sha256::new();
+                        h.update(self.secret_bytes());
+                        h.update(input);
+                        let mut salt = SaltStream { seed: h.finalize().into(), counter: 0, buf: Vec::new() };
+                        k.sign_with_rng(&mut salt, rsa::Pss::new::<Sha256>(), &digest)
+                    } else {
+                        k.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest)
+                    };
+                    // Signing with a valid private key and a SHA-256 digest cannot fail.
+                    r.unwrap_or_default()
                 }
             }
         }
@@ -473,6 +668,8 @@ mod tests {
         let jwk: Jwk = serde_json::from_str(A3_JWK).unwrap();
         let key = jwk.verifying_key().unwrap();
         assert_eq!(key.verify(Alg::EdDsa, b"x", &[0; 64]).unwrap_err(), JoseError::KeyAlgMismatch);
+        assert_eq!(key.verify(Alg::Rs256, b"x", &[0; 256]).unwrap_err(), JoseError::KeyAlgMismatch);
+        assert_eq!(key.verify(Alg::Ps256, b"x", &[0; 256]).unwrap_err(), JoseError::KeyAlgMismatch);
         let oct = Jwk { kty: "oct".into(), ..Jwk::default() };
         assert!(oct.verifying_key().is_err());
     }

@@ -368,7 +368,9 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let algs = parse_algs(raw.allowed_algs.as_deref(), "allowed_algs", &[Alg::Es256, Alg::EdDsa])?;
+        // RS256 is on by default: RFC 9068 §2.1 makes it mandatory to implement for resource servers.
+        // Each alg verifies only with a key of its own type, so the wider list adds no confusion.
+        let algs = parse_algs(raw.allowed_algs.as_deref(), "allowed_algs", &DEFAULT_TOKEN_ALGS)?;
         if raw.issuers.is_empty() {
             return Err(err("issuers", "at least one issuer is required"));
         }
@@ -673,6 +675,9 @@ impl DestinationRef<'_> {
     }
 }
 
+/// Token (and authority answer) algorithms when `allowed_algs` is absent.
+pub const DEFAULT_TOKEN_ALGS: [Alg; 4] = [Alg::Es256, Alg::EdDsa, Alg::Rs256, Alg::Ps256];
+
 fn parse_algs(names: Option<&[String]>, field: &str, default: &[Alg]) -> Result<Vec<Alg>, ConfigError> {
     let Some(names) = names else { return Ok(default.to_vec()) };
     if names.is_empty() {
@@ -691,7 +696,10 @@ fn parse_algs(names: Option<&[String]>, field: &str, default: &[Alg]) -> Result<
                 ))
             } else {
                 Alg::from_name(n).ok_or_else(|| {
-                    err(format!("{field}[{i}]"), format!("unsupported algorithm {n:?}; supported: ES256, EdDSA"))
+                    err(
+                        format!("{field}[{i}]"),
+                        format!("unsupported algorithm {n:?}; supported: ES256, EdDSA, RS256, PS256"),
+                    )
                 })
             }
         })

@@ -10,7 +10,7 @@ use crate::decision::{Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
 use crate::mission::{self, AnswerError, MissionCache, MissionView};
-use crate::token::{self, TokenCache, TokenError, VerifiedToken};
+use crate::token::{self, KeysWanted, TokenCache, TokenError, VerifiedToken};
 use crate::uri;
 use missiongate_wire::claims::MissionState;
 
@@ -158,6 +158,7 @@ pub enum Stat {
     MissionCacheMiss,
     JwksFetchOk,
     JwksFetchFailed,
+    JwksKeyRefused,
     StatusFetchOk,
     StatusFetchFailed,
     EventsPollOk,
@@ -167,13 +168,14 @@ pub enum Stat {
 }
 
 /// Every stat, for counter definition.
-pub const ALL_STATS: [Stat; 12] = [
+pub const ALL_STATS: [Stat; 13] = [
     Stat::TokenCacheHit,
     Stat::TokenCacheMiss,
     Stat::MissionCacheHit,
     Stat::MissionCacheMiss,
     Stat::JwksFetchOk,
     Stat::JwksFetchFailed,
+    Stat::JwksKeyRefused,
     Stat::StatusFetchOk,
     Stat::StatusFetchFailed,
     Stat::EventsPollOk,
@@ -192,6 +194,7 @@ impl Stat {
             Stat::MissionCacheMiss => "mission_cache.miss",
             Stat::JwksFetchOk => "callout.jwks.ok",
             Stat::JwksFetchFailed => "callout.jwks.failed",
+            Stat::JwksKeyRefused => "jwks.key_refused",
             Stat::StatusFetchOk => "callout.status.ok",
             Stat::StatusFetchFailed => "callout.status.failed",
             Stat::EventsPollOk => "callout.events.ok",
@@ -441,16 +444,21 @@ impl Engine {
                         v
                     }
                     Err(TokenError::Deny(d)) => return Err(Step::Deny(d)),
-                    Err(TokenError::NeedKeys { issuer, unknown_kid }) => {
-                        // Wait for a fetch already under way (coalesced), or start one if allowed.
+                    Err(TokenError::NeedKeys { issuer, why }) => {
+                        // Wait for a fetch already under way (coalesced), or start one if allowed:
+                        // at most one per request (`attempts.keys`) and per interval per issuer.
                         let in_flight = self.keys.issuer_in_flight(issuer);
                         if !attempts.keys && (in_flight || self.keys.may_fetch(&config, issuer, now)) {
                             return Err(Step::Need(Need::Keys(issuer)));
                         }
-                        return Err(if unknown_kid {
-                            Step::deny(Reason::UnknownKey, "token kid is not in the issuer's key set")
-                        } else {
-                            Step::deny(Reason::KeysUnavailable, "the issuer's keys could not be loaded")
+                        return Err(match why {
+                            KeysWanted::UnknownKid => {
+                                Step::deny(Reason::UnknownKey, "token kid is not in the issuer's key set")
+                            }
+                            KeysWanted::NotLoaded => {
+                                Step::deny(Reason::KeysUnavailable, "the issuer's keys could not be loaded")
+                            }
+                            KeysWanted::Replaced(d) => Step::Deny(d),
                         });
                     }
                 }
@@ -895,6 +903,23 @@ impl Engine {
         let r = self.keys.fetch_finished(issuer, status, body, now);
         self.stat(if r.is_ok() { Stat::JwksFetchOk } else { Stat::JwksFetchFailed });
         r
+    }
+
+    /// The entries of the last JWKS fetched for `issuer` that were refused, one log line each
+    /// (an RSA key under 2048 bits, say), counted under `jwks.key_refused`. Drained: the host logs
+    /// them after [`Engine::on_jwks`], so at most once per fetch.
+    pub fn take_jwks_refused(&mut self, issuer: usize) -> Vec<String> {
+        let refused = self.keys.take_refused(issuer);
+        refused
+            .into_iter()
+            .map(|(kid, why)| {
+                self.stat(Stat::JwksKeyRefused);
+                match kid.filter(|k| missiongate_wire::claims::is_safe_id(k)) {
+                    Some(k) => format!("JWKS key {k:?} refused: {why}"),
+                    None => format!("JWKS entry refused: {why}"),
+                }
+            })
+            .collect()
     }
 
     /// Issuers whose JWKS should be fetched now (initial load and periodic refresh).

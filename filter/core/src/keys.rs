@@ -1,7 +1,7 @@
 //! Per-issuer verification keys: inline or fetched from `jwks_uri`, with refresh, a rate-limited
 //! refetch on an unknown `kid`, and fail-closed behaviour while nothing is loaded.
 
-use missiongate_wire::jose::{Alg, Jwk, VerifyingKey};
+use missiongate_wire::jose::{Alg, JoseError, Jwk, VerifyingKey};
 
 use crate::config::{Config, KeySource};
 
@@ -9,6 +9,7 @@ fn same_key(a: &VerifyingKey, b: &VerifyingKey) -> bool {
     match (a, b) {
         (VerifyingKey::P256(x, _), VerifyingKey::P256(y, _)) => x == y,
         (VerifyingKey::Ed25519(x), VerifyingKey::Ed25519(y)) => x == y,
+        (VerifyingKey::Rsa(x, a), VerifyingKey::Rsa(y, b)) => x == y && a == b,
         _ => false,
     }
 }
@@ -59,6 +60,8 @@ pub struct IssuerKeys {
     pub in_flight: bool,
     max_bytes: usize,
     max_keys: usize,
+    /// Entries of the last fetched document that were refused (`kid`, reason), for the log.
+    refused: Vec<(Option<String>, &'static str)>,
 }
 
 /// Result of looking a key up.
@@ -68,6 +71,9 @@ pub enum KeyLookup<'a> {
     Found(&'a VerifyingKey),
     /// Keys are loaded, but none has this `kid` (or none fits without a `kid`).
     Unknown,
+    /// A key has this `kid`, but it is of another type than the algorithm needs (an RS256 header
+    /// naming an EC key, say): never verified with it (no algorithm confusion).
+    WrongType,
     /// No keys have been loaded yet (remote JWKS not fetched, or every fetch failed).
     NotLoaded,
 }
@@ -101,13 +107,15 @@ impl KeyStore {
             return KeyLookup::NotLoaded;
         }
         match kid {
-            Some(kid) => ik
-                .keys
-                .iter()
-                .find(|(k, v)| k.as_deref() == Some(kid) && v.alg() == alg)
-                .map_or(KeyLookup::Unknown, |(_, v)| KeyLookup::Found(v)),
+            Some(kid) => {
+                let mut same_kid = ik.keys.iter().filter(|(k, _)| k.as_deref() == Some(kid)).peekable();
+                if same_kid.peek().is_none() {
+                    return KeyLookup::Unknown;
+                }
+                same_kid.find(|(_, v)| v.accepts(alg)).map_or(KeyLookup::WrongType, |(_, v)| KeyLookup::Found(v))
+            }
             None => {
-                let mut it = ik.keys.iter().filter(|(_, v)| v.alg() == alg);
+                let mut it = ik.keys.iter().filter(|(_, v)| v.accepts(alg));
                 match (it.next(), it.next()) {
                     (Some((_, v)), None) => KeyLookup::Found(v),
                     _ => KeyLookup::Unknown,
@@ -119,6 +127,17 @@ impl KeyStore {
     /// True while a fetch for this issuer is under way.
     pub fn issuer_in_flight(&self, issuer: usize) -> bool {
         self.issuers.get(issuer).is_some_and(|k| k.in_flight)
+    }
+
+    /// True when the issuer's keys come from a `jwks_uri` (and so can be refetched).
+    pub fn is_remote(config: &Config, issuer: usize) -> bool {
+        config.issuers.get(issuer).is_some_and(|i| matches!(i.keys, KeySource::Remote { .. }))
+    }
+
+    /// The entries the last fetched document held but that were refused (`kid`, reason): an RSA key
+    /// under 2048 bits, a private key, an unsupported type or curve, a malformed entry. Drained.
+    pub fn take_refused(&mut self, issuer: usize) -> Vec<(Option<String>, &'static str)> {
+        self.issuers.get_mut(issuer).map(|ik| std::mem::take(&mut ik.refused)).unwrap_or_default()
     }
 
     /// Number of keys held for `issuer`, and how many of them have precomputed tables.
@@ -169,7 +188,8 @@ impl KeyStore {
 
     /// Install a fetched JWKS. A bad document keeps the previous keys (and reports why): one over
     /// the issuer's size or key-count limit, not a JWK Set, or without a usable key. Entries this
-    /// gateway cannot use (RSA, private, other curves, malformed) are skipped.
+    /// gateway cannot use (RSA under 2048 bits, private, other curves, malformed) are skipped and
+    /// listed for [`KeyStore::take_refused`]; EC, OKP and RSA keys may be mixed.
     pub fn fetch_finished(
         &mut self,
         issuer: usize,
@@ -191,20 +211,33 @@ impl KeyStore {
         if set.keys.len() > ik.max_keys {
             return Err(format!("JWKS lists more than {} keys", ik.max_keys));
         }
-        let keys: Vec<_> = set
-            .keys
-            .into_iter()
-            .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
-            .filter_map(|k| k.verifying_key().ok().map(|v| (k.kid, v)))
-            .map(|(kid, v)| {
-                // Reuse the tables of a key we already hold; new ones get theirs within the budget.
-                let known = ik.keys.iter().find(|(old_kid, old)| *old_kid == kid && same_key(old, &v));
-                match known {
-                    Some((_, old)) => (kid, old.clone()),
-                    None => (kid, v),
+        let mut refused = Vec::new();
+        let mut keys = Vec::new();
+        for entry in set.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(entry) else {
+                refused.push((None, "not a JWK"));
+                continue;
+            };
+            let v = match jwk.verifying_key() {
+                Ok(v) => v,
+                Err(JoseError::BadKey(why)) => {
+                    refused.push((jwk.kid, why));
+                    continue;
                 }
-            })
-            .collect();
+                Err(_) => {
+                    refused.push((jwk.kid, "unusable key"));
+                    continue;
+                }
+            };
+            let kid = jwk.kid;
+            // Reuse the tables of a key we already hold; new ones get theirs within the budget.
+            let known = ik.keys.iter().find(|(old_kid, old)| *old_kid == kid && same_key(old, &v));
+            keys.push(match known {
+                Some((_, old)) => (kid, old.clone()),
+                None => (kid, v),
+            });
+        }
+        ik.refused = refused;
         let keys = within_table_budget(keys);
         if keys.is_empty() {
             return Err("JWKS has no usable key".into());

@@ -235,6 +235,7 @@ fn verify_jws(config: &Config, keys: &KeyStore, issuer: usize, jws: &str, typ: &
     let key = match keys.find(issuer, header.kid.as_deref(), alg) {
         KeyLookup::Found(k) => k,
         KeyLookup::Unknown | KeyLookup::NotLoaded => return Err(AnswerError::UnknownKey),
+        KeyLookup::WrongType => return Err(AnswerError::Invalid("alg does not match the key type")),
     };
     let sig = parts.signature_bytes().map_err(|_| AnswerError::Invalid("signature encoding"))?;
     key.verify(alg, parts.signing_input.as_bytes(), &sig).map_err(|_| AnswerError::Invalid("bad signature"))?;

@@ -51,9 +51,24 @@ pub enum TokenError {
     NeedKeys {
         /// Issuer index.
         issuer: usize,
-        /// True when keys are loaded but the `kid` is unknown (a rotation), false when none are loaded.
-        unknown_kid: bool,
+        /// Why, and the refusal that stands if no refetch can be made.
+        why: KeysWanted,
     },
+}
+
+/// Why a token needs the issuer's keys (re)fetched.
+#[derive(Debug)]
+pub enum KeysWanted {
+    /// No keys have been loaded yet: `keys_unavailable` if they cannot be.
+    NotLoaded,
+    /// Keys are loaded but the `kid` is unknown (a rotation): `unknown_key` if the refetch is not
+    /// possible or does not bring it.
+    UnknownKid,
+    /// The key under this `kid` refused the token (a bad signature, or a key of another type than
+    /// the `alg`): the issuer may have replaced the key under the same `kid` (the Mission drafts'
+    /// reference authority does so on every restart). One refetch and a second verification;
+    /// this refusal if that is not possible or changes nothing.
+    Replaced(Denial),
 }
 
 fn deny(reason: Reason, detail: &str) -> TokenError {
@@ -125,14 +140,26 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
         }
         Some(c) => c.jkt.clone(),
     };
+    // A refusal under a known key of a remote JWKS is retried once after a refetch (the key may have
+    // been replaced under its kid); inline keys cannot change, so it is final for them.
+    let replaced = |reason: Reason, detail: &str| {
+        if KeyStore::is_remote(config, issuer) {
+            TokenError::NeedKeys { issuer, why: KeysWanted::Replaced(Denial::new(reason, detail)) }
+        } else {
+            deny(reason, detail)
+        }
+    };
     let key = match keys.find(issuer, header.kid.as_deref(), alg) {
         KeyLookup::Found(k) => k,
-        KeyLookup::Unknown => return Err(TokenError::NeedKeys { issuer, unknown_kid: true }),
-        KeyLookup::NotLoaded => return Err(TokenError::NeedKeys { issuer, unknown_kid: false }),
+        KeyLookup::WrongType => {
+            return Err(replaced(Reason::AlgNotAllowed, "token alg does not match the type of the key under its kid"))
+        }
+        KeyLookup::Unknown => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::UnknownKid }),
+        KeyLookup::NotLoaded => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::NotLoaded }),
     };
     let sig = parts.signature_bytes().map_err(|_| deny(Reason::TokenMalformed, "token signature encoding"))?;
     key.verify(alg, parts.signing_input.as_bytes(), &sig)
-        .map_err(|_| deny(Reason::BadSignature, "token signature is not valid"))?;
+        .map_err(|_| replaced(Reason::BadSignature, "token signature is not valid"))?;
     Ok(VerifiedToken {
         issuer,
         exp,
