@@ -194,7 +194,10 @@ fn path_forms_under_a_prefix_grant_and_a_named_operation() {
         ("POST", "/V1/payments", Deny("insufficient_authority", 403, "payments.create")),
         ("POST", "/v1/payments/", Deny("insufficient_authority", 403, "payments.create")),
         ("POST", "/V1/Payments/", Deny("insufficient_authority", 403, "payments.create")),
-        ("post", "/v1/PAYMENTS", Deny("insufficient_authority", 403, "payments.create")),
+        ("POST", "/v1/PAYMENTS", Deny("insufficient_authority", 403, "payments.create")),
+        // A method in another case is one method here and another to Envoy or an upstream.
+        ("post", "/v1/payments", Deny("malformed_request", 400, "")),
+        ("connect", "/v1/payments", Deny("malformed_request", 400, "")),
     ];
     let mut e = engine(false);
     let mut ambiguous = 0;
@@ -206,7 +209,10 @@ fn path_forms_under_a_prefix_grant_and_a_named_operation() {
                 ambiguous += 1;
                 ("ambiguous_path".to_owned(), 400, None)
             }
-            Deny(reason, status, action) => (reason.to_owned(), status, Some(action.to_owned())),
+            // An empty action: refused before an action was named.
+            Deny(reason, status, action) => {
+                (reason.to_owned(), status, (!action.is_empty()).then(|| action.to_owned()))
+            }
         };
         assert_eq!(got, want, "{method} {path:?}");
     }
