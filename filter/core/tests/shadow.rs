@@ -444,3 +444,30 @@ fn the_counter_set_is_bounded_and_covers_every_reason() {
         assert_eq!(names.contains(&shadow), r != Reason::Allowed, "{shadow}");
     }
 }
+
+/// The README's table of counters lists every counter the filter defines, and no other: it is
+/// read from between its markers, so it cannot drift from `ALL_REASONS` and `ALL_STATS`.
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn the_readme_counter_table_lists_exactly_the_filters_counters() {
+    let readme = include_str!("../../../README.md");
+    let (_, rest) = readme.split_once("<!-- counters:start").expect("README has no counter table");
+    let (table, _) = rest.split_once("<!-- counters:end -->").expect("the counter table is not closed");
+    let mut documented = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (names, meaning) = (cells[1], cells[3]);
+        assert!(meaning.len() > 10, "a counter without a meaning: {row}");
+        for name in names.split(", ") {
+            documented.push(name.trim_matches('`').to_owned());
+        }
+        // The status column agrees with the reason's status.
+        if let Some(r) = ALL_REASONS.iter().find(|r| names.starts_with(&format!("`decision.{}`", r.as_str()))) {
+            assert_eq!(cells[2], r.status().to_string(), "{row}");
+        }
+    }
+    let mut expected = counter_names();
+    expected.sort();
+    documented.sort();
+    assert_eq!(documented, expected, "README counter table vs the filter's counters");
+}
