@@ -313,7 +313,6 @@ fn dpop_proofs_are_not_remembered_in_shadow_mode_but_a_replay_is_a_would_deny() 
     // Enforcing remembers it; shadow then sees the replay.
     assert!(matches!(dreq(ENFORCE, &p), Outcome::Allow(ref ev) if ev.enforced));
     would_deny(dreq(SHADOW, &p), "dpop_replay", 401);
-    drop(dreq);
     assert_eq!(g.writes, 1);
 }
 
