@@ -131,6 +131,22 @@ impl Vm {
         if log_it {
             log(abi::Level::Info, &format!("missiongate evidence {json}"));
         }
+        // Shadow mode: say plainly what enforcing would have done (at the evidence-log level, so
+        // `evidence.log: off` silences it too; the counter `shadow.would_deny.<reason>` always counts).
+        if ev.would_deny() && !matches!(self.evidence_log.get(), Some(EvidenceLog::Off)) {
+            log(
+                abi::Level::Info,
+                &format!(
+                    "missiongate shadow: would deny {} (status {}) decision {} destination {} action {} mission {}: enforcing would have refused this request; it was forwarded",
+                    ev.reason,
+                    ev.status,
+                    ev.decision_id,
+                    ev.destination.as_deref().unwrap_or("-"),
+                    ev.action.as_deref().unwrap_or("-"),
+                    ev.mission_id.as_deref().unwrap_or("-"),
+                ),
+            );
+        }
     }
 }
 

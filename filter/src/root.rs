@@ -4,8 +4,8 @@
 use crate::shared::init_buckets;
 use crate::stream::HttpStream;
 use crate::{abi, log, Vm};
-use missiongate_core::decision::{Reason, ALL_REASONS};
-use missiongate_core::engine::ALL_STATS;
+use missiongate_core::decision::Reason;
+use missiongate_core::engine::counter_names;
 use missiongate_core::stream::Stream;
 use missiongate_core::{Config, Engine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -111,11 +111,7 @@ impl RootContext for Root {
         };
         self.vm.evidence_log.set(Some(config.evidence_log));
         let mut metrics = HashMap::new();
-        let names = ALL_REASONS
-            .iter()
-            .map(|r| format!("decision.{}", r.as_str()))
-            .chain(ALL_STATS.iter().map(|s| s.as_str().to_owned()));
-        for name in names {
+        for name in counter_names() {
             match abi::define_counter(&format!("{METRIC_PREFIX}{name}")) {
                 Ok(id) => {
                     metrics.insert(name, id);

@@ -16,7 +16,7 @@
 
 use crate::abi;
 use missiongate_core::engine::REPLAY_STORE_FULL;
-use missiongate_core::ledger::{insert, Insert};
+use missiongate_core::ledger::{contains, insert, Insert};
 use missiongate_core::ReplayGuard;
 
 /// Ledger buckets (a prime spreads FNV-1a evenly).
@@ -85,6 +85,18 @@ impl ReplayGuard for SharedReplay {
             }
         }
         Err("shared data contention".into())
+    }
+
+    fn seen(&mut self, key: &str, now: i64) -> Result<bool, String> {
+        if key.is_empty() || key.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("replay key has a control character or separator".into());
+        }
+        let entry = missiongate_wire::digest::sha256_b64(key.as_bytes());
+        match abi::get_shared(&bucket_key(&entry)) {
+            Ok((Some(v), _)) => Ok(contains(&String::from_utf8_lossy(&v), &entry, now)),
+            Ok((None, _)) => Ok(false),
+            Err(e) => Err(format!("shared data status {}", e.0)),
+        }
     }
 
     // The shared decision cache lives in a fixed number of slots (shared data is never freed, so

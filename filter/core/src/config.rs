@@ -61,6 +61,8 @@ struct RawConfig {
     egress_allow: Vec<String>,
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +147,8 @@ struct RawDestination {
     consequential_methods: Option<Vec<String>>,
     #[serde(default)]
     effect_headers: Vec<String>,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +280,8 @@ pub struct Destination {
     pub consequential_methods: Option<Vec<String>>,
     /// Lower-case effect-bearing header names, included in the digest.
     pub effect_headers: Vec<String>,
+    /// This destination's mode; `None` follows the filter's [`Config::mode`].
+    pub mode: Option<Mode>,
 }
 
 /// The AuthZEN PDP (SPEC §4).
@@ -299,6 +305,36 @@ pub fn is_consequential(methods: Option<&[String]>, method: &str) -> bool {
     match methods {
         Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
         None => !matches!(method.to_ascii_uppercase().as_str(), "GET" | "HEAD" | "OPTIONS"),
+    }
+}
+
+/// Whether decisions are enforced or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every denial is answered locally (the default).
+    #[default]
+    Enforce,
+    /// Every decision is computed and recorded, a denial is counted as `shadow.would_deny.<reason>`
+    /// and the request is forwarded unchanged; nothing single-use is consumed.
+    Shadow,
+}
+
+impl Mode {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+fn parse_mode(v: Option<&str>, field: &str) -> Result<Option<Mode>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some("enforce") => Ok(Some(Mode::Enforce)),
+        Some("shadow") => Ok(Some(Mode::Shadow)),
+        Some(_) => Err(err(field, "must be enforce or shadow")),
     }
 }
 
@@ -355,6 +391,9 @@ pub struct Config {
     pub egress_allow: Vec<String>,
     /// Largest request body buffered for a digest; larger is `413`.
     pub max_body_bytes: usize,
+    /// The filter's mode: every destination without a `mode` of its own, and requests that name
+    /// no destination at all.
+    pub mode: Mode,
 }
 
 impl Config {
@@ -512,7 +551,9 @@ impl Config {
                 }
                 effect_headers.push(h.to_ascii_lowercase());
             }
-            let dest = Destination { origin, audience, resource, operations, consequential_methods, effect_headers };
+            let mode = parse_mode(d.mode.as_deref(), &format!("{f}.mode"))?;
+            let dest =
+                Destination { origin, audience, resource, operations, consequential_methods, effect_headers, mode };
             if destinations.insert(authority, dest).is_some() {
                 return Err(err(format!("{f}.authority"), "duplicate destination"));
             }
@@ -572,7 +613,9 @@ impl Config {
         if !(1..=16 * 1_048_576).contains(&max_body_bytes) {
             return Err(err("max_body_bytes", "must be between 1 and 16777216"));
         }
+        let mode = parse_mode(raw.mode.as_deref(), "mode")?.unwrap_or_default();
         Ok(Config {
+            mode,
             pdp,
             egress_allow,
             max_body_bytes,
@@ -664,6 +707,13 @@ impl DestinationRef<'_> {
         match self {
             DestinationRef::Known(d) => is_consequential(d.consequential_methods.as_deref(), method),
             DestinationRef::Implicit(_) => is_consequential(None, method),
+        }
+    }
+    /// The mode requests to this destination are decided in (`default`: the filter's).
+    pub fn mode(&self, default: Mode) -> Mode {
+        match self {
+            DestinationRef::Known(d) => d.mode.unwrap_or(default),
+            DestinationRef::Implicit(_) => default,
         }
     }
     /// Effect-bearing headers.
@@ -768,6 +818,24 @@ mod tests {
         assert!(d.consequential("GET", "/v1/exports/q3"), "a named GET operation binds itself");
         assert!(!d.consequential("GET", "/v1/invoices"));
         assert!(!d.consequential("CONNECT", "/"));
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(d.mode(c.mode), Mode::Shadow, "the example's destination is in shadow mode");
+    }
+
+    #[test]
+    fn mode_is_enforce_by_default_and_a_destination_may_override_it() {
+        let full = include_str!("../../examples/full.json");
+        let c = Config::parse(include_str!("../../examples/minimal.json").as_bytes()).unwrap();
+        assert_eq!(c.mode, Mode::Enforce);
+        let c = Config::parse(full.replace("\"mode\": \"enforce\"", "\"mode\": \"shadow\"").as_bytes()).unwrap();
+        assert_eq!(c.mode, Mode::Shadow);
+        let c = Config::parse(full.replace("\"mode\": \"shadow\"", "\"mode\": \"enforce\"").as_bytes()).unwrap();
+        let d = c.destination("api.partner.example", "http", false).unwrap();
+        assert_eq!(d.mode(Mode::Shadow), Mode::Enforce, "a destination's own mode wins");
+        let other = c.destination("elsewhere.example", "http", false).unwrap();
+        assert_eq!(other.mode(Mode::Shadow), Mode::Shadow, "an unlisted destination follows the filter");
+        assert_eq!(err_of(&full.replace("\"mode\": \"enforce\"", "\"mode\": \"watch\"")).field, "mode");
+        assert_eq!(err_of(&full.replace("\"mode\": \"shadow\"", "\"mode\": \"Shadow\"")).field, "destinations[0].mode");
     }
 
     /// The fields the parser accepts in the object at `pointer` of `full`: serde's unknown-field

@@ -164,6 +164,14 @@ impl Reason {
         }
     }
 
+    /// A refusal that stands in shadow mode too: a failure of the gateway itself, not a decision
+    /// about the request. `gateway_error` (the gateway could not decide at all) and `body_too_large`
+    /// (a bound call's body beyond `max_body_bytes` is never buffered, so it cannot be forwarded
+    /// whole after a look either).
+    pub fn enforced_in_shadow(self) -> bool {
+        matches!(self, Reason::GatewayError | Reason::BodyTooLarge)
+    }
+
     fn challenge(self) -> Challenge {
         match self {
             Reason::Allowed
@@ -298,16 +306,19 @@ fn sanitize(s: &str) -> String {
 }
 
 /// One evidence record (SPEC §5): never raw parameters, tokens or keys.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Evidence {
     /// Unique per decision.
     pub decision_id: String,
-    /// `allow` or `deny`.
+    /// `allow` or `deny` (in shadow mode: the decision that enforcing would have made).
     pub decision: &'static str,
     /// Reason wire name.
     pub reason: &'static str,
-    /// HTTP status sent (200 = forwarded).
+    /// HTTP status sent (200 = forwarded); for a shadow-mode denial, the status enforcing would
+    /// have sent (the request was forwarded).
     pub status: u16,
+    /// `false` in shadow mode: the decision was recorded, not applied, and the request forwarded.
+    pub enforced: bool,
     /// Mission id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mission_id: Option<String>,
@@ -336,7 +347,33 @@ pub struct Evidence {
     pub at: i64,
 }
 
+impl Default for Evidence {
+    fn default() -> Evidence {
+        Evidence {
+            decision_id: String::new(),
+            decision: "",
+            reason: "",
+            status: 0,
+            enforced: true,
+            mission_id: None,
+            mission_issuer: None,
+            authority_hash: None,
+            jti: None,
+            destination: None,
+            action: None,
+            parameter_digest: None,
+            evaluation_id: None,
+            at: 0,
+        }
+    }
+}
+
 impl Evidence {
+    /// A denial enforcing would have made but shadow mode did not: the request was forwarded.
+    pub fn would_deny(&self) -> bool {
+        !self.enforced && self.decision == "deny"
+    }
+
     /// JSON text of the record.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -5,7 +5,7 @@ use missiongate_wire::problem::ProblemMission;
 use std::rc::Rc;
 
 use crate::authority::{self, AuthorityMatch};
-use crate::config::{Config, KeySource, Upstream};
+use crate::config::{Config, KeySource, Mode, Upstream};
 use crate::decision::{Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
@@ -62,6 +62,14 @@ pub trait ReplayGuard {
     /// Remember `key` until `until`; `Ok(false)` when it was already remembered (a replay),
     /// `Err` when the store could not be used (the request is then refused).
     fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String>;
+
+    /// Whether `key` is remembered (and not expired) at `now`, without remembering it: shadow mode
+    /// asks this instead of [`ReplayGuard::remember`], so a shadow decision sees a replay but
+    /// consumes nothing. The default cannot tell (the request is then a would-deny for an
+    /// unavailable store).
+    fn seen(&mut self, _key: &str, _now: i64) -> Result<bool, String> {
+        Err("this replay store cannot be read without writing to it".into())
+    }
 
     /// Read a cached value shared by every worker (decision cache). Default: no shared cache.
     fn load(&mut self, _key: &str) -> Option<Vec<u8>> {
@@ -205,6 +213,24 @@ impl Stat {
     }
 }
 
+/// Prefix of the shadow-mode counters: `shadow.would_deny.<reason>`.
+pub const WOULD_DENY_PREFIX: &str = "shadow.would_deny.";
+
+/// Every counter the engine reports through [`Engine::take_counters`] (name suffixes, without the
+/// host's `missiongate.` prefix): one per decision reason, one per reason a shadow-mode request
+/// would have been refused for (every reason but `allowed`), and the stats. The host defines
+/// exactly these at configure time, so the set is bounded and known before the first request.
+pub fn counter_names() -> Vec<String> {
+    ALL_REASONS
+        .iter()
+        .map(|r| format!("decision.{}", r.as_str()))
+        .chain(
+            ALL_REASONS.iter().filter(|r| **r != Reason::Allowed).map(|r| format!("{WOULD_DENY_PREFIX}{}", r.as_str())),
+        )
+        .chain(ALL_STATS.iter().map(|s| s.as_str().to_owned()))
+        .collect()
+}
+
 /// Randomness from the host, drawn once per engine. Decision ids and Mission Status nonces come
 /// from independent seeds: a decision id is shown to every client, so nothing about the nonces may
 /// be learnt from it.
@@ -237,6 +263,7 @@ pub struct Engine {
     /// Mission state.
     pub missions: MissionCache,
     decisions: [u64; ALL_REASONS.len()],
+    would_deny: [u64; ALL_REASONS.len()],
     stats: [u64; ALL_STATS.len()],
     id_prefix: String,
     seq: u64,
@@ -263,6 +290,7 @@ impl Engine {
             tokens,
             missions: MissionCache::default(),
             decisions: [0; ALL_REASONS.len()],
+            would_deny: [0; ALL_REASONS.len()],
             stats: [0; ALL_STATS.len()],
             id_prefix,
             seq: 0,
@@ -287,6 +315,12 @@ impl Engine {
         for (r, c) in ALL_REASONS.iter().zip(self.decisions.iter_mut()) {
             if *c > 0 {
                 out.push((format!("decision.{}", r.as_str()), *c));
+                *c = 0;
+            }
+        }
+        for (r, c) in ALL_REASONS.iter().zip(self.would_deny.iter_mut()) {
+            if *c > 0 {
+                out.push((format!("{WOULD_DENY_PREFIX}{}", r.as_str()), *c));
                 *c = 0;
             }
         }
@@ -329,7 +363,10 @@ impl Engine {
         attempts: Attempts,
         replay: &mut dyn ReplayGuard,
     ) -> Outcome {
-        let mut ev = Evidence { at: now, ..Evidence::default() };
+        // Shadow or enforce: the destination's mode, else the filter's. `ev.enforced` carries it into
+        // the decision, which then consumes nothing single-use when it is false.
+        let enforced = self.mode_for(req) == Mode::Enforce;
+        let mut ev = Evidence { at: now, enforced, ..Evidence::default() };
         match self.decide_inner(req, extra, now, attempts, replay, &mut ev) {
             Ok(()) => {
                 ev.decision_id = self.next_id();
@@ -345,6 +382,13 @@ impl Engine {
                 ev.decision = "deny";
                 ev.reason = d.reason.as_str();
                 ev.status = d.reason.status();
+                if !ev.enforced && !d.reason.enforced_in_shadow() {
+                    // Shadow mode: the denial is recorded and counted as what it would have been,
+                    // and the request goes on unchanged (no local reply, so no 511 either).
+                    self.count_would_deny(d.reason);
+                    return Outcome::Allow(ev);
+                }
+                ev.enforced = true;
                 self.count(d.reason);
                 let resp = d.render(&self.config.realm, self.dpop_algs.as_deref(), &ev.decision_id);
                 Outcome::Deny(resp, ev)
@@ -366,6 +410,26 @@ impl Engine {
             ..Evidence::default()
         };
         (Denial::new(reason, detail).render(&self.config.realm, self.dpop_algs.as_deref(), &id), ev)
+    }
+
+    /// The mode a request is decided in: its destination's, else the filter's (also for a request
+    /// that names no valid destination at all).
+    pub fn mode_for(&self, req: &Request<'_>) -> Mode {
+        let default = self.config.mode;
+        if !valid_method(req.method) {
+            return default;
+        }
+        self.config
+            .destination(req.authority, req.scheme, req.method.eq_ignore_ascii_case("CONNECT"))
+            .map_or(default, |d| d.mode(default))
+    }
+
+    fn count_would_deny(&mut self, r: Reason) {
+        if let Some(i) = ALL_REASONS.iter().position(|x| *x == r) {
+            if let Some(c) = self.would_deny.get_mut(i) {
+                *c += 1;
+            }
+        }
     }
 
     fn count(&mut self, r: Reason) {
@@ -554,8 +618,16 @@ impl Engine {
         // 2. The single-use permit. If it turns out spent, the proof stays remembered although the
         //    request is refused: that is safe, because a proof is single-use anyway (RFC 9449 §11.1)
         //    and an honest client makes a fresh one for every request, retries included.
+        // In shadow mode (`ev.enforced` false) both are only looked up, never written: a replay is
+        // still a would-deny, but nothing is consumed, so enforcing later finds the permit unused.
+        let shadow = !ev.enforced;
         if let Some(p) = proof {
-            match replay.remember(&p.replay_key, p.remember_until, now) {
+            let fresh = if shadow {
+                replay.seen(&p.replay_key, now).map(|seen| !seen)
+            } else {
+                replay.remember(&p.replay_key, p.remember_until, now)
+            };
+            match fresh {
                 Ok(true) => {}
                 Ok(false) => return Err(Step::deny(Reason::DpopReplay, "DPoP proof jti was already used")),
                 Err(e) => {
@@ -564,7 +636,12 @@ impl Engine {
             }
         }
         if let Some(use_once) = permit {
-            match replay.remember(&use_once.key, use_once.until, now) {
+            let fresh = if shadow {
+                replay.seen(&use_once.key, now).map(|seen| !seen)
+            } else {
+                replay.remember(&use_once.key, use_once.until, now)
+            };
+            match fresh {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))

@@ -262,11 +262,17 @@ impl ReplayGuard for MapGuard {
 /// What holds for every decision the engine renders.
 fn check_outcome(outcome: &Outcome, secrets: &[&str]) {
     match outcome {
+        // Shadow mode: forwarded, with the denial enforcing would have made.
+        Outcome::Allow(ev) if ev.would_deny() => {
+            assert!((400..=599).contains(&ev.status), "a would-deny names a 4xx/5xx: {}", ev.status);
+            check_evidence(ev, secrets);
+        }
         Outcome::Allow(ev) => {
             assert_eq!((ev.status, ev.decision), (200, "allow"));
             check_evidence(ev, secrets);
         }
         Outcome::Deny(resp, ev) => {
+            assert!(ev.enforced, "a local reply is an enforced decision");
             assert_eq!(resp.status, ev.status, "the evidence names the status sent");
             assert_eq!(ev.decision, "deny");
             assert!((400..=599).contains(&resp.status), "a denial is 4xx/5xx: {}", resp.status);
@@ -644,7 +650,13 @@ pub fn config(data: &[u8]) {
                     };
                     let o = e.decide(&r, NOW, Attempts::default(), &mut MapGuard::default());
                     check_outcome(&o, &[]);
-                    assert!(matches!(o, Outcome::Deny(..)), "a request without a valid token was not refused");
+                    // Refused, or (shadow mode) forwarded as a recorded would-deny, never allowed.
+                    let refused = match &o {
+                        Outcome::Deny(..) => true,
+                        Outcome::Allow(ev) => ev.would_deny(),
+                        Outcome::Need(_) => false,
+                    };
+                    assert!(refused, "a request without a valid token was not refused");
                 }
             }
         }

@@ -47,3 +47,10 @@ pub fn insert(bucket: &str, entry: &str, until: i64, now: i64) -> Insert {
     kept.push('\n');
     Insert::Text(kept)
 }
+
+/// Whether a bucket's text holds `entry`, live at `now` (a read that changes nothing: shadow mode).
+pub fn contains(bucket: &str, entry: &str, now: i64) -> bool {
+    bucket
+        .lines()
+        .any(|line| line.split_once(' ').is_some_and(|(exp, k)| k == entry && exp.parse::<i64>().unwrap_or(0) > now))
+}
