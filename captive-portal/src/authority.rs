@@ -234,9 +234,17 @@ impl Authority {
             many => Some(Audience::Many(many.to_vec())),
         };
         move |draft: &EventDraft| {
-            let event = json!({"mission": {
-                "id": draft.mission_id, "issuer": draft.issuer, "state": draft.state, "version": draft.version,
-            }});
+            // `mission.lifecycle-change` (draft-mcguinness-oauth-mission-signals).
+            let mut event = json!({
+                "mission": {"id": draft.mission_id, "issuer": draft.issuer},
+                "state": draft.state,
+                "version": draft.version,
+                "committed_at": format_rfc3339(draft.at),
+                "expires_at": format_rfc3339(draft.expires_at),
+            });
+            if let (Some(prior), Some(obj)) = (&draft.prior_state, event.as_object_mut()) {
+                obj.insert("prior_state".to_owned(), json!(prior));
+            }
             let mut events = Map::new();
             events.insert(EVENT_MISSION_STATE.to_owned(), event);
             let claims = SetClaims {
@@ -450,6 +458,9 @@ impl Authority {
                 fresh_until: format_rfc3339(now + self.settings.status_fresh_seconds),
                 authority_hash: Some(m.authority_hash.clone()),
             },
+            // The Authority Set never changes after approval here (no containment), so the
+            // token's entries stay in force: nothing to narrow them with.
+            authorization_details: None,
         };
         let payload = serde_json::to_value(&claims).map_err(|e| AuthorityError::Internal(e.to_string()))?;
         Ok(key.sign(TYP_MISSION_STATUS, &payload))
@@ -462,7 +473,8 @@ impl Authority {
     /// Answer an RFC 8936 poll (semantics in the module documentation).
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, AuthorityError> {
         let mut after: i64 = 0;
-        for jti in &req.ack {
+        // RFC 8936: a SET is acknowledged in `ack`, or reported in `setErrs` (received, refused).
+        for jti in req.ack.iter().chain(req.set_errs.keys()) {
             let seq: i64 = jti.parse().ok().filter(|s: &i64| *s > 0).ok_or_else(|| {
                 AuthorityError::Invalid("ack values are SET jti values: decimal sequence numbers".into())
             })?;

@@ -1042,7 +1042,17 @@ impl Engine {
         let config = Rc::clone(&self.config);
         let ma = config.issuers.get(issuer)?.mission_authority.as_ref()?;
         let up = ma.events.as_ref()?;
-        let acks = self.missions.pending_acks.remove(&issuer).unwrap_or_default();
+        // Each processed SET is acknowledged by its `jti`. While nothing new was processed, the last
+        // acknowledgement is repeated (harmless to RFC 8936: acknowledging twice removes nothing more);
+        // a transmitter that keeps no per-receiver queue, such as the reference portal whose every
+        // Envoy worker polls independently, derives where this receiver stands from it.
+        let acks = match self.missions.pending_acks.remove(&issuer) {
+            Some(a) if !a.is_empty() => {
+                self.missions.last_acks.insert(issuer, a.clone());
+                a
+            }
+            _ => self.missions.last_acks.get(&issuer).cloned().unwrap_or_default(),
+        };
         let errs = self.missions.pending_errs.remove(&issuer).unwrap_or_default();
         let body = mission::poll_request_body(&acks, &errs, return_immediately);
         let credential = ma.credential.as_deref().map(|c| (ma.credential_header.as_str(), c));

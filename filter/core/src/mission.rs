@@ -110,6 +110,8 @@ pub struct MissionCache {
     failed: HashMap<Key, i64>,
     /// SET `jti`s to acknowledge in the next poll, per issuer (RFC 8936 `ack`).
     pub pending_acks: HashMap<usize, Vec<String>>,
+    /// The acknowledgement last sent, per issuer: repeated while nothing new was processed.
+    pub last_acks: HashMap<usize, Vec<String>>,
     /// SETs refused, to report in the next poll, per issuer (RFC 8936 `setErrs`): (jti, err, description).
     pub pending_errs: HashMap<usize, Vec<(String, &'static str, &'static str)>>,
 }
