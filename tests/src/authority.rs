@@ -346,14 +346,18 @@ impl Authority {
         a
     }
 
-    /// (Re)open the listener on the same port.
-    pub fn open(&self) {
-        let app = Router::new()
+    /// The authority's routes (JWKS, Mission Status, events), to serve elsewhere too (over TLS).
+    pub fn router(&self) -> Router {
+        Router::new()
             .route("/jwks.json", get(jwks))
             .route("/mission/status", post(status))
             .route("/mission/events", post(events))
-            .with_state(Arc::clone(&self.inner));
-        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, app));
+            .with_state(Arc::clone(&self.inner))
+    }
+
+    /// (Re)open the listener on the same port.
+    pub fn open(&self) {
+        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, self.router()));
     }
 
     /// Close the listener: connections are refused.
