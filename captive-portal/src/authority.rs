@@ -6,12 +6,14 @@
 //! - Every state change (creation in `pending_approval` included) appends one event with a global,
 //!   strictly increasing sequence number `seq`, committed in the same transaction as the change. The
 //!   event is a SET signed once, at append time, whose `jti` is `seq` in decimal.
-//! - Acknowledgements are **cumulative** and stateless on the server: a poll returns the events whose
-//!   `seq` is greater than the highest `jti` in `ack` (all retained events when `ack` is empty), oldest
+//! - The event is `mission.lifecycle-change` (`draft-mcguinness-oauth-mission-signals`).
+//! - A receiver acknowledges each SET by `jti` (`ack`, or `setErrs` for one it refused). Stateless on
+//!   the server: a poll returns the events whose `seq` is greater than the highest acknowledged `jti`
+//!   (all retained events when there is none), oldest
 //!   first, at most `maxEvents` (default 100, at most 1000) with `moreAvailable` set when more are
 //!   waiting. The server keeps no per-receiver cursor, so any number of receivers (every Envoy worker of
 //!   every gateway) poll independently and an ack never hides an event from anyone else. A receiver
-//!   acks the highest `jti` it has processed in its next poll.
+//!   acknowledges every `jti` it has processed in its next poll.
 //! - Events are retained for `--event-retention-seconds` (default 24 h, never less than 1 h), then
 //!   pruned; a receiver that falls further behind must re-establish state through Mission Status.
 //! - `returnImmediately: false` (the RFC 8936 default when absent) long-polls: when nothing is newer
