@@ -6,12 +6,14 @@
 //! - Every state change (creation in `pending_approval` included) appends one event with a global,
 //!   strictly increasing sequence number `seq`, committed in the same transaction as the change. The
 //!   event is a SET signed once, at append time, whose `jti` is `seq` in decimal.
-//! - Acknowledgements are **cumulative** and stateless on the server: a poll returns the events whose
-//!   `seq` is greater than the highest `jti` in `ack` (all retained events when `ack` is empty), oldest
+//! - The event is `mission.lifecycle-change` (`draft-mcguinness-oauth-mission-signals`).
+//! - A receiver acknowledges each SET by `jti` (`ack`, or `setErrs` for one it refused). Stateless on
+//!   the server: a poll returns the events whose `seq` is greater than the highest acknowledged `jti`
+//!   (all retained events when there is none), oldest
 //!   first, at most `maxEvents` (default 100, at most 1000) with `moreAvailable` set when more are
 //!   waiting. The server keeps no per-receiver cursor, so any number of receivers (every Envoy worker of
 //!   every gateway) poll independently and an ack never hides an event from anyone else. A receiver
-//!   acks the highest `jti` it has processed in its next poll.
+//!   acknowledges every `jti` it has processed in its next poll.
 //! - Events are retained for `--event-retention-seconds` (default 24 h, never less than 1 h), then
 //!   pruned; a receiver that falls further behind must re-establish state through Mission Status.
 //! - `returnImmediately: false` (the RFC 8936 default when absent) long-polls: when nothing is newer
@@ -234,9 +236,17 @@ impl Authority {
             many => Some(Audience::Many(many.to_vec())),
         };
         move |draft: &EventDraft| {
-            let event = json!({"mission": {
-                "id": draft.mission_id, "issuer": draft.issuer, "state": draft.state, "version": draft.version,
-            }});
+            // `mission.lifecycle-change` (draft-mcguinness-oauth-mission-signals).
+            let mut event = json!({
+                "mission": {"id": draft.mission_id, "issuer": draft.issuer},
+                "state": draft.state,
+                "version": draft.version,
+                "committed_at": format_rfc3339(draft.at),
+                "expires_at": format_rfc3339(draft.expires_at),
+            });
+            if let (Some(prior), Some(obj)) = (&draft.prior_state, event.as_object_mut()) {
+                obj.insert("prior_state".to_owned(), json!(prior));
+            }
             let mut events = Map::new();
             events.insert(EVENT_MISSION_STATE.to_owned(), event);
             let claims = SetClaims {
@@ -450,6 +460,9 @@ impl Authority {
                 fresh_until: format_rfc3339(now + self.settings.status_fresh_seconds),
                 authority_hash: Some(m.authority_hash.clone()),
             },
+            // The Authority Set never changes after approval here (no containment), so the
+            // token's entries stay in force: nothing to narrow them with.
+            authorization_details: None,
         };
         let payload = serde_json::to_value(&claims).map_err(|e| AuthorityError::Internal(e.to_string()))?;
         Ok(key.sign(TYP_MISSION_STATUS, &payload))
@@ -462,7 +475,8 @@ impl Authority {
     /// Answer an RFC 8936 poll (semantics in the module documentation).
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, AuthorityError> {
         let mut after: i64 = 0;
-        for jti in &req.ack {
+        // RFC 8936: a SET is acknowledged in `ack`, or reported in `setErrs` (received, refused).
+        for jti in req.ack.iter().chain(req.set_errs.keys()) {
             let seq: i64 = jti.parse().ok().filter(|s: &i64| *s > 0).ok_or_else(|| {
                 AuthorityError::Invalid("ack values are SET jti values: decimal sequence numbers".into())
             })?;

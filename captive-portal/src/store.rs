@@ -180,8 +180,12 @@ pub struct EventDraft {
     pub state: MissionState,
     /// New version.
     pub version: u64,
-    /// When.
+    /// When the transition was committed.
     pub at: i64,
+    /// State before the transition (none on creation).
+    pub prior_state: Option<MissionState>,
+    /// The Mission's expiry.
+    pub expires_at: i64,
 }
 
 /// A signed SET.
@@ -423,6 +427,8 @@ impl Store {
             state: state.clone(),
             version: 1,
             at,
+            prior_state: None,
+            expires_at: new.expires_at,
         };
         let seq = insert_event(&mut tx, draft, sign).await?;
         tx.commit().await?;
@@ -533,6 +539,8 @@ impl Store {
             state: to.clone(),
             version,
             at,
+            prior_state: Some(mission.state.clone()),
+            expires_at: mission.expires_at,
         };
         let seq = insert_event(&mut tx, draft, sign).await?;
         tx.commit().await?;

@@ -194,9 +194,13 @@ fn set_state(jws: &str, jwks: &JwkSet) -> (SetClaims, MissionState, u64, String)
     let (header, payload) = verify(jws, jwks);
     assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
     let claims: SetClaims = serde_json::from_value(payload).unwrap();
-    let ev = claims.mission_state().expect("mission state event");
-    assert_eq!(ev.issuer, ISS);
-    (claims.clone(), ev.state, ev.version, ev.id)
+    let ev = claims.mission_state().expect("mission.lifecycle-change event");
+    assert_eq!(ev.mission.issuer, ISS);
+    assert!(missiongate_wire::time::parse_rfc3339(&ev.committed_at).is_some());
+    assert!(ev.expires_at.as_deref().and_then(missiongate_wire::time::parse_rfc3339).is_some());
+    // Every transition names the state it left; only the creation has none.
+    assert_eq!(ev.prior_state.is_none(), ev.version == 1, "prior_state on {:?} v{}", ev.state, ev.version);
+    (claims.clone(), ev.state, ev.version, ev.mission.id)
 }
 
 async fn last_seq(p: &Portal) -> u64 {

@@ -172,7 +172,13 @@ impl Vm {
                 }
                 None
             }
-            Kind::Status(i, id, nonce) => engine.on_status(*i, id, nonce, status, body, now),
+            Kind::Status(i, id, nonce) => {
+                let outcome = engine.on_status(*i, id, nonce, status, body, now);
+                if let Some(line) = outcome.log {
+                    log(abi::Level::Warn, &format!("missiongate: {line}"));
+                }
+                outcome.refetch_keys
+            }
             Kind::Events(i) => {
                 let (_, _more, refetch) = engine.on_events(*i, status, body, now);
                 self.events_in_flight.borrow_mut().insert(*i, false);
@@ -243,8 +249,8 @@ impl Vm {
             return;
         }
         let callout = {
-            let guard = self.engine.borrow();
-            guard.as_ref().and_then(|e| e.events_callout(issuer, immediately))
+            let mut guard = self.engine.borrow_mut();
+            guard.as_mut().and_then(|e| e.events_callout(issuer, immediately))
         };
         let Some(c) = callout else { return };
         match self.dispatch(&c) {

@@ -24,6 +24,8 @@ pub enum Mode {
     Slow(Duration),
     /// Status answers 200 with a body that is not a JWS; JWKS answers garbage too.
     Garbage,
+    /// Status answers a bare 404 (no body): what a wrong endpoint path looks like.
+    Bare404,
 }
 
 /// How a [`Signer`] signs.
@@ -131,13 +133,21 @@ struct Inner {
     issuer: String,
     keys: Vec<Signer>,
     missions: HashMap<String, (String, u64)>,
+    /// Current Authority Set per Mission, sent as `authorization_details` in Status answers.
+    current: HashMap<String, Value>,
+    /// A header (name, value) every Status request must carry, else 401.
+    required_header: Option<(String, String)>,
+    /// Every `ack` and `set_errs_seen` jti received, in order.
+    acks: Vec<String>,
+    set_errs_seen: Vec<(String, String)>,
+    /// The next poll ignores its acknowledgement (delivers every SET again).
+    ignore_next_ack: bool,
     mode: Mode,
     fresh_seconds: i64,
     status_hits: u64,
     jwks_hits: u64,
     /// Every state-event SET published: (jti, compact JWS).
     events: Vec<(String, String)>,
-    next_event: u64,
     /// Extra delay before answering Mission Status for these Missions.
     status_delays: HashMap<String, Duration>,
     /// Extra delay before answering the JWKS.
@@ -194,7 +204,11 @@ async fn jwks(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
     }
 }
 
-async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm>) -> Response {
+async fn status(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<StatusForm>,
+) -> Response {
     let received = Instant::now();
     let mode = delay(&inner).await;
     let id = f.mission_id.clone().unwrap_or_default();
@@ -206,44 +220,84 @@ async fn status(State(inner): State<Arc<Mutex<Inner>>>, Form(f): Form<StatusForm
     match mode {
         Mode::Unavailable => return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
         Mode::Garbage => return (StatusCode::OK, "this is not a JWS {]").into_response(),
+        Mode::Bare404 => return StatusCode::NOT_FOUND.into_response(),
         _ => {}
     }
-    let (Some(id), Some(aud), Some(nonce)) = (f.mission_id, f.audience, f.nonce) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request"}))).into_response();
+    // The draft's error body: `error`, `error_description`, the echoed `nonce`.
+    let error = |code: StatusCode, error: &str, description: &str, nonce: &Option<String>| {
+        let body = json!({"error": error, "error_description": description, "nonce": nonce});
+        (code, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+    };
+    if let Some((name, value)) = &g.required_header {
+        if headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
+            return error(StatusCode::UNAUTHORIZED, "unauthorized", "client authentication failed", &f.nonce);
+        }
+    }
+    if headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) != Some("application/mission-status-response+jwt") {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "Accept must name the registered type", &f.nonce);
+    }
+    let (Some(id), Some(aud), Some(nonce)) = (f.mission_id, f.audience, f.nonce.clone()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "mission_id, audience and nonce are required",
+            &f.nonce,
+        );
     };
     let Some((state, version)) = g.missions.get(&id).cloned() else {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found"}))).into_response();
+        return error(StatusCode::NOT_FOUND, "not_found", "no such mission", &f.nonce);
     };
     let now = crate::now();
-    let claims = json!({
+    let mut claims = json!({
         "iss": g.issuer, "aud": aud, "nonce": nonce, "iat": now, "exp": now + 60,
         "mission": { "id": id, "issuer": g.issuer, "state": state, "version": version,
                      "fresh_until": missiongate_wire::time::format_rfc3339(now + g.fresh_seconds) }
     });
+    if let Some(set) = g.current.get(&id) {
+        claims["authorization_details"] = set.clone();
+    }
     let jws = g.keys.last().unwrap().sign("mission-status-response+jwt", &claims);
     ([(header::CONTENT_TYPE, "application/mission-status-response+jwt"), (header::CACHE_CONTROL, "no-store")], jws)
         .into_response()
 }
 
-/// RFC 8936 poll delivery. Every Envoy worker polls on its own and acknowledges its cursor (the
-/// highest SET id it has applied), so the feed keeps every SET and delivers those above the
-/// poller's cursor; an empty answer holds a long poll for up to a second.
+/// RFC 8936 poll delivery. Every Envoy worker polls on its own and acknowledges each SET it
+/// processed by `jti` (opaque strings here), so the feed keeps every SET and delivers those published
+/// after the last one a poll acknowledges (in `ack` or `setErrs`); an empty answer holds a long
+/// poll for up to a second.
 async fn events(State(inner): State<Arc<Mutex<Inner>>>, axum::Json(poll): axum::Json<Value>) -> Response {
-    let cursor: u64 =
-        poll["ack"].as_array().into_iter().flatten().filter_map(|j| j.as_str()?.parse().ok()).max().unwrap_or(0);
     let immediately = poll["returnImmediately"].as_bool().unwrap_or(false);
+    let position = {
+        let mut g = inner.lock().unwrap();
+        let acked: Vec<String> =
+            poll["ack"].as_array().into_iter().flatten().filter_map(|j| j.as_str().map(str::to_owned)).collect();
+        let errs: Vec<(String, String)> = poll["setErrs"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(j, e)| (j.clone(), e["err"].as_str().unwrap_or_default().to_owned()))
+            .collect();
+        g.acks.extend(acked.iter().cloned());
+        g.set_errs_seen.extend(errs.iter().cloned());
+        if std::mem::take(&mut g.ignore_next_ack) {
+            None
+        } else {
+            acked
+                .iter()
+                .chain(errs.iter().map(|(j, _)| j))
+                .filter_map(|j| g.events.iter().position(|(e, _)| e == j))
+                .max()
+        }
+    };
+    let first = position.map_or(0, |p| p + 1);
     for round in 0..20 {
         {
             let g = inner.lock().unwrap();
             if g.mode == Mode::Unavailable {
                 return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
             }
-            let sets: serde_json::Map<String, Value> = g
-                .events
-                .iter()
-                .filter(|(j, _)| j.parse::<u64>().is_ok_and(|n| n > cursor))
-                .map(|(j, s)| (j.clone(), Value::String(s.clone())))
-                .collect();
+            let sets: serde_json::Map<String, Value> =
+                g.events.iter().skip(first).map(|(j, s)| (j.clone(), Value::String(s.clone()))).collect();
             if !sets.is_empty() || immediately || round == 19 {
                 return axum::Json(json!({ "sets": sets, "moreAvailable": false })).into_response();
             }
@@ -254,19 +308,77 @@ async fn events(State(inner): State<Arc<Mutex<Inner>>>, axum::Json(poll): axum::
 }
 
 impl Authority {
-    /// Publish a signed state event (a SET, RFC 8417) for a Mission with this state and version,
-    /// whatever the Mission's current state: tests publish stale and replayed events too.
-    pub fn publish_event(&self, mission_id: &str, state: &str, version: u64) {
+    /// Publish a signed `mission.lifecycle-change` SET (signals draft) for a Mission with this state
+    /// and version, whatever the Mission's current state: tests publish stale and replayed events too.
+    /// Returns its `jti`.
+    pub fn publish_event(&self, mission_id: &str, state: &str, version: u64) -> String {
+        self.publish_event_with(mission_id, state, version, &json!({}))
+    }
+
+    /// [`Authority::publish_event`] with `extra` merged: into the event for `prior_state`,
+    /// `authority_changed`, `successor`; a top-level `"aud"` in `extra` replaces the SET's audience.
+    pub fn publish_event_with(&self, mission_id: &str, state: &str, version: u64, extra: &Value) -> String {
         let mut g = self.inner.lock().unwrap();
-        let jti = g.next_event.to_string();
-        g.next_event += 1;
+        let jti = crate::rand_id("set-");
+        let now = crate::now();
+        let mut event = json!({
+            "mission": { "id": mission_id, "issuer": g.issuer }, "state": state, "version": version,
+            "committed_at": missiongate_wire::time::format_rfc3339(now),
+            "expires_at": missiongate_wire::time::format_rfc3339(now + 3600),
+        });
+        if version > 1 {
+            event["prior_state"] = json!("active");
+        }
+        let mut aud = json!(crate::portal::GATEWAY_AUDIENCE);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            if k == "aud" {
+                aud = v.clone();
+            } else {
+                event[k] = v.clone();
+            }
+        }
         let claims = json!({
-            "iss": g.issuer, "iat": crate::now(), "jti": jti, "aud": crate::portal::GATEWAY_AUDIENCE,
-            "events": { missiongate_wire::claims::EVENT_MISSION_STATE: {
-                "mission": { "id": mission_id, "issuer": g.issuer, "state": state, "version": version } } }
+            "iss": g.issuer, "iat": now, "jti": jti, "aud": aud,
+            "sub_id": {"format": "opaque", "id": mission_id},
+            "events": { missiongate_wire::claims::EVENT_MISSION_LIFECYCLE_CHANGE: event }
         });
         let jws = g.keys.last().unwrap().sign(missiongate_wire::claims::TYP_SET, &claims);
-        g.events.push((jti, jws));
+        g.events.push((jti.clone(), jws));
+        jti
+    }
+
+    /// Every jti acknowledged in `ack` so far, in order.
+    pub fn acks(&self) -> Vec<String> {
+        self.inner.lock().unwrap().acks.clone()
+    }
+
+    /// Every (jti, err) reported in `set_errs_seen` so far.
+    pub fn set_errs(&self) -> Vec<(String, String)> {
+        self.inner.lock().unwrap().set_errs_seen.clone()
+    }
+
+    /// The next poll ignores its acknowledgement: every SET is delivered again (duplicates).
+    pub fn redeliver_all(&self) {
+        self.inner.lock().unwrap().ignore_next_ack = true;
+    }
+
+    /// Set the Mission's state and version exactly (no bump).
+    pub fn set_mission_version(&self, id: &str, state: &str, version: u64) {
+        self.inner.lock().unwrap().missions.insert(id.into(), (state.into(), version));
+    }
+
+    /// The current Authority Set sent in this Mission's Status answers (`None`: not sent).
+    pub fn set_current_authority(&self, id: &str, details: Option<Value>) {
+        let mut g = self.inner.lock().unwrap();
+        match details {
+            Some(d) => g.current.insert(id.into(), d),
+            None => g.current.remove(id),
+        };
+    }
+
+    /// Require this header on every Status request (else 401 with the draft's error body).
+    pub fn require_status_header(&self, name: &str, value: &str) {
+        self.inner.lock().unwrap().required_header = Some((name.to_ascii_lowercase(), value.into()));
     }
 
     /// Start with one key on an ephemeral port.
@@ -277,12 +389,16 @@ impl Authority {
             issuer: issuer.clone(),
             keys: vec![Signer::new("k1")],
             missions: HashMap::new(),
+            current: HashMap::new(),
+            required_header: None,
+            acks: Vec::new(),
+            set_errs_seen: Vec::new(),
+            ignore_next_ack: false,
             mode: Mode::Normal,
             fresh_seconds: 30,
             status_hits: 0,
             jwks_hits: 0,
             events: Vec::new(),
-            next_event: 1,
             status_delays: HashMap::new(),
             jwks_delay: Duration::ZERO,
             status_log: Vec::new(),
@@ -294,14 +410,18 @@ impl Authority {
         a
     }
 
-    /// (Re)open the listener on the same port.
-    pub fn open(&self) {
-        let app = Router::new()
+    /// The authority's routes (JWKS, Mission Status, events), to serve elsewhere too (over TLS).
+    pub fn router(&self) -> Router {
+        Router::new()
             .route("/jwks.json", get(jwks))
             .route("/mission/status", post(status))
             .route("/mission/events", post(events))
-            .with_state(Arc::clone(&self.inner));
-        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, app));
+            .with_state(Arc::clone(&self.inner))
+    }
+
+    /// (Re)open the listener on the same port.
+    pub fn open(&self) {
+        *self.task.lock().unwrap() = Some(crate::serve_on(self.port, self.router()));
     }
 
     /// Close the listener: connections are refused.

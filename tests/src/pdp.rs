@@ -66,7 +66,7 @@ async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::By
         Mode::Garbage => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"decision\": \"maybe\"").into_response()
         }
-        Mode::Normal | Mode::Slow(_) => axum::Json(g.answer.clone()).into_response(),
+        Mode::Normal | Mode::Slow(_) | Mode::Bare404 => axum::Json(g.answer.clone()).into_response(),
     }
 }
 

@@ -12,8 +12,13 @@ pub const TYP_MISSION_STATUS: &str = "mission-status-response+jwt";
 pub const TYP_DPOP: &str = "dpop+jwt";
 /// JOSE `typ` of a Security Event Token (RFC 8417 §2.3).
 pub const TYP_SET: &str = "secevent+jwt";
-/// Event type URI of a Mission state change inside a SET.
-pub const EVENT_MISSION_STATE: &str = "https://missiongate.dev/event/mission-state";
+/// Event type URI of a Mission lifecycle change inside a SET (`draft-mcguinness-oauth-mission-signals`,
+/// `mission.lifecycle-change`).
+pub const EVENT_MISSION_LIFECYCLE_CHANGE: &str = "https://schemas.karlmcguinness.com/mission/lifecycle-change";
+/// The same URI under its older name in this code base.
+pub const EVENT_MISSION_STATE: &str = EVENT_MISSION_LIFECYCLE_CHANGE;
+/// Media type a Mission Status request asks for (`Accept`).
+pub const MEDIA_MISSION_STATUS: &str = "application/mission-status-response+jwt";
 /// `authorization_details` type carrying Mission authority.
 pub const RAR_MISSION_RESOURCE_ACCESS: &str = "mission_resource_access";
 /// Older name of the same type, still honoured.
@@ -292,6 +297,22 @@ pub struct MissionStatusClaims {
     pub sub: Option<String>,
     /// The Mission.
     pub mission: MissionStatusMission,
+    /// The audience-filtered current Authority Set, when the authority discloses it (containment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<Vec<serde_json::Value>>,
+}
+
+/// The error body of the Mission Status endpoint (`draft-mcguinness-oauth-mission-status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissionStatusError {
+    /// Error code (`not_found`, `invalid_request`, ...).
+    pub error: String,
+    /// Human-readable description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// Echo of the request nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// Payload of a DPoP proof (RFC 9449 §4.2).
@@ -313,20 +334,41 @@ pub struct DpopClaims {
     pub nonce: Option<String>,
 }
 
-/// The Mission state-change event inside a SET.
+/// The identity members of the `mission` object of a lifecycle-change event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MissionStateEvent {
+pub struct MissionRef {
     /// Mission id.
     pub id: String,
     /// Mission issuer.
     pub issuer: String,
-    /// New state.
-    pub state: MissionState,
-    /// Version after the change (monotonic).
-    pub version: u64,
 }
 
-/// Payload of a state-event SET (RFC 8417). `events` holds one member, [`EVENT_MISSION_STATE`].
+/// The `mission.lifecycle-change` event inside a SET (`draft-mcguinness-oauth-mission-signals`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissionLifecycleChange {
+    /// The Mission.
+    pub mission: MissionRef,
+    /// New state.
+    pub state: MissionState,
+    /// State before the transition (absent on the approval emission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_state: Option<MissionState>,
+    /// The Mission's state version at this event's commit (monotonic).
+    pub version: u64,
+    /// When the transition was committed (RFC 3339).
+    pub committed_at: String,
+    /// The Mission's expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Successor Mission id (on `superseded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    /// The Authority Set changed: refetch Mission Status for the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_changed: Option<bool>,
+}
+
+/// Payload of a state-event SET (RFC 8417). `events` holds [`EVENT_MISSION_LIFECYCLE_CHANGE`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetClaims {
     /// The authority.
@@ -343,10 +385,10 @@ pub struct SetClaims {
 }
 
 impl SetClaims {
-    /// The Mission state event carried, if this SET has one.
-    pub fn mission_state(&self) -> Option<MissionStateEvent> {
-        let v = self.events.get(EVENT_MISSION_STATE)?;
-        serde_json::from_value(v.get("mission")?.clone()).ok()
+    /// The Mission lifecycle-change event carried, if this SET has a well-formed one.
+    pub fn mission_state(&self) -> Option<MissionLifecycleChange> {
+        let v = self.events.get(EVENT_MISSION_LIFECYCLE_CHANGE)?;
+        serde_json::from_value(v.clone()).ok()
     }
 }
 
@@ -356,6 +398,9 @@ pub struct PollRequest {
     /// SET ids acknowledged.
     #[serde(default)]
     pub ack: Vec<String>,
+    /// SETs received but refused, by `jti` (RFC 8936 §2.4.4): acknowledged too.
+    #[serde(default, rename = "setErrs", skip_serializing_if = "serde_json::Map::is_empty")]
+    pub set_errs: serde_json::Map<String, serde_json::Value>,
     /// At most this many SETs in the answer.
     #[serde(default, rename = "maxEvents", skip_serializing_if = "Option::is_none")]
     pub max_events: Option<u32>,

@@ -124,10 +124,28 @@ impl Grant {
     }
 }
 
-/// Match a request against compiled grants: entries are alternatives. `origin` and `resource_id`
-/// name the destination (its origin and the resource identifier the deployment configures for it),
-/// `path` is the request path as decided and forwarded, `action` its action id.
-pub fn check(grants: &[Grant], origin: &str, resource_id: Option<&str>, path: &str, action: &str) -> AuthorityMatch {
+/// Match a request against the Authority Set in force (SPEC §2, §3): entries are alternatives.
+/// `grants` are the token's entries; `current`, when the Mission Status answer carried one, is the
+/// current (audience-filtered) Authority Set, which narrows them (containment): the request is
+/// permitted only if both the token's entries and the current set permit it. `origin` and
+/// `resource_id` name the destination (its origin and the resource identifier the deployment
+/// configures for it), `path` is the request path as decided and forwarded, `action` its action id.
+pub fn check(
+    grants: &[Grant],
+    current: Option<&[Grant]>,
+    origin: &str,
+    resource_id: Option<&str>,
+    path: &str,
+    action: &str,
+) -> AuthorityMatch {
+    let by_token = check_set(grants, origin, resource_id, path, action);
+    match (by_token, current) {
+        (AuthorityMatch::Permit, Some(set)) => check_set(set, origin, resource_id, path, action),
+        (m, _) => m,
+    }
+}
+
+fn check_set(grants: &[Grant], origin: &str, resource_id: Option<&str>, path: &str, action: &str) -> AuthorityMatch {
     let mut unenforceable = false;
     for g in grants {
         if !g.covers(origin, resource_id, path) || !g.actions.iter().any(|p| p.covers(action)) {
@@ -174,6 +192,35 @@ pub fn operation<'o>(operations: &'o [Operation], method: &str, path: &str) -> O
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_current_set_narrows_the_tokens_entries() {
+        use serde_json::json;
+        let token = compile(&[
+            json!({"type": "mission_resource_access", "resource": "https://a.example", "actions": ["http.*"]}),
+            json!({"type": "mission_resource_access", "resource": "https://b.example", "actions": ["http.get"]}),
+        ]);
+        let current = compile(&[
+            json!({"type": "mission_resource_access", "resource": "https://a.example", "actions": ["http.get"]}),
+            // wider than the token: never widens it
+            json!({"type": "mission_resource_access", "resource": "https://c.example", "actions": ["http.*"]}),
+        ]);
+        let narrowed = Some(current.as_slice());
+        assert_eq!(check(&token, None, "https://b.example", None, "/", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&token, narrowed, "https://a.example", None, "/x", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&token, narrowed, "https://a.example", None, "/x", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&token, narrowed, "https://b.example", None, "/", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&token, narrowed, "https://c.example", None, "/", "http.get"), AuthorityMatch::Outside);
+        // An empty current set permits nothing.
+        assert_eq!(check(&token, Some(&[]), "https://a.example", None, "/", "http.get"), AuthorityMatch::Outside);
+        // A current entry with a constraint this filter cannot enforce fails closed.
+        let constrained = compile(&[json!({"type": "mission_resource_access", "resource": "https://a.example",
+            "actions": ["http.get"], "constraints": {"unknown": 1}})]);
+        assert_eq!(
+            check(&token, Some(&constrained), "https://a.example", None, "/", "http.get"),
+            AuthorityMatch::Unenforceable
+        );
+    }
+
     use super::*;
     use serde_json::json;
 
@@ -196,19 +243,19 @@ mod tests {
     #[test]
     fn matching() {
         let g = grants();
-        assert_eq!(check(&g, "https://api.example", None, "/v1", "http.get"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a/b", "http.get"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", None, "/v1x", "http.get"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "http.post"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices.read"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices.q3.export"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoicesx.read"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/v1/a", "invoices"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/exact", "http.post"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://api.example", None, "/exact/x", "http.post"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/c", "http.get"), AuthorityMatch::Unenforceable);
-        assert_eq!(check(&g, "https://other.example", None, "/v1", "http.get"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://api.example", None, "/bad", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a/b", "http.get"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1x", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a", "invoices.read"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a", "invoices.q3.export"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a", "invoicesx.read"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/v1/a", "invoices"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/exact", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://api.example", None, "/exact/x", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/c", "http.get"), AuthorityMatch::Unenforceable);
+        assert_eq!(check(&g, None, "https://other.example", None, "/v1", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://api.example", None, "/bad", "http.get"), AuthorityMatch::Outside);
     }
 
     #[test]
@@ -219,20 +266,28 @@ mod tests {
             json!({"type":"mission_resource_access","resource":"https://id.example/api","actions":["http.post"]}),
         ]);
         for path in ["/", "/invoices", "/a/b/c"] {
-            assert_eq!(check(&g, "https://erp.example", None, path, "invoices.read"), AuthorityMatch::Permit, "{path}");
-            assert_eq!(check(&g, "https://api.example", None, path, "http.get"), AuthorityMatch::Permit, "{path}");
+            assert_eq!(
+                check(&g, None, "https://erp.example", None, path, "invoices.read"),
+                AuthorityMatch::Permit,
+                "{path}"
+            );
+            assert_eq!(
+                check(&g, None, "https://api.example", None, path, "http.get"),
+                AuthorityMatch::Permit,
+                "{path}"
+            );
         }
-        assert_eq!(check(&g, "https://erp.example", None, "/x", "http.get"), AuthorityMatch::Outside);
-        assert_eq!(check(&g, "https://erp2.example", None, "/x", "invoices.read"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://erp.example", None, "/x", "http.get"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://erp2.example", None, "/x", "invoices.read"), AuthorityMatch::Outside);
         // The resource identifier configured for a destination covers it whole, whatever its own path.
         let id = Some("https://id.example/api");
-        assert_eq!(check(&g, "https://svc.example", id, "/anything", "http.post"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://svc.example", None, "/anything", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://svc.example", id, "/anything", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://svc.example", None, "/anything", "http.post"), AuthorityMatch::Outside);
         // Without that configuration it is an ordinary exact entry on its own origin.
-        assert_eq!(check(&g, "https://id.example", None, "/api", "http.post"), AuthorityMatch::Permit);
-        assert_eq!(check(&g, "https://id.example", None, "/api/x", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://id.example", None, "/api", "http.post"), AuthorityMatch::Permit);
+        assert_eq!(check(&g, None, "https://id.example", None, "/api/x", "http.post"), AuthorityMatch::Outside);
         // Grants stay case-sensitive: denial is the safe side.
-        assert_eq!(check(&g, "https://id.example", None, "/API", "http.post"), AuthorityMatch::Outside);
+        assert_eq!(check(&g, None, "https://id.example", None, "/API", "http.post"), AuthorityMatch::Outside);
     }
 
     #[test]

@@ -128,6 +128,8 @@ struct RawMissionAuthority {
     #[serde(default)]
     credential: Option<String>,
     #[serde(default)]
+    credential_header: Option<String>,
+    #[serde(default)]
     retry_after_seconds: Option<u32>,
 }
 
@@ -181,6 +183,17 @@ struct RawDpop {
     allowed_algs: Option<Vec<String>>,
 }
 
+/// A header name the credential may travel in: a lower-case RFC 9110 token that the gateway does
+/// not set itself for the callout.
+fn valid_credential_header(h: &str) -> bool {
+    const RESERVED: &[&str] =
+        &["host", "content-type", "content-length", "accept", "transfer-encoding", "connection", "te", "upgrade"];
+    !h.is_empty()
+        && h.len() <= 64
+        && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !RESERVED.contains(&h)
+}
+
 // ---------------------------------------------------------------- runtime -------------------------
 
 /// An upstream reached through an Envoy cluster with `dispatch_http_call`.
@@ -227,8 +240,11 @@ pub struct MissionAuthority {
     pub audience: String,
     /// Never rely on a status answer older than this.
     pub max_staleness_seconds: u64,
-    /// `Authorization` header value sent to the authority, if any.
+    /// Credential sent to the authority (Mission Status and the event feed), if any: the value of
+    /// [`MissionAuthority::credential_header`]. mTLS is configured on the Envoy cluster instead.
     pub credential: Option<String>,
+    /// Header that carries `credential` (lower case; default `authorization`).
+    pub credential_header: String,
     /// `Retry-After` sent with a 503 when the authority cannot be reached.
     pub retry_after_seconds: u32,
 }
@@ -450,6 +466,22 @@ impl Config {
                     if m.audience.is_empty() {
                         return Err(err(format!("{mf}.audience"), "must not be empty"));
                     }
+                    if let Some(c) = &m.credential {
+                        if c.is_empty() || !c.bytes().all(|b| (0x20..=0x7e).contains(&b)) || c.starts_with(' ') {
+                            return Err(err(
+                                format!("{mf}.credential"),
+                                "must be a non-empty header value of visible ASCII",
+                            ));
+                        }
+                    }
+                    let credential_header = m.credential_header.unwrap_or_else(|| "authorization".to_owned());
+                    if !valid_credential_header(&credential_header) {
+                        return Err(err(
+                            format!("{mf}.credential_header"),
+                            "must be a lower-case header name token, not a pseudo-header nor one the gateway sets \
+                             (host, content-type, content-length, accept, transfer-encoding, connection, te)",
+                        ));
+                    }
                     Some(MissionAuthority {
                         status: upstream(m.status, &format!("{mf}.status"))?,
                         events: m.events.map(|e| upstream(e, &format!("{mf}.events"))).transpose()?,
@@ -460,6 +492,7 @@ impl Config {
                             &format!("{mf}.max_staleness_seconds"),
                         )?,
                         credential: m.credential,
+                        credential_header,
                         retry_after_seconds: m.retry_after_seconds.unwrap_or(1),
                     })
                 }

@@ -9,7 +9,7 @@ use crate::config::{Config, KeySource, Mode, Upstream};
 use crate::decision::{Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
-use crate::mission::{self, AnswerError, MissionCache, MissionView};
+use crate::mission::{self, AnswerError, Applied, MissionCache, MissionView};
 use crate::token::{self, KeysWanted, TokenCache, TokenError, VerifiedToken};
 use crate::uri;
 use missiongate_wire::claims::MissionState;
@@ -169,6 +169,7 @@ pub enum Stat {
     JwksKeyRefused,
     StatusFetchOk,
     StatusFetchFailed,
+    StatusUnexpected,
     EventsPollOk,
     EventsPollFailed,
     EventsApplied,
@@ -176,7 +177,7 @@ pub enum Stat {
 }
 
 /// Every stat, for counter definition.
-pub const ALL_STATS: [Stat; 13] = [
+pub const ALL_STATS: [Stat; 14] = [
     Stat::TokenCacheHit,
     Stat::TokenCacheMiss,
     Stat::MissionCacheHit,
@@ -186,6 +187,7 @@ pub const ALL_STATS: [Stat; 13] = [
     Stat::JwksKeyRefused,
     Stat::StatusFetchOk,
     Stat::StatusFetchFailed,
+    Stat::StatusUnexpected,
     Stat::EventsPollOk,
     Stat::EventsPollFailed,
     Stat::EventsApplied,
@@ -205,6 +207,7 @@ impl Stat {
             Stat::JwksKeyRefused => "jwks.key_refused",
             Stat::StatusFetchOk => "callout.status.ok",
             Stat::StatusFetchFailed => "callout.status.failed",
+            Stat::StatusUnexpected => "callout.status.unexpected",
             Stat::EventsPollOk => "callout.events.ok",
             Stat::EventsPollFailed => "callout.events.failed",
             Stat::EventsApplied => "events.applied",
@@ -248,6 +251,22 @@ impl std::fmt::Debug for Seeds {
     }
 }
 
+/// A Mission Status failure of one issuer is logged at most once per this many seconds.
+pub const STATUS_LOG_INTERVAL: i64 = 30;
+
+/// Most SET acknowledgements (and refusals) held for the next poll; beyond it the oldest are dropped,
+/// which is safe: the authority delivers them again and applying them again changes nothing.
+pub const MAX_PENDING_ACKS: usize = 4096;
+
+/// What a Mission Status answer asks of the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusOutcome {
+    /// The answer was signed by a key not known yet: refetch this issuer's JWKS.
+    pub refetch_keys: Option<usize>,
+    /// A line to log (why the answer failed), already rate-limited per issuer.
+    pub log: Option<String>,
+}
+
 /// Most PDP answers one worker keeps (the shared copy lives in the host's fixed slots).
 pub const MAX_CACHED_DECISIONS: usize = 10_000;
 
@@ -271,6 +290,8 @@ pub struct Engine {
     nonce_seq: u64,
     dpop_algs: Option<String>,
     decisions_cache: std::collections::HashMap<String, Cached>,
+    /// When a Mission Status failure was last logged, per issuer.
+    status_logged: std::collections::HashMap<usize, i64>,
 }
 
 impl Engine {
@@ -298,6 +319,7 @@ impl Engine {
             nonce_seq: 0,
             dpop_algs,
             decisions_cache: std::collections::HashMap::new(),
+            status_logged: std::collections::HashMap::new(),
         }
     }
 
@@ -592,7 +614,17 @@ impl Engine {
         }
 
         // Authority, then (outside it, or for a consequential call) the PDP.
-        let matched = authority::check(&vt.grants, dest.origin(), dest.resource(), path, &action);
+        // Containment: the current Authority Set from Mission Status, when it carried one, narrows
+        // the token's entries (SPEC §3).
+        let current = self.missions.current_authority(vt.mission_issuer, &vt.mission_id);
+        let matched = authority::check(
+            &vt.grants,
+            current.as_deref().map(Vec::as_slice),
+            dest.origin(),
+            dest.resource(),
+            path,
+            &action,
+        );
         if matched == AuthorityMatch::Unenforceable {
             return Err(Step::deny(
                 Reason::ConstraintUnrecognized,
@@ -731,7 +763,7 @@ impl Engine {
                     "POST",
                     Some("application/json"),
                     question,
-                    pdp.credential.as_deref(),
+                    pdp.credential.as_deref().map(|c| ("authorization", c)),
                 );
                 return Err(Step::Need(Need::Pdp(Box::new(c))));
             }
@@ -950,19 +982,31 @@ impl Engine {
         method: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
-        credential: Option<&str>,
+        credential: Option<(&str, &str)>,
+    ) -> Callout {
+        Self::callout_accepting(up, method, "application/json, application/jwt", content_type, body, credential)
+    }
+
+    /// A callout; `credential` is (header name, value).
+    fn callout_accepting(
+        up: &Upstream,
+        method: &str,
+        accept: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        credential: Option<(&str, &str)>,
     ) -> Callout {
         let mut headers = vec![
             (":method".to_owned(), method.to_owned()),
             (":path".to_owned(), up.path.clone()),
             (":authority".to_owned(), up.authority.clone()),
-            ("accept".to_owned(), "application/json, application/jwt".to_owned()),
+            ("accept".to_owned(), accept.to_owned()),
         ];
         if let Some(ct) = content_type {
             headers.push(("content-type".to_owned(), ct.to_owned()));
         }
-        if let Some(c) = credential {
-            headers.push(("authorization".to_owned(), c.to_owned()));
+        if let Some((name, value)) = credential {
+            headers.push((name.to_owned(), value.to_owned()));
         }
         Callout { cluster: up.cluster.clone(), headers, body, timeout_ms: up.timeout_ms }
     }
@@ -1010,18 +1054,21 @@ impl Engine {
         let ma = config.issuers.get(issuer)?.mission_authority.as_ref()?;
         let nonce = self.nonce();
         let body = mission::status_request_body(mission_id, &ma.audience, &nonce);
-        let c = Self::callout(
+        let c = Self::callout_accepting(
             &ma.status,
             "POST",
+            missiongate_wire::claims::MEDIA_MISSION_STATUS,
             Some("application/x-www-form-urlencoded"),
             body,
-            ma.credential.as_deref(),
+            ma.credential.as_deref().map(|c| (ma.credential_header.as_str(), c)),
         );
         Some((c, nonce))
     }
 
-    /// A Mission Status answer. Returns an issuer whose keys should be refetched, if the answer was
-    /// signed by a key not yet known.
+    /// A Mission Status answer (status `None` = no answer). Only a verified answer or the draft's
+    /// not-found body settles anything; every other answer is a failure of the authority (requests
+    /// are refused with 503), counted, and its cause returned for the host to log, at most once per
+    /// [`STATUS_LOG_INTERVAL`] seconds per issuer.
     pub fn on_status(
         &mut self,
         issuer: usize,
@@ -1030,31 +1077,50 @@ impl Engine {
         status: Option<u16>,
         body: &[u8],
         now: i64,
-    ) -> Option<usize> {
-        match status {
+    ) -> StatusOutcome {
+        let mut out = StatusOutcome::default();
+        let cause = match status {
             Some(200) => match mission::verify_status(&self.config, &self.keys, issuer, body, mission_id, nonce, now) {
                 Ok(v) => {
                     self.stat(Stat::StatusFetchOk);
                     self.missions.put_status(issuer, v, now);
-                    None
+                    return out;
                 }
                 Err(e) => {
                     self.stat(Stat::StatusFetchFailed);
-                    self.missions.put_failure(issuer, mission_id, now);
-                    (e == AnswerError::UnknownKey && self.keys.may_fetch(&self.config, issuer, now)).then_some(issuer)
+                    if e == AnswerError::UnknownKey && self.keys.may_fetch(&self.config, issuer, now) {
+                        out.refetch_keys = Some(issuer);
+                    }
+                    match e {
+                        AnswerError::UnknownKey => "answer signed by a key not in the authority's JWKS".to_owned(),
+                        AnswerError::Invalid(why) => format!("answer refused: {why}"),
+                    }
                 }
             },
-            Some(404) => {
-                self.stat(Stat::StatusFetchOk);
-                self.missions.put_unknown(issuer, mission_id, now);
-                None
-            }
-            _ => {
+            Some(code) => match mission::status_not_found(code, body, nonce) {
+                Ok(()) => {
+                    self.stat(Stat::StatusFetchOk);
+                    self.missions.put_unknown(issuer, mission_id, now);
+                    return out;
+                }
+                Err(cause) => {
+                    self.stat(Stat::StatusUnexpected);
+                    cause
+                }
+            },
+            None => {
                 self.stat(Stat::StatusFetchFailed);
-                self.missions.put_failure(issuer, mission_id, now);
-                None
+                "no answer (timeout, reset or unreachable cluster)".to_owned()
             }
+        };
+        self.missions.put_failure(issuer, mission_id, now);
+        let due = self.status_logged.get(&issuer).is_none_or(|&t| now >= t.saturating_add(STATUS_LOG_INTERVAL));
+        if due {
+            self.status_logged.insert(issuer, now);
+            let name = self.config.issuers.get(issuer).map_or("?", |i| i.issuer.as_str());
+            out.log = Some(format!("Mission Status of {name} failed: {cause}"));
         }
+        out
     }
 
     /// Issuers with an event feed.
@@ -1070,13 +1136,28 @@ impl Engine {
             .collect()
     }
 
-    /// The next poll of `issuer`'s event feed.
-    pub fn events_callout(&self, issuer: usize, return_immediately: bool) -> Option<Callout> {
-        let ma = self.config.issuers.get(issuer)?.mission_authority.as_ref()?;
+    /// The next poll of `issuer`'s event feed; it acknowledges every SET processed since the last one
+    /// (RFC 8936: each `jti` in `ack`, refused ones in `setErrs`). If that poll is lost, the
+    /// authority delivers those SETs again, and applying them again changes nothing.
+    pub fn events_callout(&mut self, issuer: usize, return_immediately: bool) -> Option<Callout> {
+        let config = Rc::clone(&self.config);
+        let ma = config.issuers.get(issuer)?.mission_authority.as_ref()?;
         let up = ma.events.as_ref()?;
-        let body =
-            mission::poll_request_body(self.missions.event_cursor.get(&issuer).map(String::as_str), return_immediately);
-        let mut c = Self::callout(up, "POST", Some("application/json"), body, ma.credential.as_deref());
+        // Each processed SET is acknowledged by its `jti`. While nothing new was processed, the last
+        // acknowledgement is repeated (harmless to RFC 8936: acknowledging twice removes nothing more);
+        // a transmitter that keeps no per-receiver queue, such as the reference portal whose every
+        // Envoy worker polls independently, derives where this receiver stands from it.
+        let acks = match self.missions.pending_acks.remove(&issuer) {
+            Some(a) if !a.is_empty() => {
+                self.missions.last_acks.insert(issuer, a.clone());
+                a
+            }
+            _ => self.missions.last_acks.get(&issuer).cloned().unwrap_or_default(),
+        };
+        let errs = self.missions.pending_errs.remove(&issuer).unwrap_or_default();
+        let body = mission::poll_request_body(&acks, &errs, return_immediately);
+        let credential = ma.credential.as_deref().map(|c| (ma.credential_header.as_str(), c));
+        let mut c = Self::callout(up, "POST", Some("application/json"), body, credential);
         // A long poll is held by the authority; give the callout room beyond the configured timeout.
         if !return_immediately {
             c.timeout_ms = c.timeout_ms.max(30_000);
@@ -1097,26 +1178,31 @@ impl Engine {
             return (0, false, None);
         }
         match mission::verify_events(&self.config, &self.keys, issuer, body, now) {
-            Ok((events, rejected, more)) => {
+            Ok(poll) => {
                 self.stat(Stat::EventsPollOk);
-                for _ in 0..rejected {
+                for _ in 0..poll.refused.len() {
                     self.stat(Stat::EventsRejected);
                 }
                 let mut applied = 0;
-                for e in events {
-                    if self.missions.apply_event(issuer, &e.id, e.state, e.version) {
+                let mut acks = Vec::with_capacity(poll.events.len());
+                for e in poll.events {
+                    if self.missions.apply_event(issuer, &e.change) != Applied::Ignored {
                         applied += 1;
                         self.stat(Stat::EventsApplied);
                     }
-                    let newer = match self.missions.event_cursor.get(&issuer) {
-                        Some(c) => e.jti.parse::<u64>().ok() > c.parse::<u64>().ok(),
-                        None => true,
-                    };
-                    if newer {
-                        self.missions.event_cursor.insert(issuer, e.jti);
-                    }
+                    acks.push(e.jti);
                 }
-                (applied, more, None)
+                let pending = self.missions.pending_acks.entry(issuer).or_default();
+                pending.extend(acks);
+                if pending.len() > MAX_PENDING_ACKS {
+                    pending.drain(..pending.len() - MAX_PENDING_ACKS);
+                }
+                let errs = self.missions.pending_errs.entry(issuer).or_default();
+                errs.extend(poll.refused);
+                if errs.len() > MAX_PENDING_ACKS {
+                    errs.drain(..errs.len() - MAX_PENDING_ACKS);
+                }
+                (applied, poll.more, None)
             }
             Err(AnswerError::UnknownKey) => {
                 self.stat(Stat::EventsPollFailed);

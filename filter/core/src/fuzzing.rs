@@ -173,6 +173,7 @@ impl Fixture {
                 version: 1,
                 valid_until: NOW + 300,
                 expires_at: None,
+                current: None,
             },
             NOW,
         );
@@ -732,7 +733,13 @@ pub fn drive(
                 let (c, nonce) = engine.status_callout(*i, id).expect("a state authority has a status callout");
                 check_callout(&c);
                 let status = if flags & 0x20 == 0 { None } else { Some(404) };
-                assert_eq!(engine.on_status(*i, id, &nonce, status, b"", NOW), None);
+                let body = if status.is_some() {
+                    serde_json::to_vec(&json!({"error": "not_found", "error_description": "unknown", "nonce": nonce}))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(engine.on_status(*i, id, &nonce, status, &body, NOW).refetch_keys, None);
                 attempts.status = true;
             }
             Outcome::Need(Need::Body) => {
@@ -907,11 +914,11 @@ pub fn mission_status_verdict(data: &[u8]) -> bool {
         2 => None,
         _ => Some(200),
     };
-    let refetch = e.on_status(0, MISSION, NONCE, status, &body, NOW);
-    assert_eq!(refetch, None, "inline keys are never refetched");
+    let outcome = e.on_status(0, MISSION, NONCE, status, &body, NOW);
+    assert_eq!(outcome.refetch_keys, None, "inline keys are never refetched");
     let view = e.missions.view(0, MISSION, NOW);
     let expected = match (status, &r) {
-        (Some(404), _) => MissionView::Unknown,
+        (Some(404), _) if mission::status_not_found(404, &body, NONCE).is_ok() => MissionView::Unknown,
         (Some(200), Ok(v)) if v.valid_until > NOW => {
             if v.expires_at.is_some_and(|x| NOW >= x) {
                 MissionView::Inactive(MissionState::Expired)
@@ -960,16 +967,16 @@ pub fn set_feed(data: &[u8]) {
         }
     };
     let verified = mission::verify_events(&fx.config, &fx.keys, 0, &body, NOW);
-    if let Ok((events, rejected, _more)) = &verified {
+    if let Ok(p) = &verified {
         let poll: PollResponse = serde_json::from_slice(&body).expect("a verified feed is a poll response");
-        assert_eq!(events.len() + rejected, poll.sets.len(), "every SET is applied or counted as rejected");
-        for e in events {
+        assert!(p.events.len() + p.refused.len() + p.unknown_key <= poll.sets.len(), "more events than SETs");
+        for e in &p.events {
             assert!(poll.sets.contains_key(&e.jti), "an event without its SET");
         }
-        let keys: Vec<_> = events.iter().map(|e| (e.jti.parse::<u64>().unwrap_or(u64::MAX), e.version)).collect();
+        let keys: Vec<_> = p.events.iter().map(|e| (&e.change.id, e.change.version)).collect();
         assert!(keys.windows(2).all(|w| w[0] <= w[1]), "events are not applied in order");
         if mode == 2 {
-            assert!(events.is_empty(), "a SET signed by an untrusted key was accepted");
+            assert!(p.events.is_empty(), "a SET signed by an untrusted key was accepted");
         }
     }
     let mut e = fx.engine();
@@ -977,22 +984,25 @@ pub fn set_feed(data: &[u8]) {
     let (applied, more, refetch) = e.on_events(0, status, &body, NOW);
     assert_eq!(refetch, None, "inline keys are never refetched");
     match (&verified, status) {
-        (Ok((events, _, m)), Some(200)) => {
-            assert!(applied <= events.len());
-            assert_eq!(more, *m);
+        (Ok(p), Some(200)) => {
+            assert!(applied <= p.events.len());
+            assert_eq!(more, p.more);
             // What each Mission reads as now: the first event of its highest version decides.
-            let mut last: HashMap<&str, (u64, &MissionState)> = HashMap::new();
-            for ev in events {
+            let mut last: HashMap<&str, (u64, &MissionState, Option<i64>)> = HashMap::new();
+            for ev in &p.events {
+                let ev = &ev.change;
                 match last.get(ev.id.as_str()) {
-                    Some((v, _)) if *v >= ev.version => {}
+                    Some((v, _, _)) if *v >= ev.version => {}
                     _ => {
-                        last.insert(&ev.id, (ev.version, &ev.state));
+                        last.insert(&ev.id, (ev.version, &ev.state, ev.expires_at));
                     }
                 }
             }
-            for (id, (_, state)) in last {
+            for (id, (_, state, expires_at)) in last {
                 let view = e.missions.view(0, id, NOW);
-                if state.is_terminal() {
+                if expires_at.is_some_and(|x| NOW >= x) {
+                    assert_eq!(view, MissionView::Inactive(MissionState::Expired), "an expired Mission read as live");
+                } else if state.is_terminal() {
                     assert_eq!(view, MissionView::Inactive(state.clone()), "a terminal event did not take effect");
                 } else {
                     assert_eq!(view, MissionView::NeedFetch, "a non-terminal event must be confirmed by status");
@@ -1266,8 +1276,9 @@ pub fn seed_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     // set_feed
     let set = |jti: &str, id: &str, state: &str, version: u64| {
         json!({"iss": AS, "iat": NOW, "jti": jti, "aud": GATEWAY_AUD,
-               "events": {missiongate_wire::claims::EVENT_MISSION_STATE:
-                          {"mission": {"id": id, "issuer": AS, "state": state, "version": version}}}})
+               "events": {missiongate_wire::claims::EVENT_MISSION_LIFECYCLE_CHANGE:
+                          {"mission": {"id": id, "issuer": AS}, "state": state, "prior_state": "active",
+                           "version": version, "committed_at": "2026-12-07T12:00:00Z"}}})
     };
     let feed = json!({"sets": {"7": set("7", MISSION, "revoked", 4), "8": set("8", "msn_other", "suspended", 2),
                                 "9": set("9", MISSION, "active", 3)}, "moreAvailable": true});

@@ -2,12 +2,14 @@
 //! `fresh_until` and the staleness bound; state events that override the cache at once.
 
 use missiongate_wire::claims::{
-    MissionState, MissionStatusClaims, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET,
+    MissionState, MissionStatusClaims, MissionStatusError, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET,
 };
 use missiongate_wire::jose::{Alg, Compact};
 use missiongate_wire::time::parse_rfc3339;
 use std::collections::HashMap;
+use std::rc::Rc;
 
+use crate::authority::{self, Grant};
 use crate::config::Config;
 use crate::keys::{KeyLookup, KeyStore};
 
@@ -45,6 +47,43 @@ struct StatusEntry {
     version: u64,
     valid_until: i64,
     expires_at: Option<i64>,
+    /// The current Authority Set from the answer, when it carried one (containment).
+    current: Option<Rc<Vec<Grant>>>,
+}
+
+/// The last state event applied for a Mission.
+#[derive(Debug, Clone)]
+struct EventEntry {
+    state: MissionState,
+    version: u64,
+    expires_at: Option<i64>,
+}
+
+/// One state event to apply (from a verified `mission.lifecycle-change` SET).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// Mission id.
+    pub id: String,
+    /// New state.
+    pub state: MissionState,
+    /// The Mission's version at the change.
+    pub version: u64,
+    /// The Mission's expiry, if the event carries it.
+    pub expires_at: Option<i64>,
+    /// The Authority Set changed (the cached status answer no longer says what is in force).
+    pub authority_changed: bool,
+}
+
+/// What applying a state event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Not newer than what is known: ignored (a duplicate, or a late one after a newer).
+    Ignored,
+    /// Applied; the cached status answer still holds.
+    Applied,
+    /// Applied, and the cached status answer was dropped: a version gap, a first event above
+    /// version 1, or `authority_changed`. Mission Status is asked again before it is relied on.
+    NeedsStatus,
 }
 
 /// What the cache says about a Mission now.
@@ -66,11 +105,15 @@ pub enum MissionView {
 #[derive(Debug, Default)]
 pub struct MissionCache {
     status: HashMap<Key, StatusEntry>,
-    events: HashMap<Key, (MissionState, u64)>,
+    events: HashMap<Key, EventEntry>,
     unknown: HashMap<Key, i64>,
     failed: HashMap<Key, i64>,
-    /// Highest event sequence acknowledged, per issuer.
-    pub event_cursor: HashMap<usize, String>,
+    /// SET `jti`s to acknowledge in the next poll, per issuer (RFC 8936 `ack`).
+    pub pending_acks: HashMap<usize, Vec<String>>,
+    /// The acknowledgement last sent, per issuer: repeated while nothing new was processed.
+    pub last_acks: HashMap<usize, Vec<String>>,
+    /// SETs refused, to report in the next poll, per issuer (RFC 8936 `setErrs`): (jti, err, description).
+    pub pending_errs: HashMap<usize, Vec<(String, &'static str, &'static str)>>,
 }
 
 impl MissionCache {
@@ -78,7 +121,11 @@ impl MissionCache {
     pub fn view(&self, issuer: usize, id: &str, now: i64) -> MissionView {
         let key = (issuer, id.to_owned());
         let status = self.status.get(&key);
-        if let Some((state, version)) = self.events.get(&key) {
+        if let Some(EventEntry { state, version, expires_at }) = self.events.get(&key) {
+            // An event-only consumer fails safe on the Mission's expiry (signals draft).
+            if expires_at.is_some_and(|e| now >= e) {
+                return MissionView::Inactive(MissionState::Expired);
+            }
             match status {
                 // The event is newer than what Mission Status said: it overrides the cache.
                 Some(s) if *version >= s.version && !state.is_active() => return MissionView::Inactive(state.clone()),
@@ -108,6 +155,12 @@ impl MissionCache {
         MissionView::NeedFetch
     }
 
+    /// The current Authority Set from the cached status answer, if it carried one: the token's
+    /// entries are narrowed by it (SPEC §3, containment).
+    pub fn current_authority(&self, issuer: usize, id: &str) -> Option<Rc<Vec<Grant>>> {
+        self.status.get(&(issuer, id.to_owned())).and_then(|s| s.current.clone())
+    }
+
     /// Record a verified status answer, received at `now`.
     pub fn put_status(&mut self, issuer: usize, answer: VerifiedStatus, now: i64) {
         let key = (issuer, answer.id);
@@ -118,6 +171,11 @@ impl MissionCache {
                 return; // never go back to an older version
             }
         }
+        // An answer older than an `active` event that asked for it to be settled (a gap, a changed
+        // Authority Set) does not settle it: it is not kept, so the next request asks again.
+        if self.events.get(&key).is_some_and(|e| e.version > answer.version && e.state.is_active()) {
+            return;
+        }
         bounded_insert(
             &mut self.status,
             key,
@@ -126,6 +184,7 @@ impl MissionCache {
                 version: answer.version,
                 valid_until: answer.valid_until,
                 expires_at: answer.expires_at,
+                current: answer.current.map(Rc::new),
             },
             |s| s.valid_until > now,
         );
@@ -141,28 +200,43 @@ impl MissionCache {
         bounded_insert(&mut self.failed, (issuer, id.to_owned()), now + FAILURE_BACKOFF, |t| *t > now);
     }
 
-    /// Apply a state event. An event whose version is not newer than the one held is ignored.
-    /// Returns true when it changed anything.
-    pub fn apply_event(&mut self, issuer: usize, id: &str, state: MissionState, version: u64) -> bool {
-        let key = (issuer, id.to_owned());
-        if self.events.get(&key).is_some_and(|(_, v)| *v >= version) {
-            return false;
+    /// Apply a state event, idempotently by `version`: one not newer than the last known version
+    /// (from an event or a status answer) is ignored, so nothing ever regresses. A version gap, a first
+    /// event above version 1, or `authority_changed` drops the cached status answer, so Mission
+    /// Status is asked before the filter relies on the Mission again; a non-active state takes
+    /// effect at once meanwhile.
+    pub fn apply_event(&mut self, issuer: usize, change: &StateChange) -> Applied {
+        let key = (issuer, change.id.clone());
+        let by_event = self.events.get(&key).map(|e| e.version);
+        let by_status = self.status.get(&key).map(|s| s.version);
+        let known = by_event.max(by_status);
+        if known.is_some_and(|k| k >= change.version) {
+            return Applied::Ignored;
         }
-        if self.status.get(&key).is_some_and(|s| s.version >= version) {
-            return false;
-        }
+        let gap = match known {
+            Some(k) => change.version > k.saturating_add(1),
+            None => change.version > 1,
+        };
         if self.events.len() >= MAX_MISSIONS && !self.events.contains_key(&key) {
             self.forget_events();
         }
-        if let Some(s) = self.status.get_mut(&key) {
-            if state.is_active() {
+        let settle = gap || change.authority_changed;
+        let mut outcome = Applied::Applied;
+        if settle {
+            self.status.remove(&key);
+            outcome = Applied::NeedsStatus;
+        } else if let Some(s) = self.status.get_mut(&key) {
+            if change.state.is_active() {
                 // A resume: the state is current, freshness still comes from the status answer.
-                s.state = state.clone();
-                s.version = version;
+                s.state = change.state.clone();
+                s.version = change.version;
             }
         }
-        self.events.insert(key, (state, version));
-        true
+        self.events.insert(
+            key,
+            EventEntry { state: change.state.clone(), version: change.version, expires_at: change.expires_at },
+        );
+        outcome
     }
 
     /// Number of Missions with a status entry.
@@ -211,6 +285,8 @@ pub struct VerifiedStatus {
     pub valid_until: i64,
     /// Mission expiry.
     pub expires_at: Option<i64>,
+    /// The current Authority Set (`authorization_details` of the answer), compiled, if present.
+    pub current: Option<Vec<Grant>>,
 }
 
 /// Why a status or event answer was refused.
@@ -292,7 +368,30 @@ pub fn verify_status(
         version: claims.mission.version,
         valid_until: fresh_until.min(now.saturating_add(max_stale)),
         expires_at,
+        current: claims.authorization_details.as_deref().map(authority::compile),
     })
+}
+
+/// Is a non-200 Mission Status answer the draft's not-found answer (`404`, JSON
+/// `{"error": "not_found", "error_description": ..., "nonce": <ours>}`)? Only that answer means
+/// "unknown Mission"; anything else is a failure of the authority, whose cause is returned.
+pub fn status_not_found(status: u16, body: &[u8], nonce: &str) -> Result<(), String> {
+    if status != 404 {
+        return Err(format!("status endpoint answered HTTP {status}"));
+    }
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err("status endpoint answered 404 with an oversized body".to_owned());
+    }
+    let Ok(e) = serde_json::from_slice::<MissionStatusError>(body) else {
+        return Err("status endpoint answered 404 without the draft's error body (wrong path?)".to_owned());
+    };
+    if e.error != "not_found" {
+        return Err("status endpoint answered 404 with an error other than not_found".to_owned());
+    }
+    if e.nonce.as_deref() != Some(nonce) {
+        return Err("status endpoint answered not_found without echoing the request nonce".to_owned());
+    }
+    Ok(())
 }
 
 /// Form body of a Mission Status request.
@@ -327,82 +426,139 @@ fn form_encode(out: &mut String, v: &str) {
 pub struct VerifiedEvent {
     /// SET id.
     pub jti: String,
-    /// Mission id.
-    pub id: String,
-    /// New state.
-    pub state: MissionState,
-    /// Version.
-    pub version: u64,
+    /// The change.
+    pub change: StateChange,
 }
 
-/// Verify a poll answer (RFC 8936) and return its events; SETs that fail verification are skipped
-/// and counted (a forged SET never changes state). The ack cursor moves to the highest numeric jti.
+/// A verified poll answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifiedPoll {
+    /// Verified events, ordered by Mission and version (so a batch delivered out of order applies in order).
+    pub events: Vec<VerifiedEvent>,
+    /// SETs refused: (jti, RFC 8935 error code, description). Reported in `setErrs`.
+    pub refused: Vec<(String, &'static str, &'static str)>,
+    /// SETs signed by a key not known yet: neither acknowledged nor refused, so they come again.
+    pub unknown_key: usize,
+    /// More are waiting.
+    pub more: bool,
+}
+
+/// Verify a poll answer (RFC 8936) of `mission.lifecycle-change` SETs (signals draft): `typ
+/// secevent+jwt`, signature, `iss` the Mission issuer, `aud` this gateway's audience, `iat` not in the
+/// future. A SET that fails is refused (never changes state) and reported.
 pub fn verify_events(
     config: &Config,
     keys: &KeyStore,
     issuer: usize,
     body: &[u8],
     now: i64,
-) -> Result<(Vec<VerifiedEvent>, usize, bool), AnswerError> {
+) -> Result<VerifiedPoll, AnswerError> {
     if body.len() > 4 * MAX_ANSWER_BYTES {
         return Err(AnswerError::Invalid("answer too large"));
     }
     let Some(cfg) = config.issuers.get(issuer) else { return Err(AnswerError::Invalid("issuer")) };
     let Some(ma) = &cfg.mission_authority else { return Err(AnswerError::Invalid("not a mission authority")) };
     let poll: PollResponse = serde_json::from_slice(body).map_err(|_| AnswerError::Invalid("not a poll response"))?;
-    let mut out = Vec::new();
-    let mut rejected = 0;
-    let mut unknown_key = false;
+    let mut out = VerifiedPoll { more: poll.more_available, ..VerifiedPoll::default() };
     for (jti, set) in &poll.sets {
+        if !missiongate_wire::claims::is_safe_id(jti) {
+            continue; // not even reportable
+        }
+        let mut refuse = |err: &'static str, why: &'static str| out.refused.push((jti.clone(), err, why));
         let Some(jws) = set.as_str() else {
-            rejected += 1;
+            refuse("invalid_request", "not a compact JWS");
             continue;
         };
         let payload = match verify_jws(config, keys, issuer, jws, TYP_SET) {
             Ok(p) => p,
             Err(AnswerError::UnknownKey) => {
-                unknown_key = true;
-                rejected += 1;
+                out.unknown_key += 1;
                 continue;
             }
-            Err(_) => {
-                rejected += 1;
+            Err(AnswerError::Invalid(why)) => {
+                refuse("invalid_key", why);
                 continue;
             }
         };
         let Ok(claims) = serde_json::from_slice::<SetClaims>(&payload) else {
-            rejected += 1;
+            refuse("invalid_request", "SET claims");
             continue;
         };
-        if claims.iss != cfg.issuer || &claims.jti != jti {
-            rejected += 1;
+        if claims.iss != cfg.issuer {
+            refuse("invalid_issuer", "iss is not the Mission issuer");
             continue;
         }
-        // SPEC §3: the SET's `aud` MUST be this gateway's audience; one issued in the future (beyond
-        // the skew) is not trusted either.
-        if !claims.aud.as_ref().is_some_and(|a| a.contains(&ma.audience)) || claims.iat.0 > now + STATUS_SKEW {
-            rejected += 1;
+        if &claims.jti != jti {
+            refuse("invalid_request", "jti differs from its key in sets");
             continue;
         }
-        match claims.mission_state() {
-            Some(ev) if ev.issuer == cfg.issuer => {
-                out.push(VerifiedEvent { jti: claims.jti, id: ev.id, state: ev.state, version: ev.version });
-            }
-            _ => rejected += 1,
+        // SPEC §3: the SET's `aud` MUST be this gateway's audience.
+        if !claims.aud.as_ref().is_some_and(|a| a.contains(&ma.audience)) {
+            refuse("invalid_audience", "aud is not this gateway");
+            continue;
         }
+        if claims.iat.0 > now + STATUS_SKEW {
+            refuse("invalid_request", "iat in the future");
+            continue;
+        }
+        let Some(ev) = claims.mission_state() else {
+            refuse("invalid_request", "no well-formed mission.lifecycle-change event");
+            continue;
+        };
+        if ev.mission.issuer != cfg.issuer {
+            refuse("invalid_issuer", "mission.issuer is not the SET issuer");
+            continue;
+        }
+        if parse_rfc3339(&ev.committed_at).is_none() {
+            refuse("invalid_request", "committed_at");
+            continue;
+        }
+        let expires_at = match &ev.expires_at {
+            None => None,
+            Some(e) => match parse_rfc3339(e) {
+                Some(t) => Some(t),
+                None => {
+                    refuse("invalid_request", "expires_at");
+                    continue;
+                }
+            },
+        };
+        out.events.push(VerifiedEvent {
+            jti: claims.jti,
+            change: StateChange {
+                id: ev.mission.id,
+                state: ev.state,
+                version: ev.version,
+                expires_at,
+                authority_changed: ev.authority_changed.unwrap_or(false),
+            },
+        });
     }
-    if unknown_key && out.is_empty() {
+    if out.unknown_key > 0 && out.events.is_empty() && out.refused.is_empty() {
         return Err(AnswerError::UnknownKey);
     }
-    out.sort_by_key(|e| (e.jti.parse::<u64>().unwrap_or(u64::MAX), e.version));
-    Ok((out, rejected, poll.more_available))
+    out.events.sort_by(|a, b| (&a.change.id, a.change.version).cmp(&(&b.change.id, b.change.version)));
+    Ok(out)
 }
 
-/// Body of the next poll: acknowledge the cursor; long-poll unless more are known to be waiting.
-pub fn poll_request_body(cursor: Option<&str>, return_immediately: bool) -> Vec<u8> {
-    let ack: Vec<&str> = cursor.into_iter().collect();
-    serde_json::to_vec(&serde_json::json!({"ack": ack, "maxEvents": 256, "returnImmediately": return_immediately}))
-        .unwrap_or_default()
+/// Body of the next poll (RFC 8936 §2.4): acknowledge each processed `jti` in `ack`, report refused
+/// SETs in `setErrs`; long-poll unless more are known to be waiting.
+pub fn poll_request_body(
+    acks: &[String],
+    errs: &[(String, &'static str, &'static str)],
+    return_immediately: bool,
+) -> Vec<u8> {
+    let mut set_errs = serde_json::Map::new();
+    for (jti, err, why) in errs {
+        set_errs.insert(jti.clone(), serde_json::json!({"err": err, "description": why}));
+    }
+    let mut body = serde_json::json!({"ack": acks, "maxEvents": 256, "returnImmediately": return_immediately});
+    if !set_errs.is_empty() {
+        if let Some(o) = body.as_object_mut() {
+            o.insert("setErrs".to_owned(), serde_json::Value::Object(set_errs));
+        }
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -410,7 +566,18 @@ mod tests {
     use super::*;
 
     fn active(version: u64, until: i64) -> VerifiedStatus {
-        VerifiedStatus { id: "m".into(), state: MissionState::Active, version, valid_until: until, expires_at: None }
+        VerifiedStatus {
+            id: "m".into(),
+            state: MissionState::Active,
+            version,
+            valid_until: until,
+            expires_at: None,
+            current: None,
+        }
+    }
+
+    fn ev(id: &str, state: MissionState, version: u64) -> StateChange {
+        StateChange { id: id.into(), state, version, expires_at: None, authority_changed: false }
     }
 
     #[test]
@@ -420,11 +587,11 @@ mod tests {
         c.put_status(0, active(3, 130), 0);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
         assert_eq!(c.view(0, "m", 130), MissionView::NeedFetch);
-        assert!(c.apply_event(0, "m", MissionState::Revoked, 4));
+        assert!(c.apply_event(0, &ev("m", MissionState::Revoked, 4)) != Applied::Ignored);
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Revoked));
         // an older or replayed event never resurrects
-        assert!(!c.apply_event(0, "m", MissionState::Active, 4));
-        assert!(!c.apply_event(0, "m", MissionState::Active, 2));
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Active, 4)), Applied::Ignored);
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Active, 2)), Applied::Ignored);
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Revoked));
         // nor does an older status answer
         c.put_status(0, active(3, 200), 0);
@@ -435,9 +602,9 @@ mod tests {
     fn suspend_then_resume_by_events() {
         let mut c = MissionCache::default();
         c.put_status(0, active(1, 200), 0);
-        c.apply_event(0, "m", MissionState::Suspended, 2);
+        c.apply_event(0, &ev("m", MissionState::Suspended, 2));
         assert_eq!(c.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
-        c.apply_event(0, "m", MissionState::Active, 3);
+        c.apply_event(0, &ev("m", MissionState::Active, 3));
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
     }
 
@@ -446,16 +613,16 @@ mod tests {
         let mut c = MissionCache::default();
         // Created (v1, pending_approval) and approved (v2) at the authority; only the first event
         // has arrived when a request comes: ask Mission Status rather than refuse on a stale event.
-        assert!(c.apply_event(0, "m", MissionState::PendingApproval, 1));
+        assert!(c.apply_event(0, &ev("m", MissionState::PendingApproval, 1)) != Applied::Ignored);
         assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
         c.put_status(0, active(2, 200), 0);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
         // The late approval event changes nothing.
-        assert!(!c.apply_event(0, "m", MissionState::Active, 2));
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Active, 2)), Applied::Ignored);
         assert_eq!(c.view(0, "m", 100), MissionView::Active);
         // A status answer older than the event leaves the event in force.
         let mut d = MissionCache::default();
-        d.apply_event(0, "m", MissionState::Suspended, 5);
+        d.apply_event(0, &ev("m", MissionState::Suspended, 5));
         assert_eq!(d.view(0, "m", 100), MissionView::NeedFetch);
         d.put_status(0, active(4, 200), 0);
         assert_eq!(d.view(0, "m", 100), MissionView::Inactive(MissionState::Suspended));
@@ -465,9 +632,9 @@ mod tests {
     fn forgetting_events_forgets_the_status_answers_too() {
         let mut c = MissionCache::default();
         c.put_status(0, active(1, 200), 0);
-        c.apply_event(0, "m", MissionState::Revoked, 2);
+        c.apply_event(0, &ev("m", MissionState::Revoked, 2));
         for i in 0..=100_000 {
-            c.apply_event(0, &format!("other-{i}"), MissionState::Revoked, 1);
+            c.apply_event(0, &ev(&format!("other-{i}"), MissionState::Revoked, 1));
         }
         c.sweep(100);
         assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch, "a revoked Mission must not read as active");
@@ -476,7 +643,7 @@ mod tests {
     #[test]
     fn event_before_any_status_blocks() {
         let mut c = MissionCache::default();
-        c.apply_event(0, "m", MissionState::Revoked, 9);
+        c.apply_event(0, &ev("m", MissionState::Revoked, 9));
         assert_eq!(c.view(0, "m", 0), MissionView::Inactive(MissionState::Revoked));
     }
 
@@ -492,6 +659,63 @@ mod tests {
         c.put_failure(0, "y", 100);
         assert_eq!(c.view(0, "y", 100), MissionView::Unavailable);
         assert_eq!(c.view(0, "y", 101), MissionView::NeedFetch);
+    }
+
+    #[test]
+    fn duplicates_reordering_gaps_and_authority_changes() {
+        let mut c = MissionCache::default();
+        c.put_status(0, active(1, 200), 0);
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Suspended, 2)), Applied::Applied);
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Suspended, 2)), Applied::Ignored, "duplicate");
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Active, 1)), Applied::Ignored, "late, older");
+        // v3 was lost: v4 (active) is a gap; the status answer goes and Mission Status is asked.
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Active, 4)), Applied::NeedsStatus);
+        assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
+        // An answer older than the event does not settle it.
+        c.put_status(0, active(3, 200), 0);
+        assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
+        c.put_status(0, active(4, 200), 0);
+        assert_eq!(c.view(0, "m", 100), MissionView::Active);
+        // The late v3 changes nothing.
+        assert_eq!(c.apply_event(0, &ev("m", MissionState::Revoked, 3)), Applied::Ignored);
+        assert_eq!(c.view(0, "m", 100), MissionView::Active);
+        // authority_changed drops the cached answer although the state stays active.
+        let changed = StateChange { authority_changed: true, ..ev("m", MissionState::Active, 5) };
+        assert_eq!(c.apply_event(0, &changed), Applied::NeedsStatus);
+        assert_eq!(c.view(0, "m", 100), MissionView::NeedFetch);
+        // A first event above version 1 for an unseen Mission needs Mission Status.
+        assert_eq!(c.apply_event(0, &ev("n", MissionState::Active, 7)), Applied::NeedsStatus);
+        assert_eq!(c.view(0, "n", 100), MissionView::NeedFetch);
+        // A first event at version 1 is just applied.
+        assert_eq!(c.apply_event(0, &ev("o", MissionState::Active, 1)), Applied::Applied);
+        // An event's expires_at makes the Mission expired without a status answer.
+        let exp = StateChange { expires_at: Some(50), ..ev("p", MissionState::Suspended, 1) };
+        c.apply_event(0, &exp);
+        assert_eq!(c.view(0, "p", 50), MissionView::Inactive(MissionState::Expired));
+    }
+
+    #[test]
+    fn only_the_drafts_not_found_means_unknown() {
+        let ok = br#"{"error":"not_found","error_description":"no such mission","nonce":"n1"}"#;
+        assert_eq!(status_not_found(404, ok, "n1"), Ok(()));
+        assert!(status_not_found(404, ok, "n2").is_err(), "nonce not echoed");
+        assert!(status_not_found(404, b"", "n1").is_err(), "bare 404");
+        assert!(status_not_found(404, b"<html>not found</html>", "n1").is_err());
+        assert!(status_not_found(404, br#"{"error":"invalid_request","nonce":"n1"}"#, "n1").is_err());
+        assert!(status_not_found(401, ok, "n1").is_err());
+        assert!(status_not_found(500, b"oops", "n1").unwrap_err().contains("500"));
+    }
+
+    #[test]
+    fn poll_body_acks_each_jti_and_reports_refusals() {
+        let b = poll_request_body(&["a".into(), "b".into()], &[("c".into(), "invalid_audience", "aud")], true);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["ack"], serde_json::json!(["a", "b"]));
+        assert_eq!(v["setErrs"]["c"]["err"], "invalid_audience");
+        assert_eq!(v["returnImmediately"], true);
+        let b = poll_request_body(&[], &[], false);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(v.get("setErrs").is_none());
     }
 
     #[test]

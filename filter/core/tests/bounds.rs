@@ -90,7 +90,7 @@ fn set_active(e: &mut Engine, authority: usize, mission: &str) {
         "mission": {"id": mission, "issuer": iss, "state": "active", "version": 1,
                     "fresh_until": time::format_rfc3339(NOW + 300)}});
     let body = sign(&key, kid, "mission-status-response+jwt", &claims);
-    assert_eq!(e.on_status(authority, mission, &nonce, Some(200), body.as_bytes(), NOW), None);
+    assert_eq!(e.on_status(authority, mission, &nonce, Some(200), body.as_bytes(), NOW).refetch_keys, None);
 }
 
 /// An engine with the Mission active at both authorities.
@@ -608,7 +608,14 @@ fn token_and_mission_caches_stay_within_their_bounds() {
         let id = format!("m{i}");
         missions.put_unknown(0, &id, NOW);
         missions.put_failure(0, &id, NOW);
-        missions.apply_event(0, &id, missiongate_wire::claims::MissionState::Revoked, 1);
+        let change = missiongate_core::mission::StateChange {
+            id: id.clone(),
+            state: missiongate_wire::claims::MissionState::Revoked,
+            version: 1,
+            expires_at: None,
+            authority_changed: false,
+        };
+        missions.apply_event(0, &change);
     }
     let (events, unknown, failed) = missions.other_counts();
     assert!(events <= MAX_MISSIONS && unknown <= MAX_MISSIONS && failed <= MAX_MISSIONS);

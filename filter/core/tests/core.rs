@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use missiongate_core::decision::{Evidence, Response};
 use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
-use missiongate_wire::claims::EVENT_MISSION_STATE;
+use missiongate_wire::claims::EVENT_MISSION_LIFECYCLE_CHANGE as EVENT_MISSION_STATE;
 use missiongate_wire::jose::{Alg, SigningKey};
 use missiongate_wire::{b64, time};
 use serde_json::{json, Value};
@@ -184,7 +184,13 @@ fn status_mission(state: &str, version: u64) -> Value {
 fn answer_status(e: &mut Engine, status: Option<u16>, body: impl FnOnce(&str) -> String) -> Option<usize> {
     let (_callout, nonce) = e.status_callout(0, MISSION).unwrap();
     let body = body(&nonce);
-    e.on_status(0, MISSION, &nonce, status, body.as_bytes(), NOW)
+    e.on_status(0, MISSION, &nonce, status, body.as_bytes(), NOW).refetch_keys
+}
+
+/// A `mission.lifecycle-change` event (signals draft) about the fixture's Mission.
+fn lifecycle(state: &str, version: u64) -> Value {
+    json!({"mission": {"id": MISSION, "issuer": AS}, "state": state, "prior_state": "active", "version": version,
+           "committed_at": time::format_rfc3339(NOW - 1), "expires_at": time::format_rfc3339(NOW + 3600)})
 }
 
 fn set_state(e: &mut Engine, state: &str, version: u64) {
@@ -323,7 +329,7 @@ fn valid_token_needs_status_then_allows_then_hot_path() {
     assert_ne!(e.status_callout(0, MISSION).unwrap().1, nonce, "every request gets a fresh nonce");
 
     let body = status_jws(&nonce, status_mission("active", 1));
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW), None);
+    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW).refetch_keys, None);
 
     let attempts = Attempts { status: true, ..Attempts::default() };
     let ev = expect_allow(e.decide(&r, NOW, attempts, &mut MapGuard::default()));
@@ -1015,7 +1021,9 @@ fn active_mission_past_expires_at() {
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn unknown_mission_404() {
     let mut e = engine();
-    assert_eq!(answer_status(&mut e, Some(404), |_| String::new()), None);
+    let not_found =
+        |n: &str| json!({"error": "not_found", "error_description": "no such mission", "nonce": n}).to_string();
+    assert_eq!(answer_status(&mut e, Some(404), not_found), None);
     let t = token();
     let o = e.decide(
         &get("/v1/invoices", &bearer(&t)),
@@ -1139,7 +1147,7 @@ fn after_the_backoff_state_is_asked_again() {
 fn set_jws(key: &SigningKey, kid: &str, jti: &str, state: &str, version: u64) -> String {
     let claims = json!({
         "iss": AS, "iat": NOW, "jti": jti, "aud": GATEWAY_AUD,
-        "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": state, "version": version}}}
+        "events": {EVENT_MISSION_STATE: lifecycle(state, version)}
     });
     sign(key, kid, "secevent+jwt", &claims)
 }
@@ -1210,7 +1218,7 @@ fn forged_events_are_rejected() {
     assert_eq!(e.on_events(0, Some(200), &body, NOW), (0, false, None));
     // Known kid, wrong key; wrong typ; jti that does not match its key in `sets`; wrong iss.
     let mut wrong_iss = json!({"iss": OTHER_AS, "iat": NOW, "jti": "35",
-        "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": "revoked", "version": 9}}}});
+        "events": {EVENT_MISSION_STATE: lifecycle("revoked", 9)}});
     let body = poll_body(&[
         ("32", set_jws(&rogue_key(), "k1", "32", "revoked", 9)),
         ("33", sign(&as_key(), "k1", "at+jwt", &json!({"iss": AS, "iat": NOW, "jti": "33", "events": {}}))),
@@ -1887,7 +1895,7 @@ fn state_events_for_another_audience_or_from_the_future_are_rejected() {
     let mut e = active_engine();
     let set = |aud: Value, iat: i64, jti: &str| {
         let claims = json!({"iss": AS, "iat": iat, "jti": jti, "aud": aud,
-            "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": "revoked", "version": 2}}}});
+            "events": {EVENT_MISSION_STATE: lifecycle("revoked", 2)}});
         sign(&as_key(), "k1", "secevent+jwt", &claims)
     };
     let no_aud = sign(
@@ -1895,7 +1903,7 @@ fn state_events_for_another_audience_or_from_the_future_are_rejected() {
         "k1",
         "secevent+jwt",
         &json!({"iss": AS, "iat": NOW, "jti": "44",
-            "events": {EVENT_MISSION_STATE: {"mission": {"id": MISSION, "issuer": AS, "state": "revoked", "version": 2}}}}),
+            "events": {EVENT_MISSION_STATE: lifecycle("revoked", 2)}}),
     );
     let body = poll_body(&[
         ("41", set(json!("https://other-gateway.example"), NOW, "41")),
@@ -1950,4 +1958,172 @@ fn a_pdp_refusal_for_a_used_single_use_approval_is_a_parameter_violation() {
     let used = json!({"decision": false, "context": {"evaluation_id": "eval_u", "reason": "parameter_violation",
         "next_action": "none"}});
     expect_deny(with_answer(&mut e, &r, Some(200), &used, g), "parameter_violation", 403);
+}
+
+// ------------------------------------------------- Mission Status errors, signals draft, containment --
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_bare_404_is_a_failure_of_the_authority_logged_at_a_bounded_rate_and_counted() {
+    let mut e = engine();
+    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
+    let first = e.on_status(0, MISSION, &nonce, Some(404), b"", NOW);
+    let line = first.log.expect("the cause is logged");
+    assert!(line.contains(AS) && line.contains("404"), "{line}");
+    expect_authority_unavailable(&mut e);
+    // Within the interval the same issuer's failures are not logged again; after it they are.
+    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
+    let not_echoed = json!({"error": "not_found", "error_description": "x", "nonce": "someone-else"}).to_string();
+    assert_eq!(e.on_status(0, MISSION, &nonce, Some(404), not_echoed.as_bytes(), NOW + 10).log, None);
+    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
+    let later = e.on_status(0, MISSION, &nonce, Some(502), b"<html>", NOW + 31).log.expect("logged again");
+    assert!(later.contains("502"), "{later}");
+    let counters: HashMap<String, u64> = e.take_counters().into_iter().collect();
+    assert_eq!(counters.get("callout.status.unexpected"), Some(&3));
+    assert_eq!(counters.get("callout.status.ok"), None);
+    // A verified answer and the draft's not-found are not failures and log nothing.
+    let mut e = engine();
+    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
+    let nf = json!({"error": "not_found", "error_description": "no such mission", "nonce": nonce}).to_string();
+    assert_eq!(e.on_status(0, MISSION, &nonce, Some(404), nf.as_bytes(), NOW).log, None);
+    let counters: HashMap<String, u64> = e.take_counters().into_iter().collect();
+    assert_eq!(counters.get("callout.status.ok"), Some(&1));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn status_requests_ask_for_the_registered_type_with_the_configured_credential_header() {
+    let header = |c: &missiongate_core::engine::Callout, name: &str| {
+        c.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let mut e = engine();
+    let (c, _) = e.status_callout(0, MISSION).unwrap();
+    assert_eq!(header(&c, "accept").as_deref(), Some("application/mission-status-response+jwt"));
+    assert_eq!(header(&c, "authorization"), None);
+    let mut cfg = config_json();
+    cfg["issuers"][0]["mission_authority"]["credential"] = json!("DPoP-less sc-token-1");
+    cfg["issuers"][0]["mission_authority"]["credential_header"] = json!("x-gateway-credential");
+    let mut e = engine_with(&cfg);
+    let (c, _) = e.status_callout(0, MISSION).unwrap();
+    assert_eq!(header(&c, "x-gateway-credential").as_deref(), Some("DPoP-less sc-token-1"));
+    assert_eq!(header(&c, "authorization"), None);
+    let poll = e.events_callout(0, true).unwrap();
+    assert_eq!(header(&poll, "x-gateway-credential").as_deref(), Some("DPoP-less sc-token-1"));
+    // Default header: Authorization.
+    cfg["issuers"][0]["mission_authority"].as_object_mut().unwrap().remove("credential_header");
+    let mut e = engine_with(&cfg);
+    let (c, _) = e.status_callout(0, MISSION).unwrap();
+    assert_eq!(header(&c, "authorization").as_deref(), Some("DPoP-less sc-token-1"));
+    for bad in ["", "X-Upper", "host", "content-type", ":authority", "a b", "a\r\nb"] {
+        cfg["issuers"][0]["mission_authority"]["credential_header"] = json!(bad);
+        let err = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "issuers[0].mission_authority.credential_header", "{bad:?}");
+    }
+    cfg["issuers"][0]["mission_authority"]["credential_header"] = json!("authorization");
+    cfg["issuers"][0]["mission_authority"]["credential"] = json!("Bearer a\r\nx: y");
+    let err = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.field, "issuers[0].mission_authority.credential");
+}
+
+fn pay(auth: &str) -> Request<'_> {
+    req("POST", "/v1/payments", Authz::One(auth))
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn the_status_answers_authority_set_narrows_the_tokens() {
+    let t = token();
+    let auth = bearer(&t);
+    let mut e = active_engine();
+    expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
+    expect_allow(decide(&mut e, &pay(&auth)));
+    // The Mission is contained: still active, its current set no longer has payments.
+    let mut e = engine();
+    assert_eq!(
+        answer_status(&mut e, Some(200), |n| {
+            let claims = json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": n, "iat": NOW, "exp": NOW + 60,
+                "mission": status_mission("active", 2),
+                "authorization_details": [{"type": "mission_resource_access",
+                    "resource": "https://api.partner.example/v1", "resource_match": "prefix", "actions": ["http.get"]}]});
+            sign(&as_key(), "k1", "mission-status-response+jwt", &claims)
+        }),
+        None
+    );
+    expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
+    expect_deny(decide(&mut e, &pay(&auth)), "insufficient_authority", 403);
+    // A current set wider than the token never widens it.
+    let mut e = engine();
+    answer_status(&mut e, Some(200), |n| {
+        let claims = json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": n, "iat": NOW, "exp": NOW + 60,
+            "mission": status_mission("active", 2),
+            "authorization_details": [{"type": "mission_resource_access",
+                "resource": ORIGIN, "actions": ["http.*", "payments.*"]}]});
+        sign(&as_key(), "k1", "mission-status-response+jwt", &claims)
+    });
+    expect_allow(decide(&mut e, &pay(&auth)));
+    expect_deny(decide(&mut e, &req("DELETE", "/v1/x", Authz::One(&auth))), "insufficient_authority", 403);
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_version_gap_or_authority_change_is_settled_by_mission_status() {
+    let t = token();
+    let auth = bearer(&t);
+    let mut e = active_engine();
+    // v2 was lost; v3 (active) arrives: Mission Status is asked before the Mission is relied on.
+    let body = poll_body(&[("f81d4fae-a", set_jws(&as_key(), "k1", "f81d4fae-a", "active", 3))]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 1);
+    assert_eq!(expect_need(decide(&mut e, &get("/v1/invoices", &auth))), Need::Status(0, MISSION.to_owned()));
+    set_state(&mut e, "suspended", 4);
+    expect_invalid_token(decide(&mut e, &get("/v1/invoices", &auth)), "mission_inactive");
+    set_state(&mut e, "active", 5);
+    expect_allow(decide(&mut e, &get("/v1/invoices", &auth)));
+    // authority_changed (state stays active): the answer in force is dropped and asked again.
+    let mut ev = lifecycle("active", 6);
+    ev["authority_changed"] = json!(true);
+    let claims =
+        json!({"iss": AS, "iat": NOW, "jti": "f81d4fae-b", "aud": GATEWAY_AUD, "events": {EVENT_MISSION_STATE: ev}});
+    let body = poll_body(&[("f81d4fae-b", sign(&as_key(), "k1", "secevent+jwt", &claims))]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 1);
+    assert_eq!(expect_need(decide(&mut e, &pay(&auth))), Need::Status(0, MISSION.to_owned()));
+    // A first event above version 1 for a Mission never seen is settled the same way.
+    let mut e = engine();
+    let body = poll_body(&[("f81d4fae-c", set_jws(&as_key(), "k1", "f81d4fae-c", "active", 7))]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 1);
+    assert_eq!(expect_need(decide(&mut e, &get("/v1/invoices", &auth))), Need::Status(0, MISSION.to_owned()));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn each_set_is_acknowledged_by_jti_and_a_reordered_batch_applies_in_version_order() {
+    let mut e = active_engine();
+    let other_aud = sign(
+        &as_key(),
+        "k1",
+        "secevent+jwt",
+        &json!({"iss": AS, "iat": NOW, "jti": "b-2", "aud": "https://other-gateway.example",
+                "events": {EVENT_MISSION_STATE: lifecycle("revoked", 9)}}),
+    );
+    // Delivered out of order (v3 before v2 in the map, opaque jtis), a duplicate, another audience.
+    let body = poll_body(&[
+        ("z-1", set_jws(&as_key(), "k1", "z-1", "revoked", 3)),
+        ("a-1", set_jws(&as_key(), "k1", "a-1", "suspended", 2)),
+        ("b-2", other_aud),
+    ]);
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 2);
+    let d = expect_invalid_token(state_now(&mut e), "mission_inactive");
+    assert_eq!(d.body["mission"]["state"], "revoked");
+    let next: Value = serde_json::from_slice(&e.events_callout(0, false).unwrap().body).unwrap();
+    let mut acked: Vec<String> = serde_json::from_value(next["ack"].clone()).unwrap();
+    acked.sort();
+    assert_eq!(acked, vec!["a-1", "z-1"]);
+    assert_eq!(next["setErrs"]["b-2"]["err"], "invalid_audience");
+    // Delivered again (the ack was lost): nothing changes, and it is acknowledged again.
+    assert_eq!(e.on_events(0, Some(200), &body, NOW).0, 0);
+    let next: Value = serde_json::from_slice(&e.events_callout(0, false).unwrap().body).unwrap();
+    assert_eq!(next["ack"].as_array().map(Vec::len), Some(2));
+    // Nothing new processed: the last acknowledgement is repeated, refusals are not.
+    let again: Value = serde_json::from_slice(&e.events_callout(0, false).unwrap().body).unwrap();
+    assert_eq!(again["ack"], next["ack"]);
+    assert!(again.get("setErrs").is_none());
 }

@@ -78,7 +78,7 @@ fn engine(pdp: bool) -> Engine {
                     "fresh_until": time::format_rfc3339(NOW + 300)}});
     let jws =
         as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &status);
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), jws.as_bytes(), NOW), None);
+    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), jws.as_bytes(), NOW).refetch_keys, None);
     e
 }
 

@@ -73,7 +73,7 @@ fn set_state(e: &mut Engine, state: &str, version: u64) {
                     "fresh_until": time::format_rfc3339(NOW + 300)}});
     let body =
         as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &claims);
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW), None);
+    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW).refetch_keys, None);
 }
 
 fn token_with(edit: impl FnOnce(&mut Value)) -> String {
