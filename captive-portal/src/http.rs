@@ -5,6 +5,7 @@
 //! | GET | `/.well-known/oauth-authorization-server` | | RFC 8414 metadata |
 //! | GET | `/jwks.json` | | JWKS (current + still-leased previous keys) |
 //! | GET | `/healthz` | | `{"status":"ok"}` |
+//! | GET | `/metrics` | | Prometheus text format (`--metrics-token` or the operator token; [`crate::metrics`]) |
 //! | POST | `/token` | form `grant_type=client_credentials`, `mission_id`, client auth, optional `DPoP` header | RFC 6749 token response |
 //! | POST | `/mission/status` | form `mission_id`, `audience`, `nonce` | `application/mission-status-response+jwt` |
 //! | POST | `/mission/events` | JSON RFC 8936 poll request | JSON RFC 8936 poll response |
