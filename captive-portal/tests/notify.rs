@@ -160,7 +160,7 @@ async fn create_approve_deny_and_expiry_are_delivered_slack_shaped_and_signed() 
     let (_dir, db) = temp_db();
     let args = hook_args(addr);
     let mut extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    extra.extend(["--task-ttl-seconds", "3"]);
+    extra.extend(["--task-ttl-seconds", "5"]);
     let p = Portal::start(&db, &extra).await;
     let m = p.active_mission().await;
     let mission_id = m["id"].as_str().unwrap();
