@@ -104,7 +104,24 @@ fn echo_request_id(headers: &HeaderMap, mut resp: Response) -> Response {
     resp
 }
 
+/// Count an evaluation's outcome (a PDP answer, or a batch item).
+fn count_decision(v: &Value) {
+    use crate::metrics::{Decision, METRICS};
+    let ctx = v.get("context");
+    let decision = if v.get("decision").and_then(Value::as_bool) == Some(true) {
+        Decision::permit
+    } else if ctx.and_then(|c| c.get("error")).is_some() {
+        Decision::error
+    } else if ctx.and_then(|c| c.get("next_action")).and_then(Value::as_str) == Some("request") {
+        Decision::request
+    } else {
+        Decision::deny
+    };
+    METRICS.evaluation(decision);
+}
+
 fn pdp_error(e: &ArError) -> Response {
+    crate::metrics::METRICS.evaluation(crate::metrics::Decision::error);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     crate::http::problem_response(status, e.code, &e.detail, None, &[])
 }
@@ -120,7 +137,10 @@ async fn evaluation(
 ) -> Response {
     let resp = match st.access.evaluate(&req).await {
         Ok(r) => match serde_json::to_value(&r) {
-            Ok(v) => json_response(StatusCode::OK, &v),
+            Ok(v) => {
+                count_decision(&v);
+                json_response(StatusCode::OK, &v)
+            }
             Err(e) => pdp_error(&ArError::internal(e)),
         },
         Err(e) => pdp_error(&e),
@@ -172,7 +192,10 @@ async fn evaluations(
             Err(e) => pdp_error(&ArError::invalid(format!("request body: {e}"))),
             Ok(req) => {
                 match st.access.evaluate(&req).await.and_then(|r| serde_json::to_value(&r).map_err(ArError::internal)) {
-                    Ok(v) => json_response(StatusCode::OK, &v),
+                    Ok(v) => {
+                        count_decision(&v);
+                        json_response(StatusCode::OK, &v)
+                    }
                     Err(e) => pdp_error(&e),
                 }
             }
@@ -196,6 +219,7 @@ async fn evaluations(
                 Err(e) => item_error(e.status, &e.detail),
             },
         };
+        count_decision(&decision);
         let permitted = decision.get("decision").and_then(Value::as_bool) == Some(true);
         out.push(decision);
         if (semantic == "deny_on_first_deny" && !permitted) || (semantic == "permit_on_first_permit" && permitted) {

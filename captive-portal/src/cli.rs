@@ -16,6 +16,8 @@ pub struct Cli {
 }
 
 /// Top-level commands.
+// Parsed once per process: the size of the `serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the Mission authority.
@@ -126,6 +128,27 @@ pub struct ServeArgs {
     /// Most denials with a live hint per Mission; beyond that, denials are not requestable.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_open_denials: u32,
+    /// A Slack-compatible incoming webhook told about access requests (repeatable; the environment
+    /// variable takes a comma-separated list). The URL is a secret: it is never logged.
+    #[arg(long = "notify-slack", env = "MISSIONGATE_NOTIFY_SLACK", hide_env_values = true, value_delimiter = ',')]
+    pub notify_slack: Vec<String>,
+    /// A generic webhook that receives signed JSON events about access requests (repeatable; the
+    /// environment variable takes a comma-separated list). Needs `--notify-secret`.
+    #[arg(long = "notify-webhook", env = "MISSIONGATE_NOTIFY_WEBHOOKS", hide_env_values = true, value_delimiter = ',')]
+    pub notify_webhooks: Vec<String>,
+    /// The HMAC-SHA-256 key that signs generic webhook events (`X-Missiongate-Signature`).
+    #[arg(long, env = "MISSIONGATE_NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<String>,
+    /// First retry delay of a failed webhook delivery, in milliseconds; it doubles per attempt (at
+    /// most 5 minutes).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=300_000))]
+    pub notify_retry_base_ms: u32,
+    /// Attempts of a webhook delivery before it is abandoned (and counted so).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub notify_max_attempts: u32,
+    /// A credential of the metrics scraper: `GET /metrics` answers it (and the operator token).
+    #[arg(long, env = "MISSIONGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Where the running authority is and how to authenticate to its operator API.

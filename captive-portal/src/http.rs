@@ -5,6 +5,7 @@
 //! | GET | `/.well-known/oauth-authorization-server` | | RFC 8414 metadata |
 //! | GET | `/jwks.json` | | JWKS (current + still-leased previous keys) |
 //! | GET | `/healthz` | | `{"status":"ok"}` |
+//! | GET | `/metrics` | | Prometheus text format (`--metrics-token` or the operator token; [`crate::metrics`]) |
 //! | POST | `/token` | form `grant_type=client_credentials`, `mission_id`, client auth, optional `DPoP` header | RFC 6749 token response |
 //! | POST | `/mission/status` | form `mission_id`, `audience`, `nonce` | `application/mission-status-response+jwt` |
 //! | POST | `/mission/events` | JSON RFC 8936 poll request | JSON RFC 8936 poll response |
@@ -68,6 +69,7 @@ pub struct HttpState {
     pub(crate) access: Arc<Access>,
     pub(crate) gateway: Arc<GatewayAuth>,
     operator_token_sha256: Arc<[u8; 32]>,
+    metrics_token_sha256: Option<Arc<[u8; 32]>>,
 }
 
 impl HttpState {
@@ -79,7 +81,19 @@ impl HttpState {
         operator_token: &str,
         gateway: Arc<GatewayAuth>,
     ) -> HttpState {
-        HttpState { authority, access, gateway, operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())) }
+        HttpState {
+            authority,
+            access,
+            gateway,
+            operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())),
+            metrics_token_sha256: None,
+        }
+    }
+
+    /// Also let `token` (the metrics scraper's credential) read `GET /metrics`.
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> HttpState {
+        self.metrics_token_sha256 = token.map(|t| Arc::new(sha256(t.as_bytes())));
+        self
     }
 }
 
@@ -106,12 +120,14 @@ pub fn router(state: HttpState) -> Router {
         .merge(operator)
         .merge(crate::access_http::routes(&state))
         .merge(crate::portal::routes())
+        .route("/metrics", get(metrics))
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None, &[]) })
         .method_not_allowed_fallback(|| async {
             problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here", None, &[])
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(crate::metrics::observe_http))
         .with_state(state)
 }
 
@@ -433,6 +449,54 @@ async fn require_gateway_oauth(State(st): State<HttpState>, mut req: Request, ne
 
 /// `Authorization: Bearer <operator token>`, compared in constant time. Anything else (no header, two
 /// headers, another scheme, an agent's access token) is a 401.
+/// `GET /metrics`: the Prometheus text format, for the operator token or `--metrics-token`.
+async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> Response {
+    let presented = bearer(&headers);
+    let allowed = presented.is_some_and(|t| {
+        // Both compared, whichever matches.
+        let op = secret_matches(t, st.operator_token_sha256.as_slice());
+        let scraper = st.metrics_token_sha256.as_ref().is_some_and(|h| secret_matches(t, h.as_slice()));
+        op | scraper
+    });
+    if !allowed {
+        let mut resp = problem_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics requires Authorization: Bearer <metrics token or operator token>",
+            None,
+            &[],
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-metrics\""));
+        return resp;
+    }
+    if let Err(e) = crate::notify::refresh_gauges(&st.access).await {
+        tracing::warn!(error = %e, "metrics: database gauges not refreshed");
+    }
+    match crate::metrics::METRICS.encode() {
+        Ok(text) => {
+            let mut resp = (StatusCode::OK, text).into_response();
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => internal("metrics could not be encoded"),
+    }
+}
+
+/// The Bearer token of a request with exactly one `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        }),
+        _ => None,
+    }
+}
+
 pub(crate) async fn require_operator(State(st): State<HttpState>, req: Request, next: Next) -> Response {
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let presented = match (values.next(), values.next()) {

@@ -9,6 +9,7 @@ use crate::authority::{Authority, Settings};
 use crate::cli::ServeArgs;
 use crate::gateway::GatewayAuth;
 use crate::http::{router, HttpState};
+use crate::notify::{Notifier, NotifySettings, Webhook};
 use crate::store::Store;
 use crate::util::sha256;
 
@@ -124,6 +125,49 @@ pub fn gateway_auth(args: &ServeArgs) -> Result<std::sync::Arc<GatewayAuth>, Str
     Ok(std::sync::Arc::new(GatewayAuth::new(&creds, args.dev_trust_loopback, args.max_long_polls_per_caller as usize)))
 }
 
+/// The webhooks of approver notifications: http(s) URLs; generic ones need `--notify-secret`.
+pub fn notify_settings(args: &ServeArgs) -> Result<NotifySettings, String> {
+    let mut webhooks = Vec::new();
+    for (urls, format, flag) in
+        [(&args.notify_slack, "slack", "--notify-slack"), (&args.notify_webhooks, "generic", "--notify-webhook")]
+    {
+        for u in urls {
+            let u = u.trim();
+            if u.is_empty() {
+                continue;
+            }
+            let parsed = url::Url::parse(u).map_err(|e| format!("{flag}: not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(format!("{flag}: an http(s) URL with a host is required"));
+            }
+            if parsed.scheme() == "http"
+                && !parsed.host_str().is_some_and(|h| {
+                    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h == "[::1]"
+                })
+            {
+                tracing::warn!("{flag}: a webhook over plain http outside loopback exposes its messages");
+            }
+            webhooks.push(Webhook { url: u.to_owned(), format });
+        }
+    }
+    let secret = args.notify_secret.clone().unwrap_or_default();
+    if webhooks.iter().any(|w| w.format == "generic") {
+        if secret.is_empty() {
+            return Err("--notify-webhook needs --notify-secret (the HMAC key receivers verify)".into());
+        }
+        if secret.len() < 16 {
+            tracing::warn!("--notify-secret is shorter than 16 characters");
+        }
+    }
+    Ok(NotifySettings {
+        webhooks,
+        secret: secret.into_bytes(),
+        retry_base_ms: i64::from(args.notify_retry_base_ms),
+        max_attempts: i64::from(args.notify_max_attempts),
+        retention_seconds: i64::from(args.retention_seconds),
+    })
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -186,12 +230,25 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         prune_interval_seconds: i64::from(args.prune_interval_seconds),
         approvers,
     };
+    let notify_settings = notify_settings(&args)?;
+    let metrics_token = match args.metrics_token.as_deref() {
+        None => None,
+        Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err("--metrics-token is visible ASCII without spaces (it is sent as a Bearer token)".into())
+        }
+        Some(t) if t == args.operator_token || args.gateway_credentials.iter().any(|c| c.trim() == t) => {
+            return Err("--metrics-token must differ from the operator token and every gateway credential".into())
+        }
+        Some(t) => Some(t.to_owned()),
+    };
     let store = Store::open(&args.db).await.map_err(|e| format!("{}: {e}", args.db.display()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let authority = Authority::open(settings, store.clone(), shutdown_rx.clone()).await.map_err(|e| e.to_string())?;
     let maintenance = tokio::spawn(authority.clone().run_maintenance());
     let access = Access::new(access_settings, authority.clone());
     let access_maintenance = tokio::spawn(access.clone().run_maintenance(shutdown_rx.clone()));
+    let notifier = Notifier::new(notify_settings, access.clone())?;
+    let notifications = tokio::spawn(notifier.run(shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -205,7 +262,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(%addr, issuer = %args.issuer, db = %args.db.display(), "mission authority started");
 
-    let app = router(HttpState::new(authority.clone(), access, &args.operator_token, gateway));
+    let app = router(
+        HttpState::new(authority.clone(), access, &args.operator_token, gateway)
+            .with_metrics_token(metrics_token.as_deref()),
+    );
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
@@ -215,6 +275,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .await;
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Err(e) = notifications.await {
+        tracing::warn!(error = %e, "notification task ended abnormally");
     }
     if let Err(e) = access_maintenance.await {
         tracing::warn!(error = %e, "access maintenance task ended abnormally");
