@@ -138,6 +138,19 @@ impl TlsUpstream {
     /// Start with a certificate for `names` from `ca`.
     pub fn start(ca: &TestCa, names: &[&str]) -> TlsUpstream {
         let (cert, key) = ca.leaf(names);
+        TlsUpstream::start_with(cert, key)
+    }
+
+    /// Start with a certificate and key from PEM files (e.g. made by `captive-portal gateway-ca`).
+    pub fn start_pem(cert: &std::path::Path, key: &std::path::Path) -> TlsUpstream {
+        use rustls::pki_types::pem::PemObject;
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(key).unwrap();
+        TlsUpstream::start_with(cert.to_vec(), key.secret_pkcs8_der().to_vec())
+    }
+
+    /// Start with a DER certificate and PKCS#8 key.
+    pub fn start_with(cert: Vec<u8>, key: Vec<u8>) -> TlsUpstream {
         // ring (no C toolchain or cmake needed); its provider lacks the post-quantum key exchange,
         // which this loopback test server does not need.
         #[allow(deprecated)]

@@ -294,3 +294,43 @@ fn loopback_private_and_metadata_addresses_are_refused_on_the_resolved_address()
     let denied = w.envoy.wait_counter("http.egress.rbac.denied", denied_before + 6);
     assert!(denied >= denied_before + 6, "rbac denied counter {denied}");
 }
+
+#[test]
+fn the_gateway_ca_command_issues_certificates_agents_verify() {
+    let w = world();
+    let bin = repo_root().join("target/debug/captive-portal");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p captive-portal`", bin.display());
+    let dir = repo_root().join("target/e2e").join(rand_id("gateway-ca-"));
+    let ca = |args: &[&str]| run(Command::new(&bin).arg("gateway-ca").args(args).arg("--dir").arg(&dir));
+    let out = ca(&["init"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // An existing CA is never replaced.
+    let again = ca(&["init"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already holds a gateway CA"), "{}", again.stderr);
+    assert_ne!(ca(&["issue", "--host", "../evil"]).code, 0);
+    let out = ca(&["issue", "--host", "issued.partner.example"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key.pem", "issued.partner.example.key.pem"] {
+        let mode = std::fs::metadata(dir.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    // A server with the issued certificate; curl trusts the CA file alone and checks the name.
+    let up =
+        TlsUpstream::start_pem(&dir.join("issued.partner.example.pem"), &dir.join("issued.partner.example.key.pem"));
+    let url = format!("https://issued.partner.example:{}/v1/x", up.port);
+    let resolve = format!("issued.partner.example:{}:127.0.0.1", up.port);
+    let ok = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg(&url));
+    assert_eq!(ok.code, 0, "{} {}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("tls-echo"), "{}", ok.stdout);
+    // Another CA (the test CA of this suite) does not verify it.
+    let bad = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
+        .arg(&w.ca.pem_file)
+        .arg(&url));
+    assert_eq!(bad.code, 60, "{} {}", bad.stdout, bad.stderr);
+}
