@@ -126,12 +126,15 @@ impl TestCa {
     }
 }
 
+/// A request as an upstream saw it: method, URI (path and query), body.
+pub type Seen = (String, String, Vec<u8>);
+
 /// An HTTPS echo upstream on 127.0.0.1 (rustls, HTTP/1.1), serving a certificate for `names`.
 pub struct TlsUpstream {
     /// Its port.
     pub port: u16,
     hits: Arc<AtomicU64>,
-    requests: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    requests: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl TlsUpstream {
@@ -212,7 +215,7 @@ impl TlsUpstream {
     }
 
     /// Every request (method, URI, body) received so far.
-    pub fn requests(&self) -> Vec<(String, String, Vec<u8>)> {
+    pub fn requests(&self) -> Vec<Seen> {
         self.requests.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
