@@ -117,6 +117,14 @@ impl TestCa {
         TestCa { cert, key, pem_file }
     }
 
+    /// A leaf certificate for `names` and its key, in PEM.
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf certificate for `names` and its PKCS#8 key (DER).
     pub fn leaf(&self, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
         let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
@@ -230,4 +238,26 @@ pub fn python_with_requests() -> PathBuf {
         .unwrap_or(false);
     assert!(ok, "{} has no `requests`: run `make python-requests` (make test does it)", py.display());
     py
+}
+
+/// The hosts the shipped config inspects (one filter chain each in the `inspect` listener).
+pub const INSPECTED: &[&str] = &["api.partner.example"];
+
+/// A gateway CA for this test process: a directory with `ca.pem` and `<host>.pem`/`<host>.key.pem`
+/// for every inspected host, what `captive-portal gateway-ca` writes to `envoy/gateway-ca/`.
+pub fn gateway_ca() -> &'static (PathBuf, PathBuf) {
+    static CA: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let ca = TestCa::new("gateway-ca");
+        let dir = crate::repo_root().join("target/e2e").join(crate::rand_id("gateway-ca-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for h in INSPECTED {
+            let (cert, key) = ca.leaf_pem(&[h]);
+            std::fs::write(dir.join(format!("{h}.pem")), cert).unwrap();
+            std::fs::write(dir.join(format!("{h}.key.pem")), key).unwrap();
+        }
+        let pem = dir.join("ca.pem");
+        std::fs::copy(&ca.pem_file, &pem).unwrap();
+        (dir, pem)
+    })
 }

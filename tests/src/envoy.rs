@@ -59,6 +59,8 @@ impl Default for Opts {
 
 const EGRESS_BEGIN: &str = "  # >>> egress clusters";
 const EGRESS_END: &str = "  # <<< egress clusters\n";
+const INSPECTED_BEGIN: &str = "            # >>> inspected hosts";
+const INSPECTED_END: &str = "            # <<< inspected hosts\n";
 const CARES: &str = "CaresDnsResolverConfig }";
 const ALLOWED_INSIDE: &str = "- header: { name: \":authority\", string_match: { exact: \"inside.invalid\" } }";
 
@@ -66,13 +68,25 @@ const ALLOWED_INSIDE: &str = "- header: { name: \":authority\", string_match: { 
 /// test upstream (`None`), or the DNS cache pointed at a loopback resolver, a test CA and the
 /// loopback destinations the test allows.
 fn render_egress(mut t: String, egress: Option<&Egress>) -> String {
-    let (Some(b), Some(e)) = (t.find(EGRESS_BEGIN), t.find(EGRESS_END)) else {
+    if !t.contains(EGRESS_BEGIN) {
         return t; // a config without the forward proxy (bench.yaml, the static-keys example)
+    }
+    // The inspected destinations' certificates: a gateway CA made for this test process.
+    let ca_dir = crate::egress::gateway_ca().0.display().to_string();
+    t = t.replace("filename: envoy/gateway-ca/", &format!("filename: {ca_dir}/"));
+    let (Some(b), Some(e)) = (t.find(EGRESS_BEGIN), t.find(EGRESS_END)) else {
+        return t;
     };
     match egress {
         None => {
-            let stat = "  - name: egress\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: egress\n      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 18080 } } } }] }]\n";
-            t.replace_range(b..e + EGRESS_END.len(), stat);
+            let stat = |name: &str| {
+                format!("  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 18080 }} }} }} }}] }}]\n")
+            };
+            t.replace_range(b..e + EGRESS_END.len(), &(stat("egress") + &stat("egress_tls")));
+            // Without the forward proxy nothing is inspected: every CONNECT is the filter's to decide.
+            if let (Some(b), Some(e)) = (t.find(INSPECTED_BEGIN), t.find(INSPECTED_END)) {
+                t.replace_range(b..e + INSPECTED_END.len(), "");
+            }
             t
         }
         Some(g) => {

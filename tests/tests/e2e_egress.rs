@@ -3,7 +3,7 @@
 //! loopback DNS server this test starts; the TLS upstreams carry certificates from a test CA.
 
 use missiongate_tests::authority::Authority;
-use missiongate_tests::egress::{python_with_requests, Dns, TestCa, TlsUpstream};
+use missiongate_tests::egress::{gateway_ca, python_with_requests, Dns, TestCa, TlsUpstream};
 use missiongate_tests::envoy::{self, Egress, Envoy, Opts};
 use missiongate_tests::upstream::Upstream;
 use missiongate_tests::{rand_id, repo_root};
@@ -16,7 +16,8 @@ const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
 struct World {
     ca: TestCa,
-    /// `api.partner.example`: certificate from the test CA.
+    /// `api.partner.example` (inspected by the gateway) and `tunnel.partner.example` (not inspected):
+    /// certificate from the test CA.
     api: TlsUpstream,
     /// `rogue.partner.example`: a certificate from a CA nobody trusts.
     rogue: TlsUpstream,
@@ -32,11 +33,12 @@ fn world() -> &'static World {
     W.get_or_init(|| {
         let ca = TestCa::new("egress-ca");
         let other = TestCa::new("untrusted-ca");
-        let api = TlsUpstream::start(&ca, &["api.partner.example"]);
+        let api = TlsUpstream::start(&ca, &["api.partner.example", "tunnel.partner.example"]);
         let rogue = TlsUpstream::start(&other, &["rogue.partner.example"]);
         let plain = Upstream::start(None);
         let dns = Dns::start(&[
             ("api.partner.example", LOOPBACK),
+            ("tunnel.partner.example", LOOPBACK),
             ("rogue.partner.example", LOOPBACK),
             ("plain.partner.example", LOOPBACK),
             // A public-looking name that resolves to the inside, and is not listed as allowed inside.
@@ -47,12 +49,18 @@ fn world() -> &'static World {
             dns_port: dns.port,
             ca_file: ca.pem_file.clone(),
             // The test upstreams live on 127.0.0.1: these destinations must be allowed inside.
-            allowed_inside: ["api", "rogue", "plain"]
+            allowed_inside: ["api", "tunnel", "rogue", "plain"]
                 .iter()
                 .map(|h| format!("^{h}[.]partner[.]example:[0-9]+$"))
                 .collect(),
         };
-        let envoy = Envoy::start(0, auth.port, Opts { concurrency: 2, egress: Some(egress), ..Opts::default() });
+        // The inspected destination is configured with the test upstream's port.
+        let replace = vec![(
+            "\"authority\": \"api.partner.example\",".to_owned(),
+            format!("\"authority\": \"api.partner.example:{}\",", api.port),
+        )];
+        let envoy =
+            Envoy::start(0, auth.port, Opts { concurrency: 2, egress: Some(egress), replace, ..Opts::default() });
         World { ca, api, rogue, plain, dns, auth, envoy }
     })
 }
@@ -108,23 +116,27 @@ fn curl(url: &str, token: &str, extra: &[&str]) -> Out {
         .arg(url))
 }
 
+/// The destination that is not inspected: its CONNECT is decided at destination level.
 fn api_url(path: &str) -> String {
-    format!("https://api.partner.example:{}{path}", world().api.port)
+    format!("https://tunnel.partner.example:{}{path}", world().api.port)
 }
 
 fn connect_token() -> String {
     let w = world();
-    token_for(&[&format!("https://api.partner.example:{}", w.api.port)], &["http.connect"])
+    token_for(&[&format!("https://tunnel.partner.example:{}", w.api.port)], &["http.connect"])
 }
 
 #[test]
 fn the_shipped_forward_proxy_config_validates_as_shipped() {
     // Only the Wasm path is substituted: the DNS cache, the system CA bundle and RBAC stay as shipped.
     let text = std::fs::read_to_string(repo_root().join("envoy/missiongate.yaml")).unwrap();
-    let yaml = text.replace(
-        "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
-        &format!("filename: {}", envoy::wasm_path().display()),
-    );
+    // (and the inspected hosts' certificates, which `captive-portal gateway-ca` writes).
+    let yaml = text
+        .replace(
+            "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
+            &format!("filename: {}", envoy::wasm_path().display()),
+        )
+        .replace("filename: envoy/gateway-ca/", &format!("filename: {}/", gateway_ca().0.display()));
     assert!(yaml.contains("envoy.clusters.dynamic_forward_proxy") && yaml.contains("auto_san_validation: true"));
     let (ok, out) = envoy::validate(&yaml);
     assert!(ok, "the shipped forward-proxy config does not validate:\n{out}");
@@ -209,16 +221,23 @@ print(r.text)
 #[test]
 fn connect_outside_the_mission_is_decided_at_destination_level() {
     let w = world();
-    let before = w.api.hits();
     // A Mission that grants GETs on the destination, not the tunnel: CONNECT has no path, so the
     // filter can only decide on the destination, and refuses.
-    let token = token_for(&[&format!("https://api.partner.example:{}", w.api.port)], &["http.get"]);
-    let out = curl(&api_url("/v1/invoices"), &token, &[]);
+    let token = token_for(&[&format!("https://tunnel.partner.example:{}", w.api.port)], &["http.get"]);
+    let path = format!("/v1/{}", rand_id("refused-"));
+    let out = curl(&api_url(&path), &token, &[]);
     assert_ne!(out.code, 0, "{}", out.stdout);
     assert!(out.stdout.ends_with(" 403"), "CONNECT answer: {} {}", out.stdout, out.stderr);
-    assert_eq!(w.api.hits(), before, "a refused CONNECT must not reach the destination");
-    let logs = w.envoy.logs();
-    assert!(logs.lines().any(|l| l.contains("\"CONNECT api.partner.example:") && l.contains(" 403 ")), "{logs}");
+    assert!(!w.api.requests().iter().any(|r| r.1 == path), "a refused CONNECT must not reach the destination");
+    let start = std::time::Instant::now();
+    loop {
+        let logs = w.envoy.logs();
+        if logs.lines().any(|l| l.contains("\"CONNECT tunnel.partner.example:") && l.contains(" 403 ")) {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 15, "no record of the refused CONNECT:\n{logs}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -333,4 +352,72 @@ fn the_gateway_ca_command_issues_certificates_agents_verify() {
         .arg(&w.ca.pem_file)
         .arg(&url));
     assert_eq!(bad.code, 60, "{} {}", bad.stdout, bad.stderr);
+}
+
+/// curl to the inspected destination: it trusts the gateway CA, and sends the token on the request
+/// inside the tunnel (the CONNECT itself carries none).
+fn curl_inspected(path: &str, token: Option<&str>, extra: &[&str]) -> Out {
+    let w = world();
+    let url = format!("https://api.partner.example:{}{path}", w.api.port);
+    let mut cmd = Command::new("curl");
+    cmd.env("HTTPS_PROXY", proxy()).env_remove("NO_PROXY").env_remove("no_proxy");
+    cmd.args(["-sS", "--max-time", "20", "--cacert"]).arg(&gateway_ca().1);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    run(cmd.args(["-w", "\n%{http_code} %{http_connect}"]).args(extra).arg(url))
+}
+
+#[test]
+fn an_inspected_destination_is_decided_per_request_inside_the_tunnel() {
+    let w = world();
+    let (mission, token) = w.auth.active_token();
+    let before = w.api.hits();
+    // An allowed GET: TLS terminated with the gateway CA's certificate, decided, re-originated.
+    let out = curl_inspected("/v1/invoices?status=open", Some(&token), &[]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.ends_with("\n200 200"), "{}", out.stdout);
+    let body: Value = serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(body["upstream"], "tls-echo");
+    assert_eq!(body["uri"], "/v1/invoices?status=open");
+    assert!(w.api.hits() > before);
+    // The inner request has its own evidence record, with the Mission (the access log is flushed
+    // on its own schedule: wait for it, bounded).
+    let start = std::time::Instant::now();
+    loop {
+        let logs = w.envoy.logs();
+        if logs.lines().any(|l| l.contains("inspected \"GET api.partner.example:") && l.contains(&mission)) {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 15, "no evidence of the inner request:\n{logs}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // No token inside the tunnel: the filter's 401 comes back through it, nothing reaches the upstream.
+    let unseen = format!("/v1/{}", rand_id("no-token-"));
+    let out = curl_inspected(&unseen, None, &[]);
+    assert!(out.stdout.ends_with("\n401 200"), "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("no_credentials"), "{}", out.stdout);
+    // A path outside the Mission: refused per request, inside the tunnel.
+    let out = curl_inspected("/admin/users", Some(&token), &[]);
+    assert!(out.stdout.ends_with("\n403 200"), "{} {}", out.stdout, out.stderr);
+    // Operation level inside the tunnel: the named operation the Mission grants (payments.create)
+    // passes; a consequential call it does not grant is refused, never forwarded.
+    let json_body = ["-H", "content-type: application/json", "-d", "{\"amount\":1}"];
+    let out = curl_inspected("/v1/payments", Some(&token), &[&["-X", "POST"][..], &json_body[..]].concat());
+    assert!(out.stdout.ends_with("\n200 200"), "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("\"method\":\"POST\""), "{}", out.stdout);
+    let out = curl_inspected("/v1/refunds", Some(&token), &[&["-X", "POST"][..], &json_body[..]].concat());
+    assert!(out.stdout.ends_with("\n403 200"), "{} {}", out.stdout, out.stderr);
+    let seen: Vec<String> = w.api.requests().into_iter().map(|r| r.1).collect();
+    for p in [unseen.as_str(), "/admin/users", "/v1/refunds"] {
+        assert!(!seen.iter().any(|s| s == p), "a refused request inside the tunnel reached the upstream: {p}");
+    }
+    // An agent that does not trust the gateway CA cannot be intercepted silently: it refuses.
+    let out = run(Command::new("curl")
+        .env("HTTPS_PROXY", proxy())
+        .env_remove("NO_PROXY")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&w.ca.pem_file)
+        .arg(format!("https://api.partner.example:{}/v1/invoices", w.api.port)));
+    assert_eq!(out.code, 60, "{} {}", out.stdout, out.stderr);
 }
