@@ -14,12 +14,25 @@ ENVOY_BIN    ?= $(VENV)/bin/envoy
 WASM         := target/wasm32-wasip1/release/missiongate_filter.wasm
 export ENVOY_BIN
 
-.PHONY: all tools wasm-target envoy browser wasm build test test-native test-e2e lint demo demo-check bench bench-smoke clean
+.PHONY: all tools wasm-target envoy browser curl python-requests wasm build test test-native test-e2e lint demo demo-check bench bench-smoke clean
 
 all: build
 
 ## ---- toolchain -------------------------------------------------------------------------------
-tools: wasm-target envoy browser
+tools: wasm-target envoy browser curl python-requests
+
+# curl (Debian package) and Python `requests` (PyPI, into .venv): the unmodified proxy clients of the
+# forward-proxy tests (tests/tests/e2e_egress.rs).
+REQUESTS_VERSION := 2.32.5
+curl:
+	@command -v curl >/dev/null || { echo "installing curl (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq curl >/dev/null; }
+
+python-requests: envoy
+	@"$(VENV)/bin/python" -c 'import requests' 2>/dev/null || { echo "installing requests==$(REQUESTS_VERSION) into $(VENV)"; \
+	  [ -x "$(VENV)/bin/python" ] || $(PYTHON) -m venv "$(VENV)"; \
+	  "$(VENV)/bin/pip" install --quiet --disable-pip-version-check "requests==$(REQUESTS_VERSION)"; }
 
 # Headless Chromium and ChromeDriver from Debian's packages, for the approver-page test.
 browser:

@@ -28,6 +28,32 @@ pub enum Command {
     /// Manage signing keys on a running authority.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The gateway's own CA, and the certificates of the destinations it inspects (local files).
+    #[command(subcommand, name = "gateway-ca")]
+    GatewayCa(GatewayCaCommand),
+}
+
+/// `gateway-ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GatewayCaCommand {
+    /// Create the CA: `<dir>/ca.pem` (give it to agents) and `<dir>/ca.key.pem` (mode 0600).
+    Init {
+        /// Directory of the CA files (created if missing; an existing CA is never overwritten).
+        #[arg(long, default_value = "envoy/gateway-ca")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for an inspected destination: `<dir>/<host>.pem` and `<dir>/<host>.key.pem`.
+    Issue {
+        /// Directory of the CA files.
+        #[arg(long, default_value = "envoy/gateway-ca")]
+        dir: PathBuf,
+        /// Host name of the destination (repeatable; one certificate per host).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=825))]
+        days: u32,
+    },
 }
 
 /// `serve` options.

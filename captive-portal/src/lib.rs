@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod dpop;
 pub mod gateway;
+pub mod gateway_ca;
 pub mod http;
 pub mod keys;
 pub mod metrics;

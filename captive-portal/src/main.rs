@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         }
         Command::Mission(cmd) => runtime.block_on(client::mission(cmd)).map_err(|e| e.to_string()),
         Command::Keys(cmd) => runtime.block_on(client::keys(cmd)).map_err(|e| e.to_string()),
+        Command::GatewayCa(cmd) => captive_portal::gateway_ca::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,11 +33,84 @@ pub struct Opts {
     pub pdp: bool,
     /// Extra literal replacements in the rendered config (from, to).
     pub replace: Vec<(String, String)>,
+    /// Keep the shipped forward proxy (dynamic forward proxy clusters, DNS cache, inside-address
+    /// refusal) with these test settings. `None`: the `egress` clusters are replaced by one static
+    /// cluster to the test upstream, so a request with any Host reaches it (what the suites that are
+    /// not about egress want).
+    pub egress: Option<Egress>,
+}
+
+/// Test settings for the shipped forward proxy.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// The loopback DNS server Envoy's DNS cache asks (UDP, 127.0.0.1).
+    pub dns_port: u16,
+    /// The CA bundle the TLS egress cluster trusts (instead of the system bundle).
+    pub ca_file: PathBuf,
+    /// Destinations (`:authority` regexes) allowed to resolve to inside addresses.
+    pub allowed_inside: Vec<String>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { concurrency: 1, events: false, pdp: false, replace: Vec::new() }
+        Opts { concurrency: 1, events: false, pdp: false, replace: Vec::new(), egress: None }
+    }
+}
+
+const EGRESS_BEGIN: &str = "  # >>> egress clusters";
+const EGRESS_END: &str = "  # <<< egress clusters\n";
+const INSPECTED_BEGIN: &str = "            # >>> inspected hosts";
+const INSPECTED_END: &str = "            # <<< inspected hosts\n";
+const CARES: &str = "CaresDnsResolverConfig }";
+const ALLOWED_INSIDE: &str = "- header: { name: \":authority\", string_match: { exact: \"inside.invalid\" } }";
+
+/// The shipped config's forward-proxy settings, for tests: either a static `egress` cluster to the
+/// test upstream (`None`), or the DNS cache pointed at a loopback resolver, a test CA and the
+/// loopback destinations the test allows.
+fn render_egress(mut t: String, egress: Option<&Egress>) -> String {
+    if !t.contains(EGRESS_BEGIN) {
+        return t; // a config without the forward proxy (bench.yaml, the static-keys example)
+    }
+    // The inspected destinations' certificates: a gateway CA made for this test process.
+    let ca_dir = crate::egress::gateway_ca().0.display().to_string();
+    t = t.replace("filename: envoy/gateway-ca/", &format!("filename: {ca_dir}/"));
+    let (Some(b), Some(e)) = (t.find(EGRESS_BEGIN), t.find(EGRESS_END)) else {
+        return t;
+    };
+    match egress {
+        None => {
+            let stat = |name: &str| {
+                format!("  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 18080 }} }} }} }}] }}]\n")
+            };
+            t.replace_range(b..e + EGRESS_END.len(), &(stat("egress") + &stat("egress_tls")));
+            // Without the forward proxy nothing is inspected: every CONNECT is the filter's to decide.
+            if let (Some(b), Some(e)) = (t.find(INSPECTED_BEGIN), t.find(INSPECTED_END)) {
+                t.replace_range(b..e + INSPECTED_END.len(), "");
+            }
+            t
+        }
+        Some(g) => {
+            let resolver = format!(
+                "CaresDnsResolverConfig, resolvers: [{{ socket_address: {{ address: 127.0.0.1, port_value: {}, protocol: UDP }} }}], dns_resolver_options: {{ no_default_search_domain: true }} }}",
+                g.dns_port
+            );
+            t = t.replace(CARES, &resolver);
+            t = t.replace("/etc/ssl/certs/ca-certificates.crt", &g.ca_file.display().to_string());
+            let indent = " ".repeat(30);
+            let rules: Vec<String> = g
+                .allowed_inside
+                .iter()
+                .map(|r| {
+                    format!(
+                        "- header: {{ name: \":authority\", string_match: {{ safe_regex: {{ regex: \"{r}\" }} }} }}"
+                    )
+                })
+                .collect();
+            if !rules.is_empty() {
+                t = t.replace(ALLOWED_INSIDE, &rules.join(&format!("\n{indent}")));
+            }
+            t
+        }
     }
 }
 
@@ -55,7 +128,7 @@ pub struct Envoy {
 /// Render a shipped config for the given ports.
 pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u16, opts: &Opts) -> String {
     let text = std::fs::read_to_string(crate::repo_root().join(file)).unwrap();
-    let mut t = text
+    let mut t = render_egress(text, opts.egress.as_ref())
         .replace("port_value: 10000", &format!("port_value: {listener}"))
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace("port_value: 18080", &format!("port_value: {upstream}"))

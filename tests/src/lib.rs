@@ -10,6 +10,7 @@ pub mod authority;
 pub mod bodies;
 pub mod browser;
 pub mod dpop;
+pub mod egress;
 pub mod envoy;
 pub mod h2c;
 pub mod http;

@@ -142,7 +142,7 @@ fn retarget(v: &mut Value, from: &str, to: &str, authority: &str) {
 /// destination names `idempotency-key` effect-bearing.
 fn start_envoy(s: &Stands, more: &[&Authority], effect_headers: bool) -> Envoy {
     let (port, admin) = (free_port(), free_port());
-    let opts = Opts { concurrency: 2, events: false, pdp: true, replace: Vec::new() };
+    let opts = Opts { concurrency: 2, events: false, pdp: true, replace: Vec::new(), egress: None };
     let mut yaml = envoy::render("envoy/missiongate.yaml", port, admin, s.up.port, s.a.port, &opts);
     let mut clusters = String::from("  clusters:\n");
     clusters.push_str(&cluster_yaml("pdp", s.pdp.port));
