@@ -601,8 +601,15 @@ impl Config {
             None => DpopConfig { enabled: true, iat_window_seconds: 60, algs: vec![Alg::Es256, Alg::EdDsa] },
             Some(d) => DpopConfig {
                 enabled: d.enabled.unwrap_or(true),
-                iat_window_seconds: i64::try_from(positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?)
-                    .unwrap_or(60),
+                iat_window_seconds: {
+                    // A proof is remembered for its window: an hour at most keeps the replay ledger's
+                    // expiry arithmetic far from overflow and its entries short-lived.
+                    let w = positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?;
+                    if w > 3600 {
+                        return Err(err("dpop.iat_window_seconds", "must be at most 3600"));
+                    }
+                    i64::try_from(w).unwrap_or(60)
+                },
                 algs: parse_algs(d.allowed_algs.as_deref(), "dpop.allowed_algs", &[Alg::Es256, Alg::EdDsa])?,
             },
         };
@@ -982,6 +989,13 @@ mod tests {
         assert!(e.message.contains("bogus"), "{e}");
         let e = err_of("{\"issuers\": []}");
         assert_eq!(e.field, "issuers");
+        // A DPoP window of more than an hour (its expiry arithmetic must stay far from overflow).
+        let e = err_of(&base.replacen(
+            "\"issuers\"",
+            "\"dpop\": {\"iat_window_seconds\": 9223372036854775807}, \"issuers\"",
+            1,
+        ));
+        assert_eq!(e.field, "dpop.iat_window_seconds");
         let e = err_of("not json");
         assert!(e.to_string().starts_with("invalid missiongate config"));
     }
