@@ -5,6 +5,7 @@
 use missiongate_tests::authority::Authority;
 use missiongate_tests::egress::{gateway_ca, python_with_requests, Dns, TestCa, TlsUpstream};
 use missiongate_tests::envoy::{self, Egress, Envoy, Opts};
+use missiongate_tests::portal::Portal;
 use missiongate_tests::upstream::Upstream;
 use missiongate_tests::{rand_id, repo_root};
 use serde_json::{json, Value};
@@ -26,6 +27,9 @@ struct World {
     dns: Dns,
     auth: Authority,
     envoy: Envoy,
+    /// The forward-proxy test settings and the inspected destination's port, for the portal's Envoy.
+    egress: Egress,
+    replace: Vec<(String, String)>,
 }
 
 fn world() -> &'static World {
@@ -59,9 +63,12 @@ fn world() -> &'static World {
             "\"authority\": \"api.partner.example\",".to_owned(),
             format!("\"authority\": \"api.partner.example:{}\",", api.port),
         )];
-        let envoy =
-            Envoy::start(0, auth.port, Opts { concurrency: 2, egress: Some(egress), replace, ..Opts::default() });
-        World { ca, api, rogue, plain, dns, auth, envoy }
+        let envoy = Envoy::start(
+            0,
+            auth.port,
+            Opts { concurrency: 2, egress: Some(egress.clone()), replace: replace.clone(), ..Opts::default() },
+        );
+        World { ca, api, rogue, plain, dns, auth, envoy, egress, replace }
     })
 }
 
@@ -358,9 +365,14 @@ fn the_gateway_ca_command_issues_certificates_agents_verify() {
 /// inside the tunnel (the CONNECT itself carries none).
 fn curl_inspected(path: &str, token: Option<&str>, extra: &[&str]) -> Out {
     let w = world();
-    let url = format!("https://api.partner.example:{}{path}", w.api.port);
+    curl_inspected_via(w.envoy.port, w.api.port, path, token, extra)
+}
+
+/// curl to `https://api.partner.example:<port><path>` through the gateway on `gateway`.
+fn curl_inspected_via(gateway: u16, port: u16, path: &str, token: Option<&str>, extra: &[&str]) -> Out {
+    let url = format!("https://api.partner.example:{port}{path}");
     let mut cmd = Command::new("curl");
-    cmd.env("HTTPS_PROXY", proxy()).env_remove("NO_PROXY").env_remove("no_proxy");
+    cmd.env("HTTPS_PROXY", format!("http://127.0.0.1:{gateway}")).env_remove("NO_PROXY").env_remove("no_proxy");
     cmd.args(["-sS", "--max-time", "20", "--cacert"]).arg(&gateway_ca().1);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
@@ -420,4 +432,227 @@ fn an_inspected_destination_is_decided_per_request_inside_the_tunnel() {
         .arg(&w.ca.pem_file)
         .arg(format!("https://api.partner.example:{}/v1/invoices", w.api.port)));
     assert_eq!(out.code, 60, "{} {}", out.stdout, out.stderr);
+}
+
+/// The same forward proxy with the real portal as authority and PDP (Access Requests, approvals,
+/// single-use permits), in front of the same DNS server and TLS upstreams.
+struct PortalWorld {
+    portal: Portal,
+    envoy: Envoy,
+}
+
+fn portal_world() -> &'static PortalWorld {
+    static W: OnceLock<PortalWorld> = OnceLock::new();
+    W.get_or_init(|| {
+        let w = world();
+        let portal = Portal::start(&["--status-fresh-seconds", "30"]);
+        let opts = Opts {
+            concurrency: 2,
+            events: true,
+            pdp: true,
+            egress: Some(w.egress.clone()),
+            replace: w.replace.clone(),
+        };
+        let envoy = Envoy::start(0, portal.port, opts);
+        PortalWorld { portal, envoy }
+    })
+}
+
+/// SPEC §6 vector V2: `POST https://api.partner.example/v1/payments` with this body.
+const BODY_A: &str = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
+const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
+
+/// What a client saw: status, media type, body.
+struct Seen {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Seen {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// curl through the portal's gateway to the inspected destination (`HTTPS_PROXY`, the gateway CA,
+/// the token inside the tunnel). The CONNECT itself must be answered 200 (the tunnel is terminated).
+fn curl_portal(method: &str, path: &str, token: &str, body: Option<&str>) -> Seen {
+    let w = world();
+    let auth = format!("Authorization: Bearer {token}");
+    let mut cmd = Command::new("curl");
+    cmd.env("HTTPS_PROXY", format!("http://127.0.0.1:{}", portal_world().envoy.port))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&gateway_ca().1)
+        .args(["-X", method, "-H", &auth, "-w", "\n%{http_connect} %{http_code} %{content_type}"]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = run(cmd.arg(format!("https://api.partner.example:{}{path}", w.api.port)));
+    assert_eq!(out.code, 0, "curl {method} {path}: {} {}", out.stdout, out.stderr);
+    let (body, tail) = out.stdout.rsplit_once('\n').unwrap();
+    let mut parts = tail.splitn(3, ' ');
+    assert_eq!(parts.next(), Some("200"), "the CONNECT to an inspected destination: {}", out.stdout);
+    let status = parts.next().unwrap().parse().unwrap();
+    Seen { status, content_type: parts.next().unwrap_or("").to_owned(), body: body.to_owned() }
+}
+
+/// Python `requests` through the portal's gateway to the inspected destination: `HTTPS_PROXY`,
+/// `REQUESTS_CA_BUNDLE` (the gateway CA), the token on the request, nothing else.
+fn python_portal(method: &str, path: &str, token: &str, body: Option<&str>) -> Seen {
+    let w = world();
+    let script = r#"
+import os, sys, requests
+h = {"Authorization": "Bearer " + os.environ["MG_TOKEN"]}
+body = os.environ.get("MG_BODY")
+if body is not None:
+    h["Content-Type"] = "application/json"
+r = requests.request(sys.argv[1], sys.argv[2], headers=h, data=body, timeout=20)
+print(r.status_code)
+print(r.headers.get("content-type", ""))
+print(r.text, end="")
+"#;
+    let mut cmd = Command::new(python_with_requests());
+    cmd.env("HTTPS_PROXY", format!("http://127.0.0.1:{}", portal_world().envoy.port))
+        .env("REQUESTS_CA_BUNDLE", &gateway_ca().1)
+        .env("MG_TOKEN", token)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("MG_BODY");
+    if let Some(b) = body {
+        cmd.env("MG_BODY", b);
+    }
+    let out = run(cmd.args(["-c", script, method, &format!("https://api.partner.example:{}{path}", w.api.port)]));
+    assert_eq!(out.code, 0, "python {method} {path}: {} {}", out.stdout, out.stderr);
+    let mut lines = out.stdout.splitn(3, '\n');
+    let status = lines.next().unwrap().trim().parse().unwrap();
+    let content_type = lines.next().unwrap_or("").trim().to_owned();
+    Seen { status, content_type, body: lines.next().unwrap_or("").to_owned() }
+}
+
+/// The RFC 8908 captive document of a 511, as the agent got it through the tunnel.
+fn assert_captive(s: &Seen) -> Value {
+    assert_eq!(s.status, 511, "{}", s.body);
+    assert_eq!(s.content_type, "application/captive+json", "{}", s.body);
+    let doc = s.json();
+    assert_eq!(doc["captive"], true, "{doc}");
+    assert_eq!(doc["access-request"]["resource"]["id"], "https://api.partner.example", "{doc}");
+    let hint = &doc["access-request"]["context"]["access_request"];
+    for k in ["endpoint", "expires_at", "binding_token"] {
+        assert!(hint[k].as_str().is_some_and(|s| !s.is_empty()), "missing {k}: {doc}");
+    }
+    doc
+}
+
+/// Requests with exactly this body that reached the inspected destination.
+fn upstream_saw(body: &str) -> usize {
+    world().api.requests().iter().filter(|r| r.0 == "POST" && r.2 == body.as_bytes()).count()
+}
+
+#[test]
+fn inside_an_inspected_tunnel_a_blocked_call_gets_511_and_a_bound_post_is_approved_once() {
+    let w = world();
+    let pw = portal_world();
+    let (_, token) = pw.portal.active(&["http.get", "payments.create"]);
+    // An allowed GET, decided inside the tunnel by the real portal's Mission.
+    let s = curl_portal("GET", "/v1/invoices?status=open", &token, None);
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["upstream"], "tls-echo");
+
+    // A blocked call: the 511 captive document comes back through the tunnel, to curl and to requests.
+    let blocked = format!("/v2/{}", rand_id("reports-"));
+    for s in [curl_portal("GET", &blocked, &token, None), python_portal("GET", &blocked, &token, None)] {
+        let doc = assert_captive(&s);
+        assert_eq!(doc["access-request"]["action"]["name"], "http.get");
+    }
+    assert!(!w.api.requests().iter().any(|r| r.1 == blocked), "a blocked call reached the destination");
+
+    // A bound POST (Python requests): 511, bound to the digest of SPEC §6 vector V2, exactly as
+    // over plain HTTP (the destination's origin is https://api.partner.example).
+    let s = python_portal("POST", "/v1/payments", &token, Some(BODY_A));
+    let doc = assert_captive(&s);
+    assert_eq!(doc["access-request"]["action"]["name"], "payments.create");
+    assert_eq!(doc["access-request"]["action"]["properties"]["parameter_digest"], V2_DIGEST, "{doc}");
+    let denied_at = std::time::Instant::now();
+    assert_eq!(upstream_saw(BODY_A), 0);
+    // The agent asks for exactly this call; a person approves it.
+    let params = json!({ "method": "POST", "target": "https://api.partner.example/v1/payments",
+                         "content_type": "application/json",
+                         "body": serde_json::from_str::<Value>(BODY_A).unwrap() });
+    let r = pw.portal.request_access(&doc, &rand_id("idem-"), Some(params), "pay INV-77");
+    assert!((200..=202).contains(&r.status), "{}", r.text());
+    let task = r.json()["task"]["id"].as_str().unwrap().to_owned();
+    let r = pw.portal.approve_request(&task, 60);
+    assert!((200..=201).contains(&r.status), "{}", r.text());
+    // The filter remembers the denial for 1 s.
+    if let Some(left) = std::time::Duration::from_millis(1100).checked_sub(denied_at.elapsed()) {
+        std::thread::sleep(left);
+    }
+    // The approved call (curl; members reordered, the same canonical form) goes through once.
+    let reordered = "{ \"to\" : \"acct_123\", \"currency\":\"USD\",\n \"amount\":\"423.50\" }";
+    let s = curl_portal("POST", "/v1/payments", &token, Some(reordered));
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["method"], "POST");
+    assert_eq!(upstream_saw(reordered), 1);
+    // A second time (Python requests, the original bytes): refused, single use.
+    let s = python_portal("POST", "/v1/payments", &token, Some(BODY_A));
+    assert_eq!(s.status, 403, "{}", s.body);
+    assert_eq!(s.json()["reason"], "parameter_violation", "{}", s.body);
+    // A changed amount is not covered: it needs its own approval.
+    let changed = r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#;
+    let s = curl_portal("POST", "/v1/payments", &token, Some(changed));
+    assert!(
+        s.status == 511 || (s.status == 403 && s.json()["reason"] == "parameter_violation"),
+        "{} {}",
+        s.status,
+        s.body
+    );
+    assert_eq!(upstream_saw(BODY_A) + upstream_saw(changed), 0, "a refused call reached the destination");
+    assert_eq!(upstream_saw(reordered), 1);
+}
+
+#[test]
+fn a_certificate_that_does_not_verify_on_the_originated_leg_is_502() {
+    let w = world();
+    // api.partner.example on the rogue upstream's port: inspected (the CONNECT is terminated with
+    // the gateway CA's certificate), but the destination's certificate is from an untrusted CA and
+    // for another name.
+    let origin = format!("https://api.partner.example:{}", w.rogue.port);
+    let token = token_for(&[&origin, &format!("http://api.partner.example:{}", w.rogue.port)], &["http.get"]);
+    const VERIFY: &str = "cluster.egress_tls.ssl.fail_verify_error";
+    let before = w.envoy.counter(VERIFY);
+    let out = curl_inspected_via(w.envoy.port, w.rogue.port, "/v1/x", Some(&token), &[]);
+    assert!(out.stdout.ends_with("\n502 200"), "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("upstream connect error"), "{}", out.stdout);
+    // It is the certificate that failed (Envoy's TLS stats of the originating cluster).
+    let failed = w.envoy.wait_counter(VERIFY, before + 1);
+    assert!(failed > before, "{VERIFY} {failed}:\n{}", w.envoy.stats());
+    // Plain http:// to the inspected destination is originated as TLS: the same refusal.
+    let out = curl(&format!("http://api.partner.example:{}/v1/x", w.rogue.port), &token, &[]);
+    assert!(out.stdout.ends_with("\n502 000"), "{} {}", out.stdout, out.stderr);
+    assert!(w.envoy.wait_counter(VERIFY, failed + 1) > failed);
+    assert_eq!(w.rogue.hits(), 0, "no request may reach an unverified upstream");
+}
+
+#[test]
+fn plain_http_to_an_inspected_destination_is_originated_as_tls() {
+    let w = world();
+    let (_, token) = w.auth.active_token();
+    let path = format!("/v1/{}", rand_id("originated-"));
+    // The agent says http://; the operator marked the destination https: Envoy speaks TLS to it,
+    // verifying its certificate, after the filter decided the request (origin https://...).
+    let out = curl(&format!("http://api.partner.example:{}{path}", w.api.port), &token, &[]);
+    assert!(out.stdout.ends_with("\n200 000"), "{} {}", out.stdout, out.stderr);
+    let body: Value = serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(body["upstream"], "tls-echo", "the TLS upstream answered");
+    assert_eq!(body["uri"], path.as_str());
+    // Operation level on the same path: a consequential call the Mission does not grant is refused.
+    let out = curl(
+        &format!("http://api.partner.example:{}/v1/refunds", w.api.port),
+        &token,
+        &["-X", "POST", "-H", "content-type: application/json", "-d", "{}"],
+    );
+    assert!(out.stdout.ends_with("\n403 000"), "{} {}", out.stdout, out.stderr);
 }
