@@ -69,7 +69,7 @@ const ALLOWED_INSIDE: &str = "- header: { name: \":authority\", string_match: { 
 /// loopback destinations the test allows.
 fn render_egress(mut t: String, egress: Option<&Egress>) -> String {
     if !t.contains(EGRESS_BEGIN) {
-        return t; // a config without the forward proxy (bench.yaml, the static-keys example)
+        return t; // a config without the forward proxy (bench.yaml, the mTLS example)
     }
     // The inspected destinations' certificates: a gateway CA made for this test process.
     let ca_dir = crate::egress::gateway_ca().0.display().to_string();

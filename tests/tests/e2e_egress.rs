@@ -134,19 +134,76 @@ fn connect_token() -> String {
 }
 
 #[test]
-fn the_shipped_forward_proxy_config_validates_as_shipped() {
-    // Only the Wasm path is substituted: the DNS cache, the system CA bundle and RBAC stay as shipped.
-    let text = std::fs::read_to_string(repo_root().join("envoy/missiongate.yaml")).unwrap();
-    // (and the inspected hosts' certificates, which `captive-portal gateway-ca` writes).
-    let yaml = text
-        .replace(
-            "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
-            &format!("filename: {}", envoy::wasm_path().display()),
-        )
-        .replace("filename: envoy/gateway-ca/", &format!("filename: {}/", gateway_ca().0.display()));
-    assert!(yaml.contains("envoy.clusters.dynamic_forward_proxy") && yaml.contains("auto_san_validation: true"));
-    let (ok, out) = envoy::validate(&yaml);
-    assert!(ok, "the shipped forward-proxy config does not validate:\n{out}");
+fn every_shipped_forward_proxy_config_validates_as_shipped() {
+    // Only the Wasm path and the files the configs name are substituted: the DNS cache, the system
+    // CA bundle, RBAC and the local replies stay as shipped.
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("envoy")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        if !text.contains("envoy.clusters.dynamic_forward_proxy") {
+            continue; // bench.yaml and the mTLS example keep their static clusters (e2e_tokens validates them)
+        }
+        // (the inspected hosts' certificates are what `captive-portal gateway-ca` writes).
+        let yaml = text
+            .replace(
+                "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
+                &format!("filename: {}", envoy::wasm_path().display()),
+            )
+            .replace("filename: envoy/gateway-ca/", &format!("filename: {}/", gateway_ca().0.display()))
+            .replace("filename: envoy/", &format!("filename: {}/envoy/", repo_root().display()));
+        assert!(yaml.contains("save_upstream_address: true") && yaml.contains("upstream_ip_port"), "{p:?}");
+        assert!(yaml.contains("flags: [\"UF\"]") && yaml.contains("status_code: 502"), "{p:?}");
+        let (ok, out) = envoy::validate(&yaml);
+        assert!(ok, "{} does not validate as shipped:\n{out}", p.display());
+        checked.push(p.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(checked, ["missiongate-static-keys.yaml", "missiongate.yaml"]);
+    let main = std::fs::read_to_string(repo_root().join("envoy/missiongate.yaml")).unwrap();
+    assert!(main.contains("auto_san_validation: true"));
+}
+
+#[test]
+fn the_static_keys_example_is_a_forward_proxy_too() {
+    let w = world();
+    // Its keys come from a file Envoy serves to the filter: the stand-in authority's key.
+    let file = repo_root().join("target/e2e").join(format!("{}.jwks.json", rand_id("keys-")));
+    std::fs::write(&file, json!({ "keys": [w.auth.signer().jwk] }).to_string()).unwrap();
+    let (port, admin, keys_port) =
+        (missiongate_tests::free_port(), missiongate_tests::free_port(), missiongate_tests::free_port());
+    let jwks = format!("filename: {}/envoy/static-keys.jwks.json", repo_root().display());
+    let opts = Opts {
+        egress: Some(w.egress.clone()),
+        replace: vec![
+            (jwks, format!("filename: {}", file.display())),
+            ("port_value: 18444".into(), format!("port_value: {keys_port}")),
+        ],
+        ..Opts::default()
+    };
+    let yaml = envoy::render("envoy/missiongate-static-keys.yaml", port, admin, 0, w.auth.port, &opts);
+    let e = Envoy::start_yaml(&yaml, port, admin, 1);
+    // Any destination by name: plain.partner.example, resolved by the test's DNS server.
+    let origin = format!("http://plain.partner.example:{}", w.plain.port);
+    let inside = format!("http://inside.partner.example:{}", w.plain.port);
+    let token = token_for(&[&origin, &inside], &["http.get"]);
+    let path = format!("/v1/{}", rand_id("static-keys-"));
+    let via = |url: &str| {
+        run(Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-x", &format!("http://127.0.0.1:{}", e.port)])
+            .args(["-H", &format!("Authorization: Bearer {token}"), "-w", "\n%{http_code}"])
+            .arg(url))
+    };
+    let out = via(&format!("{origin}{path}"));
+    assert!(out.stdout.ends_with("\n200"), "{} {}", out.stdout, out.stderr);
+    assert_eq!(w.plain.seen(&path), 1);
+    // A name that resolves to the inside: refused on the resolved address.
+    let out = via(&format!("{inside}{path}"));
+    assert!(out.stdout.ends_with("\n403") && out.stdout.contains("RBAC"), "{} {}", out.stdout, out.stderr);
+    assert_eq!(w.plain.seen(&path), 1);
 }
 
 #[test]
