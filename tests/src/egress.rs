@@ -152,6 +152,12 @@ impl TlsUpstream {
         TlsUpstream::start_with(cert, key)
     }
 
+    /// Start on a given loopback port (the demo's), with a certificate for `names` from `ca`.
+    pub fn start_on(ca: &TestCa, names: &[&str], port: u16) -> TlsUpstream {
+        let (cert, key) = ca.leaf(names);
+        TlsUpstream::start_with_on(cert, key, port)
+    }
+
     /// Start with a certificate and key from PEM files (e.g. made by `captive-portal gateway-ca`).
     pub fn start_pem(cert: &std::path::Path, key: &std::path::Path) -> TlsUpstream {
         use rustls::pki_types::pem::PemObject;
@@ -162,6 +168,11 @@ impl TlsUpstream {
 
     /// Start with a DER certificate and PKCS#8 key.
     pub fn start_with(cert: Vec<u8>, key: Vec<u8>) -> TlsUpstream {
+        TlsUpstream::start_with_on(cert, key, 0)
+    }
+
+    /// Start with a DER certificate and PKCS#8 key on `port` (0: an ephemeral one).
+    pub fn start_with_on(cert: Vec<u8>, key: Vec<u8>, port: u16) -> TlsUpstream {
         // ring (no C toolchain or cmake needed); its provider lacks the post-quantum key exchange,
         // which this loopback test server does not need.
         #[allow(deprecated)]
@@ -176,7 +187,7 @@ impl TlsUpstream {
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = crate::rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = crate::rt().block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));

@@ -1,19 +1,29 @@
-//! `make demo`: Envoy with the missiongate filter, the captive-portal and a demo upstream on
-//! loopback (the ports of `envoy/missiongate.yaml`), and an agent walked through the whole story.
+//! `make demo`: Envoy with the missiongate filter as the agent's egress forward proxy, the
+//! captive-portal and a demo HTTPS upstream on loopback (the ports of `envoy/missiongate.yaml`), and
+//! an agent walked through the whole story. The agent is curl with nothing but `HTTPS_PROXY` and
+//! `CURL_CA_BUNDLE` (the gateway CA; curl's variable, as `REQUESTS_CA_BUNDLE` is Python's): every call is HTTPS to `api.partner.example`, which the
+//! gateway inspects (TLS terminated with the gateway CA's certificate, each request decided, TLS
+//! originated to the upstream with its certificate verified).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use missiongate_tests::envoy::{render, Envoy, Opts};
+use missiongate_tests::egress::{Dns, TestCa, TlsUpstream};
+use missiongate_tests::envoy::{render, Egress, Envoy, Opts};
 use missiongate_tests::http::{path_of, Req, Response};
 use missiongate_tests::portal::Portal;
-use missiongate_tests::upstream::Upstream;
 use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const LISTENER: u16 = 10000;
 const ADMIN: u16 = 9901;
 const UPSTREAM: u16 = 18080;
 const PORTAL: u16 = 18443;
+/// The destination, by name (served by the demo's loopback DNS server), over HTTPS on `UPSTREAM`.
+const HOST: &str = "api.partner.example";
 
 fn step(n: &str, title: &str) {
     println!("\n\x1b[1m== {n}. {title}\x1b[0m");
@@ -68,12 +78,49 @@ fn wait_out_the_denial_memory(denied_at: Instant) {
     }
 }
 
+/// The gateway CA file the agent trusts (`captive-portal gateway-ca init` wrote it).
+static AGENT_CA: OnceLock<PathBuf> = OnceLock::new();
+
+/// The agent's environment: its standard proxy variable and the gateway CA, nothing else.
+fn agent_env() -> [(&'static str, String); 2] {
+    let ca = AGENT_CA.get().map(|p| p.display().to_string()).unwrap_or_default();
+    [("HTTPS_PROXY", format!("http://127.0.0.1:{LISTENER}")), ("CURL_CA_BUNDLE", ca)]
+}
+
+/// One call of the agent: curl to `https://api.partner.example:18080<path>` through the gateway.
+/// A call that fails below HTTP (TLS, proxy) is status 0 with curl's error as its body.
 fn agent(method: &str, path: &str, token: &str, body: Option<&str>) -> Response {
-    let mut r = Req::new(method, path).bearer(token);
+    let dir = missiongate_tests::repo_root().join("target/demo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = dir.join(format!("headers-{}", missiongate_tests::rand_id("")));
+    let mut cmd = Command::new("curl");
+    cmd.envs(agent_env()).env_remove("NO_PROXY").env_remove("no_proxy");
+    cmd.args(["-sS", "--max-time", "20", "--suppress-connect-headers", "-D"]).arg(&head);
+    cmd.args(["-X", method, "-H", &format!("Authorization: Bearer {token}")]);
     if let Some(b) = body {
-        r = r.header("content-type", "application/json").body(b.to_owned());
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
     }
-    r.send(LISTENER)
+    let out = cmd.arg(format!("https://{HOST}:{UPSTREAM}{path}")).output().expect("run curl (make tools installs it)");
+    let text = std::fs::read_to_string(&head).unwrap_or_default();
+    let _ = std::fs::remove_file(&head);
+    let mut lines = text.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if out.status.success() { out.stdout } else { out.stderr };
+    Response { status, headers, body }
+}
+
+/// `captive-portal gateway-ca init` and `issue --host api.partner.example` into `dir`.
+fn gateway_ca(dir: &Path) {
+    let bin = missiongate_tests::portal::portal_bin();
+    for args in [&["init"][..], &["issue", "--host", HOST][..]] {
+        let out = Command::new(&bin).arg("gateway-ca").args(args).arg("--dir").arg(dir).output().unwrap();
+        assert!(out.status.success(), "gateway-ca {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        println!("   $ captive-portal gateway-ca {} --dir {}", args.join(" "), dir.display());
+    }
 }
 
 /// Ask for access after a 511, have a person approve it, and poll the task (as an agent does)
@@ -107,18 +154,37 @@ fn request_and_approve(
 fn main() {
     let mut failures: Vec<String> = Vec::new();
     let f = &mut failures;
-    println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, upstream :{UPSTREAM}");
-    let _up = Upstream::start(Some(UPSTREAM));
+    println!("missiongate demo: Envoy :{LISTENER} (admin :{ADMIN}), portal :{PORTAL}, https://{HOST}:{UPSTREAM}");
+    // The partner API: HTTPS on loopback with a certificate from a CA that stands in for the public
+    // ones (Envoy trusts it on the TLS it originates), found by name through a loopback DNS server.
+    let public_ca = TestCa::new("demo-public-ca");
+    let up = TlsUpstream::start_on(&public_ca, &[HOST], UPSTREAM);
+    let dns = Dns::start(&[(HOST, Ipv4Addr::LOCALHOST)]);
+    // The gateway's own CA and the inspected host's certificate, made by the command operators use.
+    step("0", "the operator creates the gateway CA; the agent trusts it and uses the gateway as its proxy");
+    let ca_dir = missiongate_tests::repo_root().join("target/demo").join(missiongate_tests::rand_id("gateway-ca-"));
+    gateway_ca(&ca_dir);
+    AGENT_CA.set(ca_dir.join("ca.pem")).unwrap();
+    let env: Vec<String> = agent_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("   the agent's environment: {}", env.join(" "));
+    println!("   each call: curl -H 'Authorization: Bearer $TOKEN' https://{HOST}:{UPSTREAM}/...");
     // --dev-trust-loopback: on this loopback-only demo, curl may ask the PDP, Mission Status and the
     // event feed without the gateway credential (the README says why that is for development only).
     let portal = Portal::start_on(PORTAL, &["--status-fresh-seconds", "30", "--dev-trust-loopback"]);
-    let yaml = render(
-        "envoy/missiongate.yaml",
-        LISTENER,
-        ADMIN,
-        UPSTREAM,
-        PORTAL,
-        &Opts { events: true, pdp: true, ..Opts::default() },
+    // The shipped config as it is, except: its DNS cache asks the demo's DNS server, its TLS
+    // origination trusts the stand-in public CA, the upstream's loopback address is allowed inside,
+    // and the inspected destination has the demo's port.
+    let egress = Egress {
+        dns_port: dns.port,
+        ca_file: public_ca.pem_file.clone(),
+        allowed_inside: vec!["^api[.]partner[.]example:[0-9]+$".to_owned()],
+    };
+    let replace =
+        vec![("\"authority\": \"api.partner.example\",".to_owned(), format!("\"authority\": \"{HOST}:{UPSTREAM}\","))];
+    let opts = Opts { events: true, pdp: true, egress: Some(egress), replace, ..Opts::default() };
+    let yaml = render("envoy/missiongate.yaml", LISTENER, ADMIN, UPSTREAM, PORTAL, &opts).replace(
+        &format!("filename: {}/", missiongate_tests::egress::gateway_ca().0.display()),
+        &format!("filename: {}/", ca_dir.display()),
     );
     let envoy = Envoy::start_yaml(&yaml, LISTENER, ADMIN, 2);
     println!("Envoy log: {}", envoy.log.display());
@@ -130,7 +196,7 @@ fn main() {
     let token = portal.token(&id, None);
     println!("   approved; the agent holds a Mission-bound token ({} bytes)", token.len());
 
-    step("2", "an allowed call: GET https://api.partner.example/v1/invoices");
+    step("2", "an allowed call: GET https://api.partner.example/v1/invoices (HTTPS through the gateway)");
     let r = agent("GET", "/v1/invoices?status=open", &token, None);
     show("upstream answered", &r);
     expect("inside the Mission's authority: forwarded", &r, 200, f);
@@ -208,6 +274,18 @@ fn main() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    // What reached the partner API (over the TLS the gateway originated): the allowed calls only.
+    let seen = up.requests();
+    let count = |m: &str, p: &str| seen.iter().filter(|r| r.0 == m && r.1 == p).count();
+    println!(
+        "\nThe partner API saw {} requests over TLS from the gateway: GET /v2/reports {} time(s), POST /v1/payments {} time(s).",
+        seen.len(),
+        count("GET", "/v2/reports"),
+        count("POST", "/v1/payments")
+    );
+    if count("GET", "/v2/reports") != 1 || count("POST", "/v1/payments") != 1 {
+        f.push(format!("the upstream saw refused calls: {seen:?}"));
     }
     envoy.assert_healthy();
     println!(
