@@ -713,3 +713,25 @@ fn plain_http_to_an_inspected_destination_is_originated_as_tls() {
     );
     assert!(out.stdout.ends_with("\n403 000"), "{} {}", out.stdout, out.stderr);
 }
+
+#[test]
+fn inside_an_inspected_tunnel_the_resolved_address_is_checked_too() {
+    let w = world();
+    // api.partner.example on port 443: inspected (the CONNECT is terminated, no check there), but
+    // only `api.partner.example:<port>` is allowed inside, and the name resolves to loopback. The
+    // inner request is allowed by the filter and refused by RBAC on the resolved address.
+    let token = token_for(&["https://api.partner.example"], &["http.get"]);
+    let before = w.envoy.counter("http.inspect.rbac.denied");
+    let out = run(Command::new("curl")
+        .env("HTTPS_PROXY", proxy())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&gateway_ca().1)
+        .args(["-H", &format!("Authorization: Bearer {token}"), "-w", "\n%{http_code} %{http_connect}"])
+        .arg("https://api.partner.example/v1/inside"));
+    assert!(out.stdout.ends_with("\n403 200"), "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("RBAC: access denied"), "{}", out.stdout);
+    assert!(w.envoy.wait_counter("http.inspect.rbac.denied", before + 1) > before);
+    assert!(!w.api.requests().iter().any(|r| r.1 == "/v1/inside"));
+}
