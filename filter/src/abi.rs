@@ -15,6 +15,26 @@ use std::ptr::{null, null_mut};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u32);
 
+/// Host calls made by this VM, counted only in the bench's counting build (`--features hostcalls`):
+/// `make bench` reports them per request on each path. Zero cost otherwise.
+#[cfg(feature = "hostcalls")]
+pub static HOSTCALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One more host call (counting build only).
+#[inline(always)]
+pub fn counted() {
+    #[cfg(feature = "hostcalls")]
+    HOSTCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The host calls counted since the last take (always 0 outside the counting build).
+pub fn take_hostcalls() -> u64 {
+    #[cfg(feature = "hostcalls")]
+    return HOSTCALLS.swap(0, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "hostcalls"))]
+    0
+}
+
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const CAS_MISMATCH: u32 = 8;
@@ -110,12 +130,14 @@ fn owned(data: *mut u8, size: usize) -> Vec<u8> {
 }
 
 pub fn log(level: Level, msg: &str) {
+    counted();
     // SAFETY: pointer and length of a live `str`.
     let _ = unsafe { proxy_log(level as u32, msg.as_ptr(), msg.len()) };
 }
 
 /// Unix seconds (0 if the host has no clock for us).
 pub fn now_secs() -> i64 {
+    counted();
     let mut t: u64 = 0;
     // SAFETY: `t` outlives the call.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
@@ -127,6 +149,7 @@ pub fn now_secs() -> i64 {
 
 /// Nanoseconds since the Unix epoch (0 without a clock).
 pub fn now_nanos() -> u64 {
+    counted();
     let mut t: u64 = 0;
     // SAFETY: `t` outlives the call.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
@@ -142,6 +165,7 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Every pair of a header map, names and values as bytes.
 pub fn header_pairs(map: Map) -> Result<Pairs, Status> {
+    counted();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: out-pointers to locals that outlive the call.
     check(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
@@ -151,6 +175,7 @@ pub fn header_pairs(map: Map) -> Result<Pairs, Status> {
 
 /// Up to `max` bytes of a buffer from its start (`Ok(empty)` when there is none).
 pub fn buffer(which: Buffer, max: usize) -> Result<Vec<u8>, Status> {
+    counted();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: out-pointers to locals that outlive the call.
     let status = unsafe { proxy_get_buffer_bytes(which as u32, 0, max, &mut data, &mut size) };
@@ -163,6 +188,7 @@ pub fn buffer(which: Buffer, max: usize) -> Result<Vec<u8>, Status> {
 
 /// Answer the current request locally.
 pub fn send_local_response(status: u16, headers: &[(String, String)], body: &[u8]) -> Result<(), Status> {
+    counted();
     let map = encode_pairs(headers);
     // SAFETY: pointers and lengths of live buffers; -1: no gRPC status.
     check(unsafe {
@@ -172,23 +198,27 @@ pub fn send_local_response(status: u16, headers: &[(String, String)], body: &[u8
 
 /// Continue the paused request of the effective context.
 pub fn resume_request() -> Result<(), Status> {
+    counted();
     // SAFETY: no pointers.
     check(unsafe { proxy_continue_stream(0) })
 }
 
 /// Reset the request of the effective context.
 pub fn reset_request() -> Result<(), Status> {
+    counted();
     // SAFETY: no pointers.
     check(unsafe { proxy_close_stream(0) })
 }
 
 pub fn set_property(path: &str, value: &[u8]) -> Result<(), Status> {
+    counted();
     // SAFETY: pointers and lengths of live buffers.
     check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
 
 /// A shared-data value and its CAS (`Ok((None, 0))` when the key does not exist).
 pub fn get_shared(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
+    counted();
     let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
     // SAFETY: pointers to a live key and to locals that outlive the call.
     let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
@@ -201,12 +231,14 @@ pub fn get_shared(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
 
 /// Set a shared-data value; `cas` 0 sets unconditionally. `Err(Status(CAS_MISMATCH))` on conflict.
 pub fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    counted();
     // SAFETY: pointers and lengths of live buffers.
     check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }
 
 /// Define a counter.
 pub fn define_counter(name: &str) -> Result<u32, Status> {
+    counted();
     let mut id = 0u32;
     // SAFETY: pointer to a live name and to a local that outlives the call. 0 = counter.
     check(unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) })?;
@@ -214,17 +246,20 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 }
 
 pub fn increment_counter(id: u32, by: i64) -> Result<(), Status> {
+    counted();
     // SAFETY: no pointers.
     check(unsafe { proxy_increment_metric(id, by) })
 }
 
 pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
+    counted();
     // SAFETY: no pointers.
     check(unsafe { proxy_set_tick_period_milliseconds(ms) })
 }
 
 /// Make `ctx` the context later host calls act on. `Err` when it no longer exists.
 pub fn set_effective_context(ctx: u32) -> Result<(), Status> {
+    counted();
     // SAFETY: no pointers.
     check(unsafe { proxy_set_effective_context(ctx) })
 }

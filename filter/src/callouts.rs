@@ -38,6 +38,7 @@ impl Kind {
 fn dispatch_raw(c: &Callout) -> Result<u32, String> {
     let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = if c.body.is_empty() { None } else { Some(c.body.as_slice()) };
+    crate::abi::counted();
     proxy_wasm::hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms))
         .map_err(|e| format!("{e:?}"))
 }

@@ -72,6 +72,10 @@ impl Vm {
         if uncounted > 0 {
             deltas.push((format!("decision.{}", Reason::GatewayError.as_str()), uncounted));
         }
+        let calls = abi::take_hostcalls();
+        if calls > 0 {
+            deltas.push(("hostcalls".to_owned(), calls));
+        }
         let metrics = self.metrics.borrow();
         for (name, delta) in deltas {
             if let Some(id) = metrics.get(&name) {
@@ -111,7 +115,8 @@ impl RootContext for Root {
         };
         self.vm.evidence_log.set(Some(config.evidence_log));
         let mut metrics = HashMap::new();
-        for name in counter_names() {
+        let counting = cfg!(feature = "hostcalls").then(|| "hostcalls".to_owned());
+        for name in counter_names().into_iter().chain(counting) {
             match abi::define_counter(&format!("{METRIC_PREFIX}{name}")) {
                 Ok(id) => {
                     metrics.insert(name, id);

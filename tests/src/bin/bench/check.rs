@@ -1,0 +1,83 @@
+//! `bench --check DIR`: the report in DIR is complete (every row, target and section, and a verdict).
+
+use crate::figures::{Row, Target};
+use crate::scenarios::scenarios;
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub fn check(dir: &Path) -> Result<(), String> {
+    let json_text = std::fs::read_to_string(dir.join("latest.json")).map_err(|e| format!("latest.json: {e}"))?;
+    let v: Value = serde_json::from_str(&json_text).map_err(|e| format!("latest.json: {e}"))?;
+    let md = std::fs::read_to_string(dir.join("latest.md")).map_err(|e| format!("latest.md: {e}"))?;
+    let png = std::fs::read(dir.join("latest.png")).map_err(|e| format!("latest.png: {e}"))?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") || png.len() < 1000 {
+        return Err("latest.png is not a PNG chart".into());
+    }
+    let rows: Vec<Row> = serde_json::from_value(v["scenarios"].clone()).map_err(|e| format!("scenarios: {e}"))?;
+    for sc in scenarios() {
+        let row = rows.iter().find(|r| r.id == sc.id).ok_or_else(|| format!("no row {}", sc.id))?;
+        if !(row.rps > 0.0 && row.p50_us > 0.0 && row.p99_us > 0.0) {
+            return Err(format!("row {} has no figures: {row:?}", sc.id));
+        }
+        let requests: u64 = row.rounds.iter().map(|r| r.requests).sum();
+        // A few errors are the filter's (the report shows them); mostly errors means the scenario is
+        // broken (tokens, config) and its figures measure refusals.
+        if row.errors * 2 > requests {
+            return Err(format!(
+                "row {}: {} errors in {requests} requests (non-2xx or socket errors)",
+                sc.id, row.errors
+            ));
+        }
+        if sc.baseline.is_some() && (row.ratio_rps.is_none() || row.ratio_spread.is_none()) {
+            return Err(format!("row {} has no ratio or spread", sc.id));
+        }
+        if row.also.len() != sc.also.len() {
+            return Err(format!("row {} lacks a ratio to one of {:?}", sc.id, sc.also));
+        }
+        if !md.contains(sc.title) {
+            return Err(format!("latest.md has no row {:?}", sc.title));
+        }
+    }
+    let targets: Vec<Target> = serde_json::from_value(v["targets"].clone()).map_err(|e| format!("targets: {e}"))?;
+    for name in [
+        "hot path vs jwt_authn",
+        "hot path vs the empty Rust filter",
+        "hot path, evidence log off",
+        "cold path",
+        "DPoP",
+        "64 KiB POST",
+        "revocation p99",
+        ".wasm size",
+        "memory overhead",
+        "VM start",
+    ] {
+        let t = targets.iter().find(|t| t.name.starts_with(name)).ok_or_else(|| format!("no target {name:?}"))?;
+        if !md.contains(&t.name) {
+            return Err(format!("latest.md does not report target {:?}", t.name));
+        }
+        if t.unit == "x" && (t.measured.is_none() || t.spread.is_none()) {
+            return Err(format!("target {:?} has no ratio or spread", t.name));
+        }
+    }
+    for key in ["wasm_bytes", "memory", "start", "revocation", "hostcalls", "reliable"] {
+        if v[key].is_null() {
+            return Err(format!("latest.json has no {key}"));
+        }
+    }
+    let reliable = v["reliable"] == json!(true);
+    if reliable != md.contains("**This run is reliable**") || reliable == md.contains("UNRELIABLE RUN") {
+        return Err("latest.md does not state the run's verdict as latest.json has it".into());
+    }
+    if v["revocation"]["measured"] != json!(true) && !md.contains("not measured: ") {
+        return Err("revocation neither measured nor explained".into());
+    }
+    if v["hostcalls"]["measured"] == json!(true) {
+        let paths = v["hostcalls"]["paths"].as_array().map_or(0, Vec::len);
+        if paths == 0 || !md.contains("## Host calls per request") {
+            return Err("host calls measured but not reported per path".into());
+        }
+    } else if !md.contains("## Host calls per request\n\nnot measured: ") {
+        return Err("host calls neither measured nor explained".into());
+    }
+    Ok(())
+}
