@@ -158,12 +158,13 @@ fn gateway_surfaces_require_the_credential_and_serve_the_filter_configured_with_
     let r = get("/v2/reports");
     assert_eq!(r.status, 511, "{}", r.text());
     assert_eq!(r.json()["access-request"]["context"]["reason"], "egress_not_allowed");
-    let polled = envoy.counter("wasmcustom.missiongate.callout.events.ok");
-    assert!(envoy.wait_counter("wasmcustom.missiongate.callout.events.ok", polled + 1) > polled);
+    // At least one poll of the feed was served (the first asks to return at once; the next ones are
+    // held by the portal, so waiting for "one more" than already counted could wait a whole hold).
+    assert!(envoy.wait_counter("wasmcustom.missiongate.callout.events.ok", 1) >= 1, "the feed was never served");
     assert_eq!(portal.lifecycle(&mission, "suspend").status, 200);
     let t = Instant::now();
     let mut last = get("/v1/invoices");
-    while last.status == 200 && t.elapsed() < Duration::from_secs(5) {
+    while last.status == 200 && t.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(100));
         last = get("/v1/invoices");
     }
