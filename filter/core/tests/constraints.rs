@@ -162,6 +162,14 @@ fn config(pdp: bool) -> Value {
                 {"method": "POST", "path": "/v1/transfers", "action": "transfers.create", "consequential": false,
                  "constraints": {"max_amount": {"amount": "/amount", "currency": "/currency"}}}
             ]
+        }, {
+            "authority": "mcp.partner.example",
+            "origin": "https://mcp.partner.example",
+            "mcp": {"path": "/mcp", "tools": [
+                {"name": "pay_invoice", "action": "payments.pay", "consequential": false,
+                 "constraints": {"max_amount": {"amount": "/invoice/amount", "currency": "/invoice/currency"}}},
+                {"name": "refund", "action": "payments.refund", "consequential": false}
+            ]}
         }]
     });
     if pdp {
@@ -361,4 +369,72 @@ fn an_over_limit_call_asks_the_pdp_bound_to_its_digest() {
     assert_eq!(ev.parameter_digest.as_deref(), Some(digest.as_str()));
     let more = r#"{"amount": "900.00", "currency": "USD", "vendor_id": "acme"}"#;
     denied(decide(&mut e, &r, Some(more), Some(&permit)), "parameter_violation", 403);
+}
+
+// ------------------------------------------------------------------------- MCP tool calls ----
+
+fn mcp_call(e: &mut Engine, auth: &str, tool: &str, arguments: Value, pdp: Option<&Value>) -> Decided {
+    let body =
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+            .to_string();
+    let r = Request {
+        method: "POST",
+        scheme: "https",
+        authority: "mcp.partner.example",
+        path: "/mcp",
+        authorization: Authz::One(auth),
+        dpop: None,
+        dpop_count: 0,
+    };
+    decide(e, &r, Some(&body), pdp)
+}
+
+fn mcp_token() -> String {
+    let entry = json!({"type": "mission_resource_access", "resource": "https://mcp.partner.example",
+        "actions": ["payments.pay", "payments.refund"],
+        "constraints": {"max_amount": {"amount": "500.00", "currency": "USD"}}});
+    let claims = json!({"iss": AS, "sub": "user-1", "client_id": "agent-7", "aud": "https://mcp.partner.example",
+        "iat": NOW - 10, "exp": NOW + 600, "jti": "tok-2", "mission": {"id": MISSION, "issuer": AS},
+        "authorization_details": [entry]});
+    format!("Bearer {}", as_key().sign_compact(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}), &claims))
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn an_mcp_tool_call_is_checked_on_its_arguments() {
+    let mut e = engine(true);
+    let auth = mcp_token();
+    let ev =
+        allowed(mcp_call(&mut e, &auth, "pay_invoice", json!({"invoice": {"amount": 423.5, "currency": "USD"}}), None));
+    assert_eq!(outcomes(&ev), vec![("max_amount".into(), "satisfied")]);
+    assert_eq!(ev.mcp_tool.as_deref(), Some("pay_invoice"));
+    // Over the bound: the PDP is asked, the call bound by the MCP Tool Call Profile.
+    let over = json!({"invoice": {"amount": "500.01", "currency": "USD"}});
+    let Decided::Need(Need::Pdp(c)) = mcp_call(&mut e, &auth, "pay_invoice", over.clone(), None) else {
+        panic!("expected the PDP")
+    };
+    let q: Value = serde_json::from_slice(&c.body).unwrap();
+    let digest = q["action"]["properties"]["parameter_digest"].as_str().unwrap().to_owned();
+    let (want, _) = missiongate_wire::digest::mcp_tool_call_digest(
+        "https://mcp.partner.example/mcp",
+        "tools/call",
+        "pay_invoice",
+        Some(&over),
+    );
+    assert_eq!(digest, want);
+    assert_eq!(q["action"]["properties"]["mcp_tool"], "pay_invoice");
+    assert_eq!(q["context"]["constraints"][0]["outcome"], "exceeded");
+    assert_eq!(q["context"]["constraints"][0]["excess"], "0.01");
+    // No arguments at all: missing, so outside the entry too.
+    let Decided::Need(Need::Pdp(c)) = mcp_call(&mut e, &auth, "pay_invoice", json!({}), None) else {
+        panic!("expected the PDP")
+    };
+    let q: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(q["context"]["constraints"][0]["outcome"], "missing");
+    // A tool that maps no constraint: the entry permits nothing for it.
+    let ev = match mcp_call(&mut e, &auth, "refund", json!({"amount": "1.00"}), None) {
+        Decided::Deny(_, ev) => ev,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert_eq!(ev.reason, "constraint_unrecognized");
 }
