@@ -20,7 +20,11 @@ const SHIPPED_OPERATIONS: &str =
     r#""operations": [{ "method": "POST", "path": "/v1/payments", "action": "payments.create" }]"#;
 const CONSTRAINED_OPERATIONS: &str = concat!(
     r#""operations": [{ "method": "POST", "path": "/v1/payments", "action": "payments.create", "consequential": false, "#,
-    r#""constraints": { "max_amount": { "amount": "/amount", "currency": "/currency" }, "vendors": { "one_of": "/vendor_id" } } }]"#
+    r#""constraints": { "max_amount": { "amount": "/amount", "currency": "/currency" }, "vendors": { "one_of": "/vendor_id" } } }], "#,
+    // The same destination is an MCP server at /mcp: its pay_invoice tool maps the same constraints
+    // into the call's arguments.
+    r#""mcp": { "path": "/mcp", "tools": [{ "name": "pay_invoice", "action": "invoices.pay", "consequential": false, "#,
+    r#""constraints": { "max_amount": { "amount": "/invoice/amount", "currency": "/invoice/currency" }, "vendors": { "one_of": "/vendor_id" } } }] }"#
 );
 
 struct World {
@@ -56,7 +60,7 @@ fn mission(constraints: Value) -> String {
                         "expires_at": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 3600) },
             "authorization_details": [
                 { "type": "mission_resource_access", "resource": "https://api.partner.example",
-                  "actions": ["payments.create"], "constraints": constraints },
+                  "actions": ["payments.create", "invoices.pay"], "constraints": constraints },
                 { "type": "mission_resource_access", "resource": "https://api.partner.example/v1",
                   "resource_match": "prefix", "actions": ["http.get"] }
             ],
@@ -236,4 +240,63 @@ fn an_entry_with_an_unmapped_constraint_fails_closed() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("max_amount.amount"), "{}", r.text());
     w.envoy.assert_healthy();
+}
+
+/// A `tools/call` of `pay_invoice` through Envoy to the MCP endpoint.
+fn pay_invoice(token: &str, arguments: &Value) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call",
+                      "params": {"name": "pay_invoice", "arguments": arguments}});
+    Req::new("POST", "/mcp?case=mcp")
+        .bearer(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send(world().envoy.port)
+}
+
+#[test]
+fn an_mcp_tool_call_is_checked_on_its_arguments() {
+    let w = world();
+    let token = mission(limits());
+    let seen = || w.up.seen("/mcp?case=mcp");
+    // Under the limit: forwarded to the MCP server.
+    let under = json!({"invoice": {"amount": "423.50", "currency": "USD"}, "vendor_id": "acme"});
+    let r = pay_invoice(&token, &under);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(seen(), 1, "{}", r.text());
+    // Over it: a JSON-RPC error for the call's id, with the URL elicitation and the access request.
+    let over = json!({"invoice": {"amount": "500.01", "currency": "USD"}, "vendor_id": "acme"});
+    let r = pay_invoice(&token, &over);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let err = r.json();
+    assert_eq!(err["id"], 42, "{err}");
+    assert_eq!(err["error"]["code"], -32042, "{err}");
+    assert_eq!(seen(), 1);
+    let data = &err["error"]["data"];
+    let action = &data["access_request"]["action"];
+    assert_eq!(action["properties"]["mcp_tool"], "pay_invoice", "{err}");
+    assert!(action["properties"]["parameter_digest"].as_str().is_some_and(|d| d.starts_with("sha-256:")), "{err}");
+    let url = data["elicitations"][0]["url"].as_str().unwrap().to_owned();
+    let page = approver_page(&url);
+    assert!(page.contains("this call exceeds <code>max_amount</code> by 0.01 USD"), "{page}");
+    // The agent asks with the call's MCP parameter object; a person approves; exactly that call
+    // goes through once.
+    let doc = json!({"access-request": data["access_request"]});
+    let params = json!({"target": "https://api.partner.example/mcp?case=mcp", "mcp_method": "tools/call",
+                        "tool": "pay_invoice", "arguments": over});
+    let r = w.portal.request_access(&doc, &missiongate_tests::rand_id("idem-"), Some(params), "invoice 913");
+    assert!(r.status == 201 || r.status == 202, "{}", r.text());
+    let task = r.json()["task"]["id"].as_str().unwrap().to_owned();
+    let r = w.portal.approve_request(&task, 60);
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(1100)); // the filter remembers a denial for 1 s
+    let r = pay_invoice(&token, &over);
+    assert!(r.status == 200 && r.json().get("error").is_none(), "{}", r.text());
+    assert_eq!(seen(), 2);
+    let r = pay_invoice(&token, &over);
+    assert_eq!(r.json()["error"]["data"]["reason"], "parameter_violation", "{}", r.text());
+    // A vendor outside the list is refused as well.
+    let r = pay_invoice(&token, &json!({"invoice": {"amount": "1.00", "currency": "USD"}, "vendor_id": "initech"}));
+    assert_eq!(r.json()["error"]["code"], -32042, "{}", r.text());
+    assert_eq!(seen(), 2);
 }
