@@ -1000,6 +1000,7 @@ impl Access {
                     "id": denial.id, "evaluation_id": denial.evaluation_id, "reason": denial.reason,
                     "subject": denial.request.subject, "resource": denial.request.resource, "action": denial.request.action,
                     "mission": denial.request.context.mission,
+                    "constraints": denial.request.context.other.get("constraints"),
                     "captive_portal_api": self.settings.captive_api(&denial.id),
                     "user_portal_url": self.settings.user_portal(&denial.id),
                 }),

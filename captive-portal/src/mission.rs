@@ -152,10 +152,10 @@ fn check_entry(entry: &Value) -> Result<(), String> {
             _ => return Err("actions: each action is an id [A-Za-z0-9_.:-]+ or a family name.*".into()),
         }
     }
+    // Exactly the constraint shapes a gateway can check (SPEC §2): an entry with any other would
+    // permit nothing at the edge, so it is refused here rather than issued.
     if let Some(c) = obj.get("constraints") {
-        if !c.is_object() {
-            return Err("constraints must be an object".into());
-        }
+        missiongate_wire::constraints::parse_constraints(c)?;
     }
     if let Some(d) = obj.get("delegation") {
         let ok = d.as_object().and_then(|d| d.get("max_depth")).is_some_and(|m| m.as_u64().is_some());
@@ -370,6 +370,11 @@ mod tests {
             let ok = json!([{"type": "mission_resource_access", "resource": origin, "actions": ["invoices.read"]}]);
             assert!(body(ok).validate(now).is_ok(), "{origin}");
         }
+        // The constraints a gateway checks: max_amount, tenant, deployment-defined lists.
+        let ok = json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["payments.create"],
+                         "constraints": {"max_amount": {"amount": "500.00", "currency": "USD"}, "tenant": "t-1",
+                                         "vendors": ["acme", "globex"]}}]);
+        assert!(body(ok).validate(now).is_ok());
         for (bad, why) in [
             (
                 json!([{"type": "mission_resource_access", "resource": "https://a.example/v1?x=1", "actions": ["x"]}]),
@@ -414,6 +419,31 @@ mod tests {
             (
                 json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"], "constraints": []}]),
                 "constraints",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "constraints": {"max_amount": {"amount": "1e3", "currency": "USD"}}}]),
+                "max_amount.amount",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "constraints": {"max_amount": {"amount": "10", "currency": "dollars"}}}]),
+                "currency",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "constraints": {"tenant": ["t"]}}]),
+                "tenant",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "constraints": {"vendors": "acme"}}]),
+                "vendors",
+            ),
+            (
+                json!([{"type": "mission_resource_access", "resource": "https://a.example", "actions": ["x"],
+                     "constraints": {"time window": ["a"]}}]),
+                "constraint name",
             ),
         ] {
             let err = body(bad).validate(now).unwrap_err();

@@ -429,6 +429,72 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// A short text from the gateway's constraint report: at most 64 characters, escaped by the caller.
+fn short(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key).and_then(serde_json::Value::as_str).map(|s| s.chars().take(64).collect())
+}
+
+/// The constraints the gateway checked for the blocked call (`context.constraints` of the PDP
+/// question, SPEC §2): which one the call exceeds and by how much, as escaped HTML. Empty when the
+/// gateway reported none.
+pub(crate) fn constraints_html(report: Option<&serde_json::Value>) -> String {
+    let Some(items) = report.and_then(serde_json::Value::as_array).filter(|a| !a.is_empty()) else {
+        return String::new();
+    };
+    let mut summary = Vec::new();
+    let mut list = String::new();
+    for c in items.iter().take(16) {
+        let name = short(c, "name").unwrap_or_else(|| "?".into());
+        let outcome = short(c, "outcome").unwrap_or_else(|| "?".into());
+        let (limit, currency) = (short(c, "limit"), short(c, "currency"));
+        let (requested, requested_currency) = (short(c, "requested"), short(c, "requested_currency"));
+        let why = match (outcome.as_str(), &limit, &currency) {
+            ("exceeded", Some(l), Some(cur)) => {
+                let by = short(c, "excess").map(|e| format!(" by {e} {cur}")).unwrap_or_default();
+                summary.push(format!("exceeds <code>{}</code>{}", esc(&name), esc(&by)));
+                format!(
+                    "exceeded{}: requested {} {}, the Mission allows at most {} {}",
+                    by,
+                    requested.as_deref().unwrap_or("?"),
+                    cur,
+                    l,
+                    cur
+                )
+            }
+            ("currency_mismatch", Some(l), Some(cur)) => {
+                let other = requested_currency.as_deref().unwrap_or("another currency");
+                summary.push(format!("is in {} where <code>{}</code> is in {}", esc(other), esc(&name), esc(cur)));
+                format!("currency mismatch: requested in {other}, the Mission allows at most {l} {cur}")
+            }
+            ("satisfied", Some(l), Some(cur)) => format!("satisfied (at most {l} {cur})"),
+            ("satisfied", _, _) => "satisfied".to_owned(),
+            ("violated", _, _) => {
+                summary.push(format!("violates <code>{}</code>", esc(&name)));
+                "violated: the call's value is not one the Mission allows".to_owned()
+            }
+            (o, _, _) => {
+                summary.push(format!("fails <code>{}</code> ({})", esc(&name), esc(o)));
+                format!("{o}: the call does not carry a usable value for it")
+            }
+        };
+        list.push_str(&format!(
+            "<li class=\"constraint\" data-outcome=\"{}\"><code>{}</code>: {}</li>",
+            esc(&outcome),
+            esc(&name),
+            esc(&why)
+        ));
+    }
+    let mut b = String::from("<h3>Mission constraints</h3>");
+    if !summary.is_empty() {
+        b.push_str(&format!(
+            "<p class=\"warn\" id=\"constraint-summary\">Outside the Mission's constraints: this call {}.</p>",
+            summary.join("; ")
+        ));
+    }
+    b.push_str(&format!("<ul id=\"constraints\">{list}</ul>"));
+    b
+}
+
 fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<&str>) -> String {
     let d = &p.denial;
     let now = now_secs();
@@ -497,6 +563,7 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
         esc(d.parameter_digest.as_deref().unwrap_or("none (destination-level)")),
         esc(&when(d.created_at)),
     ));
+    b.push_str(&constraints_html(d.request.context.other.get("constraints")));
     match pending {
         Some(t) => {
             b.push_str(&format!("<h2>Access request <code>{}</code></h2>", esc(&t.id)));
@@ -687,5 +754,22 @@ mod tests {
         assert_eq!(safe_next(Some("/portal//evil.example")), "/portal");
         assert_eq!(safe_next(Some("/portalx")), "/portal");
         assert_eq!(safe_next(None), "/portal");
+    }
+
+    #[test]
+    fn the_constraint_a_call_exceeds_and_by_how_much() {
+        let report = serde_json::json!([
+            {"name": "max_amount", "kind": "max_amount", "outcome": "exceeded", "limit": "500.00", "currency": "USD",
+             "requested": "500.01", "requested_currency": "USD", "excess": "0.01"},
+            {"name": "vendors", "kind": "list", "outcome": "satisfied"},
+            {"name": "<b>x</b>", "kind": "list", "outcome": "violated"}
+        ]);
+        let html = constraints_html(Some(&report));
+        assert!(html.contains("this call exceeds <code>max_amount</code> by 0.01 USD"), "{html}");
+        assert!(html.contains("requested 500.01 USD, the Mission allows at most 500.00 USD"), "{html}");
+        assert!(html.contains("<code>vendors</code>: satisfied"), "{html}");
+        assert!(html.contains("violates <code>&lt;b&gt;x&lt;/b&gt;</code>") && !html.contains("<b>"), "{html}");
+        assert_eq!(constraints_html(None), "");
+        assert_eq!(constraints_html(Some(&serde_json::json!([]))), "");
     }
 }

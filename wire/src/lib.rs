@@ -7,6 +7,8 @@
 pub mod authzen;
 pub mod b64;
 pub mod claims;
+pub mod constraints;
+pub mod decimal;
 pub mod digest;
 pub mod jcs;
 pub mod jose;

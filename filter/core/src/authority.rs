@@ -2,13 +2,24 @@
 //! matched per request (SPEC §2, "Authority"; HTTP Operation Profile action ids).
 
 use missiongate_wire::claims::{RAR_MISSION_RESOURCE_ACCESS, RAR_RESOURCE_ACCESS_LEGACY};
+use missiongate_wire::constraints::{parse_constraints, Constraint};
 use serde_json::Value;
 
 use crate::config::Operation;
+use crate::constraints::{self, Checked, Mapping, Outcome, Params};
 use crate::uri;
 
-/// Constraint keys this filter enforces. None yet: any constraint makes its entry unenforceable.
-const ENFORCEABLE_CONSTRAINTS: &[&str] = &[];
+/// An entry's `constraints`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantConstraints {
+    /// None (or `null`).
+    None,
+    /// A `constraints` member no gateway can check (not an object, a shape
+    /// [`missiongate_wire::constraints`] refuses): the entry permits nothing.
+    Unrecognized,
+    /// Constraints of shapes this filter checks, each where the operation maps it.
+    Checked(Vec<(String, Constraint)>),
+}
 
 /// An action pattern from an entry's `actions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +53,8 @@ pub struct Grant {
     pub resource: String,
     /// Actions.
     pub actions: Vec<ActionPattern>,
-    /// False when a constraint cannot be enforced: the entry then permits nothing.
-    pub enforceable: bool,
+    /// Its constraints (SPEC §2): checked on the parameters of the request at hand.
+    pub constraints: GrantConstraints,
 }
 
 /// Result of matching a request against the Authority Set.
@@ -53,8 +64,31 @@ pub enum AuthorityMatch {
     Permit,
     /// Only entries with constraints this filter cannot enforce would permit it: fail closed.
     Unenforceable,
+    /// Entries with constraints cover it, and it violates at least one constraint of each one that
+    /// could be checked: it is outside them (another entry, or the PDP, may still permit it).
+    Violated,
     /// No entry covers it.
     Outside,
+    /// An entry whose constraints can be checked covers it, and the parameters are not read yet:
+    /// buffer the body, then match again.
+    NeedParams,
+}
+
+/// The request as the Authority Set sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Destination origin.
+    pub origin: &'a str,
+    /// The resource identifier configured for the destination.
+    pub resource_id: Option<&'a str>,
+    /// Request path, as decided and forwarded.
+    pub path: &'a str,
+    /// Action id.
+    pub action: &'a str,
+    /// Where the operation's constrained values live (empty: none mapped).
+    pub mappings: &'a [(String, Mapping)],
+    /// Its parameters.
+    pub params: Params<'a>,
 }
 
 /// `[A-Za-z0-9_.:-]+`.
@@ -98,12 +132,15 @@ fn compile_one(entry: &Value) -> Option<Grant> {
             return None;
         }
     }
-    let enforceable = match obj.get("constraints") {
-        None | Some(Value::Null) => true,
-        Some(Value::Object(c)) => c.keys().all(|k| ENFORCEABLE_CONSTRAINTS.contains(&k.as_str())),
-        Some(_) => false,
+    let constraints = match obj.get("constraints") {
+        None | Some(Value::Null) => GrantConstraints::None,
+        Some(c) => match parse_constraints(c) {
+            Ok(list) if list.is_empty() => GrantConstraints::None,
+            Ok(list) => GrantConstraints::Checked(list),
+            Err(_) => GrantConstraints::Unrecognized,
+        },
     };
-    Some(Grant { origin, path, prefix, resource, actions, enforceable })
+    Some(Grant { origin, path, prefix, resource, actions, constraints })
 }
 
 impl Grant {
@@ -124,12 +161,8 @@ impl Grant {
     }
 }
 
-/// Match a request against the Authority Set in force (SPEC §2, §3): entries are alternatives.
-/// `grants` are the token's entries; `current`, when the Mission Status answer carried one, is the
-/// current (audience-filtered) Authority Set, which narrows them (containment): the request is
-/// permitted only if both the token's entries and the current set permit it. `origin` and
-/// `resource_id` name the destination (its origin and the resource identifier the deployment
-/// configures for it), `path` is the request path as decided and forwarded, `action` its action id.
+/// Match a request without parameters against the Authority Set in force: [`check_target`] for a
+/// request to no named operation (so no constraint can be checked).
 pub fn check(
     grants: &[Grant],
     current: Option<&[Grant]>,
@@ -138,25 +171,86 @@ pub fn check(
     path: &str,
     action: &str,
 ) -> AuthorityMatch {
-    let by_token = check_set(grants, origin, resource_id, path, action);
+    let t = Target { origin, resource_id, path, action, mappings: &[], params: Params::Absent };
+    check_target(grants, current, &t, &mut Vec::new())
+}
+
+/// Match a request against the Authority Set in force (SPEC §2, §3): entries are alternatives.
+/// `grants` are the token's entries; `current`, when the Mission Status answer carried one, is the
+/// current (audience-filtered) Authority Set, which narrows them (containment): the request is
+/// permitted only if both the token's entries and the current set permit it. Every constraint
+/// checked is appended to `checked` (evidence, counters, the PDP's context).
+pub fn check_target(
+    grants: &[Grant],
+    current: Option<&[Grant]>,
+    t: &Target<'_>,
+    checked: &mut Vec<Checked>,
+) -> AuthorityMatch {
+    let by_token = check_set(grants, t, checked);
     match (by_token, current) {
-        (AuthorityMatch::Permit, Some(set)) => check_set(set, origin, resource_id, path, action),
+        (AuthorityMatch::Permit, Some(set)) => check_set(set, t, checked),
         (m, _) => m,
     }
 }
 
-fn check_set(grants: &[Grant], origin: &str, resource_id: Option<&str>, path: &str, action: &str) -> AuthorityMatch {
-    let mut unenforceable = false;
-    for g in grants {
-        if !g.covers(origin, resource_id, path) || !g.actions.iter().any(|p| p.covers(action)) {
-            continue;
-        }
-        if g.enforceable {
-            return AuthorityMatch::Permit;
-        }
-        unenforceable = true;
+fn check_set(grants: &[Grant], t: &Target<'_>, checked: &mut Vec<Checked>) -> AuthorityMatch {
+    let covering = || {
+        grants
+            .iter()
+            .filter(|g| g.covers(t.origin, t.resource_id, t.path) && g.actions.iter().any(|p| p.covers(t.action)))
+    };
+    // An entry without constraints permits at once: nothing to read.
+    if covering().any(|g| g.constraints == GrantConstraints::None) {
+        return AuthorityMatch::Permit;
     }
-    if unenforceable {
+    let mapped = |list: &[(String, Constraint)]| {
+        list.iter().all(|(n, c)| constraints::checkable(c, constraints::mapping(t.mappings, n)))
+    };
+    let params = match t.params {
+        Params::NotYet => {
+            if covering().any(|g| matches!(&g.constraints, GrantConstraints::Checked(l) if mapped(l))) {
+                return AuthorityMatch::NeedParams;
+            }
+            None
+        }
+        Params::Absent => None,
+        Params::Json(v) => Some(v),
+    };
+    let (mut unenforceable, mut violated) = (false, false);
+    for g in covering() {
+        match &g.constraints {
+            GrantConstraints::None => return AuthorityMatch::Permit,
+            GrantConstraints::Unrecognized => {
+                unenforceable = true;
+                checked.push(Checked::unrecognized("*"));
+            }
+            GrantConstraints::Checked(list) if !mapped(list) => {
+                // Fail closed: a key without a mapping for this operation makes the entry permit
+                // nothing for it. Only the unmapped keys are named.
+                unenforceable = true;
+                for (n, c) in list {
+                    if !constraints::checkable(c, constraints::mapping(t.mappings, n)) {
+                        checked.push(Checked::unrecognized(n));
+                    }
+                }
+            }
+            GrantConstraints::Checked(list) => {
+                let mut all = true;
+                for (n, c) in list {
+                    let r = constraints::check(n, c, constraints::mapping(t.mappings, n), params);
+                    all &= r.outcome == Outcome::Satisfied;
+                    checked.push(r);
+                }
+                if all {
+                    return AuthorityMatch::Permit;
+                }
+                violated = true;
+            }
+        }
+    }
+    if violated {
+        AuthorityMatch::Violated
+    } else if unenforceable {
         AuthorityMatch::Unenforceable
     } else {
         AuthorityMatch::Outside
@@ -298,6 +392,7 @@ mod tests {
             prefix: false,
             action: "payments.create".into(),
             consequential: None,
+            constraints: Vec::new(),
         }];
         assert_eq!(action_id(&ops, "POST", "/v1/payments"), "payments.create");
         assert_eq!(action_id(&ops, "POST", "/V1/Payments/"), "payments.create");

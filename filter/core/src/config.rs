@@ -174,6 +174,8 @@ struct RawMcpTool {
     action: Option<String>,
     #[serde(default)]
     consequential: Option<bool>,
+    #[serde(default)]
+    constraints: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +188,8 @@ struct RawOperation {
     action: String,
     #[serde(default)]
     consequential: Option<bool>,
+    #[serde(default)]
+    constraints: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +303,9 @@ pub struct Operation {
     /// Whether this operation is consequential (bound to its `parameter_digest` and decided by the
     /// PDP), overriding the destination's method rule; `None` follows the rule.
     pub consequential: Option<bool>,
+    /// Where the values of the constraints an entry may carry live in this operation's
+    /// parameters (its JSON body), by constraint name (SPEC §2): [`crate::constraints`].
+    pub constraints: crate::constraints::Mappings,
 }
 
 /// A destination the gateway knows by its request `:authority`.
@@ -345,6 +352,9 @@ pub struct McpTool {
     pub action: Option<String>,
     /// Whether a call is consequential; `None` = yes (every `tools/call` is, by default).
     pub consequential: Option<bool>,
+    /// Where the values of the constraints an entry may carry live in a call's `arguments`, by
+    /// constraint name (SPEC §2): [`crate::constraints`].
+    pub constraints: crate::constraints::Mappings,
 }
 
 /// A destination that is an MCP server: JSON-RPC requests POSTed to its endpoint are MCP operations.
@@ -617,12 +627,17 @@ impl Config {
                 if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(err(format!("{of}.method"), "must be an HTTP method"));
                 }
+                let constraints = match &o.constraints {
+                    None => Vec::new(),
+                    Some(c) => crate::constraints::parse_mappings(c, &format!("{of}.constraints"))?,
+                };
                 operations.push(Operation {
                     method: o.method.to_ascii_uppercase(),
                     path,
                     prefix,
                     action: o.action,
                     consequential: o.consequential,
+                    constraints,
                 });
             }
             let audience = d.audience.unwrap_or_else(|| origin.clone());
@@ -933,7 +948,11 @@ fn parse_mcp(m: RawMcp, f: &str) -> Result<McpServer, ConfigError> {
                 return Err(err(format!("{tf}.action"), "action ids match [A-Za-z0-9_.:-]+"));
             }
         }
-        tools.push(McpTool { name: t.name, action: t.action, consequential: t.consequential });
+        let constraints = match &t.constraints {
+            None => Vec::new(),
+            Some(c) => crate::constraints::parse_mappings(c, &format!("{tf}.constraints"))?,
+        };
+        tools.push(McpTool { name: t.name, action: t.action, consequential: t.consequential, constraints });
     }
     Ok(McpServer { path, tools, client_messages })
 }
@@ -1094,6 +1113,40 @@ mod tests {
         let c = Config::parse(full.replace("\"path\": \"/v1/payments\"", "\"path\": \"/v1/./p%61yments\"").as_bytes())
             .unwrap();
         assert_eq!(c.destinations["api.partner.example"].operations[0].path, "/v1/payments");
+    }
+
+    #[test]
+    fn constraint_mappings_are_validated_with_field_named_errors() {
+        let full = include_str!("../../examples/full.json");
+        let c = Config::parse(full.as_bytes()).unwrap();
+        let op = &c.destinations["api.partner.example"].operations[0];
+        assert_eq!(op.constraints.len(), 3);
+        let f = "destinations[0].operations[0].constraints";
+        let swap = |from: &str, to: &str| {
+            assert!(full.contains(from), "{from}");
+            err_of(&full.replace(from, to))
+        };
+        let e = swap("\"amount\": \"/amount\"", "\"amount\": \"amount\"");
+        assert_eq!(e.field, format!("{f}.max_amount.amount"));
+        let e = swap("\"amount\": \"/amount\", ", "");
+        assert_eq!(e.field, format!("{f}.max_amount.amount"));
+        let e = swap("\"currency\": \"/currency\"", "\"currency\": \"/currency\", \"x\": \"/x\"");
+        assert_eq!(e.field, format!("{f}.max_amount.x"));
+        let e = swap("\"one_of\": \"/vendor_id\"", "\"equals\": \"/vendor_id\"");
+        assert_eq!(e.field, format!("{f}.vendors.one_of"));
+        let e = swap("\"equals\": \"/tenant\"", "\"one_of\": \"/tenant\"");
+        assert_eq!(e.field, format!("{f}.tenant.equals"));
+        let e = swap("\"one_of\": \"/vendor_id\"", "\"one_of\": \"/a~2b\"");
+        assert_eq!(e.field, format!("{f}.vendors.one_of"));
+        let e = swap("\"vendors\": {", "\"bad name\": {");
+        assert_eq!(e.field, format!("{f}.bad name"));
+        let e = swap("\"tenant\": { \"equals\": \"/tenant\" }", "\"tenant\": \"/tenant\"");
+        assert_eq!(e.field, format!("{f}.tenant"));
+        // An MCP tool maps them into its call's `arguments`.
+        let tool = c.destinations["mcp.partner.example"].mcp.as_ref().unwrap().tool("pay_invoice").unwrap();
+        assert_eq!(tool.constraints.len(), 2);
+        let e = swap("\"amount\": \"/invoice/amount\"", "\"amount\": 1");
+        assert_eq!(e.field, "destinations[1].mcp.tools[0].constraints.max_amount.amount");
     }
 
     #[test]

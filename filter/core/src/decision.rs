@@ -433,8 +433,25 @@ pub struct Evidence {
     /// PDP evaluation id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluation_id: Option<String>,
+    /// The constraints checked (SPEC §2) and how each came out: names and outcomes only, never the
+    /// values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<ConstraintEvidence>,
     /// Decision time (Unix seconds).
     pub at: i64,
+}
+
+/// One constraint checked for a decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConstraintEvidence {
+    /// The constraint's name (a short `[A-Za-z0-9_.:-]` id, or `*`).
+    pub name: String,
+    /// Its outcome (`satisfied`, `exceeded`, `currency_mismatch`, `violated`, `missing`,
+    /// `malformed`, `unrecognized`).
+    pub outcome: &'static str,
+    /// The counter it is counted under.
+    #[serde(skip)]
+    pub counter: &'static str,
 }
 
 impl Default for Evidence {
@@ -455,6 +472,7 @@ impl Default for Evidence {
             mcp_method: None,
             mcp_tool: None,
             evaluation_id: None,
+            constraints: Vec::new(),
             at: 0,
         }
     }

@@ -4,9 +4,10 @@
 use missiongate_wire::problem::ProblemMission;
 use std::rc::Rc;
 
-use crate::authority::{self, AuthorityMatch};
+use crate::authority::{self, AuthorityMatch, Target};
 use crate::config::{Config, KeySource, Mode, Upstream};
-use crate::decision::{Denial, Evidence, Reason, Response, ALL_REASONS};
+use crate::constraints::{Checked, Params, COUNTERS as CONSTRAINT_COUNTERS};
+use crate::decision::{ConstraintEvidence, Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
 use crate::mission::{self, AnswerError, Applied, MissionCache, MissionView};
@@ -231,6 +232,7 @@ pub fn counter_names() -> Vec<String> {
             ALL_REASONS.iter().filter(|r| **r != Reason::Allowed).map(|r| format!("{WOULD_DENY_PREFIX}{}", r.as_str())),
         )
         .chain(ALL_STATS.iter().map(|s| s.as_str().to_owned()))
+        .chain(CONSTRAINT_COUNTERS.iter().map(|c| (*c).to_owned()))
         .collect()
 }
 
@@ -284,6 +286,7 @@ pub struct Engine {
     decisions: [u64; ALL_REASONS.len()],
     would_deny: [u64; ALL_REASONS.len()],
     stats: [u64; ALL_STATS.len()],
+    constraint_counts: [u64; CONSTRAINT_COUNTERS.len()],
     id_prefix: String,
     seq: u64,
     nonce_seed: [u8; 32],
@@ -316,6 +319,7 @@ impl Engine {
             decisions: [0; ALL_REASONS.len()],
             would_deny: [0; ALL_REASONS.len()],
             stats: [0; ALL_STATS.len()],
+            constraint_counts: [0; CONSTRAINT_COUNTERS.len()],
             id_prefix,
             seq: 0,
             nonce_seed: seeds.nonce,
@@ -353,6 +357,12 @@ impl Engine {
         for (s, c) in ALL_STATS.iter().zip(self.stats.iter_mut()) {
             if *c > 0 {
                 out.push((s.as_str().to_owned(), *c));
+                *c = 0;
+            }
+        }
+        for (s, c) in CONSTRAINT_COUNTERS.iter().zip(self.constraint_counts.iter_mut()) {
+            if *c > 0 {
+                out.push(((*s).to_owned(), *c));
                 *c = 0;
             }
         }
@@ -394,7 +404,18 @@ impl Engine {
         let enforced = self.mode_for(req) == Mode::Enforce;
         let mut ev = Evidence { at: now, enforced, ..Evidence::default() };
         self.jsonrpc_id = None;
-        match self.decide_inner(req, extra, now, attempts, replay, &mut ev) {
+        let result = self.decide_inner(req, extra, now, attempts, replay, &mut ev);
+        if !matches!(result, Err(Step::Need(_))) {
+            // Counted once per decision, not per step: a decision may take several.
+            for c in &ev.constraints {
+                if let Some(i) = CONSTRAINT_COUNTERS.iter().position(|x| *x == c.counter) {
+                    if let Some(n) = self.constraint_counts.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        match result {
             Ok(()) => {
                 ev.decision_id = self.next_id();
                 ev.decision = "allow";
@@ -625,6 +646,9 @@ impl Engine {
         // server is named by its JSON-RPC body, so the body is read (bounded) before anything else
         // is decided about it.
         let mut mcp_bound: Option<(crate::mcp::Operation, Option<String>)> = None;
+        let mut mcp_digest: Option<String> = None;
+        let mut mcp_mappings: &[(String, crate::constraints::Mapping)] = &[];
+        let mut mcp_arguments: Option<serde_json::Value> = None;
         if let Some(server) = dest.mcp().filter(|s| req.method == "POST" && s.is_endpoint(path)) {
             let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
             if body.len() > config.max_body_bytes {
@@ -642,46 +666,110 @@ impl Engine {
             self.jsonrpc_id = op.id.clone();
             crate::mcp::check_headers(extra.headers, &message).map_err(|r| refused(self, r))?;
             action = op.action.clone();
-            let digest = if op.consequential && config.pdp.is_some() {
-                crate::mcp::call_digest(&format!("{}{}", dest.origin(), raw_target(req.path)), &message)
-            } else {
-                None
-            };
-            mcp_bound = Some((op, digest));
+            // Digested only if the call turns out consequential (or outside its constraints).
+            if config.pdp.is_some() {
+                mcp_digest = crate::mcp::call_digest(&format!("{}{}", dest.origin(), raw_target(req.path)), &message);
+            }
+            // A tools/call's constraints are checked on its `arguments`, where its tool entry maps them.
+            if let crate::mcp::Message::Request { call: Some((tool, arguments)), .. } = &message {
+                mcp_mappings = server.tool(tool).map_or(&[][..], |t| &t.constraints);
+                mcp_arguments = arguments.clone();
+            }
+            mcp_bound = Some((op, None));
         }
 
         // Authority, then (outside it, or for a consequential call) the PDP.
         // Containment: the current Authority Set from Mission Status, when it carried one, narrows
         // the token's entries (SPEC §3).
         let current = self.missions.current_authority(vt.mission_issuer, &vt.mission_id);
-        let matched = authority::check(
-            &vt.grants,
-            current.as_deref().map(Vec::as_slice),
-            dest.origin(),
-            dest.resource(),
-            path,
-            &action,
-        );
+        // Constraints are checked on the operation's parameters (its JSON body), read only when an
+        // entry whose constraints this operation maps covers the request (SPEC §2).
+        let mappings = if mcp_bound.is_some() {
+            mcp_mappings
+        } else {
+            authority::operation(dest.operations(), req.method, path).map_or(&[][..], |o| &o.constraints)
+        };
+        let parsed = match extra.body {
+            // An MCP operation's parameters are its tools/call `arguments` (the body was read).
+            Some(_) if mcp_bound.is_some() => mcp_arguments.take(),
+            Some(body) if !mappings.is_empty() => {
+                if body.len() > config.max_body_bytes {
+                    return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
+                }
+                json_params(extra.headers, body)
+            }
+            _ => None,
+        };
+        let params = match (extra.body, &parsed) {
+            (None, _) => Params::NotYet,
+            (Some(_), Some(v)) => Params::Json(v),
+            (Some(_), None) => Params::Absent,
+        };
+        let target =
+            Target { origin: dest.origin(), resource_id: dest.resource(), path, action: &action, mappings, params };
+        let mut checked = Vec::new();
+        let matched = authority::check_target(&vt.grants, current.as_deref().map(Vec::as_slice), &target, &mut checked);
+        if matched == AuthorityMatch::NeedParams {
+            return Err(Step::Need(Need::Body));
+        }
+        ev.constraints = checked
+            .iter()
+            .map(|c| ConstraintEvidence {
+                name: c.label().to_owned(),
+                outcome: c.outcome.as_str(),
+                counter: c.counter(),
+            })
+            .collect();
         if matched == AuthorityMatch::Unenforceable {
             return Err(Step::deny(
                 Reason::ConstraintUnrecognized,
                 "the authority entry has a constraint this gateway cannot enforce",
             ));
         }
+        // A call outside an entry only by its parameters is bound to them when the PDP is asked:
+        // an approval covers exactly that call (its digest), never the operation as such.
+        let violated = matched == AuthorityMatch::Violated;
         let consequential = config.pdp.is_some()
-            && match &mcp_bound {
-                Some((op, _)) => op.consequential,
-                None => dest.consequential(req.method, path),
-            };
+            && (violated
+                || match &mcp_bound {
+                    Some((op, _)) => op.consequential,
+                    None => dest.consequential(req.method, path),
+                });
+        if let Some((op, digest)) = mcp_bound.as_mut() {
+            if consequential {
+                *digest = mcp_digest.take();
+            }
+            // A tools/call outside its entry's constraints is not let through by `pass`.
+            op.pass &= !violated;
+        }
         let pass = mcp_bound.as_ref().is_some_and(|(op, _)| op.pass);
         let inside = matched == AuthorityMatch::Permit
             || pass
-            || (req.method == "CONNECT" || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
+            || !violated
+                && (req.method == "CONNECT" || !consequential)
+                && config.egress_allow.iter().any(|o| o == dest.origin());
         if !consequential && !inside && config.pdp.is_none() {
-            return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
+            let detail = if violated {
+                "the request violates a constraint of the mission's authority"
+            } else {
+                "the request is outside the mission's authority"
+            };
+            return Err(Step::deny(Reason::InsufficientAuthority, detail));
         }
         let permit = if consequential || !inside {
-            self.evaluate(req, extra, &dest, &vt, &action, consequential, mcp_bound.as_ref(), now, replay, ev)?
+            self.evaluate(
+                req,
+                extra,
+                &dest,
+                &vt,
+                &action,
+                consequential,
+                &checked,
+                mcp_bound.as_ref(),
+                now,
+                replay,
+                ev,
+            )?
         } else {
             None
         };
@@ -746,6 +834,7 @@ impl Engine {
         vt: &VerifiedToken,
         action: &str,
         consequential: bool,
+        constraints: &[Checked],
         mcp: Option<&(crate::mcp::Operation, Option<String>)>,
         now: i64,
         replay: &mut dyn ReplayGuard,
@@ -801,7 +890,7 @@ impl Engine {
         ev.parameter_digest = digest.clone();
         // The question exactly as it is (or was) sent, and where: an answer is reused only for the
         // same question to the same PDP endpoint.
-        let question = self.evaluation_request(pdp, dest, vt, action, digest.as_deref(), tool);
+        let question = self.evaluation_request(pdp, dest, vt, action, digest.as_deref(), tool, constraints);
         let key = decision_key(&pdp.evaluation, &question);
         let cached = if extra.pdp.is_none() { self.cached_answer(&key, now, replay) } else { None };
         let from_cache = cached.is_some();
@@ -1007,6 +1096,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn evaluation_request(
         &self,
         pdp: &crate::config::Pdp,
@@ -1015,7 +1105,12 @@ impl Engine {
         action: &str,
         digest: Option<&str>,
         tool: Option<&str>,
+        constraints: &[Checked],
     ) -> Vec<u8> {
+        let mut other = serde_json::Map::new();
+        if !constraints.is_empty() {
+            other.insert("constraints".into(), constraints_context(constraints));
+        }
         let body = missiongate_wire::authzen::EvaluationRequest {
             subject: self.subject(pdp, vt),
             resource: missiongate_wire::authzen::Entity {
@@ -1024,10 +1119,7 @@ impl Engine {
                 ..Default::default()
             },
             action: Self::action_entity(action, digest, tool),
-            context: missiongate_wire::authzen::EvaluationContext {
-                mission: Some(Self::mission_ctx(vt)),
-                ..Default::default()
-            },
+            context: missiongate_wire::authzen::EvaluationContext { mission: Some(Self::mission_ctx(vt)), other },
         };
         serde_json::to_vec(&body).unwrap_or_default()
     }
@@ -1285,6 +1377,38 @@ impl Engine {
 enum Step {
     Deny(Denial),
     Need(Need),
+}
+
+/// The parameters of a constrained call: its body, when the one `Content-Type` is a JSON media type
+/// and the body is I-JSON (every number exact as written); `None` otherwise.
+fn json_params(headers: &[(String, String)], body: &[u8]) -> Option<serde_json::Value> {
+    let mut types = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    let (_, ct) = types.next()?;
+    if types.next().is_some() || !missiongate_wire::digest::is_json_media_type(ct) {
+        return None;
+    }
+    missiongate_wire::jcs::parse_ijson(body).ok()
+}
+
+/// The PDP question's `context.constraints` (SPEC §2): each constraint checked, its outcome, and
+/// for `max_amount` the bound, the requested amount and by how much it exceeds the bound, so the
+/// approver sees why the call was blocked.
+fn constraints_context(checked: &[Checked]) -> serde_json::Value {
+    checked
+        .iter()
+        .map(|c| {
+            let mut o = serde_json::Map::new();
+            o.insert("name".into(), c.label().into());
+            o.insert("kind".into(), c.kind.as_str().into());
+            o.insert("outcome".into(), c.outcome.as_str().into());
+            if let Some(a) = &c.amount {
+                if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(a) {
+                    o.extend(m);
+                }
+            }
+            serde_json::Value::Object(o)
+        })
+        .collect()
 }
 
 /// A single-use permit still to be taken in the shared store.

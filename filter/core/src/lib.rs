@@ -5,6 +5,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod constraints;
 pub mod decision;
 pub mod dpop;
 pub mod engine;

@@ -436,7 +436,8 @@ fn the_counter_set_is_bounded_and_covers_every_reason() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), names.len(), "a counter is defined twice");
-    assert_eq!(names.len(), 2 * ALL_REASONS.len() - 1 + ALL_STATS.len());
+    let constraints = missiongate_core::constraints::COUNTERS.len();
+    assert_eq!(names.len(), 2 * ALL_REASONS.len() - 1 + ALL_STATS.len() + constraints);
     for r in ALL_REASONS {
         assert!(names.contains(&format!("decision.{}", r.as_str())));
         let shadow = format!("shadow.would_deny.{}", r.as_str());
@@ -445,7 +446,8 @@ fn the_counter_set_is_bounded_and_covers_every_reason() {
 }
 
 /// The README's table of counters lists every counter the filter defines, and no other: it is
-/// read from between its markers, so it cannot drift from `ALL_REASONS` and `ALL_STATS`.
+/// read from between its markers, so it cannot drift from `ALL_REASONS`, `ALL_STATS` and the
+/// constraint counters.
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_readme_counter_table_lists_exactly_the_filters_counters() {
