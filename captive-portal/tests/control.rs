@@ -16,9 +16,7 @@ use serde_json::{json, Value};
 
 /// Row counts of the access tables, read from the database file (read-only, beside the portal: WAL).
 pub async fn counts(db: &Path) -> HashMap<String, i64> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+    let pool = db_pool(db).await;
     let mut out = HashMap::new();
     for t in ["denials", "access_tasks", "access_grants", "idempotency_keys", "access_audit"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
