@@ -72,10 +72,22 @@ impl Portal {
     }
 
     pub async fn try_start(db: &Path, listen: &str, public: Option<&str>, extra: &[&str]) -> Result<Portal, String> {
-        let log = std::fs::File::create(db.with_extension(format!("log{}", now()))).unwrap();
+        let log = db.with_extension(format!("log{}", now()));
+        Self::try_start_db(&postgres::db_arg(db), &log, listen, public, extra).await
+    }
+
+    /// Start on the database `db_arg` (a SQLite path or a Postgres URL), logging to `log`.
+    pub async fn try_start_db(
+        db_arg: &std::ffi::OsStr,
+        log: &Path,
+        listen: &str,
+        public: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Portal, String> {
+        let log = std::fs::File::create(log).unwrap();
         let approver = format!("{APPROVER}:{APPROVER_TOKEN}");
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db"]).arg(postgres::db_arg(db)).args([
+        cmd.args(["serve", "--db"]).arg(db_arg).args([
             "--listen",
             listen,
             "--issuer",
