@@ -629,6 +629,35 @@ impl Store {
         Ok(())
     }
 
+    /// Make `new` the current key unless there already is one (another replica was first); returns
+    /// the current key. Atomic.
+    pub async fn insert_first_key(&self, new: &KeyRow) -> Result<KeyRow, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let existing = sqlx::query(
+            "SELECT kid, alg, secret, created_at, retired_at, signed_until FROM signing_keys \
+             WHERE retired_at IS NULL ORDER BY created_at DESC, kid LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.rollback().await?;
+            return key_from_row(&row);
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, secret, created_at, retired_at, signed_until) \
+             VALUES ($1, $2, $3, $4, NULL, $5)",
+        )
+        .bind(&new.kid)
+        .bind(&new.alg)
+        .bind(&new.secret)
+        .bind(new.created_at)
+        .bind(new.signed_until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(new.clone())
+    }
+
     /// Extend a key's lease so that it stays published until at least `until`.
     pub async fn extend_key_lease(&self, kid: &str, until: i64) -> Result<(), StoreError> {
         sqlx::query(

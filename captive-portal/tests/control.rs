@@ -264,7 +264,9 @@ async fn ended_records_are_pruned_after_their_retention() {
         }
     }
     let before = counts(&db).await;
-    assert_eq!(before["access_tasks"], 5, "{before:?}");
+    // Retention is one second: on a slow machine (or a remote database) the first task may be
+    // pruned before the last one is made; at least the last ones are still there.
+    assert!((2..=5).contains(&before["access_tasks"]), "{before:?}");
     // Within a few seconds: tasks cancelled or expired, keys, denials and (later) audit rows are gone.
     let mut after = before.clone();
     for _ in 0..120 {

@@ -130,6 +130,20 @@ async fn two_replicas_share_missions_keys_and_one_event_feed_and_wake_each_other
     let rotated = jwks_kids(&a).await;
     assert_eq!(rotated, jwks_kids(&b).await);
     assert!(rotated.len() > kids.len(), "{rotated:?}");
+    // A takes up the key B rotated to: its tokens are signed with it within a few seconds.
+    let current = rotated[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, t) = a.op(Method::POST, &format!("/operator/missions/{id}/token"), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        let jws = t["access_token"].as_str().unwrap();
+        let header = missiongate_wire::jose::Compact::split(jws).unwrap().header().unwrap();
+        if header.kid.as_deref() == Some(current.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A still signs with {:?}, not {current}", header.kid);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A long poll on B wakes when A revokes.
     let seqs = all_seqs(&b).await;
