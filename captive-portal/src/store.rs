@@ -525,49 +525,54 @@ impl Store {
         let mut listener: Option<sqlx::postgres::PgListener> = None;
         let mut tick = tokio::time::interval(resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let resync_now = || async {
+            if let Ok(seq) = self.last_seq().await {
+                on_seq(seq);
+            }
+        };
         loop {
             if *shutdown.borrow() {
                 return;
             }
             if listener.is_none() {
-                match sqlx::postgres::PgListener::connect(url).await {
-                    Ok(mut l) => match l.listen(PG_EVENTS_CHANNEL).await {
-                        Ok(()) => {
-                            listener = Some(l);
-                            if let Ok(seq) = self.last_seq().await {
-                                on_seq(seq);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "LISTEN failed; retrying"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "event listener cannot connect; retrying"),
+                // Bounded: while the server is away the periodic resync below keeps running.
+                let connect = async {
+                    let mut l = sqlx::postgres::PgListener::connect(url).await?;
+                    l.listen(PG_EVENTS_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                    Ok(Ok(l)) => {
+                        listener = Some(l);
+                        resync_now().await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "event listener cannot LISTEN; retrying"),
+                    Err(_) => tracing::warn!("event listener: no connection within 2 s; retrying"),
                 }
             }
-            let Some(l) = listener.as_mut() else {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            };
-            tokio::select! {
-                n = l.try_recv() => match n {
-                    Ok(Some(n)) => {
-                        if let Ok(seq) = n.payload().parse::<i64>() {
-                            on_seq(seq);
-                        }
-                    }
-                    // The connection was lost: resynchronize once it is back.
-                    Ok(None) | Err(_) => {
-                        listener = None;
-                    }
-                },
-                _ = tick.tick() => {
-                    if let Ok(seq) = self.last_seq().await {
-                        on_seq(seq);
+            match listener.as_mut() {
+                Some(l) => {
+                    tokio::select! {
+                        n = l.try_recv() => match n {
+                            Ok(Some(n)) => {
+                                if let Ok(seq) = n.payload().parse::<i64>() {
+                                    on_seq(seq);
+                                }
+                            }
+                            // The connection was lost: reconnect, then resynchronize.
+                            Ok(None) | Err(_) => listener = None,
+                        },
+                        _ = tick.tick() => resync_now().await,
+                        _ = shutdown.changed() => {}
                     }
                 }
-                _ = shutdown.changed() => {}
+                None => {
+                    tokio::select! {
+                        _ = tick.tick() => resync_now().await,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
             }
         }
     }
