@@ -1,8 +1,9 @@
 //! Persistence of the Mission authority.
 //!
 //! The rest of the crate sees only this module's types ([`Store`], the `*Row` structs and
-//! [`StoreError`]); no SQL type leaks out, so a Postgres backend can be added behind the same methods
-//! (turning `Store` into an enum or a trait) without touching the service or the HTTP layer.
+//! [`StoreError`]); no SQL type leaks out. SQLite and Postgres run behind the same methods through
+//! sqlx's `Any` driver, chosen by the database URL ([`DbTarget`]); queries use `$N` placeholders,
+//! which SQLite accepts too, and the few dialect differences are handled here.
 //!
 //! SQLite specifics:
 //! - WAL journal with `synchronous=FULL`: every commit is fsynced to the WAL before the call returns,
