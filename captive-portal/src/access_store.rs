@@ -1,7 +1,8 @@
 //! Persistence of the PDP and Access Request side: denials, tasks, grants, idempotency keys, the
 //! access audit trail and approver sessions (schema in `migrations/0002_access.sql`).
 //!
-//! Same rules as [`crate::store`]: one writer connection, `BEGIN IMMEDIATE` for every read-decide-write,
+//! Same rules as [`crate::store`]: one writer (SQLite: one connection and `BEGIN IMMEDIATE`; Postgres:
+//! the global write advisory lock, see [`Store::write_tx`]) for every read-decide-write,
 //! WAL with `synchronous=FULL`, so an answer is only sent after its write is durable (a `kill -9` after
 //! an approval was acknowledged loses nothing).
 //!
@@ -11,8 +12,8 @@
 //! grant, creating a task under the per-requester limits) goes through the writer.
 
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
 use missiongate_wire::authzen::EvaluationRequest;
 
@@ -255,12 +256,12 @@ const GRANT_COLUMNS: &str =
     "id, task_id, denial_id, mission_id, mission_issuer, subject_id, resource_type, resource_id, \
      action_name, parameter_digest, single_use, approved_by, approved_at, approved_until";
 
-fn json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
+fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
     let text: String = row.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
-fn opt_json_col(row: &SqliteRow, col: &str) -> Result<Option<Value>, StoreError> {
+fn opt_json_col(row: &AnyRow, col: &str) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = row.try_get(col)?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))).transpose()
 }
@@ -269,7 +270,7 @@ fn to_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn denial_from_row(row: &SqliteRow) -> Result<DenialRow, StoreError> {
+fn denial_from_row(row: &AnyRow) -> Result<DenialRow, StoreError> {
     Ok(DenialRow {
         id: row.try_get("id")?,
         evaluation_id: row.try_get("evaluation_id")?,
@@ -290,7 +291,7 @@ fn denial_from_row(row: &SqliteRow) -> Result<DenialRow, StoreError> {
     })
 }
 
-fn task_from_row(row: &SqliteRow) -> Result<TaskRow, StoreError> {
+fn task_from_row(row: &AnyRow) -> Result<TaskRow, StoreError> {
     Ok(TaskRow {
         id: row.try_get("id")?,
         denial_id: row.try_get("denial_id")?,
@@ -309,7 +310,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRow, StoreError> {
     })
 }
 
-fn grant_from_row(row: &SqliteRow) -> Result<GrantRow, StoreError> {
+fn grant_from_row(row: &AnyRow) -> Result<GrantRow, StoreError> {
     let single: i64 = row.try_get("single_use")?;
     Ok(GrantRow {
         id: row.try_get("id")?,
@@ -329,9 +330,9 @@ fn grant_from_row(row: &SqliteRow) -> Result<GrantRow, StoreError> {
     })
 }
 
-async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, audit: &AuditRow) -> Result<(), StoreError> {
+async fn insert_audit(tx: &mut Transaction<'_, Any>, audit: &AuditRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO access_audit (at, actor, action, task_id, denial_id, grant_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO access_audit (at, actor, action, task_id, denial_id, grant_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(audit.at)
     .bind(&audit.actor)
@@ -345,8 +346,8 @@ async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, audit: &Audi
     Ok(())
 }
 
-async fn task_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<Option<TaskRow>, StoreError> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE id = ?");
+async fn task_in(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Option<TaskRow>, StoreError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE id = $1");
     let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
     row.as_ref().map(task_from_row).transpose()
 }
@@ -380,8 +381,8 @@ impl Store {
                 return Ok(EnsureDenial::Denial(Box::new(d)));
             }
         }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = ?");
+        let mut tx = self.write_tx().await?;
+        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = $1");
         let existing = sqlx::query(&sql).bind(&draft.binding_hash).fetch_optional(&mut *tx).await?;
         let existing = existing.as_ref().map(denial_from_row).transpose()?;
         let row = match existing {
@@ -392,7 +393,7 @@ impl Store {
             Some(mut d) => {
                 let token = sign(&d.evaluation_id, now, hint_expires_at);
                 sqlx::query(
-                    "UPDATE denials SET hint_issued_at = ?, hint_expires_at = ?, binding_token = ?, reason = ? WHERE id = ?",
+                    "UPDATE denials SET hint_issued_at = $1, hint_expires_at = $2, binding_token = $3, reason = $4 WHERE id = $5",
                 )
                 .bind(now)
                 .bind(hint_expires_at)
@@ -409,7 +410,7 @@ impl Store {
             }
             None => {
                 let open: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM denials WHERE mission_id = ? AND hint_expires_at > ?")
+                    sqlx::query_scalar("SELECT COUNT(*) FROM denials WHERE mission_id = $1 AND hint_expires_at > $2")
                         .bind(&draft.mission_id)
                         .bind(now)
                         .fetch_one(&mut *tx)
@@ -438,7 +439,7 @@ impl Store {
                     binding_token: token,
                 };
                 sqlx::query(&format!(
-                    "INSERT INTO denials ({DENIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO denials ({DENIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 ))
                 .bind(&d.id)
                 .bind(&d.evaluation_id)
@@ -467,21 +468,21 @@ impl Store {
 
     /// One denial by id.
     pub async fn denial(&self, id: &str) -> Result<Option<DenialRow>, StoreError> {
-        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE id = ?");
+        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(denial_from_row).transpose()
     }
 
     /// One denial by its binding hash.
     pub async fn denial_by_binding(&self, binding_hash: &str) -> Result<Option<DenialRow>, StoreError> {
-        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = ?");
+        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE binding_hash = $1");
         let row = sqlx::query(&sql).bind(binding_hash).fetch_optional(&self.reader).await?;
         row.as_ref().map(denial_from_row).transpose()
     }
 
     /// One denial by evaluation id.
     pub async fn denial_by_evaluation_id(&self, evaluation_id: &str) -> Result<Option<DenialRow>, StoreError> {
-        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE evaluation_id = ?");
+        let sql = format!("SELECT {DENIAL_COLUMNS} FROM denials WHERE evaluation_id = $1");
         let row = sqlx::query(&sql).bind(evaluation_id).fetch_optional(&self.reader).await?;
         row.as_ref().map(denial_from_row).transpose()
     }
@@ -507,9 +508,9 @@ impl Store {
         now: i64,
     ) -> Result<Option<GrantRow>, StoreError> {
         let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = ? AND mission_issuer = ? AND subject_id = ? \
-             AND resource_type = ? AND resource_id = ? AND action_name = ? AND approved_until > ? \
-             AND (parameter_digest IS NULL OR parameter_digest = ?) AND (single_use = 0 OR used_at IS NULL) \
+            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = $1 AND mission_issuer = $2 AND subject_id = $3 \
+             AND resource_type = $4 AND resource_id = $5 AND action_name = $6 AND approved_until > $7 \
+             AND (parameter_digest IS NULL OR parameter_digest = $8) AND (single_use = 0 OR used_at IS NULL) \
              ORDER BY parameter_digest IS NULL, single_use, approved_until DESC, id LIMIT 1"
         );
         let row = sqlx::query(&sql)
@@ -530,7 +531,7 @@ impl Store {
     /// durable before this returns), false when it was already used.
     pub async fn consume_grant(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let done =
-            sqlx::query("UPDATE access_grants SET used_at = ? WHERE id = ? AND single_use = 1 AND used_at IS NULL")
+            sqlx::query("UPDATE access_grants SET used_at = $1 WHERE id = $2 AND single_use = 1 AND used_at IS NULL")
                 .bind(now)
                 .bind(id)
                 .execute(&self.writer)
@@ -552,9 +553,9 @@ impl Store {
         now: i64,
     ) -> Result<Option<GrantRow>, StoreError> {
         let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = ? AND mission_issuer = ? AND subject_id = ? \
-             AND resource_type = ? AND resource_id = ? AND action_name = ? AND approved_until > ? \
-             AND (parameter_digest IS NULL OR parameter_digest = ?) AND single_use = 1 AND used_at IS NOT NULL \
+            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = $1 AND mission_issuer = $2 AND subject_id = $3 \
+             AND resource_type = $4 AND resource_id = $5 AND action_name = $6 AND approved_until > $7 \
+             AND (parameter_digest IS NULL OR parameter_digest = $8) AND single_use = 1 AND used_at IS NOT NULL \
              ORDER BY used_at DESC, id LIMIT 1"
         );
         let row = sqlx::query(&sql)
@@ -573,7 +574,7 @@ impl Store {
 
     /// One grant.
     pub async fn grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM access_grants WHERE id = ?");
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM access_grants WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(grant_from_row).transpose()
     }
@@ -585,7 +586,7 @@ impl Store {
     /// The task an Idempotency-Key names in `scope`, with the hash of the body first sent with it.
     pub async fn idempotency(&self, scope: &str, key: &str) -> Result<Option<(String, TaskRow)>, StoreError> {
         let row: Option<(String, String)> =
-            sqlx::query_as("SELECT body_hash, task_id FROM idempotency_keys WHERE scope = ? AND key = ?")
+            sqlx::query_as("SELECT body_hash, task_id FROM idempotency_keys WHERE scope = $1 AND key = $2")
                 .bind(scope)
                 .bind(key)
                 .fetch_optional(&self.reader)
@@ -609,9 +610,9 @@ impl Store {
         audit: &AuditRow,
         limits: RequesterLimits,
     ) -> Result<CreateTask, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let seen: Option<(String, String)> =
-            sqlx::query_as("SELECT body_hash, task_id FROM idempotency_keys WHERE scope = ? AND key = ?")
+            sqlx::query_as("SELECT body_hash, task_id FROM idempotency_keys WHERE scope = $1 AND key = $2")
                 .bind(scope)
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -626,7 +627,7 @@ impl Store {
             };
         }
         let (keys, oldest): (i64, Option<i64>) =
-            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM idempotency_keys WHERE scope = ?")
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM idempotency_keys WHERE scope = $1")
                 .bind(scope)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -635,7 +636,7 @@ impl Store {
             return Ok(CreateTask::KeyLimit(oldest.unwrap_or(task.created_at) + limits.retention));
         }
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM access_tasks WHERE denial_id = ? AND status = 'pending' AND expires_at > ? \
+            "SELECT {TASK_COLUMNS} FROM access_tasks WHERE denial_id = $1 AND status = 'pending' AND expires_at > $2 \
              ORDER BY created_at LIMIT 1"
         );
         let pending = sqlx::query(&sql).bind(&task.denial_id).bind(task.created_at).fetch_optional(&mut *tx).await?;
@@ -648,9 +649,9 @@ impl Store {
             None => {
                 let open: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM access_tasks t JOIN denials d ON d.id = t.denial_id \
-                     JOIN denials mine ON mine.id = ? \
+                     JOIN denials mine ON mine.id = $1 \
                      WHERE d.mission_issuer = mine.mission_issuer AND d.mission_id = mine.mission_id \
-                     AND d.subject_id = mine.subject_id AND t.status = 'pending' AND t.expires_at > ?",
+                     AND d.subject_id = mine.subject_id AND t.status = 'pending' AND t.expires_at > $2",
                 )
                 .bind(&task.denial_id)
                 .bind(task.created_at)
@@ -661,7 +662,7 @@ impl Store {
                     return Ok(CreateTask::OpenLimit);
                 }
                 sqlx::query(&format!(
-                    "INSERT INTO access_tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO access_tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 ))
                 .bind(&task.id)
                 .bind(&task.denial_id)
@@ -683,28 +684,30 @@ impl Store {
                 (CreateTask::Created(task.clone()), task.id.clone())
             }
         };
-        sqlx::query("INSERT INTO idempotency_keys (scope, key, body_hash, task_id, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(scope)
-            .bind(key)
-            .bind(body_hash)
-            .bind(&task_id)
-            .bind(task.created_at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, body_hash, task_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(body_hash)
+        .bind(&task_id)
+        .bind(task.created_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
     /// One task.
     pub async fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE id = ?");
+        let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
     /// The tasks of a denial, newest first.
     pub async fn tasks_for_denial(&self, denial_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE denial_id = ? ORDER BY created_at DESC, id");
+        let sql = format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE denial_id = $1 ORDER BY created_at DESC, id");
         let rows = sqlx::query(&sql).bind(denial_id).fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
     }
@@ -712,10 +715,10 @@ impl Store {
     /// Tasks (optionally in one status), newest first, with their denials.
     pub async fn list_tasks(&self, status: Option<&str>, limit: u32) -> Result<Vec<(TaskRow, DenialRow)>, StoreError> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM access_tasks WHERE (? IS NULL OR status = ?) \
-             ORDER BY created_at DESC, id LIMIT ?"
+            "SELECT {TASK_COLUMNS} FROM access_tasks WHERE ($1 IS NULL OR status = $2) \
+             ORDER BY created_at DESC, id LIMIT $3"
         );
-        let rows = sqlx::query(&sql).bind(status).bind(status).bind(limit).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql).bind(status).bind(status).bind(i64::from(limit)).fetch_all(&self.reader).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let task = task_from_row(r)?;
@@ -735,7 +738,7 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<Decided, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let Some(mut task) = task_in(&mut tx, id).await? else {
             tx.rollback().await?;
             return Ok(Decided::NotFound);
@@ -754,7 +757,7 @@ impl Store {
         let (new_status, reason, grant_id, detail) = match decision {
             Decision::Approve(g) => {
                 sqlx::query(&format!(
-                    "INSERT INTO access_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO access_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 ))
                 .bind(&g.id)
                 .bind(&g.task_id)
@@ -782,8 +785,8 @@ impl Store {
             Decision::Cancel => (status::CANCELLED, None, None, serde_json::json!({})),
         };
         sqlx::query(
-            "UPDATE access_tasks SET status = ?, updated_at = ?, decided_by = ?, decided_at = ?, decision_reason = ?, \
-             grant_id = ? WHERE id = ?",
+            "UPDATE access_tasks SET status = $1, updated_at = $2, decided_by = $3, decided_at = $4, decision_reason = $5, \
+             grant_id = $6 WHERE id = $7",
         )
         .bind(new_status)
         .bind(now)
@@ -821,9 +824,9 @@ impl Store {
 
     /// Expire pending tasks whose `expires_at` has passed. Returns how many.
     pub async fn expire_tasks(&self, now: i64) -> Result<usize, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let sql =
-            format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE status = 'pending' AND expires_at <= ? LIMIT 500");
+            format!("SELECT {TASK_COLUMNS} FROM access_tasks WHERE status = 'pending' AND expires_at <= $1 LIMIT 500");
         let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *tx).await?;
         let tasks: Vec<TaskRow> = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
         for t in &tasks {
@@ -837,7 +840,7 @@ impl Store {
     pub async fn audit_for_denial(&self, denial_id: &str) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, actor, action, task_id, denial_id, grant_id, detail FROM access_audit \
-             WHERE denial_id = ? ORDER BY id",
+             WHERE denial_id = $1 ORDER BY id",
         )
         .bind(denial_id)
         .fetch_all(&self.reader)
@@ -871,7 +874,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO approver_sessions (id_sha256, approver, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO approver_sessions (id_sha256, approver, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id_sha256)
         .bind(approver)
@@ -886,7 +889,7 @@ impl Store {
     /// A live session.
     pub async fn session(&self, id_sha256: &[u8], now: i64) -> Result<Option<SessionRow>, StoreError> {
         let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT approver, csrf, expires_at FROM approver_sessions WHERE id_sha256 = ? AND expires_at > ?",
+            "SELECT approver, csrf, expires_at FROM approver_sessions WHERE id_sha256 = $1 AND expires_at > $2",
         )
         .bind(id_sha256)
         .bind(now)
@@ -897,7 +900,7 @@ impl Store {
 
     /// End a session.
     pub async fn delete_session(&self, id_sha256: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM approver_sessions WHERE id_sha256 = ?").bind(id_sha256).execute(&self.writer).await?;
+        sqlx::query("DELETE FROM approver_sessions WHERE id_sha256 = $1").bind(id_sha256).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -918,8 +921,8 @@ impl Store {
         let mut out = Pruned {
             sessions: self
                 .prune_batches(
-                    "DELETE FROM approver_sessions WHERE rowid IN \
-                 (SELECT rowid FROM approver_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+                    "DELETE FROM approver_sessions WHERE id_sha256 IN \
+                 (SELECT id_sha256 FROM approver_sessions WHERE expires_at <= $1 LIMIT $2)",
                     now,
                 )
                 .await?,
@@ -927,36 +930,36 @@ impl Store {
         };
         out.idempotency_keys = self
             .prune_batches(
-                "DELETE FROM idempotency_keys WHERE rowid IN \
-                 (SELECT rowid FROM idempotency_keys WHERE created_at <= ?1 LIMIT ?2)",
+                "DELETE FROM idempotency_keys WHERE (scope, key) IN \
+                 (SELECT scope, key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
                 cut,
             )
             .await?;
         out.grants = self
             .prune_batches(
-                "DELETE FROM access_grants WHERE rowid IN \
-                 (SELECT rowid FROM access_grants WHERE approved_until <= ?1 LIMIT ?2)",
+                "DELETE FROM access_grants WHERE id IN \
+                 (SELECT id FROM access_grants WHERE approved_until <= $1 LIMIT $2)",
                 cut,
             )
             .await?;
         let task_sql = format!(
             "DELETE FROM access_tasks WHERE id IN (SELECT t.id FROM access_tasks t WHERE t.status <> 'pending' \
-             AND t.updated_at <= ?1 AND t.expires_at + {task_retention} <= ?1 + {retention} \
+             AND t.updated_at <= $1 AND t.expires_at + {task_retention} <= $1 + {retention} \
              AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.task_id = t.id) \
-             AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.task_id = t.id) LIMIT ?2)"
+             AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.task_id = t.id) LIMIT $2)"
         );
         out.tasks = self.prune_batches(&task_sql, cut).await?;
         out.denials = self
             .prune_batches(
-                "DELETE FROM denials WHERE id IN (SELECT d.id FROM denials d WHERE d.hint_expires_at <= ?1 \
+                "DELETE FROM denials WHERE id IN (SELECT d.id FROM denials d WHERE d.hint_expires_at <= $1 \
                  AND NOT EXISTS (SELECT 1 FROM access_tasks t WHERE t.denial_id = d.id) \
-                 AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.denial_id = d.id) LIMIT ?2)",
+                 AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.denial_id = d.id) LIMIT $2)",
                 cut,
             )
             .await?;
         out.audit = self
             .prune_batches(
-                "DELETE FROM access_audit WHERE id IN (SELECT id FROM access_audit WHERE at <= ?1 LIMIT ?2)",
+                "DELETE FROM access_audit WHERE id IN (SELECT id FROM access_audit WHERE at <= $1 LIMIT $2)",
                 now - audit_retention,
             )
             .await?;
@@ -1025,8 +1028,8 @@ impl Pruned {
     }
 }
 
-async fn expire_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, t: &TaskRow, now: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE access_tasks SET status = 'expired', updated_at = ? WHERE id = ? AND status = 'pending'")
+async fn expire_in(tx: &mut Transaction<'_, Any>, t: &TaskRow, now: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE access_tasks SET status = 'expired', updated_at = $1 WHERE id = $2 AND status = 'pending'")
         .bind(now)
         .bind(&t.id)
         .execute(&mut **tx)

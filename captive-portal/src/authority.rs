@@ -228,6 +228,11 @@ impl Authority {
         });
     }
 
+    /// A state event committed by another replica (seen through the database): wake long polls.
+    pub fn observe_committed(&self, seq: i64) {
+        self.notify(seq);
+    }
+
     /// A closure that signs an event as a SET with `key`.
     fn set_signer(&self, key: Arc<crate::keys::ActiveKey>) -> impl FnOnce(&EventDraft) -> Result<SignedEvent, String> {
         let aud = match self.settings.gateway_audiences.as_slice() {

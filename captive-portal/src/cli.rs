@@ -28,6 +28,8 @@ pub enum Command {
     /// Manage signing keys on a running authority.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create or bring up to date the database schema, then exit (`serve` also does it at start).
+    Migrate(MigrateArgs),
     /// The gateway's own CA, and the certificates of the destinations it inspects (local files).
     #[command(subcommand, name = "gateway-ca")]
     GatewayCa(GatewayCaCommand),
@@ -56,12 +58,22 @@ pub enum GatewayCaCommand {
     },
 }
 
+/// `migrate` options.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The database: a SQLite file path (or `sqlite:PATH`; created if missing) or a
+    /// `postgres://user:password@host:port/dbname` URL.
+    #[arg(long, env = "MISSIONGATE_DATABASE_URL", hide_env_values = true)]
+    pub db: String,
+}
+
 /// `serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// SQLite database file (created if missing).
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The database: a SQLite file path (or `sqlite:PATH`; created if missing) or a
+    /// `postgres://user:password@host:port/dbname` URL, which several replicas may share.
+    #[arg(long, env = "MISSIONGATE_DATABASE_URL", hide_env_values = true)]
+    pub db: String,
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

@@ -80,11 +80,17 @@ impl From<RandomError> for KeyError {
     }
 }
 
+/// With several replicas on one database (Postgres), how often a replica checks whether another
+/// one rotated the key, so that all sign with the current key within this many seconds.
+pub const SHARED_KEY_RECHECK_SECONDS: i64 = 2;
+
 /// The key ring.
 #[derive(Debug)]
 pub struct KeyRing {
     current: RwLock<Arc<ActiveKey>>,
     rotating: tokio::sync::Mutex<()>,
+    /// When the database's current key was last compared with ours (shared databases only).
+    checked_at: AtomicI64,
 }
 
 fn fresh_row(now: i64) -> Result<KeyRow, RandomError> {
@@ -105,14 +111,18 @@ impl KeyRing {
         let row = match store.current_key().await? {
             Some(row) => row,
             None => {
-                let row = fresh_row(now)?;
-                store.rotate_key(&row, now).await?;
+                // Replicas starting together on an empty database agree on one first key.
+                let row = store.insert_first_key(&fresh_row(now)?).await?;
                 tracing::info!(kid = %row.kid, "created the first signing key");
                 row
             }
         };
         let active = ActiveKey::from_row(&row)?;
-        Ok(KeyRing { current: RwLock::new(Arc::new(active)), rotating: tokio::sync::Mutex::new(()) })
+        Ok(KeyRing {
+            current: RwLock::new(Arc::new(active)),
+            rotating: tokio::sync::Mutex::new(()),
+            checked_at: AtomicI64::new(now),
+        })
     }
 
     /// The current key (no lease taken: only for reading its kid).
@@ -122,6 +132,7 @@ impl KeyRing {
 
     /// The current key, with its lease extended so that it stays published until at least `until`.
     pub async fn signer_until(&self, store: &Store, until: i64) -> Result<Arc<ActiveKey>, StoreError> {
+        self.follow_shared(store).await?;
         let key = self.current();
         if key.signed_until.load(Ordering::Acquire) < until {
             let lease = until.saturating_add(LEASE_SLACK_SECONDS);
@@ -129,6 +140,29 @@ impl KeyRing {
             key.signed_until.fetch_max(lease, Ordering::AcqRel);
         }
         Ok(key)
+    }
+
+    /// On a shared database, take up the current key another replica made by rotating (checked at
+    /// most every [`SHARED_KEY_RECHECK_SECONDS`]).
+    async fn follow_shared(&self, store: &Store) -> Result<(), StoreError> {
+        if store.backend() != crate::store::Backend::Postgres {
+            return Ok(());
+        }
+        let now = crate::util::now_secs();
+        let last = self.checked_at.load(Ordering::Acquire);
+        if now - last < SHARED_KEY_RECHECK_SECONDS
+            || self.checked_at.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return Ok(());
+        }
+        if let Some(row) = store.current_key().await? {
+            if row.kid != self.current().kid {
+                let active = Arc::new(ActiveKey::from_row(&row)?);
+                *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = active;
+                tracing::info!(kid = %row.kid, "took up the signing key another replica rotated to");
+            }
+        }
+        Ok(())
     }
 
     /// Make a new current key; the previous one stays published while its lease runs.

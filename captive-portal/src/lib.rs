@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod mission;
 pub mod notify;
 pub mod portal;
+pub mod ready;
 pub mod serve;
 pub mod store;
 pub mod util;

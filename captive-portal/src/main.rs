@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         }
         Command::Mission(cmd) => runtime.block_on(client::mission(cmd)).map_err(|e| e.to_string()),
         Command::Keys(cmd) => runtime.block_on(client::keys(cmd)).map_err(|e| e.to_string()),
+        Command::Migrate(args) => {
+            init_logging();
+            runtime.block_on(serve::migrate(args))
+        }
         Command::GatewayCa(cmd) => captive_portal::gateway_ca::run(cmd),
     };
     match result {

@@ -188,8 +188,8 @@ impl Notifier {
                 None => None,
             };
             let now = now_secs();
-            let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let done = sqlx::query("UPDATE notify_events SET expanded = 1 WHERE seq = ? AND expanded = 0")
+            let mut tx = store.write_tx().await?;
+            let done = sqlx::query("UPDATE notify_events SET expanded = 1 WHERE seq = $1 AND expanded = 0")
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
@@ -199,8 +199,8 @@ impl Notifier {
             if let Some(bodies) = &bodies {
                 for (hook, body) in bodies {
                     sqlx::query(
-                        "INSERT OR IGNORE INTO notify_deliveries (event_seq, webhook, format, body, next_at_ms, created_at) \
-                         VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO notify_deliveries (event_seq, webhook, format, body, next_at_ms, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_seq, webhook) DO NOTHING",
                     )
                     .bind(seq)
                     .bind(hook.key())
@@ -305,9 +305,10 @@ impl Notifier {
         let store = self.access.authority().store();
         let now = now_ms();
         let row = sqlx::query(
-            "UPDATE notify_deliveries SET lease_until_ms = ?1 + ?2, attempts = attempts + 1 \
+            "UPDATE notify_deliveries SET lease_until_ms = $1 + $2, attempts = attempts + 1 \
              WHERE id = (SELECT id FROM notify_deliveries WHERE delivered_at IS NULL AND failed_at IS NULL \
-                         AND next_at_ms <= ?1 AND lease_until_ms <= ?1 ORDER BY next_at_ms, id LIMIT 1) \
+                         AND next_at_ms <= $1 AND lease_until_ms <= $1 ORDER BY next_at_ms, id LIMIT 1) \
+             AND lease_until_ms <= $1 AND delivered_at IS NULL AND failed_at IS NULL \
              RETURNING id, webhook, format, body, attempts, event_seq, \
                        (SELECT event FROM notify_events WHERE seq = event_seq) AS event",
         )
@@ -355,7 +356,7 @@ impl Notifier {
             Ok(()) => {
                 METRICS.deliveries.get_or_create(&DeliveryLabels { format, result: "delivered" }).inc();
                 tracing::info!(delivery = c.id, event = %c.event_id, format, "webhook delivered");
-                sqlx::query("UPDATE notify_deliveries SET delivered_at = ?, last_error = NULL WHERE id = ?")
+                sqlx::query("UPDATE notify_deliveries SET delivered_at = $1, last_error = NULL WHERE id = $2")
                     .bind(now_secs())
                     .bind(c.id)
                     .execute(&store.writer)
@@ -364,7 +365,7 @@ impl Notifier {
             Err(err) if c.attempts >= self.settings.max_attempts || hook.is_none() => {
                 METRICS.deliveries.get_or_create(&DeliveryLabels { format, result: "abandoned" }).inc();
                 tracing::warn!(delivery = c.id, event = %c.event_id, format, attempts = c.attempts, error = %err, "webhook delivery abandoned");
-                sqlx::query("UPDATE notify_deliveries SET failed_at = ?, last_error = ? WHERE id = ?")
+                sqlx::query("UPDATE notify_deliveries SET failed_at = $1, last_error = $2 WHERE id = $3")
                     .bind(now_secs())
                     .bind(&err)
                     .bind(c.id)
@@ -377,7 +378,7 @@ impl Notifier {
                 let delay = self.settings.retry_base_ms.saturating_mul(1i64 << shift).min(MAX_BACKOFF_MS);
                 tracing::warn!(delivery = c.id, event = %c.event_id, format, attempts = c.attempts, retry_in_ms = delay, error = %err, "webhook delivery failed");
                 sqlx::query(
-                    "UPDATE notify_deliveries SET next_at_ms = ?, lease_until_ms = 0, last_error = ? WHERE id = ?",
+                    "UPDATE notify_deliveries SET next_at_ms = $1, lease_until_ms = 0, last_error = $2 WHERE id = $3",
                 )
                 .bind(now_ms() + delay)
                 .bind(&err)
@@ -396,14 +397,14 @@ impl Notifier {
         let store = self.access.authority().store();
         let before = now - self.settings.retention_seconds;
         sqlx::query(
-            "DELETE FROM notify_deliveries WHERE (delivered_at IS NOT NULL AND delivered_at < ?1) \
-             OR (failed_at IS NOT NULL AND failed_at < ?1)",
+            "DELETE FROM notify_deliveries WHERE (delivered_at IS NOT NULL AND delivered_at < $1) \
+             OR (failed_at IS NOT NULL AND failed_at < $1)",
         )
         .bind(before)
         .execute(&store.writer)
         .await?;
         sqlx::query(
-            "DELETE FROM notify_events WHERE expanded = 1 AND at < ? \
+            "DELETE FROM notify_events WHERE expanded = 1 AND at < $1 \
              AND NOT EXISTS (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = notify_events.seq)",
         )
         .bind(before)

@@ -6,11 +6,11 @@ use tokio::sync::watch;
 
 use crate::access::{Access, AccessSettings, Approver};
 use crate::authority::{Authority, Settings};
-use crate::cli::ServeArgs;
+use crate::cli::{MigrateArgs, ServeArgs};
 use crate::gateway::GatewayAuth;
 use crate::http::{router, HttpState};
 use crate::notify::{Notifier, NotifySettings, Webhook};
-use crate::store::Store;
+use crate::store::{Backend, DbTarget, Store};
 use crate::util::sha256;
 
 /// Check an issuer identifier: absolute http(s) URL, no query, fragment or trailing slash.
@@ -241,7 +241,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         }
         Some(t) => Some(t.to_owned()),
     };
-    let store = Store::open(&args.db).await.map_err(|e| format!("{}: {e}", args.db.display()))?;
+    let target = DbTarget::parse(&args.db)?;
+    let store = Store::connect(&target).await.map_err(|e| format!("{}: {e}", target.redacted()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let authority = Authority::open(settings, store.clone(), shutdown_rx.clone()).await.map_err(|e| e.to_string())?;
     let maintenance = tokio::spawn(authority.clone().run_maintenance());
@@ -249,6 +250,17 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let access_maintenance = tokio::spawn(access.clone().run_maintenance(shutdown_rx.clone()));
     let notifier = Notifier::new(notify_settings, access.clone())?;
     let notifications = tokio::spawn(notifier.run(shutdown_rx.clone()));
+    // Several replicas on one Postgres: long polls here wake when any replica commits an event.
+    let listener_task = (store.backend() == Backend::Postgres).then(|| {
+        let authority = authority.clone();
+        let store = store.clone();
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            store
+                .listen_events(|seq| authority.observe_committed(seq), std::time::Duration::from_secs(2), shutdown)
+                .await;
+        })
+    });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -260,12 +272,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("stdout: {e}"))?;
     }
-    tracing::info!(%addr, issuer = %args.issuer, db = %args.db.display(), "mission authority started");
+    tracing::info!(%addr, issuer = %args.issuer, db = %target.redacted(), "mission authority started");
 
     let app = router(
         HttpState::new(authority.clone(), access, &args.operator_token, gateway)
             .with_metrics_token(metrics_token.as_deref()),
-    );
+    )
+    .merge(crate::ready::router(store.clone()))
+    .layer(axum::middleware::from_fn(crate::ready::unavailable_as_503));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
@@ -279,11 +293,27 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if let Err(e) = notifications.await {
         tracing::warn!(error = %e, "notification task ended abnormally");
     }
+    if let Some(task) = listener_task {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "event listener ended abnormally");
+        }
+    }
     if let Err(e) = access_maintenance.await {
         tracing::warn!(error = %e, "access maintenance task ended abnormally");
     }
     store.close().await;
     served.map_err(|e| format!("server error: {e}"))?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `captive-portal migrate`: create or update the schema of the database, then exit.
+pub async fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let target = DbTarget::parse(&args.db)?;
+    let store = Store::connect_unmigrated(&target).await.map_err(|e| format!("{}: {e}", target.redacted()))?;
+    let result = store.migrate().await.map_err(|e| format!("{}: {e}", target.redacted()));
+    store.close().await;
+    result?;
+    tracing::info!(db = %target.redacted(), "schema up to date");
     Ok(())
 }

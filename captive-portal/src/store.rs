@@ -1,8 +1,9 @@
 //! Persistence of the Mission authority.
 //!
 //! The rest of the crate sees only this module's types ([`Store`], the `*Row` structs and
-//! [`StoreError`]); no SQL type leaks out, so a Postgres backend can be added behind the same methods
-//! (turning `Store` into an enum or a trait) without touching the service or the HTTP layer.
+//! [`StoreError`]); no SQL type leaks out. SQLite and Postgres run behind the same methods through
+//! sqlx's `Any` driver, chosen by the database URL ([`DbTarget`]); queries use `$N` placeholders,
+//! which SQLite accepts too, and the few dialect differences are handled here.
 //!
 //! SQLite specifics:
 //! - WAL journal with `synchronous=FULL`: every commit is fsynced to the WAL before the call returns,
@@ -15,20 +16,65 @@
 //!   event sequence numbers are committed in increasing order; readers use their own pool and never
 //!   block the writer (WAL).
 //! - Schema migrations are embedded in the binary (`migrations/`) and run at open.
+//!
+//! Postgres (a `postgres://` URL): several portal replicas share one database.
+//! - Every read-decide-write transaction takes one transaction-scoped advisory lock first
+//!   ([`Store::write_tx`]), the Postgres counterpart of SQLite's `BEGIN IMMEDIATE`: writers are
+//!   serialized across all replicas, and each statement after the lock (READ COMMITTED) sees every
+//!   write committed before it, so no read-modify-write can race. Single-statement writes (consuming a
+//!   single-use grant, extending a key lease) are conditional `UPDATE`s, atomic on their own.
+//! - The event feed's sequence numbers come from a one-row counter updated inside the event's
+//!   transaction (under the same lock): numbers are assigned and committed in one order, and the
+//!   highest committed number is read transactionally ([`Store::last_seq`]). Each event also sends a
+//!   `NOTIFY` (delivered at commit) so long polls on every replica wake ([`Store::listen_events`]).
+//! - Schema migrations live in `migrations/postgres/`; `sqlx` takes an advisory lock while it
+//!   migrates, so replicas starting together do not race.
 
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use missiongate_wire::claims::MissionState;
 
 use crate::mission::Intent;
+
+/// Unix time (seconds) of the last error that meant "the database cannot be reached" (0: never).
+static LAST_UNAVAILABLE: AtomicI64 = AtomicI64::new(0);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whether a database error means the database is unreachable or going away (rather than a refused
+/// statement): connection failures, pool timeouts, and the Postgres error classes 08 (connection
+/// exception) and 57P0x (shutdown, cannot connect now).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03")
+        }
+        _ => false,
+    }
+}
+
+/// Whether an error meaning "database unreachable" was seen within the last `secs` seconds.
+pub fn recently_unavailable(secs: i64) -> bool {
+    let at = LAST_UNAVAILABLE.load(Ordering::Relaxed);
+    at != 0 && unix_now() - at <= secs
+}
 
 /// A storage failure. Messages never contain secrets.
 #[derive(Debug)]
@@ -64,8 +110,18 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// Whether the database could not be reached (a 503 with `Retry-After`, not a 500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(e) if is_unavailable(e))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            LAST_UNAVAILABLE.store(unix_now(), Ordering::Relaxed);
+        }
         StoreError::Db(e)
     }
 }
@@ -217,11 +273,108 @@ pub enum TransitionOutcome {
     Applied(MissionRow, i64),
 }
 
+/// Which database engine a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file (one process).
+    Sqlite,
+    /// A Postgres server (any number of replicas).
+    Postgres,
+}
+
+/// Where the database is: a SQLite file or a Postgres server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbTarget {
+    /// A SQLite file (`sqlite:PATH`, `sqlite://PATH` or a plain path).
+    Sqlite(std::path::PathBuf),
+    /// A Postgres connection URL (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+impl DbTarget {
+    /// Parse `--db`: a `postgres://` / `postgresql://` URL selects Postgres; `sqlite:` URLs and plain
+    /// paths select SQLite.
+    pub fn parse(s: &str) -> Result<DbTarget, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            url::Url::parse(s).map_err(|e| format!("invalid Postgres URL: {e}"))?;
+            return Ok(DbTarget::Postgres(s.to_owned()));
+        }
+        let path = match s.strip_prefix("sqlite:") {
+            Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
+            None => s,
+        };
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("the database is a SQLite file path or a postgres:// URL".into());
+        }
+        Ok(DbTarget::Sqlite(path.into()))
+    }
+
+    /// For logs and error messages: the file, or the URL without its password.
+    pub fn redacted(&self) -> String {
+        match self {
+            DbTarget::Sqlite(p) => p.display().to_string(),
+            DbTarget::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres://(invalid URL)".into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Per SQLite connection: WAL, an fsync of every commit, foreign keys, and a generous busy wait (the
+/// reader pool may meet a checkpoint).
+fn sqlite_pragmas<'c>(
+    conn: &'c mut sqlx::AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>> {
+    Box::pin(async move {
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// `sqlite://PATH?mode=rwc` with the path percent-encoded (the driver decodes it).
+fn sqlite_url(path: &Path) -> String {
+    let mut out = String::from("sqlite://");
+    for b in path.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str("?mode=rwc");
+    out
+}
+
+/// The advisory lock every Postgres write transaction takes (`BEGIN IMMEDIATE` of SQLite).
+const PG_WRITE_LOCK: i64 = 0x6d69_7373_696f_6e67; // "missiong"
+
+/// The channel of the event feed's `NOTIFY`.
+pub const PG_EVENTS_CHANNEL: &str = "missiongate_events";
+
 /// The authority's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(crate) writer: SqlitePool,
-    pub(crate) reader: SqlitePool,
+    pub(crate) writer: AnyPool,
+    pub(crate) reader: AnyPool,
+    backend: Backend,
+    target: DbTarget,
 }
 
 const MISSION_COLUMNS: &str = "id, issuer, state, version, intent, authority, intent_hash, authority_hash, \
@@ -235,7 +388,7 @@ fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt("version out of range".into()))
 }
 
-fn mission_from_row(row: &SqliteRow) -> Result<MissionRow, StoreError> {
+fn mission_from_row(row: &AnyRow) -> Result<MissionRow, StoreError> {
     let intent: String = row.try_get("intent")?;
     let authority: String = row.try_get("authority")?;
     let state: String = row.try_get("state")?;
@@ -257,7 +410,7 @@ fn mission_from_row(row: &SqliteRow) -> Result<MissionRow, StoreError> {
     })
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<KeyRow, StoreError> {
+fn key_from_row(row: &AnyRow) -> Result<KeyRow, StoreError> {
     Ok(KeyRow {
         kid: row.try_get("kid")?,
         alg: row.try_get("alg")?,
@@ -269,31 +422,163 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRow, StoreError> {
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    /// Open (creating if needed) the SQLite database at `path` and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await.map_err(StoreError::Migrate)?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await?;
-        Ok(Store { writer, reader })
+        Store::connect(&DbTarget::Sqlite(path.to_path_buf())).await
     }
 
-    /// Close both pools (checkpoints the WAL when the last connection closes).
+    /// Open the database `target` names and bring its schema up to date.
+    pub async fn connect(target: &DbTarget) -> Result<Store, StoreError> {
+        let store = Store::connect_unmigrated(target).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Open the database without touching its schema.
+    pub async fn connect_unmigrated(target: &DbTarget) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        match target {
+            DbTarget::Sqlite(path) => {
+                let url = sqlite_url(path);
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(sqlite_pragmas)
+                    .connect(&url)
+                    .await?;
+                let reader = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(sqlite_pragmas)
+                    .connect(&url)
+                    .await?;
+                Ok(Store { writer, reader, backend: Backend::Sqlite, target: target.clone() })
+            }
+            DbTarget::Postgres(url) => {
+                // Short acquire timeout: while the server is away, requests fail fast (503) instead of
+                // queueing; `test_before_acquire` drops connections that died with a restart.
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .test_before_acquire(true)
+                    .connect(url)
+                    .await?;
+                Ok(Store { writer: pool.clone(), reader: pool, backend: Backend::Postgres, target: target.clone() })
+            }
+        }
+    }
+
+    /// Bring the schema up to date (idempotent; safe with several replicas starting at once).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations").run(&self.writer).await.map_err(StoreError::Migrate),
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres").run(&self.writer).await.map_err(StoreError::Migrate)
+            }
+        }
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Where the database is.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    /// Whether the database answers now (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let one: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(&self.reader).await?;
+        if one != 1 {
+            return Err(StoreError::Corrupt("SELECT 1 answered something else".into()));
+        }
+        Ok(())
+    }
+
+    /// Begin a read-decide-write transaction: SQLite `BEGIN IMMEDIATE` (the one writer), Postgres
+    /// a transaction holding the global write advisory lock until it ends.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// Postgres only: wait for event-feed notifications from every replica and hand each committed
+    /// sequence number to `on_seq`, until `shutdown`. After a lost connection (the server restarted)
+    /// it reconnects and reports [`Store::last_seq`], so nothing committed meanwhile is missed; it
+    /// also reports `last_seq` every `resync` as a safety net.
+    pub async fn listen_events<F>(&self, on_seq: F, resync: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>)
+    where
+        F: Fn(i64),
+    {
+        let DbTarget::Postgres(url) = &self.target else { return };
+        let mut listener: Option<sqlx::postgres::PgListener> = None;
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let resync_now = || async {
+            if let Ok(seq) = self.last_seq().await {
+                on_seq(seq);
+            }
+        };
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if listener.is_none() {
+                // Bounded: while the server is away the periodic resync below keeps running.
+                let connect = async {
+                    let mut l = sqlx::postgres::PgListener::connect(url).await?;
+                    l.listen(PG_EVENTS_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                    Ok(Ok(l)) => {
+                        listener = Some(l);
+                        resync_now().await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "event listener cannot LISTEN; retrying"),
+                    Err(_) => tracing::warn!("event listener: no connection within 2 s; retrying"),
+                }
+            }
+            match listener.as_mut() {
+                Some(l) => {
+                    tokio::select! {
+                        n = l.try_recv() => match n {
+                            Ok(Some(n)) => {
+                                if let Ok(seq) = n.payload().parse::<i64>() {
+                                    on_seq(seq);
+                                }
+                            }
+                            // The connection was lost: reconnect, then resynchronize.
+                            Ok(None) | Err(_) => listener = None,
+                        },
+                        _ = tick.tick() => resync_now().await,
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tick.tick() => resync_now().await,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close both pools (SQLite checkpoints the WAL when the last connection closes).
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
@@ -301,7 +586,7 @@ impl Store {
 
     /// Record `issuer` on first use; refuse a database that belongs to another issuer.
     pub async fn claim_issuer(&self, issuer: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO authority_meta (key, value) VALUES ('issuer', ?) ON CONFLICT (key) DO NOTHING")
+        sqlx::query("INSERT INTO authority_meta (key, value) VALUES ('issuer', $1) ON CONFLICT (key) DO NOTHING")
             .bind(issuer)
             .execute(&self.writer)
             .await?;
@@ -330,14 +615,14 @@ impl Store {
 
     /// Make `new` the current key, retiring every other current key at `now`. Atomic.
     pub async fn rotate_key(&self, new: &KeyRow, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
             .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, secret, created_at, retired_at, signed_until) \
-             VALUES (?, ?, ?, ?, NULL, ?)",
+             VALUES ($1, $2, $3, $4, NULL, $5)",
         )
         .bind(&new.kid)
         .bind(&new.alg)
@@ -350,13 +635,45 @@ impl Store {
         Ok(())
     }
 
+    /// Make `new` the current key unless there already is one (another replica was first); returns
+    /// the current key. Atomic.
+    pub async fn insert_first_key(&self, new: &KeyRow) -> Result<KeyRow, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let existing = sqlx::query(
+            "SELECT kid, alg, secret, created_at, retired_at, signed_until FROM signing_keys \
+             WHERE retired_at IS NULL ORDER BY created_at DESC, kid LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.rollback().await?;
+            return key_from_row(&row);
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, secret, created_at, retired_at, signed_until) \
+             VALUES ($1, $2, $3, $4, NULL, $5)",
+        )
+        .bind(&new.kid)
+        .bind(&new.alg)
+        .bind(&new.secret)
+        .bind(new.created_at)
+        .bind(new.signed_until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(new.clone())
+    }
+
     /// Extend a key's lease so that it stays published until at least `until`.
     pub async fn extend_key_lease(&self, kid: &str, until: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE signing_keys SET signed_until = MAX(signed_until, ?) WHERE kid = ?")
-            .bind(until)
-            .bind(kid)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "UPDATE signing_keys SET signed_until = CASE WHEN signed_until < $1 THEN $1 ELSE signed_until END \
+             WHERE kid = $2",
+        )
+        .bind(until)
+        .bind(kid)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -364,7 +681,7 @@ impl Store {
     pub async fn published_keys(&self, now: i64) -> Result<Vec<KeyRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT kid, alg, secret, created_at, retired_at, signed_until FROM signing_keys \
-             WHERE retired_at IS NULL OR signed_until > ? ORDER BY retired_at IS NOT NULL, created_at DESC, kid",
+             WHERE retired_at IS NULL OR signed_until > $1 ORDER BY retired_at IS NOT NULL, created_at DESC, kid",
         )
         .bind(now)
         .fetch_all(&self.reader)
@@ -374,7 +691,7 @@ impl Store {
 
     /// Delete retired keys whose lease ended before `now`: nothing they signed is still valid.
     pub async fn delete_dead_keys(&self, now: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND signed_until <= ?")
+        let done = sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND signed_until <= $1")
             .bind(now)
             .execute(&self.writer)
             .await?;
@@ -399,11 +716,11 @@ impl Store {
         let intent = serde_json::to_string(&new.intent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let authority = serde_json::to_string(&new.authority).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let state = MissionState::PendingApproval;
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO missions (id, issuer, state, version, intent, authority, intent_hash, authority_hash, \
              client_id, client_secret_sha256, expires_at, created_at, updated_at) \
-             VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&new.id)
         .bind(&new.issuer)
@@ -452,7 +769,7 @@ impl Store {
 
     /// One Mission.
     pub async fn get_mission(&self, id: &str) -> Result<Option<MissionRow>, StoreError> {
-        let sql = format!("SELECT {MISSION_COLUMNS} FROM missions WHERE id = ?");
+        let sql = format!("SELECT {MISSION_COLUMNS} FROM missions WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(mission_from_row).transpose()
     }
@@ -462,13 +779,13 @@ impl Store {
         let rows = match state {
             Some(s) => {
                 let sql = format!(
-                    "SELECT {MISSION_COLUMNS} FROM missions WHERE state = ? ORDER BY created_at DESC, id LIMIT ?"
+                    "SELECT {MISSION_COLUMNS} FROM missions WHERE state = $1 ORDER BY created_at DESC, id LIMIT $2"
                 );
-                sqlx::query(&sql).bind(s).bind(limit).fetch_all(&self.reader).await?
+                sqlx::query(&sql).bind(s).bind(i64::from(limit)).fetch_all(&self.reader).await?
             }
             None => {
-                let sql = format!("SELECT {MISSION_COLUMNS} FROM missions ORDER BY created_at DESC, id LIMIT ?");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.reader).await?
+                let sql = format!("SELECT {MISSION_COLUMNS} FROM missions ORDER BY created_at DESC, id LIMIT $1");
+                sqlx::query(&sql).bind(i64::from(limit)).fetch_all(&self.reader).await?
             }
         };
         rows.iter().map(mission_from_row).collect()
@@ -478,7 +795,7 @@ impl Store {
     pub async fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT from_state, to_state, version, actor, at FROM mission_transitions \
-             WHERE mission_id = ? ORDER BY version",
+             WHERE mission_id = $1 ORDER BY version",
         )
         .bind(id)
         .fetch_all(&self.reader)
@@ -513,8 +830,8 @@ impl Store {
         D: FnOnce(&MissionRow) -> Option<MissionState>,
         S: FnOnce(&EventDraft) -> Result<SignedEvent, String>,
     {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!("SELECT {MISSION_COLUMNS} FROM missions WHERE id = ?");
+        let mut tx = self.write_tx().await?;
+        let sql = format!("SELECT {MISSION_COLUMNS} FROM missions WHERE id = $1");
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
             return Ok(TransitionOutcome::NotFound);
         };
@@ -524,7 +841,7 @@ impl Store {
             return Ok(TransitionOutcome::Refused(mission));
         };
         let version = mission.version.saturating_add(1);
-        sqlx::query("UPDATE missions SET state = ?, version = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE missions SET state = $1, version = $2, updated_at = $3 WHERE id = $4")
             .bind(to.as_str())
             .bind(to_i64(version)?)
             .bind(at)
@@ -552,12 +869,12 @@ impl Store {
 
     /// Ids of Missions in a non-terminal state whose `expires_at` is at or before `now`.
     pub async fn due_for_expiry(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
-        let ids = sqlx::query_scalar(
+        let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM missions WHERE state IN ('pending_approval', 'active', 'suspended') \
-             AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+             AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
         )
         .bind(now)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
         Ok(ids)
@@ -569,17 +886,26 @@ impl Store {
 
     /// The highest event sequence number ever assigned (0 when none), pruned events included.
     pub async fn last_seq(&self) -> Result<i64, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'mission_events'")
-            .fetch_optional(&self.writer)
-            .await?;
+        let seq: Option<i64> = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'mission_events'")
+                    .fetch_optional(&self.writer)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_scalar("SELECT last_seq FROM mission_event_counter WHERE id = 1")
+                    .fetch_optional(&self.writer)
+                    .await?
+            }
+        };
         Ok(seq.unwrap_or(0))
     }
 
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query("SELECT seq, set_jws FROM mission_events WHERE seq > ? ORDER BY seq LIMIT ?")
+        let rows = sqlx::query("SELECT seq, set_jws FROM mission_events WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(after)
-            .bind(limit)
+            .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(|r| Ok(EventRow { seq: r.try_get("seq")?, jws: r.try_get("set_jws")? })).collect()
@@ -587,13 +913,13 @@ impl Store {
 
     /// Delete events recorded before `before`.
     pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM mission_events WHERE at < ?").bind(before).execute(&self.writer).await?;
+        let done = sqlx::query("DELETE FROM mission_events WHERE at < $1").bind(before).execute(&self.writer).await?;
         Ok(done.rows_affected())
     }
 }
 
 async fn insert_transition(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: &str,
     from: Option<&MissionState>,
     to: &MissionState,
@@ -603,7 +929,7 @@ async fn insert_transition(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO mission_transitions (mission_id, from_state, to_state, version, actor, at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(from.map(MissionState::as_str))
@@ -616,27 +942,51 @@ async fn insert_transition(
     Ok(())
 }
 
-async fn insert_event<S>(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    mut draft: EventDraft,
-    sign: S,
-) -> Result<i64, StoreError>
+async fn insert_event<S>(tx: &mut Transaction<'_, Any>, mut draft: EventDraft, sign: S) -> Result<i64, StoreError>
 where
     S: FnOnce(&EventDraft) -> Result<SignedEvent, String>,
 {
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO mission_events (mission_id, state, version, at, kid, set_jws) \
-         VALUES (?, ?, ?, ?, '', '') RETURNING seq",
-    )
-    .bind(&draft.mission_id)
-    .bind(draft.state.as_str())
-    .bind(to_i64(draft.version)?)
-    .bind(draft.at)
-    .fetch_one(&mut **tx)
-    .await?;
+    // Postgres: the counter row is taken under the write lock and committed with the event, so
+    // sequence numbers are committed in order; the NOTIFY is delivered at commit.
+    let pg = tx.backend_name() == "PostgreSQL";
+    let seq: i64 = if pg {
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE mission_event_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq",
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO mission_events (seq, mission_id, state, version, at, kid, set_jws) \
+             VALUES ($1, $2, $3, $4, $5, '', '')",
+        )
+        .bind(seq)
+        .bind(&draft.mission_id)
+        .bind(draft.state.as_str())
+        .bind(to_i64(draft.version)?)
+        .bind(draft.at)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS n")
+            .bind(PG_EVENTS_CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut **tx)
+            .await?;
+        seq
+    } else {
+        sqlx::query_scalar(
+            "INSERT INTO mission_events (mission_id, state, version, at, kid, set_jws) \
+             VALUES ($1, $2, $3, $4, '', '') RETURNING seq",
+        )
+        .bind(&draft.mission_id)
+        .bind(draft.state.as_str())
+        .bind(to_i64(draft.version)?)
+        .bind(draft.at)
+        .fetch_one(&mut **tx)
+        .await?
+    };
     draft.seq = seq;
     let signed = sign(&draft).map_err(StoreError::Sign)?;
-    sqlx::query("UPDATE mission_events SET kid = ?, set_jws = ? WHERE seq = ?")
+    sqlx::query("UPDATE mission_events SET kid = $1, set_jws = $2 WHERE seq = $3")
         .bind(&signed.kid)
         .bind(&signed.jws)
         .bind(seq)

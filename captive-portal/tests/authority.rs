@@ -18,6 +18,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The test kit's Postgres server (`MISSIONGATE_TEST_DB=postgres` runs these tests against it).
+#[path = "../../tests/src/postgres.rs"]
+mod postgres;
+
 const BIN: &str = env!("CARGO_BIN_EXE_captive-portal");
 const OP: &str = "test-operator-token-0123456789abcdef";
 const ISS: &str = "https://as.test";
@@ -48,7 +52,7 @@ impl Portal {
         let log = std::fs::File::create(db.with_extension(format!("log{}", now()))).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--db"])
-            .arg(db)
+            .arg(postgres::db_arg(db))
             .args(["--listen", "127.0.0.1:0", "--issuer", issuer, "--operator-token", OP])
             .args(["--gateway-credential", GW, "--gateway-audience", GW_AUD])
             .args(extra)

@@ -16,9 +16,7 @@ use serde_json::{json, Value};
 
 /// Row counts of the access tables, read from the database file (read-only, beside the portal: WAL).
 pub async fn counts(db: &Path) -> HashMap<String, i64> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+    let pool = db_pool(db).await;
     let mut out = HashMap::new();
     for t in ["denials", "access_tasks", "access_grants", "idempotency_keys", "access_audit"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
@@ -266,7 +264,9 @@ async fn ended_records_are_pruned_after_their_retention() {
         }
     }
     let before = counts(&db).await;
-    assert_eq!(before["access_tasks"], 5, "{before:?}");
+    // Retention is one second: on a slow machine (or a remote database) the first task may be
+    // pruned before the last one is made; at least the last ones are still there.
+    assert!((2..=5).contains(&before["access_tasks"]), "{before:?}");
     // Within a few seconds: tasks cancelled or expired, keys, denials and (later) audit rows are gone.
     let mut after = before.clone();
     for _ in 0..120 {

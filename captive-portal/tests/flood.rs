@@ -153,9 +153,7 @@ async fn a_flood_of_agents_leaves_gateway_evaluations_fast_and_storage_bounded()
 }
 
 async fn crate_counts(db: &std::path::Path) -> std::collections::HashMap<String, i64> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+    let pool = db_pool(db).await;
     let mut out = std::collections::HashMap::new();
     for t in ["denials", "access_tasks", "idempotency_keys", "access_audit"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();

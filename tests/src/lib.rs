@@ -16,6 +16,7 @@ pub mod h2c;
 pub mod http;
 pub mod pdp;
 pub mod portal;
+pub mod postgres;
 pub mod raw;
 pub mod upstream;
 

@@ -34,6 +34,8 @@ pub struct Portal {
     pub db: PathBuf,
     /// Extra arguments given at start.
     args: Vec<String>,
+    /// A database URL shared with other replicas (instead of the file `db`).
+    db_url: Option<String>,
 }
 
 impl Portal {
@@ -52,6 +54,24 @@ impl Portal {
             issuer: format!("http://127.0.0.1:{port}"),
             db: dir.join("portal.db"),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            db_url: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Start one replica of a deployment on `port`: on the shared database `db_url` (Postgres),
+    /// under the issuer every replica of the deployment shares.
+    pub fn start_replica(port: u16, db_url: &str, issuer: &str, extra: &[&str]) -> Portal {
+        let dir = crate::repo_root().join("target/e2e").join(crate::rand_id("replica-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = Portal {
+            child: None,
+            port,
+            issuer: issuer.to_owned(),
+            db: dir.join("portal.db"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            db_url: Some(db_url.to_owned()),
         };
         p.spawn();
         p
@@ -60,9 +80,13 @@ impl Portal {
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.db.with_extension("log")).unwrap();
         let mut cmd = Command::new(portal_bin());
+        let db: std::ffi::OsString = match &self.db_url {
+            Some(url) => url.into(),
+            None => self.db.clone().into(),
+        };
         cmd.arg("serve")
             .arg("--db")
-            .arg(&self.db)
+            .arg(db)
             .args([
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),

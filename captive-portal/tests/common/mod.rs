@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+/// The test kit's Postgres server (`MISSIONGATE_TEST_DB=postgres` runs these tests against it).
+#[path = "../../../tests/src/postgres.rs"]
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,6 +46,17 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
+/// A read-only view of the database a test portal uses (the SQLite file, or its Postgres database).
+pub async fn db_pool(db: &Path) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = if postgres::postgres_selected() {
+        postgres::url_for_path(db)
+    } else {
+        format!("sqlite://{}?mode=ro", db.display())
+    };
+    sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap()
+}
+
 pub struct Portal {
     pub child: Child,
     pub url: String,
@@ -57,10 +72,22 @@ impl Portal {
     }
 
     pub async fn try_start(db: &Path, listen: &str, public: Option<&str>, extra: &[&str]) -> Result<Portal, String> {
-        let log = std::fs::File::create(db.with_extension(format!("log{}", now()))).unwrap();
+        let log = db.with_extension(format!("log{}", now()));
+        Self::try_start_db(&postgres::db_arg(db), &log, listen, public, extra).await
+    }
+
+    /// Start on the database `db_arg` (a SQLite path or a Postgres URL), logging to `log`.
+    pub async fn try_start_db(
+        db_arg: &std::ffi::OsStr,
+        log: &Path,
+        listen: &str,
+        public: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Portal, String> {
+        let log = std::fs::File::create(log).unwrap();
         let approver = format!("{APPROVER}:{APPROVER_TOKEN}");
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db"]).arg(db).args([
+        cmd.args(["serve", "--db"]).arg(db_arg).args([
             "--listen",
             listen,
             "--issuer",
