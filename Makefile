@@ -72,6 +72,7 @@ test: tools wasm
 	$(CARGO) build -p captive-portal
 	$(CARGO) test --no-fail-fast
 	$(MAKE) --no-print-directory test-wasm-core
+	$(MAKE) --no-print-directory test-clients
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory lint
