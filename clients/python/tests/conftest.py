@@ -57,10 +57,13 @@ class Stack:
         if self.proc.stdin:
             self.proc.stdin.close()
         try:
-            self.proc.wait(timeout=30)
+            code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            pytest.fail("the stack did not stop within 60 s")
+        # The stack checks every Envoy it stops for Wasm VM failures and exits non-zero on one.
+        assert code == 0, f"the stack exited with {code} (logs: {self.logs})"
 
     @property
     def proxy(self) -> str:
