@@ -356,7 +356,14 @@ fn digest_of(req: &EvaluationRequest) -> Option<String> {
 /// A parameter object (SPEC §6, HTTP Operation Profile version 2) given as JSON:
 /// `{method, target, headers?, content_type?, body? | body_sha256?}`; returns its digest. The shape
 /// is checked in `wire` ([`ParameterObject::from_value`]), the one place the filter's rules live.
+///
+/// An MCP tool call's parameter object (`{target, mcp_method, tool, arguments}`, SPEC §7; it has
+/// `mcp_method`) is digested by the MCP Tool Call Profile instead. The two profiles' objects have
+/// different members, so a parameter object of one can never hash to a digest of the other.
 pub fn digest_of_parameters(p: &Value) -> Result<String, String> {
+    if missiongate_wire::digest::is_mcp_parameter_object(p) {
+        return missiongate_wire::digest::mcp_tool_call_digest_of_parameters(p).map_err(|e| e.to_string());
+    }
     ParameterObject::from_value(p).map(|po| po.digest()).map_err(|e| e.to_string())
 }
 
@@ -1150,6 +1157,14 @@ mod tests {
                         "body_sha256": "BFMJ7uKuKzkITG-PmxOd9Ncki90XKwG5CDVgpuqpLhs"});
         assert_eq!(digest_of_parameters(&v7).unwrap(), "sha-256:Vg-10WbE6ITI1jhkU1Xd2_G32jL6sbxiQFQldE9WdYI");
         assert!(digest_of_parameters(&json!({"method": "GET"})).is_err());
+        // An MCP tool call (SPEC §7, M1) is bound by the MCP Tool Call Profile.
+        let m1 = json!({"target": "https://mcp.partner.example/mcp", "mcp_method": "tools/call", "tool": "pay_invoice",
+                        "arguments": {"invoice": "inv_842", "amount": "423.50", "currency": "USD"}});
+        assert_eq!(digest_of_parameters(&m1).unwrap(), "sha-256:VumVMDaxUyrb1aj7IoSEwyzXCgSy83iqcrdTFe30x_c");
+        assert!(digest_of_parameters(
+            &json!({"target": "x", "mcp_method": "tools/call", "tool": "t", "method": "POST"})
+        )
+        .is_err());
         assert!(digest_of_parameters(&json!({"method": "GET", "target": "x", "extra": 1})).is_err());
         // Version 1 shapes are refused: a body without content_type, a raw body as {"sha-256": ...}.
         let v1_json = json!({"method": "POST", "target": "https://api.partner.example/v1/payments",

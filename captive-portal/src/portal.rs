@@ -478,7 +478,7 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
          <tr><th>Agent</th><td id=\"agent\"><code>{}</code> <span class=\"note\">sub {} &middot; iss {}</span></td></tr>\
          <tr><th>Mission</th><td id=\"mission\">{}</td></tr>\
          <tr><th>Destination</th><td id=\"destination\"><code>{}</code></td></tr>\
-         <tr><th>Operation</th><td id=\"operation\"><code>{}</code></td></tr>\
+         <tr><th>Operation</th><td id=\"operation\"><code>{}</code>{}</td></tr>\
          <tr><th>Reason</th><td>{}</td></tr>\
          <tr><th>Parameter digest</th><td><code>{}</code></td></tr>\
          <tr><th>First blocked</th><td>{}</td></tr></table>",
@@ -488,6 +488,11 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
         mission_cell,
         esc(&d.resource_id),
         esc(&d.action_name),
+        // An MCP tool call names its tool (the gateway's `action.properties.mcp_tool`).
+        match d.request.action.properties.get("mcp_tool").and_then(|v| v.as_str()) {
+            Some(t) => format!(" <span class=\"note\">MCP tool</span> <code id=\"mcp-tool\">{}</code>", esc(t)),
+            None => String::new(),
+        },
         esc(&d.reason),
         esc(d.parameter_digest.as_deref().unwrap_or("none (destination-level)")),
         esc(&when(d.created_at)),
@@ -515,6 +520,16 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
                     // What the approver must know of the body before the JSON: its media type, and
                     // for a non-JSON body that only its hash is bound (SPEC §6, version 2).
                     let member = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
+                    if let Some(method) = member("mcp_method") {
+                        // An MCP tool call (SPEC §7): the tool and its arguments are what is approved.
+                        b.push_str(&format!(
+                            "<p>MCP <code>{}</code> of tool <code id=\"call-tool\">{}</code> with arguments:</p>\
+                             <pre id=\"call-arguments\">{}</pre>",
+                            esc(method),
+                            esc(member("tool").unwrap_or("")),
+                            esc(&pretty(v.get("arguments").unwrap_or(&serde_json::json!({}))))
+                        ));
+                    }
                     if let Some(ct) = member("content_type") {
                         b.push_str(&format!(
                             "<p>Content type: <code id=\"content-type\">{}</code></p>",

@@ -545,6 +545,36 @@ pub fn mcp_tool_call_digest_of_body(target: &str, body: &[u8]) -> Result<(String
     Ok(mcp_tool_call_digest(target, method, tool, arguments))
 }
 
+/// Whether a parameter object given as JSON is of the MCP Tool Call Profile (it has `mcp_method`)
+/// rather than the HTTP Operation Profile.
+pub fn is_mcp_parameter_object(value: &Value) -> bool {
+    value.get("mcp_method").is_some()
+}
+
+/// `parameter_digest` of an MCP Tool Call Profile parameter object given as JSON
+/// (`{"target", "mcp_method", "tool", "arguments"}`, SPEC §7), as an agent submits it with an access
+/// request: exactly those members, strings for the first three, an object for `arguments` (`{}`
+/// when absent). `value` should come from [`jcs::parse_ijson`], so its numbers are exact.
+pub fn mcp_tool_call_digest_of_parameters(value: &Value) -> Result<String, Unbindable> {
+    let obj = value.as_object().ok_or(Unbindable::Shape("parameters must be an object"))?;
+    if obj.keys().any(|k| !matches!(k.as_str(), "target" | "mcp_method" | "tool" | "arguments")) {
+        return Err(Unbindable::Shape(
+            "parameters has a member that is not in the MCP Tool Call Profile parameter object",
+        ));
+    }
+    let text =
+        |name: &'static str, why: &'static str| obj.get(name).and_then(Value::as_str).ok_or(Unbindable::Shape(why));
+    let target = text("target", "target must be a string")?;
+    let method = text("mcp_method", "mcp_method must be a string")?;
+    let tool = text("tool", "tool must be a string")?;
+    let arguments = match obj.get("arguments") {
+        None => None,
+        Some(a @ Value::Object(_)) => Some(a),
+        Some(_) => return Err(Unbindable::Shape("arguments must be an object")),
+    };
+    Ok(mcp_tool_call_digest(target, method, tool, arguments).0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use missiongate_wire::digest::{
-    self, envelope_canonical, envelope_hash, mcp_tool_call_digest, mcp_tool_call_digest_of_body, parameter_digest,
-    parse_prefixed_digest, prefixed_digest_of_canonical, request_digest, sha256_b64, ParameterObject, Unbindable,
-    SHA256_PREFIX,
+    self, envelope_canonical, envelope_hash, mcp_tool_call_digest, mcp_tool_call_digest_of_body,
+    mcp_tool_call_digest_of_parameters, parameter_digest, parse_prefixed_digest, prefixed_digest_of_canonical,
+    request_digest, sha256_b64, ParameterObject, Unbindable, SHA256_PREFIX,
 };
 use missiongate_wire::jcs::{canonicalize, canonicalize_ijson, parse_ijson, IJsonError, MAX_DEPTH};
 use serde_json::{json, Value};
@@ -434,6 +434,27 @@ fn mcp_tool_call_bodies_that_cannot_bind() {
             "{}",
             String::from_utf8_lossy(shape)
         );
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn mcp_parameter_objects_as_an_agent_submits_them() {
+    // M1 and M4 as the parameter object an access request carries (what the portal checks).
+    let m1 = parse_ijson(br#"{"target":"https://mcp.partner.example/mcp","mcp_method":"tools/call","tool":"pay_invoice","arguments":{"currency":"USD","invoice":"inv_842","amount":"423.50"}}"#).unwrap();
+    assert!(digest::is_mcp_parameter_object(&m1));
+    assert_eq!(mcp_tool_call_digest_of_parameters(&m1).unwrap(), M1_DIGEST);
+    let m4 = json!({"target": MCP, "mcp_method": "tools/call", "tool": "list_open_invoices"});
+    assert_eq!(mcp_tool_call_digest_of_parameters(&m4).unwrap(), "sha-256:QOQ38dSi29jvPE02iUwUxQDDAFrQCF9dx2c96RXIcyQ");
+    assert!(!digest::is_mcp_parameter_object(&json!({"method": "GET", "target": MCP})));
+    for bad in [
+        json!({"target": MCP, "mcp_method": "tools/call", "tool": "t", "arguments": {}, "id": 1}),
+        json!({"target": MCP, "mcp_method": "tools/call", "arguments": {}}),
+        json!({"target": MCP, "mcp_method": "tools/call", "tool": "t", "arguments": [1]}),
+        json!({"target": 1, "mcp_method": "tools/call", "tool": "t"}),
+        json!([1]),
+    ] {
+        assert!(matches!(mcp_tool_call_digest_of_parameters(&bad), Err(Unbindable::Shape(_))), "{bad}");
     }
 }
 

@@ -151,6 +151,29 @@ struct RawDestination {
     effect_headers: Vec<String>,
     #[serde(default)]
     mode: Option<String>,
+    #[serde(default)]
+    mcp: Option<RawMcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    tools: Vec<RawMcpTool>,
+    #[serde(default)]
+    client_messages: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcpTool {
+    name: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    consequential: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +321,58 @@ pub struct Destination {
     pub effect_headers: Vec<String>,
     /// This destination's mode; `None` follows the filter's [`Config::mode`].
     pub mode: Option<Mode>,
+    /// Present when the destination is an MCP server (SPEC §7).
+    pub mcp: Option<McpServer>,
+}
+
+/// How the client's own notifications and responses to an MCP server are decided (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMessages {
+    /// As operations: a notification is `mcp.method.<method>`, a response `mcp.response`, each
+    /// matched against the Mission's authority like any other action (the default).
+    #[default]
+    Decide,
+    /// Forwarded for any valid Mission-bound token with an active Mission, whatever its authority.
+    Pass,
+}
+
+/// A tool the deployment says something about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpTool {
+    /// Tool name (`[A-Za-z0-9_.-]{1,128}`).
+    pub name: String,
+    /// The named action a call of it is (instead of `mcp.tool.<name>`).
+    pub action: Option<String>,
+    /// Whether a call is consequential; `None` = yes (every `tools/call` is, by default).
+    pub consequential: Option<bool>,
+}
+
+/// A destination that is an MCP server: JSON-RPC requests POSTed to its endpoint are MCP operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    /// The MCP endpoint path (normalised; matched as named operation paths are).
+    pub path: String,
+    /// Tools with a named action or a consequential override.
+    pub tools: Vec<McpTool>,
+    /// Notifications and responses the client sends.
+    pub client_messages: ClientMessages,
+}
+
+impl McpServer {
+    /// Is `path` (the request path, without query) this server's MCP endpoint?
+    pub fn is_endpoint(&self, path: &str) -> bool {
+        uri::operation_path_matches(&self.path, false, path)
+    }
+
+    /// The configured entry of tool `name`.
+    pub fn tool(&self, name: &str) -> Option<&McpTool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+/// An MCP tool name (SPEC §7): `[A-Za-z0-9_.-]{1,128}`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// The AuthZEN PDP (SPEC §4).
@@ -585,8 +660,17 @@ impl Config {
                 effect_headers.push(h.to_ascii_lowercase());
             }
             let mode = parse_mode(d.mode.as_deref(), &format!("{f}.mode"))?;
-            let dest =
-                Destination { origin, audience, resource, operations, consequential_methods, effect_headers, mode };
+            let mcp = d.mcp.map(|m| parse_mcp(m, &format!("{f}.mcp"))).transpose()?;
+            let dest = Destination {
+                origin,
+                audience,
+                resource,
+                operations,
+                consequential_methods,
+                effect_headers,
+                mode,
+                mcp,
+            };
             if destinations.insert(authority, dest).is_some() {
                 return Err(err(format!("{f}.authority"), "duplicate destination"));
             }
@@ -756,6 +840,13 @@ impl DestinationRef<'_> {
             DestinationRef::Implicit(_) => default,
         }
     }
+    /// The MCP server at this destination, if the deployment marks it as one.
+    pub fn mcp(&self) -> Option<&McpServer> {
+        match self {
+            DestinationRef::Known(d) => d.mcp.as_ref(),
+            DestinationRef::Implicit(_) => None,
+        }
+    }
     /// Effect-bearing headers.
     pub fn effect_headers(&self) -> &[String] {
         match self {
@@ -812,6 +903,39 @@ fn parse_inline_jwks(v: serde_json::Value, field: &str) -> Result<Vec<(Option<St
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(crate::keys::within_table_budget(keys))
+}
+
+fn parse_mcp(m: RawMcp, f: &str) -> Result<McpServer, ConfigError> {
+    let raw_path = m.path.unwrap_or_else(|| "/mcp".to_owned());
+    if raw_path.contains(['?', '#']) {
+        return Err(err(format!("{f}.path"), "must not have a query or fragment"));
+    }
+    let path = uri::normalize_path(&raw_path).ok_or_else(|| err(format!("{f}.path"), "must be an absolute path"))?;
+    if let Err(e) = uri::request_path(&path) {
+        return Err(err(format!("{f}.path"), format!("can never match a request: {}", e.describe())));
+    }
+    let client_messages = match m.client_messages.as_deref() {
+        None | Some("decide") => ClientMessages::Decide,
+        Some("pass") => ClientMessages::Pass,
+        Some(_) => return Err(err(format!("{f}.client_messages"), "must be decide or pass")),
+    };
+    let mut tools: Vec<McpTool> = Vec::new();
+    for (i, t) in m.tools.into_iter().enumerate() {
+        let tf = format!("{f}.tools[{i}]");
+        if !valid_tool_name(&t.name) {
+            return Err(err(format!("{tf}.name"), "tool names match [A-Za-z0-9_.-]{1,128}"));
+        }
+        if tools.iter().any(|x| x.name == t.name) {
+            return Err(err(format!("{tf}.name"), "duplicate tool"));
+        }
+        if let Some(a) = &t.action {
+            if !crate::authority::valid_action_id(a) {
+                return Err(err(format!("{tf}.action"), "action ids match [A-Za-z0-9_.:-]+"));
+            }
+        }
+        tools.push(McpTool { name: t.name, action: t.action, consequential: t.consequential });
+    }
+    Ok(McpServer { path, tools, client_messages })
 }
 
 fn upstream(u: RawUpstream, field: &str) -> Result<Upstream, ConfigError> {
@@ -913,6 +1037,8 @@ mod tests {
             ("/issuers/0/mission_authority", "/$defs/mission_authority/properties"),
             ("/destinations/0", "/$defs/destination/properties"),
             ("/destinations/0/operations/0", "/$defs/destination/properties/operations/items/properties"),
+            ("/destinations/1/mcp", "/$defs/destination/properties/mcp/properties"),
+            ("/destinations/1/mcp/tools/0", "/$defs/destination/properties/mcp/properties/tools/items/properties"),
             ("/evidence", "/properties/evidence/properties"),
             ("/dpop", "/properties/dpop/properties"),
             ("/pdp", "/properties/pdp/properties"),
@@ -968,6 +1094,60 @@ mod tests {
         let c = Config::parse(full.replace("\"path\": \"/v1/payments\"", "\"path\": \"/v1/./p%61yments\"").as_bytes())
             .unwrap();
         assert_eq!(c.destinations["api.partner.example"].operations[0].path, "/v1/payments");
+    }
+
+    #[test]
+    fn mcp_servers_are_configured_per_destination_with_field_named_errors() {
+        let full = include_str!("../../examples/full.json");
+        let c = Config::parse(full.as_bytes()).unwrap();
+        let d = c.destination("mcp.partner.example", "https", false).unwrap();
+        let m = d.mcp().unwrap();
+        assert_eq!(m.path, "/mcp");
+        assert!(m.is_endpoint("/mcp") && m.is_endpoint("/MCP/") && !m.is_endpoint("/mcp/x"));
+        assert_eq!(m.client_messages, ClientMessages::Decide);
+        let pay = m.tool("pay_invoice").unwrap();
+        assert_eq!(pay.action.as_deref(), Some("payments:invoice.pay"));
+        assert_eq!(pay.consequential, Some(true));
+        assert_eq!(m.tool("list_open_invoices").unwrap().consequential, Some(false));
+        assert!(m.tool("other").is_none());
+        assert!(c.destination("api.partner.example", "http", false).unwrap().mcp().is_none());
+        assert!(c.destination("elsewhere.example", "http", false).unwrap().mcp().is_none());
+        // Defaults: path /mcp, no tools, client messages decided.
+        let c = Config::parse(
+            full.replace(
+                r#""mcp": {
+        "path": "/mcp","#,
+                r#""mcp": {"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.destinations["mcp.partner.example"].mcp.as_ref().unwrap().path, "/mcp");
+        let with = |from: &str, to: &str| {
+            assert!(full.contains(from), "{from}");
+            err_of(&full.replace(from, to))
+        };
+        for (from, to, field) in [
+            ("\"path\": \"/mcp\"", "\"path\": \"mcp\"", "destinations[1].mcp.path"),
+            ("\"path\": \"/mcp\"", "\"path\": \"/mcp?x=1\"", "destinations[1].mcp.path"),
+            ("\"path\": \"/mcp\"", "\"path\": \"/a//mcp\"", "destinations[1].mcp.path"),
+            ("\"name\": \"pay_invoice\"", "\"name\": \"pay invoice\"", "destinations[1].mcp.tools[0].name"),
+            ("\"name\": \"pay_invoice\"", "\"name\": \"\"", "destinations[1].mcp.tools[0].name"),
+            ("\"name\": \"list_open_invoices\"", "\"name\": \"pay_invoice\"", "destinations[1].mcp.tools[1].name"),
+            ("\"payments:invoice.pay\"", "\"payments invoice\"", "destinations[1].mcp.tools[0].action"),
+            ("\"client_messages\": \"decide\"", "\"client_messages\": \"drop\"", "destinations[1].mcp.client_messages"),
+        ] {
+            assert_eq!(with(from, to).field, field, "{to}");
+        }
+        let long = "t".repeat(129);
+        assert_eq!(
+            with("\"name\": \"pay_invoice\"", &format!("\"name\": \"{long}\"")).field,
+            "destinations[1].mcp.tools[0].name"
+        );
+        let e = with("\"client_messages\": \"decide\"", "\"client_messages\": \"decide\", \"bogus\": 1");
+        assert!(e.message.contains("bogus"), "{e}");
+        let e = with("\"mcp\": {", "\"mcp\": true, \"x\": {");
+        assert!(e.message.contains("invalid type"), "{e}");
     }
 
     fn err_of(json: &str) -> ConfigError {

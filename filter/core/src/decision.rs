@@ -47,10 +47,18 @@ pub enum Reason {
     ReplayStoreFull,
     /// A request path an upstream could resolve to another resource than the one decided on: 400.
     AmbiguousPath,
+    /// A POST to an MCP endpoint whose body is not one JSON-RPC 2.0 message: 400.
+    McpMalformed,
+    /// A JSON-RPC batch (an array) to an MCP endpoint: 400 (current MCP revisions have none).
+    McpBatchRefused,
+    /// A `tools/call` whose tool name is outside `[A-Za-z0-9_.-]{1,128}`: 400.
+    McpToolNameInvalid,
+    /// `Mcp-Method` / `Mcp-Name` headers that differ from the JSON-RPC body: 400.
+    McpHeaderMismatch,
 }
 
 /// Every reason, for counter definition.
-pub const ALL_REASONS: [Reason; 35] = [
+pub const ALL_REASONS: [Reason; 39] = [
     Reason::Allowed,
     Reason::NoCredentials,
     Reason::MalformedRequest,
@@ -86,6 +94,10 @@ pub const ALL_REASONS: [Reason; 35] = [
     Reason::GatewayError,
     Reason::ReplayStoreFull,
     Reason::AmbiguousPath,
+    Reason::McpMalformed,
+    Reason::McpBatchRefused,
+    Reason::McpToolNameInvalid,
+    Reason::McpHeaderMismatch,
 ];
 
 /// The challenge family of a denial.
@@ -141,6 +153,10 @@ impl Reason {
             Reason::GatewayError => "gateway_error",
             Reason::ReplayStoreFull => "replay_store_full",
             Reason::AmbiguousPath => "ambiguous_path",
+            Reason::McpMalformed => "mcp_malformed",
+            Reason::McpBatchRefused => "mcp_batch_refused",
+            Reason::McpToolNameInvalid => "mcp_tool_name_invalid",
+            Reason::McpHeaderMismatch => "mcp_header_mismatch",
         }
     }
 
@@ -148,7 +164,13 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::Allowed => 200,
-            Reason::MalformedRequest | Reason::BodyNotCanonicalizable | Reason::AmbiguousPath => 400,
+            Reason::MalformedRequest
+            | Reason::BodyNotCanonicalizable
+            | Reason::AmbiguousPath
+            | Reason::McpMalformed
+            | Reason::McpBatchRefused
+            | Reason::McpToolNameInvalid
+            | Reason::McpHeaderMismatch => 400,
             Reason::BodyTooLarge => 413,
             Reason::InsufficientAuthority
             | Reason::ConstraintUnrecognized
@@ -178,7 +200,11 @@ impl Reason {
             | Reason::BodyNotCanonicalizable
             | Reason::BodyTooLarge
             | Reason::EgressNotAllowed
-            | Reason::AmbiguousPath => Challenge::None,
+            | Reason::AmbiguousPath
+            | Reason::McpMalformed
+            | Reason::McpBatchRefused
+            | Reason::McpToolNameInvalid
+            | Reason::McpHeaderMismatch => Challenge::None,
             Reason::KeysUnavailable
             | Reason::AuthorityUnavailable
             | Reason::PdpUnavailable
@@ -300,6 +326,57 @@ impl Denial {
     }
 }
 
+impl Denial {
+    /// Render as a JSON-RPC error for the request `id` of an MCP client (SPEC §7): HTTP 200,
+    /// `application/json`. A requestable denial is MCP's URL-elicitation-required error (`-32042`)
+    /// with one URL elicitation (the `user-portal-url`, for a person; the evaluation id as its
+    /// `elicitationId`) and, in `data.access_request`, the same access-request document as the 511's
+    /// `access-request` member; every other refusal is `-32001` with the problem details as `data`.
+    /// `None` for a refusal that stays HTTP: the 401 challenges (MCP clients handle them).
+    pub fn render_mcp(&self, id: &serde_json::Value, decision_id: &str) -> Option<Response> {
+        use serde_json::{json, Value};
+        if self.reason.status() == 401 {
+            return None;
+        }
+        let headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("cache-control".to_owned(), "no-store".to_owned()),
+        ];
+        if let Some(c) = &self.captive {
+            let (doc, _) = &**c;
+            let access_request = doc.access_request.as_ref().map_or(Value::Null, |a| json!(a));
+            let evaluation_id =
+                doc.access_request.as_ref().map(|a| a.context.evaluation_id.clone()).unwrap_or_default();
+            let message = "This call needs a person's approval: an access request can be submitted for it";
+            let elicitations: Vec<Value> = doc
+                .user_portal_url
+                .iter()
+                .map(|url| json!({"mode": "url", "url": url, "message": message, "elicitationId": evaluation_id}))
+                .collect();
+            let data = json!({"elicitations": elicitations, "access_request": access_request});
+            let body = crate::mcp::error_body(id, crate::mcp::URL_ELICITATION_REQUIRED, message, data);
+            return Some(Response { status: 200, headers, body });
+        }
+        let problem = Problem {
+            type_: Problem::type_for(self.reason.as_str()),
+            title: self.reason.title().to_owned(),
+            status: self.reason.status(),
+            detail: self.detail.clone(),
+            reason: self.reason.as_str().to_owned(),
+            mission: self.mission.clone(),
+            decision_id: Some(decision_id.to_owned()),
+        };
+        let data = serde_json::from_slice(&problem.to_bytes()).unwrap_or(Value::Null);
+        let message = format!("refused by the gateway: {}", self.reason.as_str());
+        let mut headers = headers;
+        if let Some(s) = self.retry_after {
+            headers.push(("retry-after".to_owned(), s.to_string()));
+        }
+        let body = crate::mcp::error_body(id, crate::mcp::REFUSED, &message, data);
+        Some(Response { status: 200, headers, body })
+    }
+}
+
 /// Quoted-string safe: no quotes, backslashes or control characters, bounded length.
 fn sanitize(s: &str) -> String {
     s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).take(200).collect()
@@ -340,6 +417,12 @@ pub struct Evidence {
     /// Parameter digest, for bound calls.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameter_digest: Option<String>,
+    /// JSON-RPC method of an MCP operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    /// Tool name of an MCP `tools/call`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<String>,
     /// PDP evaluation id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluation_id: Option<String>,
@@ -362,6 +445,8 @@ impl Default for Evidence {
             destination: None,
             action: None,
             parameter_digest: None,
+            mcp_method: None,
+            mcp_tool: None,
             evaluation_id: None,
             at: 0,
         }

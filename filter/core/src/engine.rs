@@ -292,6 +292,9 @@ pub struct Engine {
     decisions_cache: std::collections::HashMap<String, Cached>,
     /// When a Mission Status failure was last logged, per issuer.
     status_logged: std::collections::HashMap<usize, i64>,
+    /// The JSON-RPC `id` of the MCP request being decided, once its body was read: its refusals
+    /// are rendered as JSON-RPC errors for it (SPEC §7).
+    jsonrpc_id: Option<serde_json::Value>,
 }
 
 impl Engine {
@@ -320,6 +323,7 @@ impl Engine {
             dpop_algs,
             decisions_cache: std::collections::HashMap::new(),
             status_logged: std::collections::HashMap::new(),
+            jsonrpc_id: None,
         }
     }
 
@@ -389,6 +393,7 @@ impl Engine {
         // the decision, which then consumes nothing single-use when it is false.
         let enforced = self.mode_for(req) == Mode::Enforce;
         let mut ev = Evidence { at: now, enforced, ..Evidence::default() };
+        self.jsonrpc_id = None;
         match self.decide_inner(req, extra, now, attempts, replay, &mut ev) {
             Ok(()) => {
                 ev.decision_id = self.next_id();
@@ -412,7 +417,10 @@ impl Engine {
                 }
                 ev.enforced = true;
                 self.count(d.reason);
-                let resp = d.render(&self.config.realm, self.dpop_algs.as_deref(), &ev.decision_id);
+                let resp = match self.jsonrpc_id.take().and_then(|id| d.render_mcp(&id, &ev.decision_id)) {
+                    Some(r) => r,
+                    None => d.render(&self.config.realm, self.dpop_algs.as_deref(), &ev.decision_id),
+                };
                 Outcome::Deny(resp, ev)
             }
         }
@@ -487,7 +495,7 @@ impl Engine {
         } else {
             uri::request_path(req.path).map_err(|e| Step::deny(Reason::AmbiguousPath, e.describe()))?
         };
-        let action = authority::action_id(dest.operations(), req.method, path);
+        let mut action = authority::action_id(dest.operations(), req.method, path);
         ev.action = Some(action.clone());
 
         // Credentials.
@@ -613,6 +621,35 @@ impl Engine {
             }
         }
 
+        // An MCP operation (SPEC §7): a POST to the MCP endpoint of a destination marked as an MCP
+        // server is named by its JSON-RPC body, so the body is read (bounded) before anything else
+        // is decided about it.
+        let mut mcp_bound: Option<(crate::mcp::Operation, Option<String>)> = None;
+        if let Some(server) = dest.mcp().filter(|s| req.method == "POST" && s.is_endpoint(path)) {
+            let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
+            if body.len() > config.max_body_bytes {
+                return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
+            }
+            let refused = |this: &mut Engine, r: crate::mcp::Refused| {
+                this.jsonrpc_id = r.id;
+                Step::deny(r.reason, r.detail)
+            };
+            let message = crate::mcp::parse(body).map_err(|r| refused(self, r))?;
+            let op = crate::mcp::operation(server, &message);
+            ev.mcp_method = op.method.clone();
+            ev.mcp_tool = op.tool.clone();
+            ev.action = Some(op.action.clone());
+            self.jsonrpc_id = op.id.clone();
+            crate::mcp::check_headers(extra.headers, &message).map_err(|r| refused(self, r))?;
+            action = op.action.clone();
+            let digest = if op.consequential && config.pdp.is_some() {
+                crate::mcp::call_digest(&format!("{}{}", dest.origin(), raw_target(req.path)), &message)
+            } else {
+                None
+            };
+            mcp_bound = Some((op, digest));
+        }
+
         // Authority, then (outside it, or for a consequential call) the PDP.
         // Containment: the current Authority Set from Mission Status, when it carried one, narrows
         // the token's entries (SPEC §3).
@@ -631,14 +668,20 @@ impl Engine {
                 "the authority entry has a constraint this gateway cannot enforce",
             ));
         }
-        let consequential = config.pdp.is_some() && dest.consequential(req.method, path);
+        let consequential = config.pdp.is_some()
+            && match &mcp_bound {
+                Some((op, _)) => op.consequential,
+                None => dest.consequential(req.method, path),
+            };
+        let pass = mcp_bound.as_ref().is_some_and(|(op, _)| op.pass);
         let inside = matched == AuthorityMatch::Permit
+            || pass
             || (req.method == "CONNECT" || !consequential) && config.egress_allow.iter().any(|o| o == dest.origin());
         if !consequential && !inside && config.pdp.is_none() {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         }
         let permit = if consequential || !inside {
-            self.evaluate(req, extra, &dest, &vt, &action, consequential, now, replay, ev)?
+            self.evaluate(req, extra, &dest, &vt, &action, consequential, mcp_bound.as_ref(), now, replay, ev)?
         } else {
             None
         };
@@ -703,6 +746,7 @@ impl Engine {
         vt: &VerifiedToken,
         action: &str,
         consequential: bool,
+        mcp: Option<&(crate::mcp::Operation, Option<String>)>,
         now: i64,
         replay: &mut dyn ReplayGuard,
         ev: &mut Evidence,
@@ -711,7 +755,15 @@ impl Engine {
         let Some(pdp) = &config.pdp else {
             return Err(Step::deny(Reason::InsufficientAuthority, "the request is outside the mission's authority"));
         };
-        let digest = if consequential {
+        let tool = mcp.and_then(|(op, _)| op.tool.as_deref());
+        let digest = if let Some((_, d)) = mcp {
+            // An MCP operation: a consequential tools/call is bound by the MCP Tool Call Profile.
+            if consequential {
+                d.clone()
+            } else {
+                None
+            }
+        } else if consequential {
             if let Some(h) = extra.unreadable.iter().find(|h| {
                 h.eq_ignore_ascii_case("content-type")
                     || dest.effect_headers().iter().any(|e| e.eq_ignore_ascii_case(h))
@@ -725,8 +777,7 @@ impl Engine {
             if body.len() > config.max_body_bytes {
                 return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
             }
-            let raw_path = if req.path.is_empty() { "/" } else { req.path.split('#').next().unwrap_or("/") };
-            let target = format!("{}{}", dest.origin(), raw_path);
+            let target = format!("{}{}", dest.origin(), raw_target(req.path));
             // Every header occurrence goes in: a repeated effect-bearing header (or Content-Type on a
             // body) is unbindable. The detail names the rule only, never body bytes or header values.
             match missiongate_wire::digest::request_digest(
@@ -750,7 +801,7 @@ impl Engine {
         ev.parameter_digest = digest.clone();
         // The question exactly as it is (or was) sent, and where: an answer is reused only for the
         // same question to the same PDP endpoint.
-        let question = self.evaluation_request(pdp, dest, vt, action, digest.as_deref());
+        let question = self.evaluation_request(pdp, dest, vt, action, digest.as_deref(), tool);
         let key = decision_key(&pdp.evaluation, &question);
         let cached = if extra.pdp.is_none() { self.cached_answer(&key, now, replay) } else { None };
         let from_cache = cached.is_some();
@@ -843,7 +894,7 @@ impl Engine {
                             id: dest.origin().to_owned(),
                             ..Default::default()
                         },
-                        action: Self::action_entity(action, digest.as_deref()),
+                        action: Self::action_entity(action, digest.as_deref(), tool),
                         context: missiongate_wire::authzen::CaptiveAccessContext {
                             evaluation_id: resp.context.evaluation_id.clone().unwrap_or_default(),
                             reason: resp.context.reason.clone().unwrap_or_else(|| "egress_not_allowed".into()),
@@ -931,10 +982,19 @@ impl Engine {
         }
     }
 
-    fn action_entity(action: &str, digest: Option<&str>) -> missiongate_wire::authzen::ActionEntity {
+    /// The AuthZEN action: its id, the call's `parameter_digest` when bound, and the tool of an
+    /// MCP `tools/call` (`mcp_tool`), so the PDP and the approver see which tool it is.
+    fn action_entity(
+        action: &str,
+        digest: Option<&str>,
+        tool: Option<&str>,
+    ) -> missiongate_wire::authzen::ActionEntity {
         let mut props = serde_json::Map::new();
         if let Some(d) = digest {
             props.insert("parameter_digest".into(), d.into());
+        }
+        if let Some(t) = tool {
+            props.insert("mcp_tool".into(), t.into());
         }
         missiongate_wire::authzen::ActionEntity { name: action.to_owned(), properties: props }
     }
@@ -954,6 +1014,7 @@ impl Engine {
         vt: &VerifiedToken,
         action: &str,
         digest: Option<&str>,
+        tool: Option<&str>,
     ) -> Vec<u8> {
         let body = missiongate_wire::authzen::EvaluationRequest {
             subject: self.subject(pdp, vt),
@@ -962,7 +1023,7 @@ impl Engine {
                 id: dest.origin().to_owned(),
                 ..Default::default()
             },
-            action: Self::action_entity(action, digest),
+            action: Self::action_entity(action, digest, tool),
             context: missiongate_wire::authzen::EvaluationContext {
                 mission: Some(Self::mission_ctx(vt)),
                 ..Default::default()
@@ -1264,6 +1325,16 @@ fn use_once_key(endpoint: &Upstream, evaluation_id: &str) -> String {
         evaluation_id.as_bytes(),
     ]);
     format!("mg.use/{d}")
+}
+
+/// The path and query as forwarded (no fragment; an empty path is `/`): the part of a digest's
+/// `target` after the origin (SPEC §6, §7).
+fn raw_target(path: &str) -> &str {
+    if path.is_empty() {
+        "/"
+    } else {
+        path.split('#').next().unwrap_or("/")
+    }
 }
 
 /// An HTTP method: an RFC 9110 token of at most 32 characters, with no lower-case letter.

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod head;
 pub mod keys;
 pub mod ledger;
+pub mod mcp;
 pub mod mission;
 pub mod stream;
 pub mod token;
