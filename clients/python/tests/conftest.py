@@ -22,11 +22,11 @@ DESTINATION = "http://api.partner.example"
 
 
 class Stack:
-    def __init__(self, *portal_args: str) -> None:
+    def __init__(self, *portal_args: str, stack_args: tuple[str, ...] = ()) -> None:
         if not STACK.exists():
             pytest.fail(f"{STACK} is missing: run `cargo build -p missiongate-tests --bin stack` (make test-clients does)")
         self.proc = subprocess.Popen(
-            [str(STACK), "--", *portal_args],
+            [str(STACK), *stack_args, "--", *portal_args],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -72,8 +72,8 @@ class Stack:
     def op(self, method: str, path: str, body: Optional[dict] = None) -> httpx.Response:
         return self.op_client.request(method, path, json=body if body is not None else ({} if method == "POST" else None))
 
-    def mission(self, actions: list[str]) -> tuple[str, str]:
-        """An active Mission over https://api.partner.example/v1 (prefix) for agent-7, and its token."""
+    def mission(self, actions: list[str], resource: str = "https://api.partner.example/v1") -> tuple[str, str]:
+        """An active Mission over `resource` (prefix) for agent-7, and its token."""
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
         r = self.op(
             "POST",
@@ -83,7 +83,7 @@ class Stack:
                 "authorization_details": [
                     {
                         "type": "mission_resource_access",
-                        "resource": "https://api.partner.example/v1",
+                        "resource": resource,
                         "resource_match": "prefix",
                         "actions": actions,
                     }
