@@ -193,3 +193,109 @@ fn an_allowed_call_passes_untouched() {
     assert!(updates.lock().unwrap().is_empty());
     assert!(requests_of(w, &mission).is_empty());
 }
+
+/// A JSON-RPC responder standing in for an MCP server (the filter only reads the request): answers
+/// every request with a result naming the tool, and records the `tools/call`s that reached it.
+struct RpcUpstream {
+    port: u16,
+    calls: Arc<Mutex<Vec<Value>>>,
+}
+
+fn rpc_upstream() -> RpcUpstream {
+    let calls: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let c = Arc::clone(&calls);
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let c = Arc::clone(&c);
+        async move {
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if req["method"] == "tools/call" {
+                c.lock().unwrap().push(req["params"].clone());
+            }
+            let text = format!("called {}", req["params"]["name"].as_str().unwrap_or("-"));
+            axum::Json(
+                json!({"jsonrpc": "2.0", "id": req["id"], "result": {"content": [{"type": "text", "text": text}]}}),
+            )
+        }
+    });
+    let port = missiongate_tests::free_port();
+    missiongate_tests::serve_on(port, app);
+    RpcUpstream { port, calls }
+}
+
+#[test]
+fn an_mcp_tool_call_refused_with_32042_is_requested_and_goes_through_once() {
+    let rpc = rpc_upstream();
+    let portal = Portal::start(&["--status-fresh-seconds", "30"]);
+    let dest = r#""origin": "https://api.partner.example","#;
+    let opts = Opts {
+        concurrency: 2,
+        events: true,
+        pdp: true,
+        replace: vec![(dest.to_owned(), format!(r#"{dest} "mcp": {{ "path": "/mcp" }},"#))],
+        ..Opts::default()
+    };
+    let envoy = Envoy::start(rpc.port, portal.port, opts);
+    let r = portal.op("POST", "/operator/missions", Some(json!({
+        "intent": { "goal": "Pay the reconciled invoice", "resources": ["https://api.partner.example"],
+                    "expires_at": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 3600) },
+        "authorization_details": [{ "type": "mission_resource_access", "resource": "https://api.partner.example/mcp",
+                                    "actions": ["mcp.method.*"] }],
+        "client_id": "agent-7"
+    })));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mission = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(portal.lifecycle(&mission, "approve").status, 200);
+    let token = portal.token(&mission, None);
+    let w = World { _up: Upstream::start(None), portal, envoy };
+    let approver = w.portal.port;
+    let (c, updates) = agent(
+        &w,
+        move |t, n| {
+            if n == 1 {
+                let r = missiongate_tests::http::Req::new(
+                    "POST",
+                    &format!("/operator/access-requests/{}/approve", t.task_id),
+                )
+                .header("Host", &format!("127.0.0.1:{approver}"))
+                .header("Authorization", &format!("Bearer {}", missiongate_tests::portal::OPERATOR_TOKEN))
+                .header("Content-Type", "application/json")
+                .body(r#"{"duration_seconds": 60}"#)
+                .send(approver);
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        },
+        60,
+    );
+    let args = json!({"invoice": "inv_842", "amount": "423.50", "currency": "USD"});
+    let call = |id: u64| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "pay_invoice", "arguments": args}});
+        let rb = c
+            .inner()
+            .post("http://api.partner.example/mcp")
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        let r = missiongate_tests::rt().block_on(c.send(rb)).unwrap();
+        assert_eq!(r.status(), 200);
+        missiongate_tests::rt().block_on(r.json::<Value>()).unwrap()
+    };
+    let answer = call(7);
+    assert_eq!(answer["id"], 7);
+    assert_eq!(answer["result"]["content"][0]["text"], "called pay_invoice", "{answer}");
+    assert_eq!(*rpc.calls.lock().unwrap(), vec![json!({"name": "pay_invoice", "arguments": args})]);
+    assert_eq!(statuses(&updates).first().map(String::as_str), Some("pending"));
+    assert_eq!(statuses(&updates).last().map(String::as_str), Some("approved"));
+    let reqs = requests_of(&w, &mission);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        reqs[0]["parameters"],
+        json!({"target": "https://api.partner.example/mcp", "mcp_method": "tools/call", "tool": "pay_invoice", "arguments": args})
+    );
+    // The approval was for one call: the same call again is a reused permit, refused as -32001,
+    // which is not requestable, so the client hands it back untouched.
+    let again = call(8);
+    assert_eq!(again["error"]["code"], -32001, "{again}");
+    assert_eq!(again["error"]["data"]["reason"], "parameter_violation", "{again}");
+    assert_eq!(rpc.calls.lock().unwrap().len(), 1);
+    assert_eq!(requests_of(&w, &mission).len(), 1);
+}
