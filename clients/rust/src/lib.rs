@@ -533,9 +533,11 @@ impl Client {
             tracing::warn!(
                 target: "missiongate_client",
                 task = e.task_id.as_deref().unwrap_or(""),
-                "{} {} is outside the agent's Mission; access request {} awaits a person's decision at {}",
-                req.method(),
+                "{} on {} ({} {}) is outside the agent's Mission; access request {} awaits a person's decision at {}",
+                denial.access_request.pointer("/action/name").and_then(serde_json::Value::as_str).unwrap_or("?"),
                 denial.resource_id(),
+                req.method(),
+                req.url(),
                 e.task_id.as_deref().unwrap_or(""),
                 denial.user_portal_url.as_deref().unwrap_or("(no user-portal-url given)")
             );

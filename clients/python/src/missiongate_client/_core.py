@@ -431,10 +431,12 @@ class Engine:
         if e.task_id is None:
             yield from self._submit(e, deadline)
             logger.warning(
-                "missiongate: %s %s is outside the agent's Mission; access request %s awaits a person's "
-                "decision at %s",
+                "missiongate: %s on %s (%s %s) is outside the agent's Mission; access request %s awaits a "
+                "person's decision at %s",
+                denial.action_name or "?",
+                denial.resource_id or "?",
                 info.method,
-                denial.resource_id or info.url,
+                info.url,
                 e.task_id,
                 denial.user_portal_url or "(no user-portal-url given)",
             )
