@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.server.mcpserver import MCPServer  # noqa: E402
 from mcp.server.transport_security import TransportSecuritySettings  # noqa: E402
 
-from missiongate_client import TaskUpdate  # noqa: E402
+from missiongate_client import Denied, TaskUpdate  # noqa: E402
 from missiongate_client.httpx2 import AsyncAccessRequestTransport  # noqa: E402
 
 from conftest import DESTINATION, Stack  # noqa: E402
@@ -117,3 +117,32 @@ def test_a_blocked_tool_is_requested_approved_and_called_once(mcp_stack):
         "arguments": args,
     }
     assert reqs[0]["denial"]["action"]["name"] == "mcp.tool.pay_invoice"
+
+
+def test_a_denied_tool_call_raises_denied_through_the_sdk(mcp_stack):
+    stack = mcp_stack
+    mid, token = stack.mission(["mcp.method.*"], resource="https://api.partner.example/mcp")
+
+    def person(u: TaskUpdate) -> None:
+        if u.status == "pending":
+            stack.deny(u.task_id, "not this invoice")
+
+    async def agent():
+        transport = AsyncAccessRequestTransport(httpx2.AsyncHTTPTransport(proxy=stack.proxy), on_status=person, max_wait=60)
+        http = httpx2.AsyncClient(transport=transport, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        async with http, Client(streamable_http_client(f"{DESTINATION}/mcp", http_client=http)) as client:
+            return await asyncio.wait_for(client.call_tool("pay_invoice", {"invoice": "inv_9", "amount": "1.00", "currency": "USD"}), 60)
+
+    before = len(PAID)
+    # The SDK runs its HTTP calls in a task group: the typed error arrives in an ExceptionGroup
+    # (`except* Denied` in an agent), and the call never reached the server.
+    with pytest.raises(BaseExceptionGroup) as e:
+        asyncio.run(agent())
+    denied = e.value.subgroup(Denied)
+    assert denied is not None, e.value
+    err = denied.exceptions[0]
+    while isinstance(err, BaseExceptionGroup):
+        err = err.exceptions[0]
+    assert err.reason == "not this invoice" and err.status == "denied"
+    assert len(PAID) == before
+    assert [r["task"]["status"] for r in stack.requests_of(mid)] == ["denied"]
