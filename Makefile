@@ -19,7 +19,7 @@ export ENVOY_BIN
 all: build
 
 ## ---- toolchain -------------------------------------------------------------------------------
-tools: wasm-target envoy browser curl python-requests python-clients
+tools: wasm-target envoy browser curl python-requests python-mcp python-clients
 
 # curl (Debian package) and Python `requests` (PyPI, into .venv): the unmodified proxy clients of the
 # forward-proxy tests (tests/tests/e2e_egress.rs).

@@ -6,15 +6,14 @@
 CLIENTS_HTTPX_VERSION  := 0.28.1
 CLIENTS_PYTEST_VERSION := 8.4.2
 # The official MCP Python SDK (its client and server in clients/python/tests/test_mcp.py and the
-# demo's MCP step); it brings httpx2, which its Streamable HTTP client uses.
-CLIENTS_MCP_VERSION    := 2.3.0
+# demo's MCP step) comes from python-mcp (mk/mcp.mk); it brings httpx2, which its client uses.
 
 .PHONY: python-clients test-clients
 
-python-clients: python-requests
-	@"$(VENV)/bin/python" -c 'import httpx, pytest, missiongate_client, sys, importlib.metadata; sys.exit(httpx.__version__ != "$(CLIENTS_HTTPX_VERSION)" or pytest.__version__ != "$(CLIENTS_PYTEST_VERSION)" or importlib.metadata.version("mcp") != "$(CLIENTS_MCP_VERSION)" or not missiongate_client.__file__.startswith("$(CURDIR)/"))' 2>/dev/null || { \
-	  echo "installing httpx==$(CLIENTS_HTTPX_VERSION) pytest==$(CLIENTS_PYTEST_VERSION) mcp==$(CLIENTS_MCP_VERSION) and clients/python (editable) into $(VENV)"; \
-	  "$(VENV)/bin/pip" install --quiet --disable-pip-version-check "httpx==$(CLIENTS_HTTPX_VERSION)" "pytest==$(CLIENTS_PYTEST_VERSION)" "mcp==$(CLIENTS_MCP_VERSION)" -e "$(CURDIR)/clients/python"; }
+python-clients: python-requests python-mcp
+	@"$(VENV)/bin/python" -c 'import httpx, pytest, missiongate_client, sys; sys.exit(httpx.__version__ != "$(CLIENTS_HTTPX_VERSION)" or pytest.__version__ != "$(CLIENTS_PYTEST_VERSION)" or not missiongate_client.__file__.startswith("$(CURDIR)/"))' 2>/dev/null || { \
+	  echo "installing httpx==$(CLIENTS_HTTPX_VERSION) pytest==$(CLIENTS_PYTEST_VERSION) and clients/python (editable) into $(VENV)"; \
+	  "$(VENV)/bin/pip" install --quiet --disable-pip-version-check "httpx==$(CLIENTS_HTTPX_VERSION)" "pytest==$(CLIENTS_PYTEST_VERSION)" -e "$(CURDIR)/clients/python"; }
 
 test-clients: python-clients wasm
 	$(CARGO) build -q -p captive-portal -p missiongate-tests --bins
