@@ -343,7 +343,14 @@ impl Denial {
             ("cache-control".to_owned(), "no-store".to_owned()),
         ];
         if let Some(c) = &self.captive {
-            let (doc, _) = &**c;
+            let (doc, link) = &**c;
+            // The per-denial Captive Portal API, as on the 511, for an agent-side client to poll.
+            let mut headers = headers;
+            if let Some(l) = link {
+                if !l.chars().any(|c| matches!(c, '<' | '>' | '"') || c.is_control()) {
+                    headers.push(("link".to_owned(), format!("<{l}>; rel=\"{LINK_REL_CAPTIVE_API}\"")));
+                }
+            }
             let access_request = doc.access_request.as_ref().map_or(Value::Null, |a| json!(a));
             let evaluation_id =
                 doc.access_request.as_ref().map(|a| a.context.evaluation_id.clone()).unwrap_or_default();

@@ -484,3 +484,68 @@ fn regression_bearer_with_stray_dpop_header() {
     let data = b"\x00:method: GET\n:scheme: https\n:authority: api.partner.example\n:path: /v1/x\nauthorization: Bearer $TOKEN\ndpop: garbage\n\n";
     assert_eq!(fuzzing::headers_status(data), 200);
 }
+
+/// MCP messages (SPEC §7): the JSON-RPC reader never panics; what it accepts names a valid action
+/// (a tool name in its grammar), what it refuses is a 400, and a refusal rendered for an echoed id
+/// is a JSON-RPC error for exactly that id.
+fn mcp_message(body: &[u8]) {
+    use missiongate_core::config::{valid_tool_name, Config as FilterConfig};
+    use missiongate_core::decision::Denial;
+    use missiongate_core::mcp;
+    static SERVER: std::sync::OnceLock<FilterConfig> = std::sync::OnceLock::new();
+    let config = SERVER.get_or_init(|| {
+        FilterConfig::parse(include_bytes!("../../examples/full.json")).expect("the full example parses")
+    });
+    let server = config.destinations["mcp.partner.example"].mcp.as_ref().expect("an MCP destination");
+    match mcp::parse(body) {
+        Ok(message) => {
+            if let mcp::Message::Request { call: Some((tool, _)), .. } = &message {
+                assert!(valid_tool_name(tool), "{tool:?}");
+            }
+            let op = mcp::operation(server, &message);
+            assert!(missiongate_core::authority::valid_action_id(&op.action), "{:?}", op.action);
+            let headers = vec![("mcp-method".to_owned(), "tools/call".to_owned())];
+            if let Err(r) = mcp::check_headers(&headers, &message) {
+                assert_eq!(r.reason.status(), 400);
+            }
+            if let Some(id) = &op.id {
+                let d = Denial::new(missiongate_core::decision::Reason::PdpDenied, "x");
+                let resp = d.render_mcp(id, "d-1").expect("a 403 is a JSON-RPC error");
+                let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+                assert_eq!(&v["id"], id);
+                assert_eq!(v["error"]["code"], -32001);
+            }
+        }
+        Err(r) => assert_eq!(r.reason.status(), 400, "{r:?}"),
+    }
+}
+
+#[test]
+fn mcp_messages() {
+    let seeds: Vec<Vec<u8>> = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay_invoice","arguments":{"amount":"423.50"}}}"#,
+        r#"{"jsonrpc":"2.0","id":"a","method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for s in &seeds {
+        mcp_message(s);
+    }
+    let strategy = (prop::sample::select(seeds), prop::collection::vec(edit(), 1..6));
+    runner(40)
+        .run(&strategy, |(seed, edits)| {
+            mcp_message(&apply(seed, &edits));
+            Ok(())
+        })
+        .unwrap();
+    runner(41)
+        .run(&json_text(), |text| {
+            mcp_message(text.as_bytes());
+            Ok(())
+        })
+        .unwrap();
+}

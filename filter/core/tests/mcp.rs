@@ -324,6 +324,11 @@ fn a_tool_outside_the_mission_is_a_url_elicitation_with_the_access_request() {
     assert_eq!(ev.mcp_tool.as_deref(), Some("pay_invoice"));
     assert_eq!(ev.evaluation_id.as_deref(), Some("eval_42"));
     assert!(r.headers.iter().any(|(k, v)| k == "cache-control" && v == "no-store"));
+    assert!(
+        r.headers.iter().any(|(k, v)| k == "link"
+            && v == "<https://portal.example/captive-portal/api/d/7Qx>; rel=\"captive-portal-api\""),
+        "the per-denial Captive Portal API, as on the 511: {r:?}"
+    );
     let error = jsonrpc_error(&r, &json!("call-9"), -32042);
     let elicitations = error["data"]["elicitations"].as_array().unwrap();
     assert_eq!(elicitations.len(), 1);
