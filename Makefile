@@ -19,7 +19,7 @@ export ENVOY_BIN
 all: build
 
 ## ---- toolchain -------------------------------------------------------------------------------
-tools: wasm-target envoy browser curl python-requests python-mcp postgres
+tools: wasm-target envoy browser curl python-requests python-mcp python-clients postgres
 
 # curl (Debian package) and Python `requests` (PyPI, into .venv): the unmodified proxy clients of the
 # forward-proxy tests (tests/tests/e2e_egress.rs).
@@ -73,6 +73,7 @@ test: tools wasm
 	$(CARGO) test --no-fail-fast
 	$(MAKE) --no-print-directory test-wasm-core
 	$(MAKE) --no-print-directory test-postgres
+	$(MAKE) --no-print-directory test-clients
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory lint

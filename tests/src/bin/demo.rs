@@ -151,6 +151,125 @@ fn request_and_approve(
     }
 }
 
+/// Ports of the MCP step: a second Envoy whose destination is an MCP server of the official SDK.
+const MCP_LISTENER: u16 = 10001;
+const MCP_ADMIN: u16 = 9902;
+const MCP_SERVER: u16 = 18081;
+
+fn check(what: &str, ok: bool, detail: &str, failures: &mut Vec<String>) {
+    if ok {
+        println!("   \x1b[32mok\x1b[0m: {what}");
+    } else {
+        println!("   \x1b[31mUNEXPECTED\x1b[0m: {what}: {detail}");
+        failures.push(format!("{what}: {detail}"));
+    }
+}
+
+/// Issue 13: an agent written with the official MCP Python SDK calls tools through the gateway,
+/// using missiongate_client (clients/python) as its HTTP transport: an allowed tool, then a tool
+/// outside its Mission, which the gateway refuses with -32042; the library requests access, the
+/// person approves it on the portal (approver API), and the approved call goes through once.
+fn mcp_step(portal: &Portal, f: &mut Vec<String>) {
+    use std::process::{Command, Stdio};
+    let root = missiongate_tests::repo_root();
+    let python = root.join(".venv/bin/python");
+    let examples = root.join("clients/python/examples");
+    let log_path = root.join("target/demo-mcp-server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(&python);
+    cmd.arg(examples.join("partner_mcp_server.py"))
+        .arg(MCP_SERVER.to_string())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log));
+    let mut server = match missiongate_tests::spawn(cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            f.push(format!("cannot start the MCP server with {} ({e}): run `make python-clients`", python.display()));
+            return;
+        }
+    };
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", MCP_SERVER)).is_err() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dest = r#""origin": "https://api.partner.example","#;
+    let mcp = r#"{ "path": "/mcp", "tools": [{ "name": "list_open_invoices", "consequential": false }] }"#;
+    let opts = Opts {
+        events: true,
+        pdp: true,
+        replace: vec![(dest.to_owned(), format!(r#"{dest} "mcp": {mcp},"#))],
+        ..Opts::default()
+    };
+    let yaml = render("envoy/missiongate.yaml", MCP_LISTENER, MCP_ADMIN, MCP_SERVER, PORTAL, &opts);
+    let envoy = Envoy::start_yaml(&yaml, MCP_LISTENER, MCP_ADMIN, 1);
+    println!("   an MCP server (official SDK, Streamable HTTP) on :{MCP_SERVER}; Envoy :{MCP_LISTENER} marks api.partner.example/mcp as MCP");
+    let r = portal.op("POST", "/operator/missions", Some(json!({
+        "intent": { "goal": "Pay the reconciled invoice", "resources": ["https://api.partner.example"],
+                    "expires_at": missiongate_wire::time::format_rfc3339(missiongate_tests::now() + 3600) },
+        "authorization_details": [{ "type": "mission_resource_access", "resource": "https://api.partner.example/mcp",
+                                    "actions": ["mcp.method.*", "mcp.tool.list_open_invoices"] }],
+        "client_id": "agent-7"
+    })));
+    let mission = r.json()["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(portal.lifecycle(&mission, "approve").status, 200);
+    let token = portal.token(&mission, None);
+    println!("   mission {mission}: mcp.method.* and mcp.tool.list_open_invoices, not pay_invoice");
+    let mut cmd = Command::new(&python);
+    cmd.arg(examples.join("mcp_agent.py"))
+        .arg(format!("http://127.0.0.1:{MCP_LISTENER}"))
+        .arg("http://api.partner.example/mcp")
+        .env("MISSIONGATE_TOKEN", &token);
+    let mut agent = missiongate_tests::spawn(cmd).unwrap();
+    // The person: the access request appears on the portal; they read the tool and its arguments
+    // and approve it (the approver API; the page does the same).
+    let t0 = Instant::now();
+    let mut approved = false;
+    while t0.elapsed() < Duration::from_secs(60) && !approved {
+        let list = portal.op("GET", "/operator/access-requests?status=pending", None).json();
+        let mine = list["access_requests"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["denial"]["mission"]["id"] == mission.as_str()).cloned());
+        if let Some(req) = mine {
+            println!(
+                "   the person sees access request {} on the portal: {} {} with {}",
+                req["task"]["id"].as_str().unwrap_or("?"),
+                req["denial"]["action"]["name"].as_str().unwrap_or("?"),
+                req["denial"]["resource"]["id"].as_str().unwrap_or("?"),
+                req["parameters"]["arguments"]
+            );
+            let r = portal.approve_request(req["task"]["id"].as_str().unwrap_or_default(), 300);
+            println!("   ... and approves it: HTTP {}", r.status);
+            approved = r.status == 200;
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    check("the blocked tool call became an access request the person approved", approved, "none appeared in 60 s", f);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = agent.try_wait() {
+            break Some(st);
+        }
+        if t0.elapsed() > Duration::from_secs(150) {
+            let _ = agent.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    check(
+        "the agent listed tools, called the allowed tool, and its approved call went through",
+        status.is_some_and(|s| s.success()),
+        &format!("agent exit {status:?}"),
+        f,
+    );
+    let paid =
+        std::fs::read_to_string(&log_path).unwrap_or_default().lines().filter(|l| l.starts_with("PAID ")).count();
+    check("the MCP server ran pay_invoice exactly once", paid == 1, &format!("{paid} times"), f);
+    let _ = server.kill();
+    let _ = server.wait();
+    envoy.assert_healthy();
+}
+
 fn main() {
     let mut failures: Vec<String> = Vec::new();
     let f = &mut failures;
@@ -287,6 +406,10 @@ fn main() {
     if count("GET", "/v2/reports") != 1 || count("POST", "/v1/payments") != 1 {
         f.push(format!("the upstream saw refused calls: {seen:?}"));
     }
+
+    step("9", "an MCP agent (the official MCP Python SDK client, missiongate_client as its transport)");
+    mcp_step(&portal, f);
+
     envoy.assert_healthy();
     println!(
         "\nEvidence for every decision is in the Envoy log (access log 'evidence=' and 'missiongate evidence' lines)."
