@@ -38,8 +38,8 @@ use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
 use missiongate_wire::{b64, jcs};
 
 use crate::access_store::{
-    status, AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, RequesterLimits,
-    TaskRow,
+    status, AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, GrantTuple,
+    RequesterLimits, TaskRow,
 };
 use crate::authority::{Authority, AuthorityError, VerifyError};
 use crate::store::{MissionRow, StoreError};
@@ -464,15 +464,20 @@ impl Access {
         }
         let digest = digest_of(req);
         let store = self.authority.store();
-        let tuple = (&mission.id, &mission.issuer, &req.subject.id, &req.resource.type_, &req.resource.id);
+        let tuple = GrantTuple {
+            mission_id: &mission.id,
+            mission_issuer: &mission.issuer,
+            subject_id: &req.subject.id,
+            resource_type: &req.resource.type_,
+            resource_id: &req.resource.id,
+            action_name: &req.action.name,
+            digest: digest.as_deref(),
+        };
         // A single-use grant yields one permit in total: the evaluation that issues it marks it used in
         // the same atomic UPDATE that checks it is unused, and only then answers. Losing that race (to
         // another gateway, or another worker) means looking again.
         for _ in 0..4 {
-            let found = store
-                .find_grant(tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, &req.action.name, digest.as_deref(), now)
-                .await?;
-            match found {
+            match store.find_grant(&tuple, now).await? {
                 None => break,
                 Some(g) if !g.single_use || purpose == Purpose::Captive => return Ok(Verdict::Permit(Box::new(g))),
                 Some(g) => {
@@ -484,12 +489,14 @@ impl Access {
             }
         }
         if purpose == Purpose::Evaluate {
-            let used = store
-                .used_grant(tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, &req.action.name, digest.as_deref(), now)
-                .await?;
-            if used.is_some() {
+            if store.used_grant(&tuple, now).await?.is_some() {
                 // Its one permit was issued (maybe lost on the way): the gateway answers 403
                 // parameter_violation; the agent asks again through the denial's Captive Portal API.
+                return Ok(Verdict::Refuse { reason: "parameter_violation", mission_state: None });
+            }
+            if store.grant_for_other_parameters(&tuple, now).await?.is_some() {
+                // Approved with other parameters and not used yet (SPEC section 6: a changed amount
+                // after approval is refused): the approval covers exactly the call that was approved.
                 return Ok(Verdict::Refuse { reason: "parameter_violation", mission_state: None });
             }
         }

@@ -143,6 +143,18 @@ pub struct TaskRow {
     pub grant_id: Option<String>,
 }
 
+/// What a grant is looked up by: the request tuple, its action and its `parameter_digest`.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantTuple<'a> {
+    pub mission_id: &'a str,
+    pub mission_issuer: &'a str,
+    pub subject_id: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    pub action_name: &'a str,
+    pub digest: Option<&'a str>,
+}
+
 /// An approval the PDP consults.
 #[derive(Debug, Clone)]
 pub struct GrantRow {
@@ -495,36 +507,14 @@ impl Store {
     /// Mission, subject, resource and action, and either bound to `digest` or not bound to any digest.
     /// A digest-bound grant wins, then a reusable one, then the one that lasts longest. (A reader: the
     /// caller consumes a single-use grant with [`Store::consume_grant`].)
-    #[allow(clippy::too_many_arguments)]
-    pub async fn find_grant(
-        &self,
-        mission_id: &str,
-        mission_issuer: &str,
-        subject_id: &str,
-        resource_type: &str,
-        resource_id: &str,
-        action_name: &str,
-        digest: Option<&str>,
-        now: i64,
-    ) -> Result<Option<GrantRow>, StoreError> {
-        let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = $1 AND mission_issuer = $2 AND subject_id = $3 \
-             AND resource_type = $4 AND resource_id = $5 AND action_name = $6 AND approved_until > $7 \
-             AND (parameter_digest IS NULL OR parameter_digest = $8) AND (single_use = 0 OR used_at IS NULL) \
-             ORDER BY parameter_digest IS NULL, single_use, approved_until DESC, id LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(mission_id)
-            .bind(mission_issuer)
-            .bind(subject_id)
-            .bind(resource_type)
-            .bind(resource_id)
-            .bind(action_name)
-            .bind(now)
-            .bind(digest)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(grant_from_row).transpose()
+    pub async fn find_grant(&self, t: &GrantTuple<'_>, now: i64) -> Result<Option<GrantRow>, StoreError> {
+        self.select_grant(
+            t,
+            now,
+            "(parameter_digest IS NULL OR parameter_digest = $8) AND (single_use = 0 OR used_at IS NULL)",
+            "parameter_digest IS NULL, single_use, approved_until DESC, id",
+        )
+        .await
     }
 
     /// Consume a single-use grant: true for the one caller that marks it used (a conditional UPDATE,
@@ -540,33 +530,57 @@ impl Store {
     }
 
     /// A used single-use grant, still within its validity, that would have covered this request tuple.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn used_grant(
+    pub async fn used_grant(&self, t: &GrantTuple<'_>, now: i64) -> Result<Option<GrantRow>, StoreError> {
+        self.select_grant(
+            t,
+            now,
+            "(parameter_digest IS NULL OR parameter_digest = $8) AND single_use = 1 AND used_at IS NOT NULL",
+            "used_at DESC, id",
+        )
+        .await
+    }
+
+    /// A live grant for the same tuple bound to another digest: the call was approved with other
+    /// parameters (SPEC section 6: a changed amount after approval is `parameter_violation`).
+    pub async fn grant_for_other_parameters(
         &self,
-        mission_id: &str,
-        mission_issuer: &str,
-        subject_id: &str,
-        resource_type: &str,
-        resource_id: &str,
-        action_name: &str,
-        digest: Option<&str>,
+        t: &GrantTuple<'_>,
         now: i64,
+    ) -> Result<Option<GrantRow>, StoreError> {
+        if t.digest.is_none() {
+            return Ok(None);
+        }
+        self.select_grant(
+            t,
+            now,
+            "parameter_digest IS NOT NULL AND parameter_digest <> $8 AND (single_use = 0 OR used_at IS NULL)",
+            "approved_until DESC, id",
+        )
+        .await
+    }
+
+    /// One grant of the tuple, unexpired, matching `condition` (over `$8`, the digest), first by `order`.
+    async fn select_grant(
+        &self,
+        t: &GrantTuple<'_>,
+        now: i64,
+        condition: &str,
+        order: &str,
     ) -> Result<Option<GrantRow>, StoreError> {
         let sql = format!(
             "SELECT {GRANT_COLUMNS} FROM access_grants WHERE mission_id = $1 AND mission_issuer = $2 AND subject_id = $3 \
              AND resource_type = $4 AND resource_id = $5 AND action_name = $6 AND approved_until > $7 \
-             AND (parameter_digest IS NULL OR parameter_digest = $8) AND single_use = 1 AND used_at IS NOT NULL \
-             ORDER BY used_at DESC, id LIMIT 1"
+             AND {condition} ORDER BY {order} LIMIT 1"
         );
         let row = sqlx::query(&sql)
-            .bind(mission_id)
-            .bind(mission_issuer)
-            .bind(subject_id)
-            .bind(resource_type)
-            .bind(resource_id)
-            .bind(action_name)
+            .bind(t.mission_id)
+            .bind(t.mission_issuer)
+            .bind(t.subject_id)
+            .bind(t.resource_type)
+            .bind(t.resource_id)
+            .bind(t.action_name)
             .bind(now)
-            .bind(digest)
+            .bind(t.digest)
             .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(grant_from_row).transpose()

@@ -238,26 +238,27 @@ fn a_tool_outside_the_mission_is_requestable_and_the_approved_call_goes_through_
     assert!(r.status == 200 || r.status == 201, "{}", r.text());
     std::thread::sleep(Duration::from_millis(1100)); // the filter remembers the denial for 1 s
 
+    // While the approval is outstanding, a changed argument is not the approved call: refused as
+    // parameter_violation (SPEC section 6), never forwarded.
+    let mut changed = args.clone();
+    changed["amount"] = json!("4235.00");
+    let r = client(&token, "legacy", json!({}), json!([call("pay_invoice", changed.clone())]));
+    refused(&r[0], "parameter_violation", 403);
+    assert!(calls_of("pay_invoice").iter().all(|a| a["invoice"] != invoice.as_str()));
     // Exactly that call (same tool and arguments, another JSON-RPC id) goes through, once.
     let r = client(&token, "legacy", json!({}), json!([call("pay_invoice", args.clone())]));
     assert_eq!(ok(&r[0]), &json!([format!("paid {invoice}: 423.50 USD")]));
     assert_eq!(calls_of("pay_invoice").iter().filter(|a| a["invoice"] == invoice.as_str()).count(), 1);
     let r = client(&token, "legacy", json!({}), json!([call("pay_invoice", args.clone())]));
     refused(&r[0], "parameter_violation", 403);
-    // A changed argument is not the approved call: refused, never forwarded (the portal answers
-    // it with a fresh requestable denial for the new digest; a PDP that permits by tool answers
-    // parameter_violation, as filter/core/tests/mcp.rs shows).
-    let mut changed = args.clone();
-    changed["amount"] = json!("4235.00");
+    // Once the approval is used, another changed call is a new call: a fresh requestable denial
+    // bound to its own digest. (Not the one refused above: the gateway remembers that refusal for a
+    // moment.)
+    changed["amount"] = json!("4236.00");
     let r = client(&token, "legacy", json!({}), json!([call("pay_invoice", changed.clone())]));
-    let code = r[0]["error"]["code"].as_i64();
-    assert!(code == Some(-32042) || code == Some(-32001), "{}", r[0]);
-    if code == Some(-32001) {
-        refused(&r[0], "parameter_violation", 403);
-    } else {
-        let (d, _) = missiongate_wire::digest::mcp_tool_call_digest(URL, "tools/call", "pay_invoice", Some(&changed));
-        assert_eq!(r[0]["error"]["data"]["access_request"]["action"]["properties"]["parameter_digest"], d.as_str());
-    }
+    assert_eq!(r[0]["error"]["code"], -32042, "{}", r[0]);
+    let (d, _) = missiongate_wire::digest::mcp_tool_call_digest(URL, "tools/call", "pay_invoice", Some(&changed));
+    assert_eq!(r[0]["error"]["data"]["access_request"]["action"]["properties"]["parameter_digest"], d.as_str());
     assert_eq!(calls_of("pay_invoice").iter().filter(|a| a["invoice"] == invoice.as_str()).count(), 1);
 }
 
