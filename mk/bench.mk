@@ -30,14 +30,14 @@ bench-hostcalls: wasm-target
 wrk:
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 
-bench: tools wasm wrk bench-reference bench-hostcalls
+bench: tools wasm wrk postgres bench-reference bench-hostcalls
 	$(CARGO) build -p captive-portal || echo "bench: captive-portal does not build: revocation latency will not be measured"
 	$(CARGO) build --release -p missiongate-tests --bin bench
 	target/release/bench > /dev/null
 	target/release/bench --check "$${BENCH_OUT:-bench/results}"
 	@echo "bench: $${BENCH_OUT:-bench/results}/latest.md, latest.json, latest.png"
 
-bench-smoke: tools wasm wrk bench-reference
+bench-smoke: tools wasm wrk postgres bench-reference
 	$(CARGO) build -p captive-portal
 	$(CARGO) build -p missiongate-tests --bin bench
 	@$(BENCH_SMOKE_ENV) target/debug/bench > $(BENCH_SMOKE_OUT).log 2>&1 || { tail -n 60 $(BENCH_SMOKE_OUT).log; exit 1; }

@@ -44,7 +44,7 @@ use missiongate_tests::dpop::DpopKey;
 use missiongate_tests::portal::Portal;
 use missiongate_tests::{now, rand_id, repo_root, rt};
 use report::{Footprint, Machine, Report};
-use revocation::{portal_can_revoke, revocations, Revocation};
+use revocation::{portal_can_revoke, revocations, revocations_across_replicas, Revocation};
 use scenarios::{claims, is_native, scenarios, Scenario, Tok, COLD, GET_PATH, KIB, ORIGIN};
 use serde_json::{json, Value};
 use settings::Settings;
@@ -139,6 +139,8 @@ fn run(s: &Settings) -> Report {
         .map(str::to_owned)
         .collect();
     drop(envoy);
+    let revocation_replicas = revocations_across_replicas(s, &stack.backends());
+    eprintln!("bench: revocation across two replicas: {revocation_replicas:?}");
     let hostcalls = hostcalls::count(s, &stack.backends(), &scs, &mut inputs);
     let load_at_end = loadavg();
 
@@ -150,7 +152,7 @@ fn run(s: &Settings) -> Report {
         ready_native_ms: ready_native,
         ready_filter_ms: ready_filter,
     };
-    let targets = report::targets(&rows, &revocation, &machine, &footprint);
+    let targets = report::targets(&rows, &revocation, &revocation_replicas, &machine, &footprint);
     let verdict = figures::verdict(s, &rows, &targets, machine.load_at_start);
     Report {
         machine: Machine { load_at_end, ..machine },
@@ -159,6 +161,7 @@ fn run(s: &Settings) -> Report {
         verdict,
         footprint,
         revocation,
+        revocation_replicas,
         hostcalls,
         cold_hits: rounds.cold_hits,
         cold_misses: rounds.cold_misses,

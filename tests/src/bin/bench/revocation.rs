@@ -1,12 +1,13 @@
 //! Revocation latency under load, against the real captive-portal.
 
-use crate::envoy::EnvoyProc;
+use crate::envoy::{render_bench, Backends, EnvoyProc};
 use crate::load::{percentile, script};
 use crate::scenarios::{Role, Scenario, Tok, GET_PATH, HOST};
 use crate::settings::{pinned, Settings};
 use missiongate_tests::http::Req;
 use missiongate_tests::portal::Portal;
-use missiongate_tests::repo_root;
+use missiongate_tests::postgres::PgServer;
+use missiongate_tests::{free_port, repo_root};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,13 +50,21 @@ pub fn revocations(s: &Settings, envoy: &EnvoyProc, portal: &Portal) -> Revocati
     let port = envoy.port("mg_portal");
     let get = |token: &str| Req::new("GET", GET_PATH).header("Host", HOST).bearer(token).try_send(port);
     let (_, load_token) = portal.active(&["http.get"]);
-    match get(&load_token) {
-        Ok(r) if r.status == 200 => {}
-        other => {
-            return Revocation {
-                why_not: Some(format!("the portal-backed listener refused an active Mission's token: {other:?}")),
-                ..Revocation::default()
+    // The first request waits for the JWKS and Mission Status: allow a loaded host some seconds.
+    let t = Instant::now();
+    loop {
+        match get(&load_token) {
+            Ok(r) if r.status == 200 => break,
+            Ok(r) if t.elapsed() > Duration::from_secs(10) => {
+                let why =
+                    format!("the portal-backed listener refused an active Mission's token: {} {}", r.status, r.text());
+                return Revocation { why_not: Some(why), ..Revocation::default() };
             }
+            Err(e) if t.elapsed() > Duration::from_secs(10) => {
+                let why = format!("the portal-backed listener did not answer: {e}");
+                return Revocation { why_not: Some(why), ..Revocation::default() };
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
     eprintln!("bench: revocation: preparing {} active Missions", s.revocations);
@@ -150,4 +159,37 @@ pub fn revocations(s: &Settings, envoy: &EnvoyProc, portal: &Portal) -> Revocati
         rev.why_not = Some("no revocation was attempted (BENCH_REVOCATIONS=0)".into());
     }
     rev
+}
+
+/// The same measurement across two portal replicas on one Postgres: each Mission is revoked through
+/// replica A while the Envoy follows replica B (its JWKS, Mission Status and state-event feed), so the
+/// figure includes the change crossing the database (LISTEN/NOTIFY) to B's long polls.
+pub fn revocations_across_replicas(s: &Settings, backends: &Backends<'_>) -> Revocation {
+    let not = |why: String| Revocation { why_not: Some(why), ..Revocation::default() };
+    if s.revocations == 0 {
+        return not("BENCH_REVOCATIONS=0".into());
+    }
+    if let Err(e) = portal_can_revoke() {
+        return not(e);
+    }
+    let pg = match PgServer::start() {
+        Ok(pg) => pg,
+        Err(e) => return not(format!("no Postgres server (make postgres installs it): {e}")),
+    };
+    let url = match pg.database("bench") {
+        Ok(u) => u,
+        Err(e) => return not(format!("Postgres: {e}")),
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    // Every replica of a deployment shares one issuer; the Envoy's config names B's address.
+    let issuer = format!("http://127.0.0.1:{port_b}");
+    let args = ["--status-fresh-seconds", "30"];
+    let a = Portal::start_replica(port_a, &url, &issuer, &args);
+    let b = Portal::start_replica(port_b, &url, &issuer, &args);
+    let cfg = render_bench(&Backends { portal: Some(b.port), ..*backends }, &|l: &str| l == "mg_portal");
+    let envoy = EnvoyProc::start(s, &cfg, "replicas");
+    let r = revocations(s, &envoy, &a);
+    drop(envoy);
+    drop((a, b, pg));
+    r
 }
