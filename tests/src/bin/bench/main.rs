@@ -71,10 +71,32 @@ fn main() {
     let s = Settings::from_env();
     std::fs::create_dir_all(&s.work).unwrap();
     std::fs::create_dir_all(&s.out).unwrap();
+    if args.get(1).map(String::as_str) == Some("--hostcalls")
+        || std::env::var("BENCH_ONLY").as_deref() == Ok("hostcalls")
+    {
+        only_hostcalls(&s);
+        return;
+    }
     let report = run(&s);
     let md = report::write(&s, &report);
     println!("{md}");
     eprintln!("bench: wrote {}/latest.{{md,json,png}}", s.out.display());
+}
+
+/// Only the host-call stage (`bench --hostcalls`, or `BENCH_ONLY=hostcalls`): the counting build's
+/// host calls per request on each path, printed as the report's table. Deterministic, so it is a
+/// figure even on a loaded host (unlike throughput).
+fn only_hostcalls(s: &Settings) {
+    let machine = Machine::probe(s);
+    let stack = Stack::start(s, &machine.wasm);
+    let mut inputs = Inputs::prepare(s, &stack.auth);
+    let h = hostcalls::count(s, &stack.backends(), &scenarios(), &mut inputs);
+    let mut md = String::new();
+    report::hostcalls_table(&mut md, &h);
+    println!("{md}");
+    if !h.measured {
+        std::process::exit(1);
+    }
 }
 
 /// The whole bench, stage by stage.
