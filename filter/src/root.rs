@@ -41,7 +41,7 @@ fn seed() -> [u8; 32] {
 
 impl Vm {
     fn tick(&self) {
-        let now = abi::now_secs();
+        let now = self.now();
         self.tick_requests(now);
         // JWKS initial load and refresh; event polls.
         let (due, event_issuers) = {
