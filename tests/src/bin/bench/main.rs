@@ -77,6 +77,10 @@ fn main() {
         only_hostcalls(&s);
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--starts") || std::env::var("BENCH_ONLY").as_deref() == Ok("starts") {
+        only_starts(&s);
+        return;
+    }
     let report = run(&s);
     let md = report::write(&s, &report);
     println!("{md}");
@@ -97,6 +101,22 @@ fn only_hostcalls(s: &Settings) {
     if !h.measured {
         std::process::exit(1);
     }
+}
+
+/// Only the start stage (`bench --starts`, or `BENCH_ONLY=starts`): Envoy's start-to-ready without
+/// and with the filter, `BENCH_STARTS` times each, interleaved. Timing: noisy on a loaded host.
+fn only_starts(s: &Settings) {
+    let machine = Machine::probe(s);
+    let stack = Stack::start(s, &machine.wasm);
+    let (native, filter) = measure_starts(s, &stack);
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!("start to /ready, ms (load average {:.2}):", loadavg());
+    println!("  without the filter: {native:.0?} (median {:.0})", med(&native));
+    println!("  with the filter:    {filter:.0?} (median {:.0})", med(&filter));
 }
 
 /// The whole bench, stage by stage.
