@@ -43,3 +43,10 @@ bench-smoke: tools wasm wrk postgres bench-reference
 	@$(BENCH_SMOKE_ENV) target/debug/bench > $(BENCH_SMOKE_OUT).log 2>&1 || { tail -n 60 $(BENCH_SMOKE_OUT).log; exit 1; }
 	target/debug/bench --check $(BENCH_SMOKE_OUT)
 
+
+# Only the host-call stage: host calls per request on each missiongate path, from the counting build.
+# Deterministic (a loaded host does not change it), so it is the figure to compare hot-path changes by.
+.PHONY: bench-hostcalls-only
+bench-hostcalls-only: tools wasm bench-hostcalls
+	$(CARGO) build --release -p missiongate-tests --bin bench
+	BENCH_OUT=$${BENCH_OUT:-target/bench-hostcalls} target/release/bench --hostcalls

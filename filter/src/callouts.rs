@@ -127,7 +127,7 @@ impl Vm {
 
     /// Dispatch the callout for a need. On failure the engine is told (so the retry denies).
     fn dispatch_need(&self, need: &Need) -> bool {
-        let now = abi::now_secs();
+        let now = self.now();
         let built = {
             let mut guard = self.engine.borrow_mut();
             let Some(engine) = guard.as_mut() else { return false };
@@ -212,7 +212,7 @@ impl Vm {
         } else {
             Vec::new()
         };
-        let now = abi::now_secs();
+        let now = self.now();
         let refetch = if matches!(kind, Kind::Pdp(_)) { None } else { self.apply_answer(&kind, status, &body, now) };
         if let Some(i) = refetch {
             self.start_jwks(i);

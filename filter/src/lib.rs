@@ -9,8 +9,9 @@
 //! - [`abi`]: the host calls, none of which can panic on what the host returns.
 //!
 //! Hot path (token seen before, Mission state cached): one call for all request headers, one for
-//! the clock, one to put evidence in filter state, optionally one log line. Counters are kept in the
-//! VM and flushed to Envoy stats on the tick, never per request.
+//! the clock (read once per callback, [`Vm::now`]), one to put evidence in filter state, optionally
+//! one log line. Counters are kept in the VM and flushed to Envoy stats on the tick, never per
+//! request. `make bench-hostcalls-only` counts them per path.
 
 mod abi;
 mod callouts;
@@ -73,6 +74,11 @@ struct Vm {
     evidence_log: Cell<Option<EvidenceLog>>,
     /// Gateway errors refused while no engine could count them (flushed as `decision.gateway_error`).
     uncounted: Cell<u64>,
+    /// The clock (Unix seconds) as read in the running callback: read once per callback, not once
+    /// per use (the request headers and the decision used to read it twice).
+    clock: Cell<Option<i64>>,
+    /// The last clock reading of any callback (the tick reads it every 200 ms).
+    last_clock: Cell<i64>,
 }
 
 impl Vm {
@@ -80,6 +86,29 @@ impl Vm {
     fn enter(&self, ctx: u32) {
         self.active.set(ctx);
         self.effective.set(ctx);
+        self.clock.set(None);
+    }
+
+    /// Unix seconds, read from the host at most once per callback.
+    fn now(&self) -> i64 {
+        if let Some(t) = self.clock.get() {
+            return t;
+        }
+        let t = abi::now_secs();
+        self.clock.set(Some(t));
+        self.last_clock.set(t);
+        t
+    }
+
+    /// The last clock reading of this VM (at most a tick old), without a host call; the clock
+    /// itself if it was never read. For events whose `now` the core does not use (a body chunk
+    /// that neither ends the body nor is the first over the limit: the core only buffers it).
+    fn recent_now(&self) -> i64 {
+        match (self.clock.get(), self.last_clock.get()) {
+            (Some(t), _) => t,
+            (None, 0) => self.now(),
+            (None, t) => t,
+        }
     }
 
     /// Make `ctx` the effective context; `false` when it is gone.
@@ -99,7 +128,7 @@ impl Vm {
     /// Without an engine to render it (re-entrant call, not configured) the same answer is rendered
     /// with the default realm and counted here.
     fn refusal(&self, reason: Reason, detail: &str) -> (Response, Evidence) {
-        let now = abi::now_secs();
+        let now = self.now();
         let out = self.engine.try_borrow_mut().ok().and_then(|mut g| g.as_mut().map(|e| e.refuse(reason, detail, now)));
         match out {
             Some(x) => x,

@@ -46,14 +46,33 @@ fn slot_key(key: &str) -> String {
     format!("missiongate.decision.{}", fnv1a(key) % DECISION_SLOTS)
 }
 
-/// Create the ledger buckets that do not exist yet (another worker may have made them already).
+/// Set once every bucket exists: a VM that starts later (another worker, a reload) finds it and
+/// skips the [`BUCKETS`] look-ups (shared data is never freed, so the buckets are still there).
+const LEDGER_READY: &str = "missiongate.ledger.ready";
+
+/// At configure time: create the ledger buckets unless a VM has already made them all.
 pub fn init_buckets() {
+    if let Ok((Some(_), _)) = abi::get_shared(LEDGER_READY) {
+        return;
+    }
+    if create_buckets() {
+        let _ = abi::set_shared(LEDGER_READY, b"1", 0);
+    }
+}
+
+/// Create the ledger buckets that do not exist yet (another worker may have made them already);
+/// `true` when every one exists now.
+fn create_buckets() -> bool {
+    let mut all = true;
     for i in 0..BUCKETS {
         let k = format!("{BUCKET_PREFIX}{i}");
-        if let Ok((None, _)) = abi::get_shared(&k) {
-            let _ = abi::set_shared(&k, b"#\n", 0);
+        match abi::get_shared(&k) {
+            Ok((Some(_), _)) => {}
+            Ok((None, _)) => all &= abi::set_shared(&k, b"#\n", 0).is_ok(),
+            Err(_) => all = false,
         }
     }
+    all
 }
 
 impl ReplayGuard for SharedReplay {
@@ -67,7 +86,7 @@ impl ReplayGuard for SharedReplay {
             let (value, cas) = match abi::get_shared(&bucket) {
                 Ok((Some(v), cas)) if cas != 0 => (v, cas),
                 Ok(_) => {
-                    init_buckets();
+                    create_buckets();
                     continue;
                 }
                 Err(e) => return Err(format!("shared data status {}", e.0)),

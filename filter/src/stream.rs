@@ -19,7 +19,7 @@ pub(crate) struct Glue<'a> {
 
 impl Host for Glue<'_> {
     fn decide(&mut self, head: &Head, body: Option<&[u8]>, pdp: Option<&PdpAnswer>, attempts: Attempts) -> Outcome {
-        let now = abi::now_secs();
+        let now = self.vm.now();
         let refused = |vm: &Vm, detail: &str| {
             let (resp, ev) = vm.refusal(Reason::GatewayError, detail);
             Outcome::Deny(resp, ev)
@@ -148,21 +148,23 @@ impl HttpContext for HttpStream {
                 Head::refused(Reason::GatewayError, "the request headers could not be read")
             }
         };
-        let now = abi::now_secs();
+        let now = self.vm.now();
         let v = self.vm.drive(self.id, |m, g| m.on_headers(g, head, end_of_stream, now));
         action(v.unwrap_or(Verdict::Pause))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.vm.enter(self.id);
-        let now = abi::now_secs();
+        // The core decides (and reads `now`) only when the body is complete; a chunk before that is
+        // only counted, so it costs no clock read. (A refusal for size reads the clock itself.)
+        let now = if end_of_stream { self.vm.now() } else { self.vm.recent_now() };
         let v = self.vm.drive(self.id, |m, g| m.on_body(g, body_size, end_of_stream, now));
         action(v.unwrap_or(Verdict::Pause))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.vm.enter(self.id);
-        let now = abi::now_secs();
+        let now = self.vm.now();
         let v = self.vm.drive(self.id, |m, g| m.on_trailers(g, now));
         action(v.unwrap_or(Verdict::Pause))
     }

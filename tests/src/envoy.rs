@@ -138,8 +138,10 @@ pub fn render(file: &str, listener: u16, admin: u16, upstream: u16, authority: u
             "filename: target/wasm32-wasip1/release/missiongate_filter.wasm",
             &format!("filename: {}", wasm_path().display()),
         )
-        // Files the configs name relative to the repository (a JWKS file) become absolute.
-        .replace("filename: envoy/", &format!("filename: {}/envoy/", crate::repo_root().display()));
+        // Files the configs name relative to the repository (a JWKS file, the bench's reference
+        // filters) become absolute.
+        .replace("filename: envoy/", &format!("filename: {}/envoy/", crate::repo_root().display()))
+        .replace("filename: target/", &format!("filename: {}/target/", crate::repo_root().display()));
     let drop = |t: String, key: &str| t.lines().filter(|l| !l.contains(key)).collect::<Vec<_>>().join("\n");
     if !opts.events {
         t = drop(t, "\"events\":");

@@ -351,12 +351,12 @@ impl VerifyingKey {
     }
 
     /// Build the per-key tables that make P-256 verification fast (about 2.7 ms and 256 KiB per
-    /// key, once): for keys that verify many signatures (issuer and authority keys). Keys seen once
+    /// key, once, shared by every holder of the same key: [`crate::p256_fast::FastP256Key::shared`]): for keys that verify many signatures (issuer and authority keys). Keys seen once
     /// (a DPoP proof's `jwk`) are better left without.
     pub fn precompute(self) -> VerifyingKey {
         match self {
             VerifyingKey::P256(k, None) => {
-                let fast = std::sync::Arc::new(crate::p256_fast::FastP256Key::new(&k));
+                let fast = crate::p256_fast::FastP256Key::shared(&k);
                 VerifyingKey::P256(k, Some(fast))
             }
             other => other,

@@ -970,6 +970,27 @@ impl FastP256Key {
         FastP256Key { table }
     }
 
+    /// The table for `key`, shared with every other holder of the same key in this process (a Wasm
+    /// VM: every listener's configuration, every JWKS refresh): built only when no live holder has
+    /// it, so N listeners trusting one issuer key hold one 256 KiB table, not N.
+    #[must_use]
+    pub fn shared(key: &VerifyingKey) -> std::sync::Arc<FastP256Key> {
+        use std::sync::{Arc, Mutex, Weak};
+        type Cache = Vec<(Box<[u8]>, Weak<FastP256Key>)>;
+        static CACHE: Mutex<Cache> = Mutex::new(Vec::new());
+        let id: Box<[u8]> = key.as_affine().to_encoded_point(false).as_bytes().into();
+        let Ok(mut cache) = CACHE.lock() else {
+            return Arc::new(FastP256Key::new(key));
+        };
+        cache.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(live) = cache.iter().find(|(k, _)| *k == id).and_then(|(_, w)| w.upgrade()) {
+            return live;
+        }
+        let fresh = Arc::new(FastP256Key::new(key));
+        cache.push((id, Arc::downgrade(&fresh)));
+        fresh
+    }
+
     /// Verify an ES256 signature (`sig` = `r || s`, 64 bytes, as in JWS) over `msg` (hashed here
     /// with SHA-256). Same acceptance as `p256::ecdsa::VerifyingKey::verify`.
     #[must_use]
@@ -1575,5 +1596,25 @@ mod tests {
         let mut flipped = sig.clone();
         flipped[10] ^= 0x40;
         assert!(!fast.verify(input.as_bytes(), &flipped));
+    }
+
+    #[test]
+    fn shared_tables_are_one_per_live_key() {
+        let mut rng = Rng::new();
+        let (a, b) = (rng.signing_key(), rng.signing_key());
+        let (va, vb) = (*a.verifying_key(), *b.verifying_key());
+        let first = FastP256Key::shared(&va);
+        let again = FastP256Key::shared(&va);
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "seed {}: one table per key", rng.seed);
+        let other = FastP256Key::shared(&vb);
+        assert!(!std::sync::Arc::ptr_eq(&first, &other), "seed {}: another key, another table", rng.seed);
+        let sig: Signature = b.sign(b"shared");
+        assert!(other.verify(b"shared", &sig.to_bytes()), "seed {}", rng.seed);
+        assert!(!first.verify(b"shared", &sig.to_bytes()), "seed {}", rng.seed);
+        drop((first, again));
+        // Once no holder is left the table is freed; the next holder gets a fresh, working one.
+        let rebuilt = FastP256Key::shared(&va);
+        let sig: Signature = a.sign(b"again");
+        assert!(rebuilt.verify(b"again", &sig.to_bytes()), "seed {}", rng.seed);
     }
 }

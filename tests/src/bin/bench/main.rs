@@ -71,10 +71,52 @@ fn main() {
     let s = Settings::from_env();
     std::fs::create_dir_all(&s.work).unwrap();
     std::fs::create_dir_all(&s.out).unwrap();
+    if args.get(1).map(String::as_str) == Some("--hostcalls")
+        || std::env::var("BENCH_ONLY").as_deref() == Ok("hostcalls")
+    {
+        only_hostcalls(&s);
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--starts") || std::env::var("BENCH_ONLY").as_deref() == Ok("starts") {
+        only_starts(&s);
+        return;
+    }
     let report = run(&s);
     let md = report::write(&s, &report);
     println!("{md}");
     eprintln!("bench: wrote {}/latest.{{md,json,png}}", s.out.display());
+}
+
+/// Only the host-call stage (`bench --hostcalls`, or `BENCH_ONLY=hostcalls`): the counting build's
+/// host calls per request on each path, printed as the report's table. Deterministic, so it is a
+/// figure even on a loaded host (unlike throughput).
+fn only_hostcalls(s: &Settings) {
+    let machine = Machine::probe(s);
+    let stack = Stack::start(s, &machine.wasm);
+    let mut inputs = Inputs::prepare(s, &stack.auth);
+    let h = hostcalls::count(s, &stack.backends(), &scenarios(), &mut inputs);
+    let mut md = String::new();
+    report::hostcalls_table(&mut md, &h);
+    println!("{md}");
+    if !h.measured {
+        std::process::exit(1);
+    }
+}
+
+/// Only the start stage (`bench --starts`, or `BENCH_ONLY=starts`): Envoy's start-to-ready without
+/// and with the filter, `BENCH_STARTS` times each, interleaved. Timing: noisy on a loaded host.
+fn only_starts(s: &Settings) {
+    let machine = Machine::probe(s);
+    let stack = Stack::start(s, &machine.wasm);
+    let (native, filter) = measure_starts(s, &stack);
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!("start to /ready, ms (load average {:.2}):", loadavg());
+    println!("  without the filter: {native:.0?} (median {:.0})", med(&native));
+    println!("  with the filter:    {filter:.0?} (median {:.0})", med(&filter));
 }
 
 /// The whole bench, stage by stage.

@@ -340,7 +340,7 @@ fn rows_table(md: &mut String, rows: &[Row]) {
     }
 }
 
-fn hostcalls_table(md: &mut String, h: &HostCalls) {
+pub fn hostcalls_table(md: &mut String, h: &HostCalls) {
     writeln!(md, "\n## Host calls per request\n").unwrap();
     if !h.measured {
         writeln!(md, "not measured: {}\n", h.why_not.clone().unwrap_or_default()).unwrap();
