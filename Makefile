@@ -58,8 +58,10 @@ envoy:
 	fi
 
 ## ---- build ---------------------------------------------------------------------------------
+# The filter, and the bench's reference filters (envoy/bench.yaml names them, and every shipped
+# config is validated by the tests).
 wasm: wasm-target
-	$(CARGO) build --release --target wasm32-wasip1 -p missiongate-filter
+	$(CARGO) build --release --target wasm32-wasip1 -p missiongate-filter -p missiongate-bench-reference
 	@ls -l $(WASM) | awk '{print "filter: $(WASM) " $$5 " bytes"}'
 
 build: wasm
