@@ -12,6 +12,7 @@ pub mod decimal;
 pub mod digest;
 pub mod jcs;
 pub mod jose;
+pub mod jws;
 pub mod p256_fast;
 pub mod problem;
 pub mod time;
