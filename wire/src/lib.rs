@@ -10,6 +10,7 @@ pub mod claims;
 pub mod constraints;
 pub mod decimal;
 pub mod digest;
+pub mod dpop;
 pub mod jcs;
 pub mod jose;
 pub mod jws;

@@ -1,6 +1,5 @@
 //! Access-token validation (SPEC §2): cheap checks first, the signature once, the result cached.
 
-use missiongate_wire::b64;
 use missiongate_wire::claims::{is_safe_id, AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
 use missiongate_wire::jws;
 use std::collections::HashMap;
@@ -182,8 +181,7 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
 
 /// `ath` value for a token (RFC 9449 §4.2): base64url SHA-256 of the ASCII token.
 pub fn ath(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    b64::encode(Sha256::digest(token.as_bytes()))
+    missiongate_wire::dpop::ath(token)
 }
 
 /// Bounded cache of verified tokens, keyed by the token text.
