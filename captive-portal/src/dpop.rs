@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use missiongate_wire::dpop::{self, Step};
 use missiongate_wire::jws::ALL_ALGS;
+use missiongate_wire::uri;
 
 /// Accepted distance between a proof's `iat` and now, either way.
 pub const IAT_WINDOW_SECONDS: i64 = 60;
@@ -33,14 +34,6 @@ pub struct DpopVerifier {
     seen: Mutex<HashMap<String, i64>>,
 }
 
-/// `htu` comparison: scheme, host, port and path, without query and fragment (RFC 9449 §4.3).
-fn normalise_htu(u: &str) -> Option<String> {
-    let mut url = url::Url::parse(u).ok()?;
-    url.set_query(None);
-    url.set_fragment(None);
-    Some(url.to_string())
-}
-
 impl DpopVerifier {
     /// A verifier with an empty replay memory.
     pub fn new() -> DpopVerifier {
@@ -49,12 +42,14 @@ impl DpopVerifier {
 
     /// Check `proof` for a request `htm` `htu` at `now`; returns the key's thumbprint (`jkt`).
     pub fn check(&self, proof: &str, htm: &str, htu: &str, now: i64) -> Result<String, DpopError> {
-        let target = normalise_htu(htu);
-        let same_htu = |claimed: &str| matches!((normalise_htu(claimed), &target), (Some(a), Some(b)) if a == *b);
+        // `htu` comparison: scheme, host, port and path, without query and fragment (RFC 9449 §4.3).
+        let Some((origin, path)) = uri::htu_target(htu) else {
+            return Err(DpopError("DPoP proof htu does not match the token endpoint"));
+        };
         let expect = dpop::Expect {
             algs: &ALL_ALGS,
             htm,
-            htu: &same_htu,
+            htu: (&origin, &path),
             iat: dpop::IatWindow { now, past: IAT_WINDOW_SECONDS, future: IAT_WINDOW_SECONDS },
             jkt: None,
             token: None,

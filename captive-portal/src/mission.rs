@@ -199,11 +199,7 @@ fn check_resource_uri(s: &str, no_query: bool) -> Result<(), String> {
 
 /// The origin `scheme://host[:port]` of a resource URI (lower-case, default port removed), SPEC §4.
 pub fn origin_of(resource: &str) -> Option<String> {
-    let url = url::Url::parse(resource).ok()?;
-    match url.origin() {
-        o @ url::Origin::Tuple(..) => Some(o.ascii_serialization()),
-        url::Origin::Opaque(_) => None,
-    }
+    missiongate_wire::uri::parse_resource(resource.split(['?', '#']).next().unwrap_or("")).map(|(origin, _)| origin)
 }
 
 /// The token audience: the distinct origins of the Authority Set's resources, in first-seen order.

@@ -1,6 +1,6 @@
 //! The one DPoP proof check (RFC 9449 §4.3, SPEC §2): `typ` `dpop+jwt`, an asymmetric `alg` from the
 //! caller's list, the embedded `jwk` (and its thumbprint against the token's `cnf.jkt` where there is
-//! a token), the signature, `htm`, `htu`, `iat` within the caller's window and `ath`.
+//! a token), the signature, `htm`, `htu` (normalised by [`crate::uri`]), `iat` within the caller's window and `ath`.
 //!
 //! The filter (at every resource request) and the portal (at its token endpoint) both call
 //! [`check`]; each keeps its own `iat` window, `jti` rules and replay store, and maps each refused
@@ -36,8 +36,8 @@ pub struct Expect<'a> {
     pub algs: &'a [Alg],
     /// Request method.
     pub htm: &'a str,
-    /// The caller's comparison of the proof's `htu` with the request URI.
-    pub htu: &'a dyn Fn(&str) -> bool,
+    /// The request URI as (origin, normalised path), [`crate::uri`]: the proof's `htu` must name it.
+    pub htu: (&'a str, &'a str),
     /// Accepted `iat`.
     pub iat: IatWindow,
     /// The token's `cnf.jkt`, when the proof accompanies a bound token.
@@ -141,7 +141,8 @@ pub fn check<E>(
     if parsed.htm != expect.htm {
         return Err(step(Step::Htm));
     }
-    if !(expect.htu)(&parsed.htu) {
+    let same_target = |(o, p): (String, String)| o == expect.htu.0 && p == expect.htu.1;
+    if !crate::uri::htu_target(&parsed.htu).is_some_and(same_target) {
         return Err(step(Step::Htu));
     }
     let w = expect.iat;

@@ -17,3 +17,4 @@ pub mod jws;
 pub mod p256_fast;
 pub mod problem;
 pub mod time;
+pub mod uri;

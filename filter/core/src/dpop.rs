@@ -5,7 +5,6 @@ use missiongate_wire::dpop::{self, Step};
 
 use crate::config::DpopConfig;
 use crate::decision::{Denial, Reason};
-use crate::uri;
 
 /// Longest proof accepted.
 pub const MAX_PROOF_BYTES: usize = dpop::MAX_PROOF_BYTES;
@@ -41,15 +40,11 @@ pub struct Bound<'a> {
 /// Check `proof` for the request in `bound`.
 pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Result<CheckedProof, Denial> {
     let Bound { method, origin, path, token, jkt } = *bound;
-    let htu = |htu: &str| match uri::parse_resource(htu.split(['?', '#']).next().unwrap_or("")) {
-        Some((o, p)) => o == origin && p == path,
-        None => false,
-    };
     let window = cfg.iat_window_seconds;
     let expect = dpop::Expect {
         algs: &cfg.algs,
         htm: method,
-        htu: &htu,
+        htu: (origin, path),
         iat: dpop::IatWindow { now, past: window, future: window.min(60) },
         jkt: Some(jkt),
         token: Some(token),

@@ -18,7 +18,7 @@ pub mod mcp;
 pub mod mission;
 pub mod stream;
 pub mod token;
-pub mod uri;
+pub use missiongate_wire::uri;
 
 pub use config::{Config, ConfigError};
 pub use engine::{Attempts, Authz, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
