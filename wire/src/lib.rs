@@ -16,5 +16,6 @@ pub mod jose;
 pub mod jws;
 pub mod p256_fast;
 pub mod problem;
+pub mod rar;
 pub mod time;
 pub mod uri;
