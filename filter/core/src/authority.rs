@@ -6,8 +6,9 @@ use missiongate_wire::constraints::{parse_constraints, Constraint};
 use missiongate_wire::rar;
 use serde_json::Value;
 
-use crate::config::Operation;
 use crate::constraints::{self, Checked, Mapping, Outcome, Params};
+pub use crate::destinations::operation;
+use crate::destinations::Operation;
 use crate::uri;
 
 /// An entry's `constraints`, compiled.
@@ -226,16 +227,6 @@ pub fn action_id(operations: &[Operation], method: &str, path: &str) -> String {
     a.push_str("http.");
     a.push_str(&method.to_ascii_lowercase());
     a
-}
-
-/// The first named operation matching `method` and `path`. The path is compared with ASCII case
-/// folded and one trailing slash ignored (SPEC §2): a request that differs from a named operation only
-/// by case or a trailing slash is that operation (its action id, its consequential flag), never
-/// quietly `http.<method>`; `;` parameters never get this far (the path is refused first).
-pub fn operation<'o>(operations: &'o [Operation], method: &str, path: &str) -> Option<&'o Operation> {
-    operations
-        .iter()
-        .find(|op| op.method.eq_ignore_ascii_case(method) && uri::operation_path_matches(&op.path, op.prefix, path))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod authority;
 pub mod config;
 pub mod constraints;
 pub mod decision;
+pub mod destinations;
 pub mod dpop;
 pub mod engine;
 #[cfg(feature = "fuzzing")]
