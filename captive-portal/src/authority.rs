@@ -551,13 +551,18 @@ impl Authority {
     /// Verify a compact JWS made by one of this authority's published keys (found by `kid`); returns
     /// its header and payload bytes.
     pub async fn verify_own(&self, jws: &str) -> Result<(missiongate_wire::jose::Header, Vec<u8>), VerifyError> {
-        use missiongate_wire::jose::{verify_compact, Compact};
-        let header = Compact::split(jws).and_then(|c| c.header()).map_err(|_| VerifyError::Malformed)?;
-        let kid = header.kid.clone().ok_or(VerifyError::Malformed)?;
+        use missiongate_wire::jws::{self as check, Policy, Step, Typ, ALL_ALGS};
+        let opened = check::open(jws, &Policy { typ: Typ::Any, algs: &ALL_ALGS }).map_err(|step| match step {
+            Step::NotCompact | Step::Header => VerifyError::Malformed,
+            _ => VerifyError::BadSignature,
+        })?;
+        let kid = opened.header.kid.clone().ok_or(VerifyError::Malformed)?;
         let set = self.jwks().await.map_err(|e| VerifyError::Internal(e.to_string()))?;
         let jwk = set.keys.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())).ok_or(VerifyError::UnknownKey)?;
         let key = jwk.verifying_key().map_err(|e| VerifyError::Internal(e.to_string()))?;
-        verify_compact(jws, &key).map_err(|_| VerifyError::BadSignature)
+        opened.verify(&key).map_err(|_| VerifyError::BadSignature)?;
+        let payload = opened.payload().map_err(|_| VerifyError::BadSignature)?;
+        Ok((opened.header, payload))
     }
 
     /// RFC 8414 metadata, with the Mission extensions.

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use missiongate_wire::claims::{DpopClaims, TYP_DPOP};
-use missiongate_wire::jose::{verify_compact, Alg, Compact};
+use missiongate_wire::dpop::{self, Step};
+use missiongate_wire::jws::ALL_ALGS;
+use missiongate_wire::uri;
 
 /// Accepted distance between a proof's `iat` and now, either way.
 pub const IAT_WINDOW_SECONDS: i64 = 60;
@@ -14,8 +15,6 @@ pub const IAT_WINDOW_SECONDS: i64 = 60;
 const REPLAY_MEMORY_SECONDS: i64 = 2 * IAT_WINDOW_SECONDS + 5;
 /// Most remembered `jti`s; when full (after pruning), proofs are refused rather than replayable.
 const REPLAY_CAPACITY: usize = 100_000;
-/// Longest accepted proof, in bytes.
-const MAX_PROOF_BYTES: usize = 8192;
 
 /// Why a proof was refused. The message never contains proof material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +34,6 @@ pub struct DpopVerifier {
     seen: Mutex<HashMap<String, i64>>,
 }
 
-/// `htu` comparison: scheme, host, port and path, without query and fragment (RFC 9449 §4.3).
-fn normalise_htu(u: &str) -> Option<String> {
-    let mut url = url::Url::parse(u).ok()?;
-    url.set_query(None);
-    url.set_fragment(None);
-    Some(url.to_string())
-}
-
 impl DpopVerifier {
     /// A verifier with an empty replay memory.
     pub fn new() -> DpopVerifier {
@@ -51,34 +42,42 @@ impl DpopVerifier {
 
     /// Check `proof` for a request `htm` `htu` at `now`; returns the key's thumbprint (`jkt`).
     pub fn check(&self, proof: &str, htm: &str, htu: &str, now: i64) -> Result<String, DpopError> {
-        if proof.len() > MAX_PROOF_BYTES {
-            return Err(DpopError("DPoP proof too long"));
-        }
-        let parts = Compact::split(proof).map_err(|_| DpopError("DPoP proof is not a compact JWS"))?;
-        let header = parts.header().map_err(|_| DpopError("DPoP proof header is malformed"))?;
-        if header.typ.as_deref() != Some(TYP_DPOP) {
-            return Err(DpopError("DPoP proof typ is not dpop+jwt"));
-        }
-        Alg::from_name(&header.alg).ok_or(DpopError("DPoP proof alg is not an accepted asymmetric algorithm"))?;
-        let jwk = header.jwk.as_ref().ok_or(DpopError("DPoP proof has no jwk header"))?;
-        let key = jwk.verifying_key().map_err(|_| DpopError("DPoP proof jwk is not an accepted public key"))?;
-        let (_, payload) = verify_compact(proof, &key).map_err(|_| DpopError("DPoP proof signature is invalid"))?;
-        let claims: DpopClaims =
-            serde_json::from_slice(&payload).map_err(|_| DpopError("DPoP proof claims are malformed"))?;
-        if claims.htm != htm {
-            return Err(DpopError("DPoP proof htm does not match the request method"));
-        }
-        match (normalise_htu(&claims.htu), normalise_htu(htu)) {
-            (Some(a), Some(b)) if a == b => {}
-            _ => return Err(DpopError("DPoP proof htu does not match the token endpoint")),
-        }
-        if claims.iat.0.abs_diff(now) > IAT_WINDOW_SECONDS.unsigned_abs() {
-            return Err(DpopError("DPoP proof iat is outside the accepted window"));
-        }
+        // `htu` comparison: scheme, host, port and path, without query and fragment (RFC 9449 §4.3).
+        let Some((origin, path)) = uri::htu_target(htu) else {
+            return Err(DpopError("DPoP proof htu does not match the token endpoint"));
+        };
+        let expect = dpop::Expect {
+            algs: &ALL_ALGS,
+            htm,
+            htu: (&origin, &path),
+            iat: dpop::IatWindow { now, past: IAT_WINDOW_SECONDS, future: IAT_WINDOW_SECONDS },
+            jkt: None,
+            token: None,
+        };
+        let checked = dpop::check(proof, &expect, |_| Ok::<(), DpopError>(())).map_err(|r| match r {
+            dpop::Refusal::Caller(e) => e,
+            dpop::Refusal::Step(step) => DpopError(match step {
+                Step::TooLarge => "DPoP proof too long",
+                Step::NotCompact => "DPoP proof is not a compact JWS",
+                Step::Header => "DPoP proof header is malformed",
+                Step::Typ => "DPoP proof typ is not dpop+jwt",
+                Step::Alg => "DPoP proof alg is not an accepted asymmetric algorithm",
+                Step::NoJwk => "DPoP proof has no jwk header",
+                Step::Jwk => "DPoP proof jwk is not an accepted public key",
+                Step::Thumbprint => "DPoP proof jwk has no thumbprint",
+                Step::SignatureEncoding | Step::Signature | Step::PayloadEncoding => "DPoP proof signature is invalid",
+                Step::Claims => "DPoP proof claims are malformed",
+                Step::Htm => "DPoP proof htm does not match the request method",
+                Step::Htu => "DPoP proof htu does not match the token endpoint",
+                Step::Iat => "DPoP proof iat is outside the accepted window",
+                // Not checked here: no access token accompanies a proof at the token endpoint.
+                Step::KeyMismatch | Step::Ath => "DPoP proof is bound to another token",
+            }),
+        })?;
+        let (jkt, claims) = (checked.jkt, checked.claims);
         if claims.jti.is_empty() || claims.jti.len() > 256 {
             return Err(DpopError("DPoP proof jti is missing or too long"));
         }
-        let jkt = jwk.thumbprint().map_err(|_| DpopError("DPoP proof jwk has no thumbprint"))?;
         self.remember(format!("{jkt}:{}", claims.jti), now)?;
         Ok(jkt)
     }

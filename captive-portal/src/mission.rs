@@ -118,39 +118,34 @@ impl CreateMission {
 /// Members a `mission_resource_access` entry may carry (standards.md §3.3).
 const ENTRY_MEMBERS: [&str; 6] = ["type", "resource", "resource_match", "actions", "constraints", "delegation"];
 
-fn check_entry(entry: &Value) -> Result<(), String> {
+/// One Authority Set entry: the grammar of [`missiongate_wire::rar`] (the one the gateway matches
+/// with), then the rules of issuance on top.
+pub fn check_entry(entry: &Value) -> Result<(), String> {
+    use missiongate_wire::rar::{parse_entry, EntryError};
     let Value::Object(obj) = entry else {
         return Err("must be a JSON object".into());
     };
     if let Some(unknown) = obj.keys().find(|k| !ENTRY_MEMBERS.contains(&k.as_str())) {
         return Err(format!("unknown member {unknown:?}"));
     }
-    match obj.get("type") {
-        Some(Value::String(t)) if t == RAR_MISSION_RESOURCE_ACCESS => {}
-        _ => return Err(format!("type must be {RAR_MISSION_RESOURCE_ACCESS:?}")),
-    }
-    match obj.get("resource_match") {
-        None => {}
-        Some(Value::String(m)) if m == "exact" || m == "prefix" => {}
-        Some(_) => return Err("resource_match must be \"exact\" or \"prefix\"".into()),
-    }
-    let Some(Value::String(resource)) = obj.get("resource") else {
-        return Err("resource must be a string".into());
-    };
-    // An entry's resource names an origin (the whole destination) or a path, never a query: the
-    // gateway matches origin and path only and does not honour an entry with a query (SPEC §2).
+    let resource = obj.get("resource").and_then(Value::as_str).unwrap_or("");
+    parse_entry(entry, &[RAR_MISSION_RESOURCE_ACCESS]).map_err(|e| match e {
+        EntryError::NotObject => "must be a JSON object".to_owned(),
+        EntryError::Type => format!("type must be {RAR_MISSION_RESOURCE_ACCESS:?}"),
+        EntryError::ResourceMatch => "resource_match must be \"exact\" or \"prefix\"".to_owned(),
+        EntryError::ResourceNotString => "resource must be a string".to_owned(),
+        // An entry's resource names an origin (the whole destination) or a path, never a query: the
+        // gateway matches origin and path only (SPEC §2).
+        EntryError::Resource => match check_resource_uri(resource, true) {
+            Err(e) => format!("resource: {e}"),
+            Ok(()) => "resource: not an origin and path the gateway can match".to_owned(),
+        },
+        EntryError::ActionsNotArray => "actions must be an array of action ids".to_owned(),
+        EntryError::Action => "actions: each action is an id [A-Za-z0-9_.:-]+ or a family name.*".to_owned(),
+    })?;
     check_resource_uri(resource, true).map_err(|e| format!("resource: {e}"))?;
-    let Some(Value::Array(actions)) = obj.get("actions") else {
-        return Err("actions must be an array of action ids".into());
-    };
-    if actions.is_empty() {
+    if obj.get("actions").and_then(Value::as_array).is_some_and(Vec::is_empty) {
         return Err("actions must not be empty".into());
-    }
-    for a in actions {
-        match a {
-            Value::String(s) if is_action_id(s) => {}
-            _ => return Err("actions: each action is an id [A-Za-z0-9_.:-]+ or a family name.*".into()),
-        }
     }
     // Exactly the constraint shapes a gateway can check (SPEC §2): an entry with any other would
     // permit nothing at the edge, so it is refused here rather than issued.
@@ -168,8 +163,7 @@ fn check_entry(entry: &Value) -> Result<(), String> {
 
 /// An action id (`[A-Za-z0-9_.:-]+`) or a family `name.*`.
 pub fn is_action_id(s: &str) -> bool {
-    let base = s.strip_suffix(".*").unwrap_or(s);
-    !base.is_empty() && base.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    missiongate_wire::rar::action_pattern(s).is_some()
 }
 
 /// An absolute `http`/`https` URI with a host, no user info and no fragment; with `no_query` (an
@@ -199,11 +193,7 @@ fn check_resource_uri(s: &str, no_query: bool) -> Result<(), String> {
 
 /// The origin `scheme://host[:port]` of a resource URI (lower-case, default port removed), SPEC §4.
 pub fn origin_of(resource: &str) -> Option<String> {
-    let url = url::Url::parse(resource).ok()?;
-    match url.origin() {
-        o @ url::Origin::Tuple(..) => Some(o.ascii_serialization()),
-        url::Origin::Opaque(_) => None,
-    }
+    missiongate_wire::uri::parse_resource(resource.split(['?', '#']).next().unwrap_or("")).map(|(origin, _)| origin)
 }
 
 /// The token audience: the distinct origins of the Authority Set's resources, in first-seen order.

@@ -3,10 +3,12 @@
 
 use missiongate_wire::claims::{RAR_MISSION_RESOURCE_ACCESS, RAR_RESOURCE_ACCESS_LEGACY};
 use missiongate_wire::constraints::{parse_constraints, Constraint};
+use missiongate_wire::rar;
 use serde_json::Value;
 
-use crate::config::Operation;
 use crate::constraints::{self, Checked, Mapping, Outcome, Params};
+pub use crate::destinations::operation;
+use crate::destinations::Operation;
 use crate::uri;
 
 /// An entry's `constraints`, compiled.
@@ -21,23 +23,7 @@ pub enum GrantConstraints {
     Checked(Vec<(String, Constraint)>),
 }
 
-/// An action pattern from an entry's `actions`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionPattern {
-    /// Exactly this id.
-    Exact(String),
-    /// `name.*`: holds `name.` and covers every id that starts with it.
-    Family(String),
-}
-
-impl ActionPattern {
-    fn covers(&self, action: &str) -> bool {
-        match self {
-            ActionPattern::Exact(a) => a == action,
-            ActionPattern::Family(prefix) => action.len() > prefix.len() && action.starts_with(prefix.as_str()),
-        }
-    }
-}
+pub use missiongate_wire::rar::{valid_action_id, ActionPattern};
 
 /// One honoured entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +77,6 @@ pub struct Target<'a> {
     pub params: Params<'a>,
 }
 
-/// `[A-Za-z0-9_.:-]+`.
-pub fn valid_action_id(a: &str) -> bool {
-    !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 /// Compile raw entries; entries of another type, malformed ones, or an unknown `resource_match` are
 /// not honoured (dropped).
 pub fn compile(details: &[Value]) -> Vec<Grant> {
@@ -103,36 +84,10 @@ pub fn compile(details: &[Value]) -> Vec<Grant> {
 }
 
 fn compile_one(entry: &Value) -> Option<Grant> {
-    let obj = entry.as_object()?;
-    let ty = obj.get("type")?.as_str()?;
-    if ty != RAR_MISSION_RESOURCE_ACCESS && ty != RAR_RESOURCE_ACCESS_LEGACY {
-        return None;
-    }
-    let (origin, path) = uri::parse_resource(obj.get("resource")?.as_str()?)?;
+    let types = [RAR_MISSION_RESOURCE_ACCESS, RAR_RESOURCE_ACCESS_LEGACY];
+    let rar::Entry { origin, path, prefix, actions } = rar::parse_entry(entry, &types).ok()?;
     let resource = format!("{origin}{path}");
-    let prefix = match obj.get("resource_match") {
-        None => false,
-        Some(v) => match v.as_str()? {
-            "exact" => false,
-            "prefix" => true,
-            _ => return None,
-        },
-    };
-    let mut actions = Vec::new();
-    for a in obj.get("actions")?.as_array()? {
-        let a = a.as_str()?;
-        if let Some(family) = a.strip_suffix(".*") {
-            if !valid_action_id(family) {
-                return None;
-            }
-            actions.push(ActionPattern::Family(format!("{family}.")));
-        } else if valid_action_id(a) {
-            actions.push(ActionPattern::Exact(a.to_owned()));
-        } else {
-            return None;
-        }
-    }
-    let constraints = match obj.get("constraints") {
+    let constraints = match entry.get("constraints") {
         None | Some(Value::Null) => GrantConstraints::None,
         Some(c) => match parse_constraints(c) {
             Ok(list) if list.is_empty() => GrantConstraints::None,
@@ -272,16 +227,6 @@ pub fn action_id(operations: &[Operation], method: &str, path: &str) -> String {
     a.push_str("http.");
     a.push_str(&method.to_ascii_lowercase());
     a
-}
-
-/// The first named operation matching `method` and `path`. The path is compared with ASCII case
-/// folded and one trailing slash ignored (SPEC §2): a request that differs from a named operation only
-/// by case or a trailing slash is that operation (its action id, its consequential flag), never
-/// quietly `http.<method>`; `;` parameters never get this far (the path is refused first).
-pub fn operation<'o>(operations: &'o [Operation], method: &str, path: &str) -> Option<&'o Operation> {
-    operations
-        .iter()
-        .find(|op| op.method.eq_ignore_ascii_case(method) && uri::operation_path_matches(&op.path, op.prefix, path))
 }
 
 #[cfg(test)]

@@ -1,15 +1,13 @@
 //! DPoP proof checks (RFC 9449 §4.3) for a DPoP-bound access token.
 
-use missiongate_wire::claims::{is_safe_id, DpopClaims, TYP_DPOP};
-use missiongate_wire::jose::{Alg, Compact};
+use missiongate_wire::claims::{is_safe_id, DpopClaims};
+use missiongate_wire::dpop::{self, Step};
 
 use crate::config::DpopConfig;
 use crate::decision::{Denial, Reason};
-use crate::token;
-use crate::uri;
 
 /// Longest proof accepted.
-pub const MAX_PROOF_BYTES: usize = 8192;
+pub const MAX_PROOF_BYTES: usize = dpop::MAX_PROOF_BYTES;
 
 /// A proof that passed every check but replay: `jti` must still be unseen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,49 +40,48 @@ pub struct Bound<'a> {
 /// Check `proof` for the request in `bound`.
 pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Result<CheckedProof, Denial> {
     let Bound { method, origin, path, token, jkt } = *bound;
-    if proof.len() > MAX_PROOF_BYTES {
-        return Err(bad("DPoP proof too large"));
-    }
-    let parts = Compact::split(proof).map_err(|_| bad("DPoP proof is not a compact JWS"))?;
-    let header = parts.header().map_err(|_| bad("DPoP proof header"))?;
-    if header.typ.as_deref() != Some(TYP_DPOP) {
-        return Err(bad("DPoP proof typ must be dpop+jwt"));
-    }
-    let alg = match Alg::from_name(&header.alg) {
-        Some(a) if cfg.algs.contains(&a) => a,
-        _ => return Err(bad("DPoP proof alg is not allowed")),
+    let window = cfg.iat_window_seconds;
+    let expect = dpop::Expect {
+        algs: &cfg.algs,
+        htm: method,
+        htu: (origin, path),
+        iat: dpop::IatWindow { now, past: window, future: window.min(60) },
+        jkt: Some(jkt),
+        token: Some(token),
     };
-    let jwk = header.jwk.as_ref().ok_or_else(|| bad("DPoP proof has no jwk"))?;
-    let key = jwk.verifying_key().map_err(|_| bad("DPoP proof jwk is not a usable public key"))?;
-    let thumb = jwk.thumbprint().map_err(|_| bad("DPoP proof jwk thumbprint"))?;
-    if thumb != jkt {
-        return Err(bad("DPoP key does not match the token's cnf.jkt"));
-    }
-    let sig = parts.signature_bytes().map_err(|_| bad("DPoP proof signature encoding"))?;
-    key.verify(alg, parts.signing_input.as_bytes(), &sig).map_err(|_| bad("DPoP proof signature is not valid"))?;
-    let payload = parts.payload_bytes().map_err(|_| bad("DPoP proof payload encoding"))?;
-    let claims: DpopClaims = serde_json::from_slice(&payload).map_err(|_| bad("DPoP proof claims"))?;
     // The jti becomes a replay-ledger key and the nonce could reach a log: only bounded visible
     // ASCII is accepted, so neither ever carries a control character or a separator.
-    if !is_safe_id(&claims.jti) {
-        return Err(bad("DPoP proof jti must be 1 to 256 visible ASCII characters"));
-    }
-    if claims.nonce.as_deref().is_some_and(|n| !is_safe_id(n)) {
-        return Err(bad("DPoP proof nonce must be 1 to 256 visible ASCII characters"));
-    }
-    if claims.htm != method {
-        return Err(bad("DPoP proof htm does not match the request method"));
-    }
-    match uri::parse_resource(claims.htu.split(['?', '#']).next().unwrap_or("")) {
-        Some((o, p)) if o == origin && p == path => {}
-        _ => return Err(bad("DPoP proof htu does not match the request URI")),
-    }
-    let window = cfg.iat_window_seconds;
-    if claims.iat.0 < now - window || claims.iat.0 > now + window.min(60) {
-        return Err(bad("DPoP proof iat is outside the accepted window"));
-    }
-    if claims.ath.as_deref() != Some(token::ath(token).as_str()) {
-        return Err(bad("DPoP proof ath does not match the access token"));
-    }
-    Ok(CheckedProof { replay_key: format!("mg.dpop/{jkt}/{}", claims.jti), remember_until: claims.iat.0 + window + 60 })
+    let shape = |claims: &DpopClaims| {
+        if !is_safe_id(&claims.jti) {
+            return Err(bad("DPoP proof jti must be 1 to 256 visible ASCII characters"));
+        }
+        if claims.nonce.as_deref().is_some_and(|n| !is_safe_id(n)) {
+            return Err(bad("DPoP proof nonce must be 1 to 256 visible ASCII characters"));
+        }
+        Ok(())
+    };
+    let checked = dpop::check(proof, &expect, shape).map_err(|r| match r {
+        dpop::Refusal::Caller(denial) => denial,
+        dpop::Refusal::Step(step) => bad(match step {
+            Step::TooLarge => "DPoP proof too large",
+            Step::NotCompact => "DPoP proof is not a compact JWS",
+            Step::Header => "DPoP proof header",
+            Step::Typ => "DPoP proof typ must be dpop+jwt",
+            Step::Alg => "DPoP proof alg is not allowed",
+            Step::NoJwk => "DPoP proof has no jwk",
+            Step::Jwk => "DPoP proof jwk is not a usable public key",
+            Step::Thumbprint => "DPoP proof jwk thumbprint",
+            Step::KeyMismatch => "DPoP key does not match the token's cnf.jkt",
+            Step::SignatureEncoding => "DPoP proof signature encoding",
+            Step::Signature => "DPoP proof signature is not valid",
+            Step::PayloadEncoding => "DPoP proof payload encoding",
+            Step::Claims => "DPoP proof claims",
+            Step::Htm => "DPoP proof htm does not match the request method",
+            Step::Htu => "DPoP proof htu does not match the request URI",
+            Step::Iat => "DPoP proof iat is outside the accepted window",
+            Step::Ath => "DPoP proof ath does not match the access token",
+        }),
+    })?;
+    let (jti, iat) = (checked.claims.jti, checked.claims.iat.0);
+    Ok(CheckedProof { replay_key: format!("mg.dpop/{jkt}/{jti}"), remember_until: iat + window + 60 })
 }

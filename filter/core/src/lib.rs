@@ -7,6 +7,7 @@ pub mod authority;
 pub mod config;
 pub mod constraints;
 pub mod decision;
+pub mod destinations;
 pub mod dpop;
 pub mod engine;
 #[cfg(feature = "fuzzing")]
@@ -18,7 +19,7 @@ pub mod mcp;
 pub mod mission;
 pub mod stream;
 pub mod token;
-pub mod uri;
+pub use missiongate_wire::uri;
 
 pub use config::{Config, ConfigError};
 pub use engine::{Attempts, Authz, Engine, Need, Outcome, ReplayGuard, Request, Seeds};

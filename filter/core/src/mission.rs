@@ -4,7 +4,7 @@
 use missiongate_wire::claims::{
     MissionState, MissionStatusClaims, MissionStatusError, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET,
 };
-use missiongate_wire::jose::{Alg, Compact};
+use missiongate_wire::jws;
 use missiongate_wire::time::parse_rfc3339;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -298,24 +298,26 @@ pub enum AnswerError {
     Invalid(&'static str),
 }
 
-fn verify_jws(config: &Config, keys: &KeyStore, issuer: usize, jws: &str, typ: &str) -> Result<Vec<u8>, AnswerError> {
-    let parts = Compact::split(jws.trim()).map_err(|_| AnswerError::Invalid("not a compact JWS"))?;
-    let header = parts.header().map_err(|_| AnswerError::Invalid("bad header"))?;
-    if header.typ.as_deref() != Some(typ) {
-        return Err(AnswerError::Invalid("wrong typ"));
+fn verify_jws(config: &Config, keys: &KeyStore, issuer: usize, text: &str, typ: &str) -> Result<Vec<u8>, AnswerError> {
+    let policy = jws::Policy { typ: jws::Typ::Exact(typ), algs: &config.algs };
+    let found = jws::verify(text.trim(), &policy, |header, alg| match keys.find(issuer, header.kid.as_deref(), alg) {
+        KeyLookup::Found(k) => Ok(k),
+        KeyLookup::Unknown | KeyLookup::NotLoaded => Err(AnswerError::UnknownKey),
+        KeyLookup::WrongType => Err(AnswerError::Invalid("alg does not match the key type")),
+    });
+    match found {
+        Ok((_, payload)) => Ok(payload),
+        Err(jws::Refusal::Key(e)) => Err(e),
+        Err(jws::Refusal::Step(step)) => Err(AnswerError::Invalid(match step {
+            jws::Step::NotCompact => "not a compact JWS",
+            jws::Step::Header => "bad header",
+            jws::Step::Typ => "wrong typ",
+            jws::Step::Alg => "alg not allowed",
+            jws::Step::SignatureEncoding => "signature encoding",
+            jws::Step::Signature => "bad signature",
+            jws::Step::PayloadEncoding => "payload encoding",
+        })),
     }
-    let alg = match Alg::from_name(&header.alg) {
-        Some(a) if config.algs.contains(&a) => a,
-        _ => return Err(AnswerError::Invalid("alg not allowed")),
-    };
-    let key = match keys.find(issuer, header.kid.as_deref(), alg) {
-        KeyLookup::Found(k) => k,
-        KeyLookup::Unknown | KeyLookup::NotLoaded => return Err(AnswerError::UnknownKey),
-        KeyLookup::WrongType => return Err(AnswerError::Invalid("alg does not match the key type")),
-    };
-    let sig = parts.signature_bytes().map_err(|_| AnswerError::Invalid("signature encoding"))?;
-    key.verify(alg, parts.signing_input.as_bytes(), &sig).map_err(|_| AnswerError::Invalid("bad signature"))?;
-    parts.payload_bytes().map_err(|_| AnswerError::Invalid("payload encoding"))
 }
 
 /// Verify a Mission Status answer (SPEC §3): signature, `typ`, `iss`, `aud`, `nonce`, `mission.id`,

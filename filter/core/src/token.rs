@@ -1,8 +1,7 @@
 //! Access-token validation (SPEC §2): cheap checks first, the signature once, the result cached.
 
-use missiongate_wire::b64;
 use missiongate_wire::claims::{is_safe_id, AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
-use missiongate_wire::jose::{Alg, Compact};
+use missiongate_wire::jws;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -80,17 +79,15 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
     if token.len() > config.max_token_bytes {
         return Err(deny(Reason::TokenTooLarge, "token exceeds the size limit"));
     }
-    let parts = Compact::split(token).map_err(|_| deny(Reason::TokenMalformed, "token is not a compact JWS"))?;
-    let header = parts.header().map_err(|_| deny(Reason::TokenMalformed, "token header is not valid"))?;
-    match header.typ.as_deref() {
-        Some(t) if TYP_ACCESS_TOKEN.iter().any(|a| a.eq_ignore_ascii_case(t)) => {}
-        _ => return Err(deny(Reason::WrongTyp, "token typ must be at+jwt")),
-    }
-    let alg = match Alg::from_name(&header.alg) {
-        Some(a) if config.algs.contains(&a) => a,
-        _ => return Err(deny(Reason::AlgNotAllowed, "token alg is not allowed")),
-    };
-    let payload = parts.payload_bytes().map_err(|_| deny(Reason::TokenMalformed, "token payload encoding"))?;
+    let policy = jws::Policy { typ: jws::Typ::OneOfIgnoreCase(&TYP_ACCESS_TOKEN), algs: &config.algs };
+    let opened = jws::open(token, &policy).map_err(|step| match step {
+        jws::Step::Typ => deny(Reason::WrongTyp, "token typ must be at+jwt"),
+        jws::Step::Alg => deny(Reason::AlgNotAllowed, "token alg is not allowed"),
+        jws::Step::Header => deny(Reason::TokenMalformed, "token header is not valid"),
+        _ => deny(Reason::TokenMalformed, "token is not a compact JWS"),
+    })?;
+    let (header, alg) = (&opened.header, opened.alg);
+    let payload = opened.payload().map_err(|_| deny(Reason::TokenMalformed, "token payload encoding"))?;
     let claims: AccessTokenClaims =
         serde_json::from_slice(&payload).map_err(|_| deny(Reason::TokenMalformed, "token claims are not valid"))?;
     // The jti is written to evidence: bounded visible ASCII only (no control characters).
@@ -157,9 +154,10 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
         KeyLookup::Unknown => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::UnknownKid }),
         KeyLookup::NotLoaded => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::NotLoaded }),
     };
-    let sig = parts.signature_bytes().map_err(|_| deny(Reason::TokenMalformed, "token signature encoding"))?;
-    key.verify(alg, parts.signing_input.as_bytes(), &sig)
-        .map_err(|_| replaced(Reason::BadSignature, "token signature is not valid"))?;
+    opened.verify(key).map_err(|step| match step {
+        jws::Step::SignatureEncoding => deny(Reason::TokenMalformed, "token signature encoding"),
+        _ => replaced(Reason::BadSignature, "token signature is not valid"),
+    })?;
     Ok(VerifiedToken {
         issuer,
         exp,
@@ -183,8 +181,7 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
 
 /// `ath` value for a token (RFC 9449 §4.2): base64url SHA-256 of the ASCII token.
 pub fn ath(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    b64::encode(Sha256::digest(token.as_bytes()))
+    missiongate_wire::dpop::ath(token)
 }
 
 /// Bounded cache of verified tokens, keyed by the token text.

@@ -1,4 +1,7 @@
 //! Origins and paths: RFC 3986 normalisation for authority matching (SPEC §2, §4).
+//!
+//! The one normalisation the filter (request origins, Authority Set entries, DPoP `htu`) and the
+//! portal (audiences, Authority Set entries, DPoP `htu` at its token endpoint) both use.
 
 /// `scheme://host[:port]` from a request's scheme and `:authority`: lower-case, default port removed.
 /// Returns `None` for a malformed authority (userinfo, bad port, bad characters).
@@ -71,6 +74,12 @@ pub fn parse_resource(s: &str) -> Option<(String, String)> {
         None => (rest, "/"),
     };
     Some((origin_of(scheme, authority)?, normalize_path(path)?))
+}
+
+/// The (origin, normalised path) a DPoP proof's `htu` names: query and fragment are cut off first
+/// (RFC 9449 §4.3). `None` when it is not an absolute URI the gateway can match.
+pub fn htu_target(htu: &str) -> Option<(String, String)> {
+    parse_resource(htu.split(['?', '#']).next().unwrap_or(""))
 }
 
 /// RFC 3986 §6.2.2 normalisation of an absolute path: percent-encodings of unreserved characters
