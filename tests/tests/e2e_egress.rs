@@ -481,6 +481,14 @@ fn an_inspected_destination_is_decided_per_request_inside_the_tunnel() {
     for p in [unseen.as_str(), "/admin/users", "/v1/refunds"] {
         assert!(!seen.iter().any(|s| s == p), "a refused request inside the tunnel reached the upstream: {p}");
     }
+    // A tunnel opened for one destination does not carry requests for another: an inner Host that is
+    // not the destination the SNI named is 421, even when the Mission allows that other host.
+    let other = "www.other-destination.example";
+    let other_token = token_for(&[&format!("https://{other}")], &["http.get"]);
+    let stray = format!("/v1/{}", rand_id("stray-"));
+    let out = curl_inspected(&stray, Some(&other_token), &["-H", &format!("Host: {other}")]);
+    assert!(out.stdout.ends_with("\n421 200"), "{} {}", out.stdout, out.stderr);
+    assert!(!w.api.requests().iter().any(|r| r.1 == stray), "a misdirected request reached the upstream");
     // An agent that does not trust the gateway CA cannot be intercepted silently: it refuses.
     let out = run(Command::new("curl")
         .env("HTTPS_PROXY", proxy())
