@@ -508,7 +508,8 @@ impl Client {
         }
         e.reason = task.get("reason").and_then(Value::as_str).map(str::to_owned);
         e.retry_after = retry_after;
-        e.next_poll = Instant::now() + retry_after.unwrap_or_default();
+        let now = Instant::now();
+        e.next_poll = now.checked_add(retry_after.unwrap_or_default()).unwrap_or(now);
     }
 
     async fn run(
@@ -519,7 +520,10 @@ impl Client {
     ) -> Result<reqwest::Response, Error> {
         let (resp, denial) = self.once(client, &req).await?;
         let Some(denial) = denial else { return Ok(resp) };
-        let deadline = Instant::now() + max_wait.unwrap_or(self.options.max_wait);
+        // A wait too long to represent (say, Duration::MAX) is as good as no bound: a year.
+        let wait = max_wait.unwrap_or(self.options.max_wait);
+        let now = Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         let mut e = self.entry(&denial, &req);
         match e.fin {
             Some(Final::Denied) => return Err(Error::Denied(e.outcome(None))),
@@ -553,7 +557,7 @@ impl Client {
                 return Ok(resp);
             }
             last = resp;
-            if Instant::now() + self.options.approved_resend_delay > deadline {
+            if Instant::now().checked_add(self.options.approved_resend_delay).is_none_or(|t| t > deadline) {
                 break;
             }
             tokio::time::sleep(self.options.approved_resend_delay).await;
@@ -602,7 +606,7 @@ impl Client {
                     (self.options.default_poll_interval * attempt).min(Duration::from_secs(10))
                 }
             };
-            if Instant::now() + wait > deadline {
+            if Instant::now().checked_add(wait).is_none_or(|t| t > deadline) {
                 e.status = "unsubmitted".into();
                 self.forget(&e.denial.evaluation_id);
                 return Err(Error::TimedOut(e.outcome(None)));
@@ -648,8 +652,8 @@ impl Client {
                 Err(err) => {
                     failures += 1;
                     tracing::info!(target: "missiongate_client", "polling failed ({err})");
-                    e.next_poll =
-                        Instant::now() + (self.options.default_poll_interval * failures).min(Duration::from_secs(10));
+                    e.next_poll = Instant::now()
+                        + self.options.default_poll_interval.saturating_mul(failures).min(Duration::from_secs(10));
                 }
                 Ok(r) => {
                     let status = r.status().as_u16();

@@ -143,7 +143,18 @@ pub fn check_target(
 ) -> AuthorityMatch {
     let by_token = check_set(grants, t, checked);
     match (by_token, current) {
-        (AuthorityMatch::Permit, Some(set)) => check_set(set, t, checked),
+        (AuthorityMatch::Permit, Some(set)) => {
+            // The current set usually repeats the token's constrained entries: a constraint checked
+            // twice with the same outcome is recorded (and counted) once.
+            let mut again = Vec::new();
+            let m = check_set(set, t, &mut again);
+            for c in again {
+                if !checked.contains(&c) {
+                    checked.push(c);
+                }
+            }
+            m
+        }
         (m, _) => m,
     }
 }
@@ -231,6 +242,32 @@ pub fn action_id(operations: &[Operation], method: &str, path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_constraint_the_current_set_repeats_is_recorded_once() {
+        use crate::constraints::{Mapping, Params};
+        use serde_json::json;
+        let entry = json!({"type": "mission_resource_access", "resource": "https://a.example",
+            "actions": ["payments.create"], "constraints": {"max_amount": {"amount": "500.00", "currency": "USD"}}});
+        let token = compile(std::slice::from_ref(&entry));
+        let current = compile(&[entry]);
+        let mappings = vec![(
+            "max_amount".to_owned(),
+            Mapping::MaxAmount { amount: "/amount".into(), currency: "/currency".into() },
+        )];
+        let body = json!({"amount": "423.50", "currency": "USD"});
+        let t = Target {
+            origin: "https://a.example",
+            resource_id: None,
+            path: "/v1/payments",
+            action: "payments.create",
+            mappings: &mappings,
+            params: Params::Json(&body),
+        };
+        let mut checked = Vec::new();
+        assert_eq!(check_target(&token, Some(&current), &t, &mut checked), AuthorityMatch::Permit);
+        assert_eq!(checked.len(), 1, "{checked:?}");
+    }
+
     #[test]
     fn the_current_set_narrows_the_tokens_entries() {
         use serde_json::json;
