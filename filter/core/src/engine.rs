@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::authority::{self, AuthorityMatch, Target};
 use crate::config::{Config, KeySource, Mode, Upstream};
 use crate::constraints::{Checked, Params, COUNTERS as CONSTRAINT_COUNTERS};
-use crate::decision::{ConstraintEvidence, Denial, Evidence, Reason, Response, ALL_REASONS};
+use crate::decision::{ConstraintEvidence, Decision, Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
 use crate::mission::{self, AnswerError, Applied, MissionCache, MissionView};
@@ -418,8 +418,8 @@ impl Engine {
         match result {
             Ok(()) => {
                 ev.decision_id = self.next_id();
-                ev.decision = "allow";
-                ev.reason = Reason::Allowed.as_str();
+                ev.decision = Decision::Allow;
+                ev.reason = Reason::Allowed;
                 ev.status = 200;
                 self.count(Reason::Allowed);
                 Outcome::Allow(ev)
@@ -427,8 +427,8 @@ impl Engine {
             Err(Step::Need(n)) => Outcome::Need(n),
             Err(Step::Deny(d)) => {
                 ev.decision_id = self.next_id();
-                ev.decision = "deny";
-                ev.reason = d.reason.as_str();
+                ev.decision = Decision::Deny;
+                ev.reason = d.reason;
                 ev.status = d.reason.status();
                 if !ev.enforced && !d.reason.enforced_in_shadow() {
                     // Shadow mode: the denial is recorded and counted as what it would have been,
@@ -454,8 +454,8 @@ impl Engine {
         self.count(reason);
         let ev = Evidence {
             decision_id: id.clone(),
-            decision: "deny",
-            reason: reason.as_str(),
+            decision: Decision::Deny,
+            reason,
             status: reason.status(),
             at: now,
             ..Evidence::default()
