@@ -20,7 +20,7 @@ mod shared;
 mod stream;
 
 use missiongate_core::config::EvidenceLog;
-use missiongate_core::decision::{Denial, Evidence, Reason, Response};
+use missiongate_core::decision::{Decision, Denial, Evidence, Reason, Response};
 use missiongate_core::engine::Need;
 use missiongate_core::stream::Stream;
 use missiongate_core::Engine;
@@ -136,8 +136,8 @@ impl Vm {
                 self.uncounted.set(self.uncounted.get().saturating_add(1));
                 let ev = Evidence {
                     decision_id: "unavailable".to_owned(),
-                    decision: "deny",
-                    reason: reason.as_str(),
+                    decision: Decision::Deny,
+                    reason,
                     status: reason.status(),
                     at: now,
                     ..Evidence::default()
@@ -154,7 +154,7 @@ impl Vm {
         }
         let log_it = match self.evidence_log.get() {
             Some(EvidenceLog::All) | None => true,
-            Some(EvidenceLog::Denials) => ev.decision != "allow",
+            Some(EvidenceLog::Denials) => ev.decision != Decision::Allow,
             Some(EvidenceLog::Off) => false,
         };
         if log_it {

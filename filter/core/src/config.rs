@@ -385,251 +385,20 @@ impl Config {
         Config::validate(raw)
     }
 
+    /// Validation as named stages, in the order the configuration is described (token algorithms and
+    /// keys, then destinations, then the rest). The order is also the order errors are found in:
+    /// the first failing stage names the field.
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        // RS256 is on by default: RFC 9068 §2.1 makes it mandatory to implement for resource servers.
-        // Each alg verifies only with a key of its own type, so the wider list adds no confusion.
-        let algs = parse_algs(raw.allowed_algs.as_deref(), "allowed_algs", &DEFAULT_TOKEN_ALGS)?;
-        if raw.issuers.is_empty() {
-            return Err(err("issuers", "at least one issuer is required"));
-        }
-        let mut issuers = Vec::new();
-        let mut issuer_index = HashMap::new();
-        for (i, ri) in raw.issuers.into_iter().enumerate() {
-            let f = format!("issuers[{i}]");
-            if ri.issuer.is_empty() {
-                return Err(err(format!("{f}.issuer"), "must not be empty"));
-            }
-            if issuer_index.insert(ri.issuer.clone(), i).is_some() {
-                return Err(err(format!("{f}.issuer"), "duplicate issuer"));
-            }
-            let max_bytes = ri.jwks_max_bytes.unwrap_or(crate::keys::MAX_JWKS_BYTES);
-            if !(1024..=4 * 1_048_576).contains(&max_bytes) {
-                return Err(err(format!("{f}.jwks_max_bytes"), "must be between 1024 and 4194304"));
-            }
-            let max_keys = ri.jwks_max_keys.unwrap_or(crate::keys::MAX_JWKS_KEYS);
-            if !(1..=1000).contains(&max_keys) {
-                return Err(err(format!("{f}.jwks_max_keys"), "must be between 1 and 1000"));
-            }
-            let keys = match (ri.jwks, ri.jwks_uri) {
-                (Some(_), Some(_)) => return Err(err(&f, "give either jwks or jwks_uri, not both")),
-                (None, None) => return Err(err(&f, "one of jwks or jwks_uri is required")),
-                (Some(v), None) => KeySource::Inline(parse_inline_jwks(v, &format!("{f}.jwks"))?),
-                (None, Some(u)) => KeySource::Remote {
-                    upstream: upstream(u, &format!("{f}.jwks_uri"))?,
-                    refresh_seconds: positive(ri.jwks_refresh_seconds, 300, &format!("{f}.jwks_refresh_seconds"))?,
-                    min_refetch_seconds: ri.jwks_min_refetch_seconds.unwrap_or(10),
-                    max_bytes,
-                    max_keys,
-                },
-            };
-            let mission_authority = match ri.mission_authority {
-                None => None,
-                Some(m) => {
-                    let mf = format!("{f}.mission_authority");
-                    if m.audience.is_empty() {
-                        return Err(err(format!("{mf}.audience"), "must not be empty"));
-                    }
-                    if let Some(c) = &m.credential {
-                        if c.is_empty() || !c.bytes().all(|b| (0x20..=0x7e).contains(&b)) || c.starts_with(' ') {
-                            return Err(err(
-                                format!("{mf}.credential"),
-                                "must be a non-empty header value of visible ASCII",
-                            ));
-                        }
-                    }
-                    let credential_header = m.credential_header.unwrap_or_else(|| "authorization".to_owned());
-                    if !valid_credential_header(&credential_header) {
-                        return Err(err(
-                            format!("{mf}.credential_header"),
-                            "must be a lower-case header name token, not a pseudo-header nor one the gateway sets \
-                             (host, content-type, content-length, accept, transfer-encoding, connection, te)",
-                        ));
-                    }
-                    Some(MissionAuthority {
-                        status: upstream(m.status, &format!("{mf}.status"))?,
-                        events: m.events.map(|e| upstream(e, &format!("{mf}.events"))).transpose()?,
-                        audience: m.audience,
-                        max_staleness_seconds: positive(
-                            m.max_staleness_seconds,
-                            300,
-                            &format!("{mf}.max_staleness_seconds"),
-                        )?,
-                        credential: m.credential,
-                        credential_header,
-                        retry_after_seconds: m.retry_after_seconds.unwrap_or(1),
-                    })
-                }
-            };
-            if !ri.access_tokens && mission_authority.is_none() {
-                return Err(err(&f, "an issuer must accept access_tokens or be a mission_authority"));
-            }
-            issuers.push(Issuer { issuer: ri.issuer, keys, access_tokens: ri.access_tokens, mission_authority });
-        }
-        if !issuers.iter().any(|i| i.mission_authority.is_some()) {
-            return Err(err("issuers", "at least one issuer must be a mission_authority"));
-        }
-        let mut destinations = HashMap::new();
-        for (i, d) in raw.destinations.into_iter().enumerate() {
-            let f = format!("destinations[{i}]");
-            let authority = d.authority.to_ascii_lowercase();
-            if authority.is_empty() || authority.contains('/') {
-                return Err(err(format!("{f}.authority"), "must be a host[:port]"));
-            }
-            let origin = match d.origin {
-                Some(o) => {
-                    uri::parse_origin(&o).ok_or_else(|| err(format!("{f}.origin"), "must be scheme://host[:port]"))?
-                }
-                None => uri::origin_of("http", &authority)
-                    .ok_or_else(|| err(format!("{f}.authority"), "not a valid host"))?,
-            };
-            let mut operations = Vec::new();
-            for (j, o) in d.operations.into_iter().enumerate() {
-                let of = format!("{f}.operations[{j}]");
-                let prefix = match o.path_match.as_deref() {
-                    None | Some("exact") => false,
-                    Some("prefix") => true,
-                    Some(_) => return Err(err(format!("{of}.path_match"), "must be exact or prefix")),
-                };
-                if !missiongate_wire::rar::valid_action_id(&o.action) {
-                    return Err(err(format!("{of}.action"), "action ids match [A-Za-z0-9_.:-]+"));
-                }
-                let path = uri::normalize_path(&o.path)
-                    .ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
-                // A path no request can carry (the filter refuses it as ambiguous) would never match.
-                if let Err(e) = uri::request_path(&path) {
-                    return Err(err(format!("{of}.path"), format!("can never match a request: {}", e.describe())));
-                }
-                if o.path.contains(['?', '#']) {
-                    return Err(err(format!("{of}.path"), "must not have a query or fragment"));
-                }
-                if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(err(format!("{of}.method"), "must be an HTTP method"));
-                }
-                let constraints = match &o.constraints {
-                    None => Vec::new(),
-                    Some(c) => crate::constraints::parse_mappings(c, &format!("{of}.constraints"))?,
-                };
-                operations.push(Operation {
-                    method: o.method.to_ascii_uppercase(),
-                    path,
-                    prefix,
-                    action: o.action,
-                    consequential: o.consequential,
-                    constraints,
-                });
-            }
-            let audience = d.audience.unwrap_or_else(|| origin.clone());
-            let resource = match d.resource {
-                None => None,
-                Some(r) => {
-                    let (o, p) = uri::parse_resource(&r).ok_or_else(|| {
-                        err(
-                            format!("{f}.resource"),
-                            "must be an absolute URI scheme://host[:port][/path], without query or fragment",
-                        )
-                    })?;
-                    Some(format!("{o}{p}"))
-                }
-            };
-            let consequential_methods = match d.consequential_methods {
-                None => None,
-                Some(ms) => {
-                    for (j, m) in ms.iter().enumerate() {
-                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                            return Err(err(format!("{f}.consequential_methods[{j}]"), "must be an HTTP method"));
-                        }
-                    }
-                    Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
-                }
-            };
-            let mut effect_headers = Vec::new();
-            for (j, h) in d.effect_headers.into_iter().enumerate() {
-                if h.is_empty()
-                    || h.starts_with(':')
-                    || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err(err(format!("{f}.effect_headers[{j}]"), "must be a header name"));
-                }
-                effect_headers.push(h.to_ascii_lowercase());
-            }
-            let mode = parse_mode(d.mode.as_deref(), &format!("{f}.mode"))?;
-            let mcp = d.mcp.map(|m| parse_mcp(m, &format!("{f}.mcp"))).transpose()?;
-            let dest = Destination {
-                origin,
-                audience,
-                resource,
-                operations,
-                consequential_methods,
-                effect_headers,
-                mode,
-                mcp,
-            };
-            if destinations.insert(authority, dest).is_some() {
-                return Err(err(format!("{f}.authority"), "duplicate destination"));
-            }
-        }
-        let evidence_log = match raw.evidence.and_then(|e| e.log).as_deref() {
-            None | Some("all") => EvidenceLog::All,
-            Some("denials") => EvidenceLog::Denials,
-            Some("off") => EvidenceLog::Off,
-            Some(_) => return Err(err("evidence.log", "must be all, denials or off")),
-        };
-        let dpop = match raw.dpop {
-            None => DpopConfig { enabled: true, iat_window_seconds: 60, algs: vec![Alg::Es256, Alg::EdDsa] },
-            Some(d) => DpopConfig {
-                enabled: d.enabled.unwrap_or(true),
-                iat_window_seconds: {
-                    // A proof is remembered for its window: an hour at most keeps the replay ledger's
-                    // expiry arithmetic far from overflow and its entries short-lived.
-                    let w = positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?;
-                    if w > 3600 {
-                        return Err(err("dpop.iat_window_seconds", "must be at most 3600"));
-                    }
-                    i64::try_from(w).unwrap_or(60)
-                },
-                algs: parse_algs(d.allowed_algs.as_deref(), "dpop.allowed_algs", &[Alg::Es256, Alg::EdDsa])?,
-            },
-        };
-        let token_cache_size = raw.token_cache_size.unwrap_or(1024);
-        if token_cache_size > 1_000_000 {
-            return Err(err("token_cache_size", "at most 1000000"));
-        }
-        let max_token_bytes = raw.max_token_bytes.unwrap_or(8192);
-        if !(256..=1_048_576).contains(&max_token_bytes) {
-            return Err(err("max_token_bytes", "must be between 256 and 1048576"));
-        }
-        let realm = raw.realm.unwrap_or_else(|| "missiongate".to_owned());
-        if realm.contains('"') || realm.contains('\\') || realm.chars().any(char::is_control) {
-            return Err(err("realm", "must not contain quotes, backslashes or control characters"));
-        }
-        let pdp = match raw.pdp {
-            None => None,
-            Some(p) => {
-                if let Some(c) = &p.credential {
-                    if c.trim().is_empty() || !c.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-                        return Err(err("pdp.credential", "must be a non-empty header value of visible ASCII"));
-                    }
-                }
-                Some(Pdp {
-                    evaluation: upstream(p.evaluation, "pdp.evaluation")?,
-                    retry_after_seconds: p.retry_after_seconds.unwrap_or(1),
-                    deny_cache_seconds: i64::try_from(p.deny_cache_seconds.unwrap_or(1).min(300)).unwrap_or(1),
-                    subject_type: p.subject_type.unwrap_or_else(|| "agent".to_owned()),
-                    credential: p.credential,
-                })
-            }
-        };
-        let mut egress_allow = Vec::new();
-        for (i, o) in raw.egress_allow.iter().enumerate() {
-            egress_allow.push(
-                uri::parse_origin(o)
-                    .ok_or_else(|| err(format!("egress_allow[{i}]"), "must be scheme://host[:port]"))?,
-            );
-        }
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(1_048_576);
-        if !(1..=16 * 1_048_576).contains(&max_body_bytes) {
-            return Err(err("max_body_bytes", "must be between 1 and 16777216"));
-        }
+        let algs = validate_token_algs(raw.allowed_algs.as_deref())?;
+        let (issuers, issuer_index) = validate_issuers(raw.issuers)?;
+        let destinations = validate_destinations(raw.destinations)?;
+        let evidence_log = validate_evidence(raw.evidence)?;
+        let dpop = validate_dpop(raw.dpop)?;
+        let (token_cache_size, max_token_bytes) = validate_token_limits(raw.token_cache_size, raw.max_token_bytes)?;
+        let realm = validate_realm(raw.realm)?;
+        let pdp = raw.pdp.map(validate_pdp).transpose()?;
+        let egress_allow = validate_egress_allow(&raw.egress_allow)?;
+        let max_body_bytes = validate_max_body_bytes(raw.max_body_bytes)?;
         let mode = parse_mode(raw.mode.as_deref(), "mode")?.unwrap_or_default();
         Ok(Config {
             mode,
@@ -675,6 +444,313 @@ impl Config {
 
 /// Token (and authority answer) algorithms when `allowed_algs` is absent.
 pub const DEFAULT_TOKEN_ALGS: [Alg; 4] = [Alg::Es256, Alg::EdDsa, Alg::Rs256, Alg::Ps256];
+
+/// Stage: the token algorithms (`allowed_algs`).
+fn validate_token_algs(names: Option<&[String]>) -> Result<Vec<Alg>, ConfigError> {
+    // RS256 is on by default: RFC 9068 §2.1 makes it mandatory to implement for resource servers.
+    // Each alg verifies only with a key of its own type, so the wider list adds no confusion.
+    parse_algs(names, "allowed_algs", &DEFAULT_TOKEN_ALGS)
+}
+
+/// Stage: the issuers and their keys; at least one of them a mission authority.
+fn validate_issuers(raw: Vec<RawIssuer>) -> Result<(Vec<Issuer>, HashMap<String, usize>), ConfigError> {
+    if raw.is_empty() {
+        return Err(err("issuers", "at least one issuer is required"));
+    }
+    let mut issuers = Vec::new();
+    let mut issuer_index = HashMap::new();
+    for (i, ri) in raw.into_iter().enumerate() {
+        let f = format!("issuers[{i}]");
+        if ri.issuer.is_empty() {
+            return Err(err(format!("{f}.issuer"), "must not be empty"));
+        }
+        if issuer_index.insert(ri.issuer.clone(), i).is_some() {
+            return Err(err(format!("{f}.issuer"), "duplicate issuer"));
+        }
+        issuers.push(validate_issuer(ri, &f)?);
+    }
+    if !issuers.iter().any(|i| i.mission_authority.is_some()) {
+        return Err(err("issuers", "at least one issuer must be a mission_authority"));
+    }
+    Ok((issuers, issuer_index))
+}
+
+/// One issuer: its key source, then its mission authority.
+fn validate_issuer(ri: RawIssuer, f: &str) -> Result<Issuer, ConfigError> {
+    let RawIssuer { issuer, access_tokens, mission_authority, .. } = ri;
+    let keys = validate_key_source(
+        KeyBounds {
+            max_bytes: ri.jwks_max_bytes,
+            max_keys: ri.jwks_max_keys,
+            refresh_seconds: ri.jwks_refresh_seconds,
+            min_refetch_seconds: ri.jwks_min_refetch_seconds,
+        },
+        ri.jwks,
+        ri.jwks_uri,
+        f,
+    )?;
+    let mission_authority =
+        mission_authority.map(|m| validate_mission_authority(m, &format!("{f}.mission_authority"))).transpose()?;
+    if !access_tokens && mission_authority.is_none() {
+        return Err(err(f, "an issuer must accept access_tokens or be a mission_authority"));
+    }
+    Ok(Issuer { issuer, keys, access_tokens, mission_authority })
+}
+
+/// An issuer's JWKS fetch bounds, as configured.
+struct KeyBounds {
+    max_bytes: Option<usize>,
+    max_keys: Option<usize>,
+    refresh_seconds: Option<u64>,
+    min_refetch_seconds: Option<u64>,
+}
+
+/// An issuer's keys: inline `jwks` or a `jwks_uri`, with the fetch bounds.
+fn validate_key_source(
+    bounds: KeyBounds,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<RawUpstream>,
+    f: &str,
+) -> Result<KeySource, ConfigError> {
+    let max_bytes = bounds.max_bytes.unwrap_or(crate::keys::MAX_JWKS_BYTES);
+    if !(1024..=4 * 1_048_576).contains(&max_bytes) {
+        return Err(err(format!("{f}.jwks_max_bytes"), "must be between 1024 and 4194304"));
+    }
+    let max_keys = bounds.max_keys.unwrap_or(crate::keys::MAX_JWKS_KEYS);
+    if !(1..=1000).contains(&max_keys) {
+        return Err(err(format!("{f}.jwks_max_keys"), "must be between 1 and 1000"));
+    }
+    Ok(match (jwks, jwks_uri) {
+        (Some(_), Some(_)) => return Err(err(f, "give either jwks or jwks_uri, not both")),
+        (None, None) => return Err(err(f, "one of jwks or jwks_uri is required")),
+        (Some(v), None) => KeySource::Inline(parse_inline_jwks(v, &format!("{f}.jwks"))?),
+        (None, Some(u)) => KeySource::Remote {
+            upstream: upstream(u, &format!("{f}.jwks_uri"))?,
+            refresh_seconds: positive(bounds.refresh_seconds, 300, &format!("{f}.jwks_refresh_seconds"))?,
+            min_refetch_seconds: bounds.min_refetch_seconds.unwrap_or(10),
+            max_bytes,
+            max_keys,
+        },
+    })
+}
+
+/// An issuer's `mission_authority`: audience, credential, status and events upstreams.
+fn validate_mission_authority(m: RawMissionAuthority, mf: &str) -> Result<MissionAuthority, ConfigError> {
+    if m.audience.is_empty() {
+        return Err(err(format!("{mf}.audience"), "must not be empty"));
+    }
+    if let Some(c) = &m.credential {
+        if c.is_empty() || !c.bytes().all(|b| (0x20..=0x7e).contains(&b)) || c.starts_with(' ') {
+            return Err(err(format!("{mf}.credential"), "must be a non-empty header value of visible ASCII"));
+        }
+    }
+    let credential_header = m.credential_header.unwrap_or_else(|| "authorization".to_owned());
+    if !valid_credential_header(&credential_header) {
+        return Err(err(
+            format!("{mf}.credential_header"),
+            "must be a lower-case header name token, not a pseudo-header nor one the gateway sets \
+             (host, content-type, content-length, accept, transfer-encoding, connection, te)",
+        ));
+    }
+    Ok(MissionAuthority {
+        status: upstream(m.status, &format!("{mf}.status"))?,
+        events: m.events.map(|e| upstream(e, &format!("{mf}.events"))).transpose()?,
+        audience: m.audience,
+        max_staleness_seconds: positive(m.max_staleness_seconds, 300, &format!("{mf}.max_staleness_seconds"))?,
+        credential: m.credential,
+        credential_header,
+        retry_after_seconds: m.retry_after_seconds.unwrap_or(1),
+    })
+}
+
+/// Stage: the destinations, keyed by lower-cased authority.
+fn validate_destinations(raw: Vec<RawDestination>) -> Result<HashMap<String, Destination>, ConfigError> {
+    let mut destinations = HashMap::new();
+    for (i, d) in raw.into_iter().enumerate() {
+        let f = format!("destinations[{i}]");
+        let (authority, dest) = validate_destination(d, &f)?;
+        if destinations.insert(authority, dest).is_some() {
+            return Err(err(format!("{f}.authority"), "duplicate destination"));
+        }
+    }
+    Ok(destinations)
+}
+
+/// One destination: authority and origin, operations, audience and resource, consequential
+/// methods, effect headers, mode, MCP server.
+fn validate_destination(d: RawDestination, f: &str) -> Result<(String, Destination), ConfigError> {
+    let authority = d.authority.to_ascii_lowercase();
+    if authority.is_empty() || authority.contains('/') {
+        return Err(err(format!("{f}.authority"), "must be a host[:port]"));
+    }
+    let origin = match d.origin {
+        Some(o) => uri::parse_origin(&o).ok_or_else(|| err(format!("{f}.origin"), "must be scheme://host[:port]"))?,
+        None => uri::origin_of("http", &authority).ok_or_else(|| err(format!("{f}.authority"), "not a valid host"))?,
+    };
+    let mut operations = Vec::new();
+    for (j, o) in d.operations.into_iter().enumerate() {
+        operations.push(validate_operation(o, &format!("{f}.operations[{j}]"))?);
+    }
+    let audience = d.audience.unwrap_or_else(|| origin.clone());
+    let resource = match d.resource {
+        None => None,
+        Some(r) => {
+            let (o, p) = uri::parse_resource(&r).ok_or_else(|| {
+                err(
+                    format!("{f}.resource"),
+                    "must be an absolute URI scheme://host[:port][/path], without query or fragment",
+                )
+            })?;
+            Some(format!("{o}{p}"))
+        }
+    };
+    let consequential_methods = match d.consequential_methods {
+        None => None,
+        Some(ms) => {
+            for (j, m) in ms.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(err(format!("{f}.consequential_methods[{j}]"), "must be an HTTP method"));
+                }
+            }
+            Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
+        }
+    };
+    let mut effect_headers = Vec::new();
+    for (j, h) in d.effect_headers.into_iter().enumerate() {
+        if h.is_empty() || h.starts_with(':') || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(format!("{f}.effect_headers[{j}]"), "must be a header name"));
+        }
+        effect_headers.push(h.to_ascii_lowercase());
+    }
+    let mode = parse_mode(d.mode.as_deref(), &format!("{f}.mode"))?;
+    let mcp = d.mcp.map(|m| parse_mcp(m, &format!("{f}.mcp"))).transpose()?;
+    let dest = Destination { origin, audience, resource, operations, consequential_methods, effect_headers, mode, mcp };
+    Ok((authority, dest))
+}
+
+/// One named operation of a destination.
+fn validate_operation(o: RawOperation, of: &str) -> Result<Operation, ConfigError> {
+    let prefix = match o.path_match.as_deref() {
+        None | Some("exact") => false,
+        Some("prefix") => true,
+        Some(_) => return Err(err(format!("{of}.path_match"), "must be exact or prefix")),
+    };
+    if !missiongate_wire::rar::valid_action_id(&o.action) {
+        return Err(err(format!("{of}.action"), "action ids match [A-Za-z0-9_.:-]+"));
+    }
+    let path = uri::normalize_path(&o.path).ok_or_else(|| err(format!("{of}.path"), "must be an absolute path"))?;
+    // A path no request can carry (the filter refuses it as ambiguous) would never match.
+    if let Err(e) = uri::request_path(&path) {
+        return Err(err(format!("{of}.path"), format!("can never match a request: {}", e.describe())));
+    }
+    if o.path.contains(['?', '#']) {
+        return Err(err(format!("{of}.path"), "must not have a query or fragment"));
+    }
+    if o.method.is_empty() || !o.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(err(format!("{of}.method"), "must be an HTTP method"));
+    }
+    let constraints = match &o.constraints {
+        None => Vec::new(),
+        Some(c) => crate::constraints::parse_mappings(c, &format!("{of}.constraints"))?,
+    };
+    Ok(Operation {
+        method: o.method.to_ascii_uppercase(),
+        path,
+        prefix,
+        action: o.action,
+        consequential: o.consequential,
+        constraints,
+    })
+}
+
+/// Stage: `evidence.log`.
+fn validate_evidence(raw: Option<RawEvidence>) -> Result<EvidenceLog, ConfigError> {
+    match raw.and_then(|e| e.log).as_deref() {
+        None | Some("all") => Ok(EvidenceLog::All),
+        Some("denials") => Ok(EvidenceLog::Denials),
+        Some("off") => Ok(EvidenceLog::Off),
+        Some(_) => Err(err("evidence.log", "must be all, denials or off")),
+    }
+}
+
+/// Stage: DPoP (on by default, ES256 and EdDSA proofs, a 60-second `iat` window).
+fn validate_dpop(raw: Option<RawDpop>) -> Result<DpopConfig, ConfigError> {
+    Ok(match raw {
+        None => DpopConfig { enabled: true, iat_window_seconds: 60, algs: vec![Alg::Es256, Alg::EdDsa] },
+        Some(d) => DpopConfig {
+            enabled: d.enabled.unwrap_or(true),
+            iat_window_seconds: {
+                // A proof is remembered for its window: an hour at most keeps the replay ledger's
+                // expiry arithmetic far from overflow and its entries short-lived.
+                let w = positive(d.iat_window_seconds, 60, "dpop.iat_window_seconds")?;
+                if w > 3600 {
+                    return Err(err("dpop.iat_window_seconds", "must be at most 3600"));
+                }
+                i64::try_from(w).unwrap_or(60)
+            },
+            algs: parse_algs(d.allowed_algs.as_deref(), "dpop.allowed_algs", &[Alg::Es256, Alg::EdDsa])?,
+        },
+    })
+}
+
+/// Stage: the token limits (`token_cache_size`, `max_token_bytes`).
+fn validate_token_limits(cache_size: Option<usize>, max_bytes: Option<usize>) -> Result<(usize, usize), ConfigError> {
+    let token_cache_size = cache_size.unwrap_or(1024);
+    if token_cache_size > 1_000_000 {
+        return Err(err("token_cache_size", "at most 1000000"));
+    }
+    let max_token_bytes = max_bytes.unwrap_or(8192);
+    if !(256..=1_048_576).contains(&max_token_bytes) {
+        return Err(err("max_token_bytes", "must be between 256 and 1048576"));
+    }
+    Ok((token_cache_size, max_token_bytes))
+}
+
+/// Stage: the challenge `realm` (quoted-string safe).
+fn validate_realm(raw: Option<String>) -> Result<String, ConfigError> {
+    let realm = raw.unwrap_or_else(|| "missiongate".to_owned());
+    if realm.contains('"') || realm.contains('\\') || realm.chars().any(char::is_control) {
+        return Err(err("realm", "must not contain quotes, backslashes or control characters"));
+    }
+    Ok(realm)
+}
+
+/// Stage: the PDP, when one is configured.
+fn validate_pdp(p: RawPdp) -> Result<Pdp, ConfigError> {
+    if let Some(c) = &p.credential {
+        if c.trim().is_empty() || !c.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(err("pdp.credential", "must be a non-empty header value of visible ASCII"));
+        }
+    }
+    Ok(Pdp {
+        evaluation: upstream(p.evaluation, "pdp.evaluation")?,
+        retry_after_seconds: p.retry_after_seconds.unwrap_or(1),
+        deny_cache_seconds: i64::try_from(p.deny_cache_seconds.unwrap_or(1).min(300)).unwrap_or(1),
+        subject_type: p.subject_type.unwrap_or_else(|| "agent".to_owned()),
+        credential: p.credential,
+    })
+}
+
+/// Stage: `egress_allow`, the origins reachable without a Mission.
+fn validate_egress_allow(raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut egress_allow = Vec::new();
+    for (i, o) in raw.iter().enumerate() {
+        egress_allow.push(
+            uri::parse_origin(o).ok_or_else(|| err(format!("egress_allow[{i}]"), "must be scheme://host[:port]"))?,
+        );
+    }
+    Ok(egress_allow)
+}
+
+/// Stage: `max_body_bytes`.
+fn validate_max_body_bytes(raw: Option<usize>) -> Result<usize, ConfigError> {
+    let max_body_bytes = raw.unwrap_or(1_048_576);
+    if !(1..=16 * 1_048_576).contains(&max_body_bytes) {
+        return Err(err("max_body_bytes", "must be between 1 and 16777216"));
+    }
+    Ok(max_body_bytes)
+}
 
 fn parse_algs(names: Option<&[String]>, field: &str, default: &[Alg]) -> Result<Vec<Alg>, ConfigError> {
     let Some(names) = names else { return Ok(default.to_vec()) };

@@ -57,6 +57,50 @@ pub enum Reason {
     McpHeaderMismatch,
 }
 
+impl Serialize for Reason {
+    /// Serialised as its wire name, as the evidence record has always carried it.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome an evidence record carries: `allow` or `deny` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// The request was (or, in shadow mode, would have been) forwarded.
+    Allow,
+    /// The request was (or, in shadow mode, would have been) refused.
+    Deny,
+}
+
+impl Decision {
+    /// Wire name: `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every reason, for counter definition.
 pub const ALL_REASONS: [Reason; 39] = [
     Reason::Allowed,
@@ -395,9 +439,9 @@ pub struct Evidence {
     /// Unique per decision.
     pub decision_id: String,
     /// `allow` or `deny` (in shadow mode: the decision that enforcing would have made).
-    pub decision: &'static str,
-    /// Reason wire name.
-    pub reason: &'static str,
+    pub decision: Decision,
+    /// The reason, serialised as its wire name.
+    pub reason: Reason,
     /// HTTP status sent (200 = forwarded); for a shadow-mode denial, the status enforcing would
     /// have sent (the request was forwarded).
     pub status: u16,
@@ -458,8 +502,9 @@ impl Default for Evidence {
     fn default() -> Evidence {
         Evidence {
             decision_id: String::new(),
-            decision: "",
-            reason: "",
+            // Fail closed: a record nobody filled in reads as a gateway error, never as an allow.
+            decision: Decision::Deny,
+            reason: Reason::GatewayError,
             status: 0,
             enforced: true,
             mission_id: None,
@@ -481,7 +526,7 @@ impl Default for Evidence {
 impl Evidence {
     /// A denial enforcing would have made but shadow mode did not: the request was forwarded.
     pub fn would_deny(&self) -> bool {
-        !self.enforced && self.decision == "deny"
+        !self.enforced && self.decision == Decision::Deny
     }
 
     /// JSON text of the record.
@@ -500,6 +545,29 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ALL_REASONS.len());
+    }
+
+    #[test]
+    fn evidence_serialises_decision_and_reason_as_wire_names() {
+        let ev = Evidence {
+            decision_id: "d1".into(),
+            decision: Decision::Allow,
+            reason: Reason::Allowed,
+            status: 200,
+            at: 7,
+            ..Evidence::default()
+        };
+        assert_eq!(
+            ev.to_json(),
+            r#"{"decision_id":"d1","decision":"allow","reason":"allowed","status":200,"enforced":true,"at":7}"#
+        );
+        for r in ALL_REASONS {
+            let ev = Evidence { decision: Decision::Deny, reason: r, ..Evidence::default() };
+            let v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
+            assert_eq!((v["decision"].as_str(), v["reason"].as_str()), (Some("deny"), Some(r.as_str())));
+            assert_eq!(format!("{r}"), r.as_str());
+        }
+        assert_eq!(format!("{}/{}", Decision::Allow, Decision::Deny), "allow/deny");
     }
 
     #[test]

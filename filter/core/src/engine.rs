@@ -5,9 +5,10 @@ use missiongate_wire::problem::ProblemMission;
 use std::rc::Rc;
 
 use crate::authority::{self, AuthorityMatch, Target};
+use crate::config::DestinationRef;
 use crate::config::{Config, KeySource, Mode, Upstream};
 use crate::constraints::{Checked, Params, COUNTERS as CONSTRAINT_COUNTERS};
-use crate::decision::{ConstraintEvidence, Denial, Evidence, Reason, Response, ALL_REASONS};
+use crate::decision::{ConstraintEvidence, Decision, Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
 use crate::mission::{self, AnswerError, Applied, MissionCache, MissionView};
@@ -418,8 +419,8 @@ impl Engine {
         match result {
             Ok(()) => {
                 ev.decision_id = self.next_id();
-                ev.decision = "allow";
-                ev.reason = Reason::Allowed.as_str();
+                ev.decision = Decision::Allow;
+                ev.reason = Reason::Allowed;
                 ev.status = 200;
                 self.count(Reason::Allowed);
                 Outcome::Allow(ev)
@@ -427,8 +428,8 @@ impl Engine {
             Err(Step::Need(n)) => Outcome::Need(n),
             Err(Step::Deny(d)) => {
                 ev.decision_id = self.next_id();
-                ev.decision = "deny";
-                ev.reason = d.reason.as_str();
+                ev.decision = Decision::Deny;
+                ev.reason = d.reason;
                 ev.status = d.reason.status();
                 if !ev.enforced && !d.reason.enforced_in_shadow() {
                     // Shadow mode: the denial is recorded and counted as what it would have been,
@@ -454,8 +455,8 @@ impl Engine {
         self.count(reason);
         let ev = Evidence {
             decision_id: id.clone(),
-            decision: "deny",
-            reason: reason.as_str(),
+            decision: Decision::Deny,
+            reason,
             status: reason.status(),
             at: now,
             ..Evidence::default()
@@ -501,84 +502,19 @@ impl Engine {
         ev: &mut Evidence,
     ) -> Result<(), Step> {
         let config = Rc::clone(&self.config);
-        // The method becomes the action id in evidence and in the PDP question: an HTTP token only.
-        if !valid_method(req.method) {
-            return Err(Step::deny(Reason::MalformedRequest, "request method is not an HTTP method token"));
-        }
-        let dest = config
-            .destination(req.authority, req.scheme, req.method == "CONNECT")
-            .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))?;
+        // 1. What is asked for: the destination and the path forwarded.
+        // The destination is in the evidence even when the path is then refused.
+        let dest = request_destination(&config, req)?;
         ev.destination = Some(dest.origin().to_owned());
-        // The path decided on is the path forwarded, byte for byte: any form an upstream could resolve
-        // otherwise is refused, for every request (SPEC §2). CONNECT has no path.
-        let path = if req.method == "CONNECT" {
-            "/"
-        } else {
-            uri::request_path(req.path).map_err(|e| Step::deny(Reason::AmbiguousPath, e.describe()))?
-        };
+        let path = forwarded_path(req)?;
         let mut action = authority::action_id(dest.operations(), req.method, path);
         ev.action = Some(action.clone());
 
-        // Credentials.
-        let header = match req.authorization {
-            Authz::Missing => return Err(Step::deny(Reason::NoCredentials, "an access token is required")),
-            Authz::Multiple => return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header")),
-            // Envoy joins repeated Authorization headers with a comma, which no token contains.
-            Authz::One(h) if h.contains(',') => {
-                return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header"))
-            }
-            Authz::One(h) => h,
-        };
-        let (scheme, token) = match header.trim().split_once(' ') {
-            Some((s, t)) => (s, t.trim()),
-            None => return Err(Step::deny(Reason::NoCredentials, "Authorization must use the Bearer or DPoP scheme")),
-        };
-        let is_dpop = if scheme.eq_ignore_ascii_case("bearer") {
-            false
-        } else if scheme.eq_ignore_ascii_case("dpop") && config.dpop.enabled {
-            true
-        } else {
-            return Err(Step::deny(Reason::NoCredentials, "Authorization must use the Bearer or DPoP scheme"));
-        };
-        if token.len() > config.max_token_bytes {
-            return Err(Step::deny(Reason::TokenTooLarge, "token exceeds the size limit"));
-        }
+        // 2. Credentials: the token and its scheme.
+        let (token, is_dpop) = credentials(&config, req)?;
 
-        // Token: cache, else full verification.
-        let vt: Rc<VerifiedToken> = match self.tokens.get(token) {
-            Some(t) => {
-                self.stat(Stat::TokenCacheHit);
-                t
-            }
-            None => {
-                self.stat(Stat::TokenCacheMiss);
-                match token::verify(&config, &self.keys, token, now) {
-                    Ok(v) => {
-                        let v = Rc::new(v);
-                        self.tokens.insert(token, Rc::clone(&v), now, config.clock_skew);
-                        v
-                    }
-                    Err(TokenError::Deny(d)) => return Err(Step::Deny(d)),
-                    Err(TokenError::NeedKeys { issuer, why }) => {
-                        // Wait for a fetch already under way (coalesced), or start one if allowed:
-                        // at most one per request (`attempts.keys`) and per interval per issuer.
-                        let in_flight = self.keys.issuer_in_flight(issuer);
-                        if !attempts.keys && (in_flight || self.keys.may_fetch(&config, issuer, now)) {
-                            return Err(Step::Need(Need::Keys(issuer)));
-                        }
-                        return Err(match why {
-                            KeysWanted::UnknownKid => {
-                                Step::deny(Reason::UnknownKey, "token kid is not in the issuer's key set")
-                            }
-                            KeysWanted::NotLoaded => {
-                                Step::deny(Reason::KeysUnavailable, "the issuer's keys could not be loaded")
-                            }
-                            KeysWanted::Replaced(d) => Step::Deny(d),
-                        });
-                    }
-                }
-            }
-        };
+        // 3. Token: cache, else full verification.
+        let vt = self.verified_token(&config, token, now, attempts)?;
         ev.mission_id = Some(vt.mission_id.clone());
         ev.mission_issuer = Some(vt.mission_issuer_name.clone());
         ev.authority_hash = vt.authority_hash.clone();
@@ -591,58 +527,14 @@ impl Engine {
             return Err(Step::deny(Reason::WrongAudience, "token audience does not include this destination"));
         }
 
-        // Sender constraint.
-        let proof = match (&vt.cnf_jkt, is_dpop) {
-            (Some(_), false) => {
-                return Err(Step::deny(Reason::DpopBoundAsBearer, "DPoP-bound token presented as Bearer"))
-            }
-            (None, true) => {
-                return Err(Step::deny(Reason::TokenMalformed, "DPoP scheme used with a token that is not DPoP-bound"))
-            }
-            (None, false) => None,
-            (Some(jkt), true) => {
-                let p = match (req.dpop_count, req.dpop) {
-                    (1, Some(p)) => p,
-                    (0, _) => return Err(Step::deny(Reason::InvalidDpopProof, "DPoP proof missing")),
-                    _ => return Err(Step::deny(Reason::InvalidDpopProof, "exactly one DPoP header is required")),
-                };
-                let bound = dpop::Bound { method: req.method, origin: dest.origin(), path, token, jkt };
-                Some(dpop::check(&config.dpop, p, &bound, now).map_err(Step::Deny)?)
-            }
-        };
+        // 4. Per request (README step 3): the token's expiry and audience above, then the sender
+        // constraint.
+        let proof = sender_constraint(&config, req, &vt, is_dpop, &dest, path, token, now)?;
 
-        // Mission state.
-        match self.missions.view(vt.mission_issuer, &vt.mission_id, now) {
-            MissionView::Active => self.stat(Stat::MissionCacheHit),
-            MissionView::Inactive(state) => {
-                self.stat(Stat::MissionCacheHit);
-                // A state this gateway does not know is named in `mission.state`, not in the detail.
-                let detail = match &state {
-                    MissionState::Other(_) => "mission is not active".to_owned(),
-                    known => format!("mission is {}", known.as_str()),
-                };
-                let mut d = Denial::new(Reason::MissionInactive, detail);
-                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: Some(state.as_str().to_owned()) });
-                return Err(Step::Deny(d));
-            }
-            MissionView::Unknown => {
-                let mut d = Denial::new(Reason::MissionUnknown, "the state authority does not know this mission");
-                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: Some("unknown".to_owned()) });
-                return Err(Step::Deny(d));
-            }
-            MissionView::NeedFetch if !attempts.status => {
-                self.stat(Stat::MissionCacheMiss);
-                return Err(Step::Need(Need::Status(vt.mission_issuer, vt.mission_id.clone())));
-            }
-            MissionView::NeedFetch | MissionView::Unavailable => {
-                let mut d = Denial::new(Reason::AuthorityUnavailable, "mission state could not be established");
-                d.retry_after = Some(self.retry_after(vt.mission_issuer));
-                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: None });
-                return Err(Step::Deny(d));
-            }
-        }
+        // 5. Mission state.
+        self.mission_state(&vt, now, attempts)?;
 
-        // An MCP operation (SPEC §7): a POST to the MCP endpoint of a destination marked as an MCP
+        // 6. An MCP operation (SPEC §7): a POST to the MCP endpoint of a destination marked as an MCP
         // server is named by its JSON-RPC body, so the body is read (bounded) before anything else
         // is decided about it.
         let mut mcp_bound: Option<(crate::mcp::Operation, Option<String>)> = None;
@@ -678,7 +570,7 @@ impl Engine {
             mcp_bound = Some((op, None));
         }
 
-        // Authority, then (outside it, or for a consequential call) the PDP.
+        // 7. Authority, then (outside it, or for a consequential call) the PDP.
         // Containment: the current Authority Set from Mission Status, when it carried one, narrows
         // the token's entries (SPEC §3).
         let current = self.missions.current_authority(vt.mission_issuer, &vt.mission_id);
@@ -774,7 +666,7 @@ impl Engine {
             None
         };
 
-        // Last, the two single-use stores shared by every worker, in this order:
+        // 8. Last, the two single-use stores shared by every worker, in this order:
         // 1. The DPoP proof. Only a request that passed every other check gets here, so a proof is
         //    remembered only for a request that is allowed but for a single-use permit still to be
         //    taken. A replayed proof stops here, before that permit is touched.
@@ -783,40 +675,84 @@ impl Engine {
         //    and an honest client makes a fresh one for every request, retries included.
         // In shadow mode (`ev.enforced` false) both are only looked up, never written: a replay is
         // still a would-deny, but nothing is consumed, so enforcing later finds the permit unused.
-        let shadow = !ev.enforced;
-        if let Some(p) = proof {
-            let fresh = if shadow {
-                replay.seen(&p.replay_key, now).map(|seen| !seen)
-            } else {
-                replay.remember(&p.replay_key, p.remember_until, now)
-            };
-            match fresh {
-                Ok(true) => {}
-                Ok(false) => return Err(Step::deny(Reason::DpopReplay, "DPoP proof jti was already used")),
-                Err(e) => {
-                    return Err(replay_failure(&e, Reason::AuthorityUnavailable, "DPoP replay store unavailable"))
+        take_single_use(&config, proof, permit, !ev.enforced, now, replay)
+    }
+
+    /// Stage 3: the token, from the verified-token cache or verified in full (which may need the
+    /// issuer's keys fetched first).
+    fn verified_token(
+        &mut self,
+        config: &Config,
+        token: &str,
+        now: i64,
+        attempts: Attempts,
+    ) -> Result<Rc<VerifiedToken>, Step> {
+        let vt = match self.tokens.get(token) {
+            Some(t) => {
+                self.stat(Stat::TokenCacheHit);
+                t
+            }
+            None => {
+                self.stat(Stat::TokenCacheMiss);
+                match token::verify(config, &self.keys, token, now) {
+                    Ok(v) => {
+                        let v = Rc::new(v);
+                        self.tokens.insert(token, Rc::clone(&v), now, config.clock_skew);
+                        v
+                    }
+                    Err(TokenError::Deny(d)) => return Err(Step::Deny(d)),
+                    Err(TokenError::NeedKeys { issuer, why }) => {
+                        // Wait for a fetch already under way (coalesced), or start one if allowed:
+                        // at most one per request (`attempts.keys`) and per interval per issuer.
+                        let in_flight = self.keys.issuer_in_flight(issuer);
+                        if !attempts.keys && (in_flight || self.keys.may_fetch(config, issuer, now)) {
+                            return Err(Step::Need(Need::Keys(issuer)));
+                        }
+                        return Err(match why {
+                            KeysWanted::UnknownKid => {
+                                Step::deny(Reason::UnknownKey, "token kid is not in the issuer's key set")
+                            }
+                            KeysWanted::NotLoaded => {
+                                Step::deny(Reason::KeysUnavailable, "the issuer's keys could not be loaded")
+                            }
+                            KeysWanted::Replaced(d) => Step::Deny(d),
+                        });
+                    }
                 }
             }
-        }
-        if let Some(use_once) = permit {
-            let fresh = if shadow {
-                replay.seen(&use_once.key, now).map(|seen| !seen)
-            } else {
-                replay.remember(&use_once.key, use_once.until, now)
-            };
-            match fresh {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used"))
-                }
-                Err(e) if e == REPLAY_STORE_FULL => {
-                    return Err(replay_failure(&e, Reason::PdpUnavailable, "single-use store unavailable"))
-                }
-                Err(_) => {
-                    let mut d = Denial::new(Reason::PdpUnavailable, "single-use store unavailable");
-                    d.retry_after = config.pdp.as_ref().map(|p| p.retry_after_seconds);
-                    return Err(Step::Deny(d));
-                }
+        };
+        Ok(vt)
+    }
+
+    /// Stage 5: the Mission's state; only `active` permits.
+    fn mission_state(&mut self, vt: &VerifiedToken, now: i64, attempts: Attempts) -> Result<(), Step> {
+        match self.missions.view(vt.mission_issuer, &vt.mission_id, now) {
+            MissionView::Active => self.stat(Stat::MissionCacheHit),
+            MissionView::Inactive(state) => {
+                self.stat(Stat::MissionCacheHit);
+                // A state this gateway does not know is named in `mission.state`, not in the detail.
+                let detail = match &state {
+                    MissionState::Other(_) => "mission is not active".to_owned(),
+                    known => format!("mission is {}", known.as_str()),
+                };
+                let mut d = Denial::new(Reason::MissionInactive, detail);
+                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: Some(state.as_str().to_owned()) });
+                return Err(Step::Deny(d));
+            }
+            MissionView::Unknown => {
+                let mut d = Denial::new(Reason::MissionUnknown, "the state authority does not know this mission");
+                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: Some("unknown".to_owned()) });
+                return Err(Step::Deny(d));
+            }
+            MissionView::NeedFetch if !attempts.status => {
+                self.stat(Stat::MissionCacheMiss);
+                return Err(Step::Need(Need::Status(vt.mission_issuer, vt.mission_id.clone())));
+            }
+            MissionView::NeedFetch | MissionView::Unavailable => {
+                let mut d = Denial::new(Reason::AuthorityUnavailable, "mission state could not be established");
+                d.retry_after = Some(self.retry_after(vt.mission_issuer));
+                d.mission = Some(ProblemMission { id: vt.mission_id.clone(), state: None });
+                return Err(Step::Deny(d));
             }
         }
         Ok(())
@@ -1372,6 +1308,129 @@ impl Engine {
     pub fn sweep(&mut self, now: i64) {
         self.missions.sweep(now);
     }
+}
+
+/// Stage 1: the destination a request names. The method becomes the action id in evidence and in
+/// the PDP question, so it must be an HTTP token.
+fn request_destination<'c>(config: &'c Config, req: &Request<'_>) -> Result<DestinationRef<'c>, Step> {
+    if !valid_method(req.method) {
+        return Err(Step::deny(Reason::MalformedRequest, "request method is not an HTTP method token"));
+    }
+    config
+        .destination(req.authority, req.scheme, req.method == "CONNECT")
+        .ok_or_else(|| Step::deny(Reason::MalformedRequest, "request authority is not a valid host"))
+}
+
+/// Stage 1, continued: the path decided on is the path forwarded, byte for byte: any form an
+/// upstream could resolve otherwise is refused, for every request (SPEC §2). CONNECT has no path.
+fn forwarded_path<'r>(req: &Request<'r>) -> Result<&'r str, Step> {
+    if req.method == "CONNECT" {
+        return Ok("/");
+    }
+    uri::request_path(req.path).map_err(|e| Step::deny(Reason::AmbiguousPath, e.describe()))
+}
+
+/// Stage 2: credentials, the one `Authorization` header's token and whether it is a DPoP one.
+fn credentials<'r>(config: &Config, req: &Request<'r>) -> Result<(&'r str, bool), Step> {
+    let header = match req.authorization {
+        Authz::Missing => return Err(Step::deny(Reason::NoCredentials, "an access token is required")),
+        Authz::Multiple => return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header")),
+        // Envoy joins repeated Authorization headers with a comma, which no token contains.
+        Authz::One(h) if h.contains(',') => {
+            return Err(Step::deny(Reason::MalformedRequest, "more than one Authorization header"))
+        }
+        Authz::One(h) => h,
+    };
+    let (scheme, token) = match header.trim().split_once(' ') {
+        Some((s, t)) => (s, t.trim()),
+        None => return Err(Step::deny(Reason::NoCredentials, "Authorization must use the Bearer or DPoP scheme")),
+    };
+    let is_dpop = if scheme.eq_ignore_ascii_case("bearer") {
+        false
+    } else if scheme.eq_ignore_ascii_case("dpop") && config.dpop.enabled {
+        true
+    } else {
+        return Err(Step::deny(Reason::NoCredentials, "Authorization must use the Bearer or DPoP scheme"));
+    };
+    if token.len() > config.max_token_bytes {
+        return Err(Step::deny(Reason::TokenTooLarge, "token exceeds the size limit"));
+    }
+    Ok((token, is_dpop))
+}
+
+/// Stage 4: the sender constraint. A DPoP-bound token needs exactly one valid proof for this
+/// request (remembered against replay only at the end, stage 8).
+#[allow(clippy::too_many_arguments)]
+fn sender_constraint(
+    config: &Config,
+    req: &Request<'_>,
+    vt: &VerifiedToken,
+    is_dpop: bool,
+    dest: &DestinationRef<'_>,
+    path: &str,
+    token: &str,
+    now: i64,
+) -> Result<Option<dpop::CheckedProof>, Step> {
+    Ok(match (&vt.cnf_jkt, is_dpop) {
+        (Some(_), false) => return Err(Step::deny(Reason::DpopBoundAsBearer, "DPoP-bound token presented as Bearer")),
+        (None, true) => {
+            return Err(Step::deny(Reason::TokenMalformed, "DPoP scheme used with a token that is not DPoP-bound"))
+        }
+        (None, false) => None,
+        (Some(jkt), true) => {
+            let p = match (req.dpop_count, req.dpop) {
+                (1, Some(p)) => p,
+                (0, _) => return Err(Step::deny(Reason::InvalidDpopProof, "DPoP proof missing")),
+                _ => return Err(Step::deny(Reason::InvalidDpopProof, "exactly one DPoP header is required")),
+            };
+            let bound = dpop::Bound { method: req.method, origin: dest.origin(), path, token, jkt };
+            Some(dpop::check(&config.dpop, p, &bound, now).map_err(Step::Deny)?)
+        }
+    })
+}
+
+/// Stage 8, last: the two single-use stores shared by every worker, the DPoP proof then the
+/// single-use permit (see the comment at the call).
+fn take_single_use(
+    config: &Config,
+    proof: Option<dpop::CheckedProof>,
+    permit: Option<UseOnce>,
+    shadow: bool,
+    now: i64,
+    replay: &mut dyn ReplayGuard,
+) -> Result<(), Step> {
+    if let Some(p) = proof {
+        let fresh = if shadow {
+            replay.seen(&p.replay_key, now).map(|seen| !seen)
+        } else {
+            replay.remember(&p.replay_key, p.remember_until, now)
+        };
+        match fresh {
+            Ok(true) => {}
+            Ok(false) => return Err(Step::deny(Reason::DpopReplay, "DPoP proof jti was already used")),
+            Err(e) => return Err(replay_failure(&e, Reason::AuthorityUnavailable, "DPoP replay store unavailable")),
+        }
+    }
+    if let Some(use_once) = permit {
+        let fresh = if shadow {
+            replay.seen(&use_once.key, now).map(|seen| !seen)
+        } else {
+            replay.remember(&use_once.key, use_once.until, now)
+        };
+        match fresh {
+            Ok(true) => {}
+            Ok(false) => return Err(Step::deny(Reason::ParameterViolation, "the single-use permit was already used")),
+            Err(e) if e == REPLAY_STORE_FULL => {
+                return Err(replay_failure(&e, Reason::PdpUnavailable, "single-use store unavailable"))
+            }
+            Err(_) => {
+                let mut d = Denial::new(Reason::PdpUnavailable, "single-use store unavailable");
+                d.retry_after = config.pdp.as_ref().map(|p| p.retry_after_seconds);
+                return Err(Step::Deny(d));
+            }
+        }
+    }
+    Ok(())
 }
 
 enum Step {

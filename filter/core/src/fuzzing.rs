@@ -24,7 +24,7 @@ use missiongate_wire::jcs;
 use missiongate_wire::jose::{self, Alg, Compact, SigningKey, VerifyingKey};
 use serde_json::{json, Value};
 
-use crate::decision::{Evidence, Response};
+use crate::decision::{Decision, Evidence, Response};
 use crate::engine::{Callout, PdpAnswer};
 use crate::keys::KeyStore;
 use crate::mission::{self, MissionView, VerifiedStatus};
@@ -269,13 +269,13 @@ fn check_outcome(outcome: &Outcome, secrets: &[&str]) {
             check_evidence(ev, secrets);
         }
         Outcome::Allow(ev) => {
-            assert_eq!((ev.status, ev.decision), (200, "allow"));
+            assert_eq!((ev.status, ev.decision), (200, Decision::Allow));
             check_evidence(ev, secrets);
         }
         Outcome::Deny(resp, ev) => {
             assert!(ev.enforced, "a local reply is an enforced decision");
             assert_eq!(resp.status, ev.status, "the evidence names the status sent");
-            assert_eq!(ev.decision, "deny");
+            assert_eq!(ev.decision, Decision::Deny);
             assert!((400..=599).contains(&resp.status), "a denial is 4xx/5xx: {}", resp.status);
             check_response(resp, secrets);
             check_evidence(ev, secrets);

@@ -354,7 +354,7 @@ fn a_replayed_dpop_proof_does_not_spend_a_single_use_permit() {
     assert_eq!(g.once.len(), 2, "the proof and the permit");
     // The same proof again, with a fresh single-use permit: a replay, and the permit is untouched.
     let (_, ev) = expect_deny(with_answer(&mut e, &r1, &once("eval_b"), g), "dpop_replay", 401);
-    assert_eq!(ev.reason, "dpop_replay");
+    assert_eq!(ev.reason.as_str(), "dpop_replay");
     assert_eq!(g.once.len(), 2, "nothing new remembered");
     // A fresh proof may use that permit, once.
     let p2 = proof(&t, "p-2", |_| {});

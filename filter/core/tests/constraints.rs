@@ -252,7 +252,7 @@ fn allowed(o: Decided) -> Evidence {
 fn denied(o: Decided, reason: &str, status: u16) -> Evidence {
     match o {
         Decided::Deny(resp, ev) => {
-            assert_eq!((ev.reason, resp.status), (reason, status), "{}", String::from_utf8_lossy(&resp.body));
+            assert_eq!((ev.reason.as_str(), resp.status), (reason, status), "{}", String::from_utf8_lossy(&resp.body));
             ev
         }
         other => panic!("expected Deny({reason}), got {other:?}"),
@@ -436,5 +436,5 @@ fn an_mcp_tool_call_is_checked_on_its_arguments() {
         Decided::Deny(_, ev) => ev,
         other => panic!("expected a denial, got {other:?}"),
     };
-    assert_eq!(ev.reason, "constraint_unrecognized");
+    assert_eq!(ev.reason.as_str(), "constraint_unrecognized");
 }

@@ -249,8 +249,8 @@ fn expect_deny(o: Outcome, reason: &str, status: u16) -> Denied {
     assert_eq!(body["type"], format!("https://missiongate.dev/problems/{reason}"));
     assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
     assert_eq!(body["decision_id"].as_str(), Some(ev.decision_id.as_str()));
-    assert_eq!(ev.decision, "deny");
-    assert_eq!(ev.reason, reason);
+    assert_eq!(ev.decision.as_str(), "deny");
+    assert_eq!(ev.reason.as_str(), reason);
     assert_eq!(ev.status, status);
     let d = Denied { resp, body, ev };
     assert_eq!(d.header("content-type"), Some("application/problem+json"));
@@ -333,8 +333,8 @@ fn valid_token_needs_status_then_allows_then_hot_path() {
 
     let attempts = Attempts { status: true, ..Attempts::default() };
     let ev = expect_allow(e.decide(&r, NOW, attempts, &mut MapGuard::default()));
-    assert_eq!(ev.decision, "allow");
-    assert_eq!(ev.reason, "allowed");
+    assert_eq!(ev.decision.as_str(), "allow");
+    assert_eq!(ev.reason.as_str(), "allowed");
     assert_eq!(ev.status, 200);
     assert_eq!(ev.mission_id.as_deref(), Some(MISSION));
     assert_eq!(ev.mission_issuer.as_deref(), Some(AS));
@@ -1684,7 +1684,7 @@ fn a_requestable_denial_is_a_511_captive_document() {
         other => panic!("expected a 511, got {other:?}"),
     };
     assert_eq!(resp.status, 511);
-    assert_eq!(ev.reason, "egress_not_allowed");
+    assert_eq!(ev.reason.as_str(), "egress_not_allowed");
     let h = |n: &str| resp.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     assert_eq!(h("content-type"), Some("application/captive+json"));
     assert_eq!(h("cache-control"), Some("no-store"));

@@ -168,7 +168,7 @@ fn call_with(
 fn allowed(o: Outcome) -> Evidence {
     match o {
         Outcome::Allow(ev) => {
-            assert!(ev.enforced && ev.decision == "allow", "{ev:?}");
+            assert!(ev.enforced && ev.decision.as_str() == "allow", "{ev:?}");
             ev
         }
         other => panic!("expected an allow, got {other:?}"),
@@ -202,7 +202,7 @@ fn refused_32001(o: Outcome, id: &Value, reason: &str, status: u16) -> Evidence 
     assert_eq!(error["data"]["status"], status, "{error}");
     assert!(error["data"]["detail"].is_string());
     assert_eq!(error["data"]["decision_id"], ev.decision_id);
-    assert_eq!((ev.reason, ev.status), (reason, status), "evidence keeps the HTTP-level status: {ev:?}");
+    assert_eq!((ev.reason.as_str(), ev.status), (reason, status), "evidence keeps the HTTP-level status: {ev:?}");
     ev
 }
 
@@ -320,7 +320,7 @@ fn a_tool_outside_the_mission_is_a_url_elicitation_with_the_access_request() {
     let (o, _) =
         call(&mut e, MCP, &tools_call(json!("call-9"), "pay_invoice", m1_arguments()), &[], Some(&requestable()));
     let (r, ev) = refused(o);
-    assert_eq!((ev.reason, ev.status), ("egress_not_allowed", 511));
+    assert_eq!((ev.reason.as_str(), ev.status), ("egress_not_allowed", 511));
     assert_eq!(ev.mcp_tool.as_deref(), Some("pay_invoice"));
     assert_eq!(ev.evaluation_id.as_deref(), Some("eval_42"));
     assert!(r.headers.iter().any(|(k, v)| k == "cache-control" && v == "no-store"));
@@ -378,7 +378,7 @@ fn batches_bad_tool_names_and_malformed_messages_are_refused_with_400() {
     // A batch: no single id to answer, so a plain 400.
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
     let (r, ev) = refused(call(&mut e, MCP, &batch, &[], None).0);
-    assert_eq!((r.status, ev.reason), (400, "mcp_batch_refused"));
+    assert_eq!((r.status, ev.reason.as_str()), (400, "mcp_batch_refused"));
     let p: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(p["reason"], "mcp_batch_refused");
     // A tool name outside the grammar: a JSON-RPC error for its id.
@@ -389,7 +389,7 @@ fn batches_bad_tool_names_and_malformed_messages_are_refused_with_400() {
     allowed(call(&mut e, MCP, &tools_call(json!(2), &"t".repeat(128), json!({})), &[], Some(&permit_any())).0);
     // Not JSON at all: a plain 400.
     let (r, ev) = refused(call_raw(&mut e, MCP, "/mcp", b"{not json", &[], None).0);
-    assert_eq!((r.status, ev.reason), (400, "mcp_malformed"));
+    assert_eq!((r.status, ev.reason.as_str()), (400, "mcp_malformed"));
     let (r, _) = refused(call_raw(&mut e, MCP, "/mcp", b"", &[], None).0);
     assert_eq!(r.status, 400);
     // JSON, but not a JSON-RPC message; an id is echoed when it could be read.
@@ -408,7 +408,7 @@ fn batches_bad_tool_names_and_malformed_messages_are_refused_with_400() {
     assert_eq!(r.status, 400);
     // Not I-JSON: the upstream could read another number than the one bound.
     let (r, ev) = refused(call_raw(&mut e, MCP, "/mcp", br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay_invoice","arguments":{"amount":1e400}}}"#, &[], None).0);
-    assert_eq!((r.status, ev.reason), (400, "body_not_canonicalizable"));
+    assert_eq!((r.status, ev.reason.as_str()), (400, "body_not_canonicalizable"));
 }
 
 fn permit_any() -> Value {
@@ -441,7 +441,10 @@ fn client_messages_are_decided_or_passed_as_configured() {
     let response = json!({"jsonrpc": "2.0", "id": 3, "result": {}});
     // Decided: a response is mcp.response, which the Mission does not grant; no id to answer.
     let (r, ev) = refused(call(&mut e, MCP, &response, &[], None).0);
-    assert_eq!((r.status, ev.reason, ev.action.as_deref()), (403, "insufficient_authority", Some("mcp.response")));
+    assert_eq!(
+        (r.status, ev.reason.as_str(), ev.action.as_deref()),
+        (403, "insufficient_authority", Some("mcp.response"))
+    );
     let ev = allowed(call(&mut e, MCP_PASS, &response, &[], None).0);
     assert_eq!(ev.action.as_deref(), Some("mcp.response"));
     let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}});

@@ -136,12 +136,12 @@ fn observed(o: &Outcome) -> (String, u16, Option<String>) {
         Outcome::Allow(ev) => ("allowed".into(), 200, ev.action.clone()),
         Outcome::Deny(resp, ev) => {
             let body: Value = serde_json::from_slice(&resp.body).unwrap();
-            assert_eq!(body["reason"], ev.reason, "problem and evidence agree");
+            assert_eq!(body["reason"], ev.reason.as_str(), "problem and evidence agree");
             assert_eq!(
                 resp.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()),
                 Some("application/problem+json")
             );
-            (ev.reason.to_owned(), resp.status, ev.action.clone())
+            (ev.reason.as_str().to_owned(), resp.status, ev.action.clone())
         }
         Outcome::Need(n) => panic!("unexpected need {n:?}"),
     }
@@ -236,7 +236,7 @@ fn an_ambiguous_path_is_refused_before_credentials_with_a_plain_problem() {
     let Outcome::Deny(resp, ev) = e.decide(&r, NOW, Attempts::default(), &mut MapGuard::default()) else {
         panic!("expected a refusal")
     };
-    assert_eq!((resp.status, ev.reason, ev.destination.as_deref()), (400, "ambiguous_path", Some(ORIGIN)));
+    assert_eq!((resp.status, ev.reason.as_str(), ev.destination.as_deref()), (400, "ambiguous_path", Some(ORIGIN)));
     assert!(resp.headers.iter().all(|(k, _)| k != "www-authenticate"), "a 400 has no challenge");
     let body: Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(body["type"], "https://missiongate.dev/problems/ambiguous_path");

@@ -132,7 +132,11 @@ fn would_deny(o: Outcome, reason: &str, status: u16) -> Evidence {
         Outcome::Allow(ev) => ev,
         other => panic!("shadow: expected the request to go on (would deny {reason}), got {other:?}"),
     };
-    assert_eq!((ev.decision, ev.reason, ev.status, ev.enforced), ("deny", reason, status, false), "{ev:?}");
+    assert_eq!(
+        (ev.decision.as_str(), ev.reason.as_str(), ev.status, ev.enforced),
+        ("deny", reason, status, false),
+        "{ev:?}"
+    );
     assert!(ev.would_deny());
     let json: Value = serde_json::from_str(&ev.to_json()).unwrap();
     assert_eq!(json["enforced"], false, "{json}");
@@ -143,7 +147,7 @@ fn would_deny(o: Outcome, reason: &str, status: u16) -> Evidence {
 fn denied(o: Outcome, reason: &str, status: u16) -> Evidence {
     match o {
         Outcome::Deny(resp, ev) => {
-            assert_eq!((resp.status, ev.reason, ev.enforced), (status, reason, true), "{ev:?}");
+            assert_eq!((resp.status, ev.reason.as_str(), ev.enforced), (status, reason, true), "{ev:?}");
             ev
         }
         other => panic!("enforce: expected a refusal ({reason}), got {other:?}"),
@@ -214,7 +218,7 @@ fn outside_the_authority_set_and_token_failures_are_would_denies() {
         Outcome::Allow(ev) => ev,
         other => panic!("{other:?}"),
     };
-    assert_eq!((ev.decision, ev.enforced, ev.would_deny()), ("allow", false, false));
+    assert_eq!((ev.decision.as_str(), ev.enforced, ev.would_deny()), ("allow", false, false));
     let c = counters(&mut e);
     for r in ["insufficient_authority", "token_expired", "no_credentials"] {
         assert_eq!(c.get(&format!("shadow.would_deny.{r}")), Some(&1), "{r}: {c:?}");
@@ -272,7 +276,7 @@ fn a_single_use_permit_is_never_consumed_in_shadow_mode() {
             Outcome::Allow(ev) => ev,
             other => panic!("{other:?}"),
         };
-        assert_eq!((ev.decision, ev.enforced), ("allow", false));
+        assert_eq!((ev.decision.as_str(), ev.enforced), ("allow", false));
     }
     assert_eq!(g.writes, 0, "shadow mode wrote to the single-use store");
     // The permit is still unused: enforcing takes it once, then it is spent.
@@ -308,7 +312,7 @@ fn dpop_proofs_are_not_remembered_in_shadow_mode_but_a_replay_is_a_would_deny() 
     };
     // Shadow: the same proof twice is allowed twice, nothing remembered.
     for _ in 0..2 {
-        assert!(matches!(dreq(SHADOW, &p), Outcome::Allow(ref ev) if ev.decision == "allow" && !ev.enforced));
+        assert!(matches!(dreq(SHADOW, &p), Outcome::Allow(ref ev) if ev.decision.as_str() == "allow" && !ev.enforced));
     }
     // Enforcing remembers it; shadow then sees the replay.
     assert!(matches!(dreq(ENFORCE, &p), Outcome::Allow(ref ev) if ev.enforced));
@@ -408,7 +412,7 @@ fn the_state_machine_forwards_a_would_deny_and_still_refuses_an_oversized_body()
     assert_eq!(*s.state(), State::Allowed);
     assert_eq!(s.on_body(&mut host, 10, true, NOW), Verdict::Continue);
     assert!(host.replies.is_empty());
-    assert_eq!(host.evidence.last().map(|e| (e.reason, e.enforced)), Some(("mission_inactive", false)));
+    assert_eq!(host.evidence.last().map(|e| (e.reason.as_str(), e.enforced)), Some(("mission_inactive", false)));
     // The same request on the enforcing name: a local reply.
     let mut s = Stream::new();
     assert_eq!(s.on_headers(&mut host, head(ENFORCE, "/v1/a", &auth, "GET"), true, NOW), Verdict::Pause);
@@ -420,7 +424,7 @@ fn the_state_machine_forwards_a_would_deny_and_still_refuses_an_oversized_body()
     assert!(matches!(s.state(), State::WaitingPdp { .. }));
     s.on_pdp_answer(&mut host, pdp(&json!({"decision": false})), NOW);
     assert_eq!((s.state().clone(), host.resumed, host.replies.len()), (State::Allowed, 1, 1));
-    assert_eq!(host.evidence.last().map(|e| (e.reason, e.enforced)), Some(("pdp_denied", false)));
+    assert_eq!(host.evidence.last().map(|e| (e.reason.as_str(), e.enforced)), Some(("pdp_denied", false)));
     // A bound call whose body outgrows the limit is refused even in shadow mode.
     let mut s = Stream::new();
     assert_eq!(s.on_headers(&mut host, head(SHADOW, "/v1/payments", &auth, "POST"), false, NOW), Verdict::Pause);

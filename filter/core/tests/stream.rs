@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use missiongate_core::decision::{Denial, Evidence, Reason, Response};
+use missiongate_core::decision::{Decision, Denial, Evidence, Reason, Response};
 use missiongate_core::engine::{Attempts, Callout, Need, Outcome, PdpAnswer};
 use missiongate_core::head::{decode_pairs, encode_pairs, Head};
 use missiongate_core::ledger::{insert, Insert, MAX_PER_BUCKET};
@@ -96,7 +96,7 @@ impl Host for Mock {
             }
         }
         if sc.allow {
-            Outcome::Allow(Evidence { decision: "allow", ..Evidence::default() })
+            Outcome::Allow(Evidence { decision: Decision::Allow, ..Evidence::default() })
         } else {
             deny(403)
         }
