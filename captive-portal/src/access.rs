@@ -871,10 +871,21 @@ impl Access {
         if now >= task.expires_at + self.settings.task_retention_seconds {
             return Err(ArError::new(410, "task_expired", "the task handle has expired"));
         }
+        self.view_of(task, now).await
+    }
+
+    /// The answer to a submission: the task just created or replayed, as the requester sees it. No
+    /// retention gate: a task whose TTL ran out while it was being stored (a slow database, a TTL of a
+    /// second) is answered as expired, never as a 410 for the request that made it.
+    pub async fn submitted_view(&self, task: TaskRow) -> Result<(Value, TaskRow), ArError> {
+        self.view_of(task, now_secs()).await
+    }
+
+    async fn view_of(&self, task: TaskRow, now: i64) -> Result<(Value, TaskRow), ArError> {
         // Read-only: a pending task past its expiry is shown expired (the maintenance task records it).
         let task = effective(task, now);
         let grant = match &task.grant_id {
-            Some(g) => store.grant(g).await?,
+            Some(g) => self.authority.store().grant(g).await?,
             None => None,
         };
         Ok((self.render_task(&task, grant.as_ref()), task))

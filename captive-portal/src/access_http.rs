@@ -279,13 +279,15 @@ async fn submit(State(st): State<HttpState>, req: Request) -> Response {
     };
     match st.access.submit(&key, &bytes).await {
         Ok(s) => {
-            let (view, _) = match st.access.task_view(&s.task.id).await {
+            let id = s.task.id.clone();
+            let created = s.created;
+            let (view, _) = match st.access.submitted_view(s.task).await {
                 Ok(v) => v,
                 Err(e) => return ar_problem(&e),
             };
-            let status = if s.created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             let mut resp = json_response(status, &view);
-            if let Ok(loc) = HeaderValue::from_str(&st.access.settings().status_endpoint(&s.task.id)) {
+            if let Ok(loc) = HeaderValue::from_str(&st.access.settings().status_endpoint(&id)) {
                 resp.headers_mut().insert(header::LOCATION, loc);
             }
             resp

@@ -247,7 +247,7 @@ async fn ended_records_are_pruned_after_their_retention() {
             "--denial-ttl-seconds",
             "4",
             "--task-ttl-seconds",
-            "1",
+            "2",
             "--task-retention-seconds",
             "0",
         ],
@@ -260,7 +260,15 @@ async fn ended_records_are_pruned_after_their_retention() {
         assert_eq!(s, StatusCode::CREATED, "{t}");
         if i % 2 == 0 {
             let c = format!("/access/v1/requests/{}/cancel", t["task"]["id"].as_str().unwrap());
-            assert_eq!(p.post_json(&c, &json!({})).await.0, StatusCode::OK);
+            // On a loaded machine (or a remote database) the two-second task may already have
+            // expired, or even been pruned: then the cancel is refused, never accepted twice.
+            let (s, _, v) = p.post_json(&c, &json!({})).await;
+            assert!(
+                s == StatusCode::OK
+                    || (s == StatusCode::CONFLICT && v.to_string().contains("expired"))
+                    || s == StatusCode::NOT_FOUND,
+                "{s} {v}"
+            );
         }
     }
     let before = counts(&db).await;
