@@ -131,15 +131,46 @@ impl KeyRing {
     }
 
     /// The current key, with its lease extended so that it stays published until at least `until`.
+    ///
+    /// A token is never signed with a key whose lease could not be recorded: when the key's row is
+    /// gone (another replica rotated away from it and deleted it once its lease ran out, before this
+    /// replica took up the rotation), the current key is read from the database at once and leased
+    /// instead; if that fails too, the error ([`StoreError::KeyGone`]) is returned and nothing is signed.
     pub async fn signer_until(&self, store: &Store, until: i64) -> Result<Arc<ActiveKey>, StoreError> {
         self.follow_shared(store).await?;
         let key = self.current();
+        match Self::lease(&key, store, until).await {
+            Ok(()) => Ok(key),
+            Err(StoreError::KeyGone { kid }) => {
+                tracing::warn!(%kid, "the signing key is gone from the database; taking up the current one");
+                let Some(row) = store.current_key().await? else { return Err(StoreError::KeyGone { kid }) };
+                if row.kid == kid {
+                    return Err(StoreError::KeyGone { kid });
+                }
+                let fresh = Arc::new(ActiveKey::from_row(&row)?);
+                Self::lease(&fresh, store, until).await?;
+                {
+                    let mut current = self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if current.kid == kid {
+                        *current = fresh.clone();
+                    }
+                }
+                self.checked_at.store(crate::util::now_secs(), Ordering::Release);
+                tracing::info!(kid = %fresh.kid, "took up the current signing key");
+                Ok(fresh)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extend `key`'s lease in the database so that it covers `until` (no write when it already does).
+    async fn lease(key: &ActiveKey, store: &Store, until: i64) -> Result<(), StoreError> {
         if key.signed_until.load(Ordering::Acquire) < until {
             let lease = until.saturating_add(LEASE_SLACK_SECONDS);
             store.extend_key_lease(&key.kid, lease).await?;
             key.signed_until.fetch_max(lease, Ordering::AcqRel);
         }
-        Ok(key)
+        Ok(())
     }
 
     /// On a shared database, take up the current key another replica made by rotating (checked at

@@ -4,6 +4,9 @@
 //! |---|---|---|
 //! | GET | `/ready` | 200 `{"status":"ready"}` when the database answers; else 503 with `Retry-After` |
 //!
+//! A replica started while its Postgres is unreachable keeps retrying with backoff and meanwhile
+//! answers `/ready` (and everything but `/healthz`) with 503 ([`starting_router`]).
+//!
 //! `/healthz` says the process is alive; `/ready` says it can serve (a load balancer's health check).
 //! While the database is unreachable, a request that failed on it answers 503 with `Retry-After`
 //! instead of a 500 ([`unavailable_as_503`]); once the database is back, the pools reconnect and
@@ -60,6 +63,29 @@ fn unavailable(detail: &str) -> Response {
     resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// What a replica answers while it waits for the database at start (`captive-portal serve` keeps
+/// retrying a Postgres it cannot reach): `/healthz` 200 (the process is alive), `/ready` and every
+/// other path 503 with `Retry-After`. Each answer closes its connection, so no client keeps a
+/// connection to this interim server once the real one takes over the socket.
+pub fn starting_router() -> Router {
+    async fn not_yet() -> Response {
+        let mut resp = unavailable("waiting for the database at start");
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async {
+                let mut resp = axum::Json(json!({"status": "ok"})).into_response();
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }),
+        )
+        .route("/ready", get(not_yet))
+        .fallback(not_yet)
 }
 
 /// Middleware: a 500 while the database has just been found unreachable becomes a 503 with

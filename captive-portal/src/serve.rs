@@ -1,6 +1,9 @@
 //! `captive-portal serve`: open the database, start the authority, serve HTTP until SIGTERM/SIGINT.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -10,7 +13,7 @@ use crate::cli::{MigrateArgs, ServeArgs};
 use crate::gateway::GatewayAuth;
 use crate::http::{router, HttpState};
 use crate::notify::{Notifier, NotifySettings, Webhook};
-use crate::store::{Backend, DbTarget, Store};
+use crate::store::{Backend, DbTarget, Store, StoreError};
 use crate::util::sha256;
 
 /// Check an issuer identifier: absolute http(s) URL, no query, fragment or trailing slash.
@@ -191,6 +194,126 @@ async fn wait_for_signal() {
     }
 }
 
+/// Whether the `listening on` line went out already (before the database was reachable).
+static LISTENING_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// The line the tests and supervisors wait for, once per process.
+fn print_listening(addr: std::net::SocketAddr) -> Result<(), String> {
+    if LISTENING_PRINTED.swap(true, Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}").and_then(|()| stdout.flush()).map_err(|e| format!("stdout: {e}"))
+}
+
+/// Why opening the database and the authority failed, and whether trying again may help.
+struct OpenError {
+    message: String,
+    /// The database could not be reached (rather than refused the configuration).
+    retry: bool,
+}
+
+/// Connect (migrating the schema) and open the authority on it.
+async fn open(
+    target: &DbTarget,
+    settings: &Settings,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Store, Arc<Authority>), OpenError> {
+    let failed =
+        |e: StoreError| OpenError { retry: e.is_unavailable(), message: format!("--db {}: {e}", target.redacted()) };
+    match tokio::time::timeout(PROBE_TIMEOUT, Store::probe(target)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => {
+            return Err(OpenError {
+                retry: true,
+                message: format!("--db {}: no connection within {} s", target.redacted(), PROBE_TIMEOUT.as_secs()),
+            })
+        }
+    }
+    let store = Store::connect(target).await.map_err(failed)?;
+    match Authority::open(settings.clone(), store.clone(), shutdown.clone()).await {
+        Ok(authority) => Ok((store, authority)),
+        Err(e) => {
+            // The authority's errors are flattened to text: ask the database whether it went away.
+            let retry = matches!(store.ping().await, Err(ref p) if p.is_unavailable());
+            store.close().await;
+            Err(OpenError { message: e.to_string(), retry })
+        }
+    }
+}
+
+/// How long one attempt to reach the database at start may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First and largest pause between attempts to reach the database at start.
+const START_RETRY_FIRST: Duration = Duration::from_millis(250);
+const START_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Keep trying to open the database with backoff; meanwhile answer on `listener`: `/healthz` 200,
+/// `/ready` and everything else 503 with `Retry-After` ([`crate::ready::starting_router`]).
+/// `None` when a termination signal came first.
+async fn wait_for_database(
+    listener: tokio::net::TcpListener,
+    target: &DbTarget,
+    settings: &Settings,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<(Store, Arc<Authority>, tokio::net::TcpListener)>, String> {
+    // The same socket twice: the interim server accepts on one copy until the full one takes over.
+    let std_listener = listener.into_std().map_err(|e| format!("listener: {e}"))?;
+    let interim_listener = std_listener.try_clone().map_err(|e| format!("listener: {e}"))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    let interim_listener = tokio::net::TcpListener::from_std(interim_listener).map_err(|e| format!("listener: {e}"))?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let interim = tokio::spawn(async move {
+        let served = axum::serve(interim_listener, crate::ready::starting_router())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the interim server failed");
+        }
+    });
+    let attempts = async {
+        let mut pause = START_RETRY_FIRST;
+        let mut attempt: u32 = 1;
+        loop {
+            tokio::time::sleep(pause).await;
+            attempt = attempt.saturating_add(1);
+            match open(target, settings, shutdown).await {
+                Ok(opened) => {
+                    tracing::info!(attempt, db = %target.redacted(), "the database is reachable");
+                    return Ok(opened);
+                }
+                Err(e) if e.retry => {
+                    pause = (pause * 2).min(START_RETRY_MAX);
+                    tracing::warn!(
+                        attempt,
+                        retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        error = %e.message,
+                        "the database is still unreachable; not ready, retrying"
+                    );
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = attempts => Some(r),
+        () = wait_for_signal() => None,
+    };
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), interim).await.is_err() {
+        tracing::warn!("the interim server did not stop within 5 s");
+    }
+    match outcome {
+        Some(Ok((store, authority))) => Ok(Some((store, authority, listener))),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    }
+}
+
 /// Run the server until a termination signal; in-flight requests finish, long polls answer at once.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     check_issuer(&args.issuer)?;
@@ -241,10 +364,29 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         }
         Some(t) => Some(t.to_owned()),
     };
-    let target = DbTarget::parse(&args.db)?;
-    let store = Store::connect(&target).await.map_err(|e| format!("{}: {e}", target.redacted()))?;
+    let target = DbTarget::parse(&args.db).map_err(|e| format!("--db: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let authority = Authority::open(settings, store.clone(), shutdown_rx.clone()).await.map_err(|e| e.to_string())?;
+    // Postgres unreachable at start (down, restarting): keep retrying with backoff, answering
+    // `/ready` with 503 meanwhile; configuration errors still end the process at once.
+    let (store, authority, listener) = match open(&target, &settings, &shutdown_rx).await {
+        Ok((store, authority)) => (store, authority, listener),
+        Err(e) if e.retry && matches!(target, DbTarget::Postgres(_)) => {
+            tracing::warn!(error = %e.message, "the database is unreachable at start; not ready, retrying");
+            print_listening(addr)?;
+            match wait_for_database(listener, &target, &settings, &shutdown_rx).await? {
+                Some(opened) => opened,
+                None => {
+                    tracing::info!("stopped before the database was reachable");
+                    return Ok(());
+                }
+            }
+        }
+        Err(e) => return Err(e.message),
+    };
     let maintenance = tokio::spawn(authority.clone().run_maintenance());
     let access = Access::new(access_settings, authority.clone());
     let access_maintenance = tokio::spawn(access.clone().run_maintenance(shutdown_rx.clone()));
@@ -262,16 +404,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         })
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")
-            .and_then(|()| stdout.flush())
-            .map_err(|e| format!("stdout: {e}"))?;
-    }
+    print_listening(addr)?;
     tracing::info!(%addr, issuer = %args.issuer, db = %target.redacted(), "mission authority started");
 
     let app = router(

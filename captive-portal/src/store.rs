@@ -92,6 +92,12 @@ pub enum StoreError {
     },
     /// Signing an event inside a write failed; the write was rolled back.
     Sign(String),
+    /// A signing key's lease could not be recorded: its row is gone (another replica deleted it
+    /// as dead). Nothing may be signed with that key.
+    KeyGone {
+        /// The key id.
+        kid: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -104,6 +110,9 @@ impl std::fmt::Display for StoreError {
                 write!(f, "this database belongs to issuer {stored:?}; refusing to serve it under another issuer")
             }
             StoreError::Sign(m) => write!(f, "signing failed: {m}"),
+            StoreError::KeyGone { kid } => {
+                write!(f, "signing key {kid} is no longer in the database; its lease could not be recorded")
+            }
         }
     }
 }
@@ -113,7 +122,14 @@ impl std::error::Error for StoreError {}
 impl StoreError {
     /// Whether the database could not be reached (a 503 with `Retry-After`, not a 500).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Db(e) if is_unavailable(e))
+        match self {
+            StoreError::Db(e) => is_unavailable(e),
+            // The server went away while the schema was being checked or migrated.
+            StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(e) | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => is_unavailable(e),
+            _ => false,
+        }
     }
 }
 
@@ -299,6 +315,16 @@ impl DbTarget {
             url::Url::parse(s).map_err(|e| format!("invalid Postgres URL: {e}"))?;
             return Ok(DbTarget::Postgres(s.to_owned()));
         }
+        if let Some((scheme, _)) = s.split_once("://") {
+            if scheme != "sqlite"
+                && !scheme.is_empty()
+                && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            {
+                return Err(format!(
+                    "unsupported database URL scheme {scheme:?}: use postgres://, postgresql://, sqlite: or a file path"
+                ));
+            }
+        }
         let path = match s.strip_prefix("sqlite:") {
             Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
             None => s,
@@ -432,6 +458,18 @@ impl Store {
         let store = Store::connect_unmigrated(target).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Postgres: open one connection and close it, to learn quickly (and with the driver's own
+    /// error, such as "connection refused") whether the server can be reached at all. SQLite: nothing.
+    pub async fn probe(target: &DbTarget) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        if let DbTarget::Postgres(url) = target {
+            let conn = sqlx::AnyConnection::connect(url).await?;
+            conn.close().await?;
+        }
+        Ok(())
     }
 
     /// Open the database without touching its schema.
@@ -665,8 +703,12 @@ impl Store {
     }
 
     /// Extend a key's lease so that it stays published until at least `until`.
+    ///
+    /// [`StoreError::KeyGone`] when no row has `kid` (another replica deleted it as dead): the lease
+    /// is not recorded, so the caller must not sign with that key. (Both engines count a row the
+    /// `WHERE` matched as affected even when the lease already reached `until`.)
     pub async fn extend_key_lease(&self, kid: &str, until: i64) -> Result<(), StoreError> {
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE signing_keys SET signed_until = CASE WHEN signed_until < $1 THEN $1 ELSE signed_until END \
              WHERE kid = $2",
         )
@@ -674,6 +716,9 @@ impl Store {
         .bind(kid)
         .execute(&self.writer)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::KeyGone { kid: kid.to_owned() });
+        }
         Ok(())
     }
 
