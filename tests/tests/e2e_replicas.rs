@@ -6,8 +6,10 @@
 //!   fresh for 30 s, so only the event feed can make it bite this fast).
 //! - An access request submitted through A, approved on B, its single-use permit used exactly once
 //!   across both gateways; concurrent approvals of one task from both replicas (one wins, one 409).
-//! - `kill -9` of A in the middle of approvals: nothing half-done, B carries on; Postgres restarted
-//!   under load: 503 with `Retry-After` while it is down, full recovery after.
+//! - `kill -9` of A while a stream of Mission and access-request approvals runs into it (rerun until
+//!   requests of both kinds were cut mid-flight): every answered approval is on B, the rest whole or
+//!   absent and approvable on B exactly once, one grant and one permit per task, the feed without a
+//!   gap; Postgres restarted under load: 503 with `Retry-After` while it is down, full recovery after.
 //! - The README's deployment, `deploy/replicas/portal-lb.yaml`: validated by `envoy --mode validate`,
 //!   then run in front of both replicas with a gateway behind it; a replica killed or cut off from
 //!   the database leaves the rotation and nothing fails.
@@ -151,45 +153,250 @@ fn missions_and_access_requests_across_two_replicas_and_two_gateways() {
     assert_eq!(get(&g2, &token).json()["mission"]["state"], "revoked");
 }
 
+/// One approval streamed at replica A.
+#[derive(Clone, Debug)]
+enum Job {
+    /// A Mission to approve.
+    Mission(String),
+    /// An access-request task to approve, and the payment body it is for.
+    Task(String, String),
+}
+
+impl Job {
+    fn id(&self) -> &str {
+        match self {
+            Job::Mission(id) | Job::Task(id, _) => id,
+        }
+    }
+}
+
+/// What came of one request of the stream.
+#[derive(Debug)]
+enum Outcome {
+    Answered(u16),
+    /// Connection refused: A was already dead; the request never reached it.
+    Refused,
+    /// Connected and sent, then no answer: cut mid-flight by the kill.
+    Cut(String),
+}
+
+fn op_req(method: &str, path: &str, port: u16, body: &str) -> Req {
+    Req::new(method, path)
+        .header("Host", &format!("127.0.0.1:{port}"))
+        .header("Authorization", &format!("Bearer {}", missiongate_tests::portal::OPERATOR_TOKEN))
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+}
+
+/// `workers` threads each sending the next approval of `jobs` to `port` as soon as the previous
+/// one is answered (a fresh connection per request), until the queue is empty or A stops answering.
+fn approval_stream(
+    port: u16,
+    jobs: Vec<Job>,
+    workers: usize,
+    answered: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<Vec<(Job, Outcome)>>> {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(jobs)));
+    (0..workers)
+        .map(|_| {
+            let (queue, answered) = (queue.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut done = vec![];
+                loop {
+                    let Some(job) = queue.lock().unwrap().pop_front() else { return done };
+                    let req = match &job {
+                        Job::Mission(id) => op_req("POST", &format!("/operator/missions/{id}/approve"), port, "{}"),
+                        Job::Task(task, _) => op_req(
+                            "POST",
+                            &format!("/operator/access-requests/{task}/approve"),
+                            port,
+                            &json!({"duration_seconds": 600}).to_string(),
+                        ),
+                    };
+                    let outcome = match req.try_send(port) {
+                        Ok(r) => {
+                            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Outcome::Answered(r.status)
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                        Err(e) => Outcome::Cut(e.to_string()),
+                    };
+                    let stop = !matches!(outcome, Outcome::Answered(_));
+                    done.push((job, outcome));
+                    if stop {
+                        return done;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every SET jti of B's event feed, read with the gateway credential (acknowledging as it goes).
+fn feed_seqs(p: &Portal) -> Vec<i64> {
+    let mut out = vec![];
+    let mut ack: Vec<String> = vec![];
+    loop {
+        let r = Req::new("POST", "/mission/events")
+            .header("Host", &format!("127.0.0.1:{}", p.port))
+            .header("Authorization", &format!("Bearer {}", missiongate_tests::portal::GATEWAY_CREDENTIAL))
+            .header("Content-Type", "application/json")
+            .body(json!({"ack": ack, "returnImmediately": true, "maxEvents": 100}).to_string())
+            .send(p.port);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut seqs: Vec<i64> = r.json()["sets"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+        seqs.sort_unstable();
+        let Some(max) = seqs.last().copied() else { return out };
+        out.extend(seqs);
+        ack = vec![max.to_string()];
+    }
+}
+
 #[test]
 fn kill_9_of_a_replica_and_a_postgres_restart_under_load() {
     let pg = PgServer::start().unwrap();
     let db = pg.fresh_database().unwrap();
-    let (mut a, b) = replicas(&db);
+    let db_name = db.rsplit('/').next().unwrap().to_owned();
+    let (pa, pb) = (missiongate_tests::free_port(), missiongate_tests::free_port());
+    let issuer = format!("http://127.0.0.1:{pa}");
+    let args = [FRESH[0], FRESH[1], "--max-open-requests-per-requester", "1000"];
+    let mut a = Portal::start_replica(pa, &db, &issuer, &args);
+    let b = Portal::start_replica(pb, &db, &issuer, &args);
     let up = Upstream::start(None);
     let g2 = gateway(&up, &a, &b);
+    let payer = a.create_mission(&["http.get", "payments.create"], 3600);
+    assert_eq!(a.lifecycle(&payer, "approve").status, 200);
+    let pay_token = b.token(&payer, None);
 
-    // kill -9 of A while approvals are in flight on it: each is whole or absent; B carries on.
-    let ids: Vec<String> = (0..6).map(|_| b.create_mission(&["http.get"], 3600)).collect();
-    let port = a.port;
-    let handles: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let id = id.clone();
-            std::thread::spawn(move || {
-                Req::new("POST", &format!("/operator/missions/{id}/approve"))
-                    .header("Host", &format!("127.0.0.1:{port}"))
-                    .header("Authorization", &format!("Bearer {}", missiongate_tests::portal::OPERATOR_TOKEN))
-                    .header("Content-Type", "application/json")
-                    .body("{}")
-                    .send(port)
-                    .status
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(15));
-    a.kill9();
-    let acked: Vec<bool> = handles.into_iter().map(|h| h.join().map(|s| s == 200).unwrap_or(false)).collect();
-    for (id, acked) in ids.iter().zip(acked) {
-        let shown = b.op("GET", &format!("/operator/missions/{id}"), None).json();
-        if acked {
-            assert_eq!(shown["state"], "active", "{shown}");
-        } else if shown["state"] == "pending_approval" {
-            assert_eq!(b.lifecycle(id, "approve").status, 200);
+    // kill -9 of A while approvals of Missions and of access requests stream into it. A kill that
+    // falls between requests proves nothing: the scenario runs again (A restarted, a fresh batch)
+    // until requests of both kinds were cut mid-flight; every run is checked in full.
+    const MISSIONS: usize = 30;
+    const TASKS: usize = 16;
+    let mut ids: Vec<String> = vec![];
+    let mut proven = false;
+    for attempt in 1..=5 {
+        if attempt > 1 {
+            a.restart();
         }
-        let shown = b.op("GET", &format!("/operator/missions/{id}"), None).json();
-        assert_eq!((shown["state"].as_str(), shown["version"].as_i64()), (Some("active"), Some(2)), "{shown}");
+        let missions: Vec<Job> = (0..MISSIONS).map(|_| Job::Mission(b.create_mission(&["http.get"], 3600))).collect();
+        let tasks: Vec<Job> = (0..TASKS)
+            .map(|i| {
+                let body = format!(r#"{{"amount":"{attempt}{i:02}.00","currency":"EUR","to":"acct_kill9"}}"#);
+                Job::Task(request_payment(&b, &g2, &pay_token, &body), body)
+            })
+            .collect();
+        let answered_m = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answered_t = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut streams = approval_stream(a.port, missions.clone(), 3, &answered_m);
+        streams.extend(approval_stream(a.port, tasks.clone(), 3, &answered_t));
+        let load = |c: &std::sync::Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while load(&answered_m) < 5 || load(&answered_t) < 5 {
+            assert!(Instant::now() < deadline, "A answered no stream of approvals within 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        a.kill9();
+        let outcomes: Vec<(Job, Outcome)> = streams.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let cut = |mission: bool| {
+            outcomes
+                .iter()
+                .filter(|(j, o)| matches!(j, Job::Mission(_)) == mission && matches!(o, Outcome::Cut(_)))
+                .count()
+        };
+        let (cut_m, cut_t) = (cut(true), cut(false));
+        eprintln!(
+            "attempt {attempt}: A approved {} Missions and {} tasks; cut mid-flight: {cut_m} Missions, {cut_t} tasks",
+            load(&answered_m),
+            load(&answered_t)
+        );
+        for (j, o) in &outcomes {
+            match o {
+                Outcome::Answered(s) => assert!((200..300).contains(s), "{j:?} answered {s} before the kill"),
+                Outcome::Cut(e) => eprintln!("cut mid-flight: {}: {e}", j.id()),
+                Outcome::Refused => {}
+            }
+        }
+        let answered_ok =
+            |id: &str| outcomes.iter().any(|(j, o)| j.id() == id && matches!(o, Outcome::Answered(s) if *s < 300));
+
+        // Missions: an answered approval is on B with its audit row; the others whole or absent, and
+        // B approves exactly once what is still pending.
+        for job in &missions {
+            let id = job.id();
+            let path = format!("/operator/missions/{id}");
+            let shown = b.op("GET", &path, None).json();
+            match shown["state"].as_str() {
+                Some("active") => {}
+                Some("pending_approval") => {
+                    assert!(!answered_ok(id), "A answered the approval of {id}, B does not have it: {shown}");
+                    assert_eq!(shown["transitions"].as_array().unwrap().len(), 1, "{shown}");
+                    assert_eq!(b.lifecycle(id, "approve").status, 200);
+                }
+                _ => panic!("{id}: {shown}"),
+            }
+            assert_eq!(b.lifecycle(id, "approve").status, 409, "{id} approved twice");
+            let shown = b.op("GET", &path, None).json();
+            assert_eq!((shown["state"].as_str(), shown["version"].as_i64()), (Some("active"), Some(2)), "{shown}");
+            let trail = shown["transitions"].as_array().unwrap();
+            assert_eq!(trail.len(), 2, "{shown}");
+            assert_eq!((trail[1]["to"].as_str(), trail[1]["actor"].as_str()), (Some("active"), Some("operator")));
+            ids.push(id.to_owned());
+        }
+        // Access requests: approved with exactly one grant and one audit row, or pending and then
+        // approved on B exactly once. Never two grants.
+        for job in &tasks {
+            let task = job.id();
+            let path = format!("/operator/access-requests/{task}");
+            let shown = b.op("GET", &path, None).json();
+            match shown["task"]["status"].as_str() {
+                Some("approved") => {}
+                Some("pending") => {
+                    assert!(!answered_ok(task), "A answered the approval of {task}, B does not have it: {shown}");
+                    assert!(shown.get("grant").is_none_or(Value::is_null), "{shown}");
+                    assert_eq!(b.approve_request(task, 600).status, 200);
+                }
+                _ => panic!("{task}: {shown}"),
+            }
+            let again = b.approve_request(task, 600);
+            assert_eq!(again.status, 409, "{task} approved twice: {}", again.text());
+            let shown = b.op("GET", &path, None).json();
+            assert_eq!(shown["task"]["status"], "approved", "{shown}");
+            assert_eq!(shown["grant"]["single_use"], true, "{shown}");
+            let approvals = shown["audit"].as_array().unwrap().iter().filter(|x| x["action"] == "approve").count();
+            assert_eq!(approvals, 1, "{shown}");
+            let grants = pg.psql(&db_name, &format!("SELECT count(*) FROM access_grants WHERE task_id = '{task}'"));
+            assert_eq!(grants.unwrap(), "1", "grants of {task}");
+        }
+        // Each single-use grant lets exactly one payment through gateway 2, whichever replica made it.
+        for job in &tasks {
+            let Job::Task(task, body) = job else { panic!("{job:?}") };
+            let before = up.seen("/v1/payments");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let first = loop {
+                // 511 while the filter still remembers the denial (about a second).
+                let r = pay(&g2, &pay_token, body);
+                if r.status != 511 {
+                    break r;
+                }
+                assert!(Instant::now() < deadline, "{task}: still 511 after 20 s");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(first.status, 200, "{task}: {}", first.text());
+            let second = pay(&g2, &pay_token, body);
+            assert_eq!(second.status, 403, "{task}: the single-use grant let a second payment through");
+            assert_eq!(up.seen("/v1/payments"), before + 1, "{task}");
+        }
+        // The feed on B is whole: every creation and approval so far, numbered 1..=n without a gap.
+        let n = i64::try_from(2 + 2 * MISSIONS * usize::try_from(attempt).unwrap()).unwrap();
+        assert_eq!(pg.psql(&db_name, "SELECT last_seq FROM mission_event_counter").unwrap(), n.to_string());
+        assert_eq!(feed_seqs(&b), (1..=n).collect::<Vec<i64>>());
+        if cut_m > 0 && cut_t > 0 {
+            proven = true;
+            break;
+        }
     }
+    assert!(proven, "in 5 runs the kill never cut a Mission approval and an access-request approval mid-flight");
     let token = b.token(&ids[0], None);
     assert_eq!(get(&g2, &token).status, 200);
 
