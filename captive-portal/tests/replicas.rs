@@ -486,6 +486,9 @@ async fn kill_9_scenario(attempt: usize) -> (usize, usize) {
         assert_eq!(trail.len(), 2, "{v}");
         assert_eq!((trail[1]["from"].as_str(), trail[1]["to"].as_str()), (Some("pending_approval"), Some("active")));
         assert_eq!(trail[1]["actor"], "operator", "{v}");
+        // And it is usable: B mints its token.
+        let (s, t) = b.op(Method::POST, &format!("{path}/token"), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::OK, "{t}");
     }
 
     // Access requests: approved with exactly one grant (and its audit row), or still pending and

@@ -341,6 +341,7 @@ fn kill_9_of_a_replica_and_a_postgres_restart_under_load() {
             let trail = shown["transitions"].as_array().unwrap();
             assert_eq!(trail.len(), 2, "{shown}");
             assert_eq!((trail[1]["to"].as_str(), trail[1]["actor"].as_str()), (Some("active"), Some("operator")));
+            b.token(id, None); // usable: B mints its token
             ids.push(id.to_owned());
         }
         // Access requests: approved with exactly one grant and one audit row, or pending and then
