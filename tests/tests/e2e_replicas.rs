@@ -403,20 +403,20 @@ fn kill_9_of_a_replica_and_a_postgres_restart_under_load() {
 
     // Postgres restarted under load: 503 with Retry-After while it is down, never a 500.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u16, bool)>::new()));
     let load = {
-        let (stop, port, id) = (stop.clone(), b.port, ids[1].clone());
+        let (stop, port, id, seen) = (stop.clone(), b.port, ids[1].clone(), seen.clone());
         std::thread::spawn(move || {
-            let mut seen: Vec<(u16, bool)> = vec![];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = Req::new("GET", &format!("/operator/missions/{id}"))
                     .header("Host", &format!("127.0.0.1:{port}"))
                     .header("Authorization", &format!("Bearer {}", missiongate_tests::portal::OPERATOR_TOKEN))
                     .try_send(port);
                 // 0: no HTTP answer at all (B itself failed), which the assertions below refuse.
-                seen.push(r.map(|r| (r.status, r.header("retry-after").is_some())).unwrap_or((0, false)));
+                let answer = r.map(|r| (r.status, r.header("retry-after").is_some())).unwrap_or((0, false));
+                seen.lock().unwrap().push(answer);
                 std::thread::sleep(Duration::from_millis(50));
             }
-            seen
         })
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -442,9 +442,19 @@ fn kill_9_of_a_replica_and_a_postgres_restart_under_load() {
         assert!(Instant::now() < deadline, "not ready again within 60 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The load recovers too: wait (not a fixed pause: a request already waiting on the pool when
+    // the server came back may still end in a 503) until the load's latest answer is a 200.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let now_seen = seen.lock().unwrap().clone();
+        if now_seen.last().map(|x| x.0) == Some(200) {
+            break now_seen;
+        }
+        assert!(Instant::now() < deadline, "the load got no 200 within 60 s of /ready: {now_seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = load.join().unwrap();
+    load.join().unwrap();
     assert!(seen.iter().any(|(s, _)| *s == 503), "no 503 while Postgres was down: {seen:?}");
     assert!(seen.iter().all(|(s, ra)| *s == 200 || (*s == 503 && *ra)), "{seen:?}");
     assert_eq!(seen.last().map(|x| x.0), Some(200), "{seen:?}");
