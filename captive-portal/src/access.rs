@@ -1,7 +1,7 @@
 //! The PDP and Access Request Service (SPEC §4): AuthZEN Access Evaluation over the grants approvers
 //! made, requestable denials with a signed `binding_token` (AuthZEN Access Request and Approval
 //! Profile, "ARAP"), Access Request tasks, and the per-denial RFC 8908 document of the Captive Portal
-//! Egress Profile. HTTP-agnostic; [`crate::access_http`] and [`crate::portal`] map it onto routes.
+//! Egress Profile. HTTP-agnostic; [`crate::http::access`] and [`crate::http::approver`] map it onto routes.
 //!
 //! # Policy
 //!

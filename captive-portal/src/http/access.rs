@@ -35,8 +35,11 @@ use missiongate_wire::authzen::{
 use missiongate_wire::digest::is_json_media_type;
 use missiongate_wire::problem;
 
+use super::error::{json_response, problem_response, with_headers};
+use super::extract::JsonBody;
+use super::guard::{require_gateway, require_operator};
+use super::state::{HttpState, ACTOR_OPERATOR};
 use crate::access::ArError;
-use crate::http::{json_response, require_operator, with_headers, HttpState, JsonBody, ACTOR_OPERATOR};
 
 /// Largest evaluation body.
 pub const EVALUATION_BODY_LIMIT: usize = 256 * 1024;
@@ -47,7 +50,7 @@ pub(crate) fn routes(state: &HttpState) -> Router<HttpState> {
     let pdp = Router::new()
         .route(EVALUATION_PATH, post(evaluation))
         .route(EVALUATIONS_PATH, post(evaluations))
-        .route_layer(middleware::from_fn_with_state(state.clone(), crate::http::require_gateway))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_gateway))
         .layer(DefaultBodyLimit::max(EVALUATION_BODY_LIMIT));
     let operator = Router::new()
         .route("/operator/access-requests", get(op_list))
@@ -123,7 +126,7 @@ fn count_decision(v: &Value) {
 fn pdp_error(e: &ArError) -> Response {
     crate::metrics::METRICS.evaluation(crate::metrics::Decision::error);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    crate::http::problem_response(status, e.code, &e.detail, None, &[])
+    problem_response(status, e.code, &e.detail, None, &[])
 }
 
 async fn pdp_metadata(State(st): State<HttpState>) -> Response {
@@ -332,7 +335,7 @@ async fn captive(State(st): State<HttpState>, Path(id): Path<String>) -> Respons
             }
             Err(e) => ar_problem(&ArError::internal(e)),
         },
-        Ok(None) => crate::http::problem_response(StatusCode::NOT_FOUND, "not_found", "no such denial", None, &[]),
+        Ok(None) => problem_response(StatusCode::NOT_FOUND, "not_found", "no such denial", None, &[]),
         Err(e) => ar_problem(&e),
     }
 }

@@ -36,9 +36,9 @@ use subtle::ConstantTimeEq;
 
 use missiongate_wire::time::format_rfc3339;
 
+use super::state::HttpState;
 use crate::access::{Access, ArError, DenialPage};
 use crate::access_store::{status, SessionRow, TaskRow};
-use crate::http::HttpState;
 use crate::util::{now_secs, random_b64, secret_matches, sha256};
 
 /// Content-Security-Policy of every page.

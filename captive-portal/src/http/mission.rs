@@ -1,104 +1,41 @@
-//! HTTP surface of the Mission authority (axum).
-//!
-//! | method | path | body | answer |
-//! |---|---|---|---|
-//! | GET | `/.well-known/oauth-authorization-server` | | RFC 8414 metadata |
-//! | GET | `/jwks.json` | | JWKS (current + still-leased previous keys) |
-//! | GET | `/healthz` | | `{"status":"ok"}` |
-//! | GET | `/metrics` | | Prometheus text format (`--metrics-token` or the operator token; [`crate::metrics`]) |
-//! | POST | `/token` | form `grant_type=client_credentials`, `mission_id`, client auth, optional `DPoP` header | RFC 6749 token response |
-//! | POST | `/mission/status` | form `mission_id`, `audience`, `nonce` | `application/mission-status-response+jwt` |
-//! | POST | `/mission/events` | JSON RFC 8936 poll request | JSON RFC 8936 poll response |
-//! | POST | `/operator/missions` | JSON Mission request | 201 Mission + `client_secret` |
-//! | GET | `/operator/missions[?state=&limit=]` | | `{"missions": [...]}` |
-//! | GET | `/operator/missions/{id}` | | Mission + `transitions` |
-//! | POST | `/operator/missions/{id}/{approve,reject,suspend,resume,revoke,complete}` | | Mission |
-//! | POST | `/operator/missions/{id}/token` | optional JSON `{"dpop_jkt"}` | token response |
-//! | POST | `/operator/keys/rotate` | | `{"kid", "previous_kid"}` |
-//!
-//! The PDP, Access Request, Captive Portal API and operator access-request routes are in
-//! [`crate::access_http`]; the approver pages in [`crate::portal`].
-//!
-//! Operator routes need `Authorization: Bearer <operator token>`. Errors are
-//! `application/problem+json` (RFC 9457) with an `error` member, except on the OAuth surfaces
-//! (`/token`, `/mission/status`), which answer `application/json` `{"error", "error_description"}` as
-//! RFC 6749 §5.2 and the Mission Status draft require.
+//! The Mission authority: OAuth metadata, JWKS, the token endpoint, Mission Status, the event feed and
+//! the operator's Mission API.
 
-// Handlers and extractors here return a ready `Response` as their error, as axum rejections do; it is
-// built once on the (cold) error path, so boxing it would only add noise.
+// Handlers here return a ready `Response` as their error; it is built once on the (cold) error path,
+// so boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use base64::Engine;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use missiongate_wire::claims::PollRequest;
-use missiongate_wire::digest::is_json_media_type;
-use missiongate_wire::problem::{self, Problem, ProblemMission};
+use missiongate_wire::problem::ProblemMission;
 use missiongate_wire::time::format_rfc3339;
 
-use crate::access::Access;
-use crate::authority::{Authority, AuthorityError, Minted};
-use crate::gateway::{Caller, GatewayAuth};
+use super::error::{internal, json_response, oauth_error, problem_response, with_headers};
+use super::extract::{FormBody, JsonBody, OptionalJsonBody};
+use super::guard::{require_gateway, require_gateway_oauth, require_operator};
+use super::state::{HttpState, ACTOR_OPERATOR};
+use crate::authority::{AuthorityError, Minted};
+use crate::gateway::Caller;
 use crate::mission::{self, Action, CreateMission};
 use crate::store::{MissionRow, TransitionRow};
-use crate::util::{now_secs, secret_matches, sha256};
+use crate::util::now_secs;
 
-/// Largest request body accepted.
-pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Media type of Mission Status responses.
 pub const CONTENT_TYPE_MISSION_STATUS: &str = "application/mission-status-response+jwt";
-/// Actor recorded for operator API calls.
-pub const ACTOR_OPERATOR: &str = "operator";
 
-/// Shared state of the router.
-#[derive(Clone)]
-pub struct HttpState {
-    pub(crate) authority: Arc<Authority>,
-    pub(crate) access: Arc<Access>,
-    pub(crate) gateway: Arc<GatewayAuth>,
-    operator_token_sha256: Arc<[u8; 32]>,
-    metrics_token_sha256: Option<Arc<[u8; 32]>>,
-}
-
-impl HttpState {
-    /// State for `authority` and the access service, with the operator API guarded by `operator_token`
-    /// and the gateway surfaces (PDP, Mission Status, event feed) by `gateway`.
-    pub fn new(
-        authority: Arc<Authority>,
-        access: Arc<Access>,
-        operator_token: &str,
-        gateway: Arc<GatewayAuth>,
-    ) -> HttpState {
-        HttpState {
-            authority,
-            access,
-            gateway,
-            operator_token_sha256: Arc::new(sha256(operator_token.as_bytes())),
-            metrics_token_sha256: None,
-        }
-    }
-
-    /// Also let `token` (the metrics scraper's credential) read `GET /metrics`.
-    pub fn with_metrics_token(mut self, token: Option<&str>) -> HttpState {
-        self.metrics_token_sha256 = token.map(|t| Arc::new(sha256(t.as_bytes())));
-        self
-    }
-}
-
-/// The complete router.
-pub fn router(state: HttpState) -> Router {
+/// The public Mission authority routes, the gateway surfaces and the operator Mission API.
+pub(crate) fn routes(state: &HttpState) -> Router<HttpState> {
     let operator = Router::new()
         .route("/operator/missions", post(create_mission).get(list_missions))
         .route("/operator/missions/{id}", get(show_mission))
@@ -114,21 +51,9 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/jwks.json", get(jwks))
-        .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }))
         .route("/token", post(token))
-        .merge(gateway_routes(&state))
+        .merge(gateway_routes(state))
         .merge(operator)
-        .merge(crate::access_http::routes(&state))
-        .merge(crate::portal::routes())
-        .route("/metrics", get(metrics))
-        .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None, &[]) })
-        .method_not_allowed_fallback(|| async {
-            problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here", None, &[])
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn(log_request))
-        .layer(middleware::from_fn(crate::metrics::observe_http))
-        .with_state(state)
 }
 
 /// Mission Status (OAuth-style errors) and the event feed (problem documents): gateways only.
@@ -140,68 +65,6 @@ fn gateway_routes(state: &HttpState) -> Router<HttpState> {
         .route("/mission/events", post(mission_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_gateway));
     status.merge(events)
-}
-
-// -------------------------------------------------------------------------------------------------
-// Responses
-// -------------------------------------------------------------------------------------------------
-
-pub(crate) fn with_headers(mut resp: Response, content_type: &'static str) -> Response {
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    with_headers((status, bytes).into_response(), "application/json")
-}
-
-/// An `application/problem+json` response with an `error` member (and `extra` members).
-pub(crate) fn problem_response(
-    status: StatusCode,
-    error: &str,
-    detail: &str,
-    mission: Option<ProblemMission>,
-    extra: &[(&str, Value)],
-) -> Response {
-    let p = Problem {
-        type_: Problem::type_for(error),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        detail: detail.to_owned(),
-        reason: error.to_owned(),
-        mission,
-        decision_id: None,
-    };
-    let bytes = match serde_json::to_value(&p) {
-        Ok(Value::Object(mut obj)) => {
-            obj.insert("error".into(), Value::String(error.to_owned()));
-            for (k, v) in extra {
-                obj.insert((*k).to_owned(), v.clone());
-            }
-            serde_json::to_vec(&obj).unwrap_or_else(|_| p.to_bytes())
-        }
-        _ => p.to_bytes(),
-    };
-    with_headers((status, bytes).into_response(), problem::CONTENT_TYPE)
-}
-
-/// An OAuth-style `application/json` error (RFC 6749 §5.2, Mission Status draft).
-fn oauth_error(status: StatusCode, error: &str, description: &str, extra: &[(&str, Value)]) -> Response {
-    let mut body = serde_json::Map::new();
-    body.insert("error".into(), Value::String(error.to_owned()));
-    body.insert("error_description".into(), Value::String(description.to_owned()));
-    for (k, v) in extra {
-        body.insert((*k).to_owned(), v.clone());
-    }
-    json_response(status, &Value::Object(body))
-}
-
-pub(crate) fn internal(detail: &str) -> Response {
-    tracing::error!(error = %detail, "request failed");
-    problem_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error", None, &[])
 }
 
 /// Operator-API mapping of service errors.
@@ -268,259 +131,6 @@ fn token_response(m: &Minted) -> Response {
             "authorization_details": m.mission.authority,
         }),
     )
-}
-
-// -------------------------------------------------------------------------------------------------
-// Extractors
-// -------------------------------------------------------------------------------------------------
-
-fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("invalid"))
-}
-
-pub(crate) fn body_rejection(e: &axum::extract::rejection::BytesRejection, oauth: bool) -> Response {
-    let (status, error, detail) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body is larger than 1 MiB")
-    } else {
-        (StatusCode::BAD_REQUEST, "invalid_request", "request body could not be read")
-    };
-    let mut resp = if oauth {
-        oauth_error(status, error, detail, &[])
-    } else {
-        problem_response(status, error, detail, None, &[])
-    };
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        // The rest of the body was not read: the connection cannot be reused.
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// Parse a JSON body strictly (I-JSON: no duplicate member names) into `T`.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
-    let value = missiongate_wire::jcs::parse_ijson(bytes).map_err(|e| {
-        problem_response(StatusCode::BAD_REQUEST, "invalid_request", &format!("request body: {e}"), None, &[])
-    })?;
-    serde_json::from_value(value).map_err(|e| {
-        problem_response(StatusCode::BAD_REQUEST, "invalid_request", &format!("request body: {e}"), None, &[])
-    })
-}
-
-pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Response> {
-    match content_type(headers) {
-        None => Ok(()),
-        Some(ct) if is_json_media_type(ct) => Ok(()),
-        Some(_) => Err(problem_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
-            "Content-Type must be application/json",
-            None,
-            &[],
-        )),
-    }
-}
-
-/// A required JSON body.
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        check_json_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_rejection(&e, false))?;
-        parse_json(&bytes).map(JsonBody)
-    }
-}
-
-/// An optional JSON body: an empty body is `None`.
-pub struct OptionalJsonBody<T>(pub Option<T>);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let headers = req.headers().clone();
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_rejection(&e, false))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJsonBody(None));
-        }
-        check_json_content_type(&headers)?;
-        parse_json(&bytes).map(|v| OptionalJsonBody(Some(v)))
-    }
-}
-
-/// An `application/x-www-form-urlencoded` body; a parameter sent twice is refused (RFC 6749 §3.1).
-pub struct FormBody(pub HashMap<String, String>);
-
-impl<S: Send + Sync> FromRequest<S> for FormBody {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = content_type(req.headers()) {
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-                return Err(oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Content-Type must be application/x-www-form-urlencoded",
-                    &[],
-                ));
-            }
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_rejection(&e, true))?;
-        let mut out = HashMap::new();
-        for (k, v) in form_urlencoded::parse(&bytes) {
-            if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
-                return Err(oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("parameter {k:?} is repeated"),
-                    &[],
-                ));
-            }
-        }
-        Ok(FormBody(out))
-    }
-}
-
-// -------------------------------------------------------------------------------------------------
-// Middleware
-// -------------------------------------------------------------------------------------------------
-
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
-    resp
-}
-
-fn peer_of(req: &Request) -> Option<std::net::SocketAddr> {
-    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
-}
-
-const GATEWAY_REALM: &str = "Bearer realm=\"missiongate-gateway\"";
-
-/// Gateways only (see [`crate::gateway`]); a refusal is a 401 problem document. The caller is put in
-/// the request's extensions for the handler.
-pub(crate) async fn require_gateway(State(st): State<HttpState>, mut req: Request, next: Next) -> Response {
-    match st.gateway.check(req.headers(), peer_of(&req)) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(refusal) => {
-            tracing::warn!(path = %req.uri().path(), ?refusal, "gateway surface refused a caller");
-            let mut resp = problem_response(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this endpoint answers gateways only: Authorization: Bearer <gateway credential>",
-                None,
-                &[],
-            );
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(GATEWAY_REALM));
-            resp
-        }
-    }
-}
-
-/// As [`require_gateway`], with the Mission Status draft's JSON error (`unauthorized`, 401).
-async fn require_gateway_oauth(State(st): State<HttpState>, mut req: Request, next: Next) -> Response {
-    match st.gateway.check(req.headers(), peer_of(&req)) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(refusal) => {
-            tracing::warn!(path = %req.uri().path(), ?refusal, "gateway surface refused a caller");
-            let mut resp = oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Mission Status answers gateways only: Authorization: Bearer <gateway credential>",
-                &[],
-            );
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(GATEWAY_REALM));
-            resp
-        }
-    }
-}
-
-/// `Authorization: Bearer <operator token>`, compared in constant time. Anything else (no header, two
-/// headers, another scheme, an agent's access token) is a 401.
-/// `GET /metrics`: the Prometheus text format, for the operator token or `--metrics-token`.
-async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> Response {
-    let presented = bearer(&headers);
-    let allowed = presented.is_some_and(|t| {
-        // Both compared, whichever matches.
-        let op = secret_matches(t, st.operator_token_sha256.as_slice());
-        let scraper = st.metrics_token_sha256.as_ref().is_some_and(|h| secret_matches(t, h.as_slice()));
-        op | scraper
-    });
-    if !allowed {
-        let mut resp = problem_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "/metrics requires Authorization: Bearer <metrics token or operator token>",
-            None,
-            &[],
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-metrics\""));
-        return resp;
-    }
-    if let Err(e) = crate::notify::refresh_gauges(&st.access).await {
-        tracing::warn!(error = %e, "metrics: database gauges not refreshed");
-    }
-    match crate::metrics::METRICS.encode() {
-        Ok(text) => {
-            let mut resp = (StatusCode::OK, text).into_response();
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
-        }
-        Err(_) => internal("metrics could not be encoded"),
-    }
-}
-
-/// The Bearer token of a request with exactly one `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        }),
-        _ => None,
-    }
-}
-
-pub(crate) async fn require_operator(State(st): State<HttpState>, req: Request, next: Next) -> Response {
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let presented = match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        }),
-        _ => None,
-    };
-    match presented {
-        Some(token) if secret_matches(token, st.operator_token_sha256.as_slice()) => next.run(req).await,
-        _ => {
-            let mut resp = problem_response(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the operator API requires Authorization: Bearer <operator token>",
-                None,
-                &[],
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-operator\""));
-            resp
-        }
-    }
 }
 
 // -------------------------------------------------------------------------------------------------
