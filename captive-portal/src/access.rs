@@ -173,7 +173,8 @@ impl ArError {
     fn binding(detail: impl Into<String>) -> ArError {
         Self::new(400, "invalid_denial_binding", detail)
     }
-    fn unknown_task() -> ArError {
+    /// 404 `unknown_task`.
+    pub fn unknown_task() -> ArError {
         Self::new(404, "unknown_task", "no such access request task")
     }
     fn state(detail: impl Into<String>) -> ArError {
@@ -183,6 +184,16 @@ impl ArError {
     pub fn internal(detail: impl std::fmt::Display) -> ArError {
         tracing::error!(error = %detail, "access request service failed");
         Self::new(500, "server_error", "internal error")
+    }
+    /// The same error with another HTTP status (415 and 413 `invalid_request`).
+    pub fn with_status(mut self, status: u16) -> ArError {
+        self.status = status;
+        self
+    }
+    /// The same error with another detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> ArError {
+        self.detail = detail.into();
+        self
     }
     /// The problem `type` URN.
     pub fn type_urn(&self) -> String {

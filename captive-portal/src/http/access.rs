@@ -17,8 +17,6 @@
 //! Access Request errors are `application/problem+json` whose `type` is
 //! `urn:openid:authzen:access-request:error:<code>` (see [`crate::access::ArError`]).
 
-#![allow(clippy::result_large_err)]
-
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -33,9 +31,8 @@ use missiongate_wire::authzen::{
     EvaluationRequest, ACCESS_REQUESTS_PATH, CAPTIVE_CONTENT_TYPE, EVALUATIONS_PATH, EVALUATION_PATH,
 };
 use missiongate_wire::digest::is_json_media_type;
-use missiongate_wire::problem;
 
-use super::error::{json_response, problem_response, with_headers};
+use super::error::{json_response, ApiError, Code};
 use super::extract::JsonBody;
 use super::guard::{require_gateway, require_operator};
 use super::state::{HttpState, ACTOR_OPERATOR};
@@ -68,37 +65,13 @@ pub(crate) fn routes(state: &HttpState) -> Router<HttpState> {
         .merge(operator)
 }
 
-/// An ARAP problem document.
-pub(crate) fn ar_problem(e: &ArError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({
-        "type": e.type_urn(),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": e.status,
-        "detail": e.detail,
-        "error": e.code,
-    });
-    let mut body = body;
-    if let (Some(secs), Some(obj)) = (e.retry_after, body.as_object_mut()) {
-        obj.insert("retry_after".into(), json!(secs));
-    }
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut resp = with_headers((status, bytes).into_response(), problem::CONTENT_TYPE);
-    if let Some(secs) = e.retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        // The rest of the body was not read: the connection cannot be reused.
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
 // -------------------------------------------------------------------------------------------------
 // PDP
 // -------------------------------------------------------------------------------------------------
 
-fn echo_request_id(headers: &HeaderMap, mut resp: Response) -> Response {
+/// The PEP's `X-Request-ID`, echoed on every PDP answer (success or error).
+fn echo_request_id(headers: &HeaderMap, result: Result<Response, ApiError>) -> Response {
+    let mut resp = result.into_response();
     if let Some(id) = headers.get("x-request-id") {
         if id.len() <= 256 {
             resp.headers_mut().insert("x-request-id", id.clone());
@@ -123,14 +96,20 @@ fn count_decision(v: &Value) {
     METRICS.evaluation(decision);
 }
 
-fn pdp_error(e: &ArError) -> Response {
-    crate::metrics::METRICS.evaluation(crate::metrics::Decision::error);
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    problem_response(status, e.code, &e.detail, None, &[])
-}
-
 async fn pdp_metadata(State(st): State<HttpState>) -> Response {
     json_response(StatusCode::OK, &st.access.metadata())
+}
+
+/// One evaluation, counted; a failure is a PDP error.
+async fn evaluate_one(st: &HttpState, req: &EvaluationRequest) -> Result<Response, ApiError> {
+    let v = st
+        .access
+        .evaluate(req)
+        .await
+        .and_then(|r| serde_json::to_value(&r).map_err(ArError::internal))
+        .map_err(ApiError::Pdp)?;
+    count_decision(&v);
+    Ok(json_response(StatusCode::OK, &v))
 }
 
 async fn evaluation(
@@ -138,17 +117,7 @@ async fn evaluation(
     headers: HeaderMap,
     JsonBody(req): JsonBody<EvaluationRequest>,
 ) -> Response {
-    let resp = match st.access.evaluate(&req).await {
-        Ok(r) => match serde_json::to_value(&r) {
-            Ok(v) => {
-                count_decision(&v);
-                json_response(StatusCode::OK, &v)
-            }
-            Err(e) => pdp_error(&ArError::internal(e)),
-        },
-        Err(e) => pdp_error(&e),
-    };
-    echo_request_id(&headers, resp)
+    echo_request_id(&headers, evaluate_one(&st, &req).await)
 }
 
 fn item_error(status: u16, message: &str) -> Value {
@@ -160,6 +129,11 @@ async fn evaluations(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Response {
+    echo_request_id(&headers, batch(&st, body).await)
+}
+
+async fn batch(st: &HttpState, body: Map<String, Value>) -> Result<Response, ApiError> {
+    let invalid = |m: String| ApiError::Pdp(ArError::invalid(m));
     let semantic = match body.get("options").and_then(|o| o.get("evaluations_semantic")) {
         None => "execute_all",
         Some(Value::String(s))
@@ -167,21 +141,15 @@ async fn evaluations(
         {
             s.as_str()
         }
-        Some(_) => {
-            let e = ArError::invalid("options.evaluations_semantic is not supported");
-            return echo_request_id(&headers, pdp_error(&e));
-        }
+        Some(_) => return Err(invalid("options.evaluations_semantic is not supported".into())),
     };
     let items = match body.get("evaluations") {
         None => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => return echo_request_id(&headers, pdp_error(&ArError::invalid("evaluations must be an array"))),
+        Some(_) => return Err(invalid("evaluations must be an array".into())),
     };
     if items.len() > MAX_BATCH {
-        return echo_request_id(
-            &headers,
-            pdp_error(&ArError::invalid(format!("at most {MAX_BATCH} evaluations per call"))),
-        );
+        return Err(invalid(format!("at most {MAX_BATCH} evaluations per call")));
     }
     let mut defaults = Map::new();
     for k in ["subject", "resource", "action", "context"] {
@@ -191,19 +159,9 @@ async fn evaluations(
     }
     if items.is_empty() {
         // AuthZEN: no `evaluations` behaves like a single Access Evaluation.
-        let resp = match serde_json::from_value::<EvaluationRequest>(Value::Object(defaults)) {
-            Err(e) => pdp_error(&ArError::invalid(format!("request body: {e}"))),
-            Ok(req) => {
-                match st.access.evaluate(&req).await.and_then(|r| serde_json::to_value(&r).map_err(ArError::internal)) {
-                    Ok(v) => {
-                        count_decision(&v);
-                        json_response(StatusCode::OK, &v)
-                    }
-                    Err(e) => pdp_error(&e),
-                }
-            }
-        };
-        return echo_request_id(&headers, resp);
+        let req = serde_json::from_value::<EvaluationRequest>(Value::Object(defaults))
+            .map_err(|e| invalid(format!("request body: {e}")))?;
+        return evaluate_one(st, &req).await;
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
@@ -229,7 +187,7 @@ async fn evaluations(
             break;
         }
     }
-    echo_request_id(&headers, json_response(StatusCode::OK, &json!({ "evaluations": out })))
+    Ok(json_response(StatusCode::OK, &json!({ "evaluations": out })))
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -252,99 +210,68 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ArError> {
     Ok(key.to_owned())
 }
 
-async fn submit(State(st): State<HttpState>, req: Request) -> Response {
+async fn submit(State(st): State<HttpState>, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers().clone();
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !ct.to_str().is_ok_and(is_json_media_type) {
-            return ar_problem(&ArError {
-                status: 415,
-                code: "invalid_request",
-                detail: "Content-Type must be application/json".into(),
-                retry_after: None,
-            });
+            return Err(ArError::invalid("Content-Type must be application/json").with_status(415).into());
         }
     }
     let bytes = match Bytes::from_request(req, &st).await {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ar_problem(&ArError {
-                status: 413,
-                code: "invalid_request",
-                detail: "request body is larger than 1 MiB".into(),
-                retry_after: None,
-            })
+            return Err(ArError::invalid("request body is larger than 1 MiB").with_status(413).into())
         }
-        Err(_) => return ar_problem(&ArError::invalid("request body could not be read")),
+        Err(_) => return Err(ArError::invalid("request body could not be read").into()),
     };
-    let key = match idempotency_key(&headers) {
-        Ok(k) => k,
-        Err(e) => return ar_problem(&e),
-    };
-    match st.access.submit(&key, &bytes).await {
-        Ok(s) => {
-            let id = s.task.id.clone();
-            let created = s.created;
-            let (view, _) = match st.access.submitted_view(s.task).await {
-                Ok(v) => v,
-                Err(e) => return ar_problem(&e),
-            };
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            let mut resp = json_response(status, &view);
-            if let Ok(loc) = HeaderValue::from_str(&st.access.settings().status_endpoint(&id)) {
-                resp.headers_mut().insert(header::LOCATION, loc);
-            }
-            resp
-        }
-        Err(e) => ar_problem(&e),
+    let key = idempotency_key(&headers)?;
+    let s = st.access.submit(&key, &bytes).await?;
+    let id = s.task.id.clone();
+    let created = s.created;
+    let (view, _) = st.access.submitted_view(s.task).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut resp = json_response(status, &view);
+    if let Ok(loc) = HeaderValue::from_str(&st.access.settings().status_endpoint(&id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
     }
+    Ok(resp)
 }
 
-async fn task_status(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
-    match st.access.task_view(&id).await {
-        Ok((view, task)) => {
-            let mut resp = json_response(StatusCode::OK, &view);
-            if task.status == crate::access_store::status::PENDING {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::access::RETRY_AFTER_SECONDS));
-            }
-            resp
-        }
-        Err(e) => ar_problem(&e),
+async fn task_status(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (view, task) = st.access.task_view(&id).await?;
+    let mut resp = json_response(StatusCode::OK, &view);
+    if task.status == crate::access_store::status::PENDING {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::access::RETRY_AFTER_SECONDS));
     }
+    Ok(resp)
 }
 
-async fn task_cancel(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
-    match st.access.cancel(&id).await {
-        Ok(view) => json_response(StatusCode::OK, &view),
-        Err(e) => ar_problem(&e),
-    }
+async fn task_cancel(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let view = st.access.cancel(&id).await?;
+    Ok(json_response(StatusCode::OK, &view))
 }
 
 // -------------------------------------------------------------------------------------------------
 // Captive Portal API
 // -------------------------------------------------------------------------------------------------
 
-async fn captive(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
-    match st.access.captive(&id).await {
-        Ok(Some(doc)) => match serde_json::to_vec(&doc) {
-            Ok(bytes) => {
-                let mut resp = (StatusCode::OK, bytes).into_response();
-                let h = resp.headers_mut();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAPTIVE_CONTENT_TYPE));
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-                resp
-            }
-            Err(e) => ar_problem(&ArError::internal(e)),
-        },
-        Ok(None) => problem_response(StatusCode::NOT_FOUND, "not_found", "no such denial", None, &[]),
-        Err(e) => ar_problem(&e),
-    }
+async fn captive(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let Some(doc) = st.access.captive(&id).await? else {
+        return Err(ApiError::problem(StatusCode::NOT_FOUND, Code::NotFound, "no such denial").into());
+    };
+    let bytes = serde_json::to_vec(&doc).map_err(ArError::internal)?;
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAPTIVE_CONTENT_TYPE));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    Ok(resp)
 }
 
 // -------------------------------------------------------------------------------------------------
 // Operator approver API
 // -------------------------------------------------------------------------------------------------
 
-async fn op_list(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+async fn op_list(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let mut status = None;
     let mut limit = 100u32;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
@@ -352,68 +279,42 @@ async fn op_list(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Resp
             "status" => status = Some(v.into_owned()),
             "limit" => match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => return ar_problem(&ArError::invalid("limit must be 1 to 1000")),
+                _ => return Err(ArError::invalid("limit must be 1 to 1000").into()),
             },
             _ => {}
         }
     }
-    let rows = match st.access.list(status.as_deref(), limit).await {
-        Ok(r) => r,
-        Err(e) => return ar_problem(&e),
-    };
+    let rows = st.access.list(status.as_deref(), limit).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        match st.access.task_admin_view(&r.task, &r.denial).await {
-            Ok(mut v) => {
-                if let (Some(obj), Some(m)) = (v.as_object_mut(), &r.mission) {
-                    obj.insert("mission".into(), json!({"id": m.id, "goal": m.intent.goal, "state": m.state}));
-                }
-                out.push(v);
-            }
-            Err(e) => return ar_problem(&e),
+        let mut v = st.access.task_admin_view(&r.task, &r.denial).await?;
+        if let (Some(obj), Some(m)) = (v.as_object_mut(), &r.mission) {
+            obj.insert("mission".into(), json!({"id": m.id, "goal": m.intent.goal, "state": m.state}));
         }
+        out.push(v);
     }
-    json_response(StatusCode::OK, &json!({ "access_requests": out }))
+    Ok(json_response(StatusCode::OK, &json!({ "access_requests": out })))
 }
 
-async fn op_show(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
+async fn op_show(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let store = st.authority.store();
-    let task = match store.task(&id).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return ar_problem(&ArError {
-                status: 404,
-                code: "unknown_task",
-                detail: "no such access request task".into(),
-                retry_after: None,
-            })
-        }
-        Err(e) => return ar_problem(&ArError::internal(e)),
-    };
-    let page = match st.access.denial_page(&task.denial_id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return ar_problem(&ArError::internal("task without denial")),
-        Err(e) => return ar_problem(&e),
-    };
+    let task = store.task(&id).await.map_err(ArError::internal)?.ok_or_else(ArError::unknown_task)?;
+    let page = st.access.denial_page(&task.denial_id).await?.ok_or_else(|| ArError::internal("task without denial"))?;
     let task = page.tasks.iter().find(|t| t.id == id).cloned().unwrap_or(task);
-    match st.access.task_admin_view(&task, &page.denial).await {
-        Ok(mut v) => {
-            if let Some(obj) = v.as_object_mut() {
-                let audit: Vec<Value> = page
-                    .audit
-                    .iter()
-                    .filter(|a| a.task_id.as_deref() == Some(id.as_str()))
-                    .map(|a| {
-                        json!({"at": missiongate_wire::time::format_rfc3339(a.at), "actor": a.actor, "action": a.action,
-                               "grant_id": a.grant_id, "detail": a.detail})
-                    })
-                    .collect();
-                obj.insert("audit".into(), Value::Array(audit));
-            }
-            json_response(StatusCode::OK, &v)
-        }
-        Err(e) => ar_problem(&e),
+    let mut v = st.access.task_admin_view(&task, &page.denial).await?;
+    if let Some(obj) = v.as_object_mut() {
+        let audit: Vec<Value> = page
+            .audit
+            .iter()
+            .filter(|a| a.task_id.as_deref() == Some(id.as_str()))
+            .map(|a| {
+                json!({"at": missiongate_wire::time::format_rfc3339(a.at), "actor": a.actor, "action": a.action,
+                       "grant_id": a.grant_id, "detail": a.detail})
+            })
+            .collect();
+        obj.insert("audit".into(), Value::Array(audit));
     }
+    Ok(json_response(StatusCode::OK, &v))
 }
 
 /// Body of `POST /operator/access-requests/{id}/approve`.
@@ -433,33 +334,33 @@ struct DenyBody {
     reason: Option<String>,
 }
 
-async fn admin_task(st: &HttpState, task: crate::access_store::TaskRow) -> Response {
-    let denial = match st.authority.store().denial(&task.denial_id).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return ar_problem(&ArError::internal("task without denial")),
-        Err(e) => return ar_problem(&ArError::internal(e)),
-    };
-    match st.access.task_admin_view(&task, &denial).await {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => ar_problem(&e),
-    }
+async fn admin_task(st: &HttpState, task: crate::access_store::TaskRow) -> Result<Response, ApiError> {
+    let denial = st
+        .authority
+        .store()
+        .denial(&task.denial_id)
+        .await
+        .map_err(ArError::internal)?
+        .ok_or_else(|| ArError::internal("task without denial"))?;
+    let v = st.access.task_admin_view(&task, &denial).await?;
+    Ok(json_response(StatusCode::OK, &v))
 }
 
 async fn op_approve(
     State(st): State<HttpState>,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ApproveBody>,
-) -> Response {
-    match st.access.approve(&id, b.duration_seconds, b.single_use, ACTOR_OPERATOR).await {
-        Ok((task, _)) => admin_task(&st, task).await,
-        Err(e) => ar_problem(&e),
-    }
+) -> Result<Response, ApiError> {
+    let (task, _) = st.access.approve(&id, b.duration_seconds, b.single_use, ACTOR_OPERATOR).await?;
+    admin_task(&st, task).await
 }
 
-async fn op_deny(State(st): State<HttpState>, Path(id): Path<String>, JsonBody(b): JsonBody<DenyBody>) -> Response {
+async fn op_deny(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<DenyBody>,
+) -> Result<Response, ApiError> {
     let reason = b.reason.unwrap_or_else(|| "denied by the operator".into());
-    match st.access.deny(&id, &reason, ACTOR_OPERATOR).await {
-        Ok(task) => admin_task(&st, task).await,
-        Err(e) => ar_problem(&e),
-    }
+    let task = st.access.deny(&id, &reason, ACTOR_OPERATOR).await?;
+    admin_task(&st, task).await
 }

@@ -29,21 +29,21 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
 use missiongate_wire::time::format_rfc3339;
 
+use super::error::ApiError;
+use super::page::html;
 use super::state::HttpState;
 use crate::access::{Access, ArError, DenialPage};
 use crate::access_store::{status, SessionRow, TaskRow};
 use crate::util::{now_secs, random_b64, secret_matches, sha256};
 
-/// Content-Security-Policy of every page.
-pub const CSP: &str =
-    "default-src 'none'; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub use super::page::CSP;
 /// Lifetime of an approver session.
 pub const SESSION_SECONDS: i64 = 8 * 3600;
 /// Lifetime of the sign-in form's CSRF cookie.
@@ -109,20 +109,9 @@ fn page(title: &str, who: Option<&SessionRow>, body: &str) -> String {
     )
 }
 
-fn html(status: StatusCode, body: String) -> Response {
-    let mut resp = (status, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-fn message_page(status: StatusCode, title: &str, text: &str, who: Option<&SessionRow>) -> Response {
-    html(
+/// A page that says what went wrong.
+fn message_page(status: StatusCode, title: &str, text: &str, who: Option<&SessionRow>) -> ApiError {
+    ApiError::Page(
         status,
         page(
             title,
@@ -214,7 +203,7 @@ async fn authorized_post(
     access: &Access,
     headers: &HeaderMap,
     bytes: &[u8],
-) -> Result<(SessionRow, HashMap<String, String>), Response> {
+) -> Result<(SessionRow, HashMap<String, String>), ApiError> {
     let forbidden = |text: &str| message_page(StatusCode::FORBIDDEN, "Forbidden", text, None);
     if cross_site(headers) {
         return Err(forbidden("cross-site form submissions are refused"));
@@ -231,7 +220,7 @@ async fn authorized_post(
     }
 }
 
-fn error_page(e: &ArError, who: Option<&SessionRow>) -> Response {
+fn error_page(e: &ArError, who: Option<&SessionRow>) -> ApiError {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     message_page(status, "Could not complete the action", &e.detail, who)
 }
@@ -260,12 +249,9 @@ fn login_redirect(path: &str) -> Response {
 // Sign-in
 // -------------------------------------------------------------------------------------------------
 
-fn login_form(st: &HttpState, next: &str, failed: bool) -> Response {
+fn login_form(st: &HttpState, next: &str, failed: bool) -> Result<Response, ApiError> {
     let secure = st.access.settings().secure_cookies();
-    let token = match random_b64(24) {
-        Ok(t) => t,
-        Err(e) => return error_page(&ArError::internal(e), None),
-    };
+    let token = random_b64(24).map_err(|e| error_page(&ArError::internal(e), None))?;
     let mut body = String::from("<h1>Approver sign-in</h1>");
     if failed {
         body.push_str("<p class=\"err\" id=\"login-error\">Sign-in failed.</p>");
@@ -286,37 +272,37 @@ fn login_form(st: &HttpState, next: &str, failed: bool) -> Response {
     let mut resp = html(status, page("Sign in · missiongate", None, &body));
     let (_, login_cookie) = cookie_names(secure);
     set_cookie(&mut resp, login_cookie, &token, LOGIN_COOKIE_SECONDS, secure);
-    resp
+    Ok(resp)
 }
 
-async fn login_page(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+async fn login_page(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let next = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
         .find(|(k, _)| k == "next")
         .map(|(_, v)| v.into_owned());
     login_form(&st, &safe_next(next.as_deref()), false)
 }
 
-async fn login(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn login(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
     let settings = st.access.settings();
     let secure = settings.secure_cookies();
     let (session_cookie, login_cookie) = cookie_names(secure);
     if cross_site(&headers) {
-        return message_page(StatusCode::FORBIDDEN, "Forbidden", "cross-site form submissions are refused", None);
+        return Err(message_page(StatusCode::FORBIDDEN, "Forbidden", "cross-site form submissions are refused", None));
     }
     let Some(form) = parse_form(&bytes) else {
-        return message_page(StatusCode::FORBIDDEN, "Forbidden", "malformed form", None);
+        return Err(message_page(StatusCode::FORBIDDEN, "Forbidden", "malformed form", None));
     };
     let csrf_ok = match (form.get("csrf"), cookie(&headers, login_cookie)) {
         (Some(f), Some(c)) => !f.is_empty() && ct_eq(f, &c),
         _ => false,
     };
     if !csrf_ok {
-        return message_page(
+        return Err(message_page(
             StatusCode::FORBIDDEN,
             "Forbidden",
             "the sign-in form's CSRF token is missing or wrong; reload the page",
             None,
-        );
+        ));
     }
     let next = safe_next(form.get("next").map(String::as_str));
     let presented = form.get("token").map(String::as_str).unwrap_or("");
@@ -333,36 +319,33 @@ async fn login(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) ->
     };
     let (id, csrf) = match (random_b64(32), random_b64(32)) {
         (Ok(i), Ok(c)) => (i, c),
-        (Err(e), _) | (_, Err(e)) => return error_page(&ArError::internal(e), None),
+        (Err(e), _) | (_, Err(e)) => return Err(error_page(&ArError::internal(e), None)),
     };
     let now = now_secs();
-    if let Err(e) =
-        st.authority.store().create_session(&sha256(id.as_bytes()), name, &csrf, now, now + SESSION_SECONDS).await
-    {
-        return error_page(&ArError::internal(e), None);
-    }
+    st.authority
+        .store()
+        .create_session(&sha256(id.as_bytes()), name, &csrf, now, now + SESSION_SECONDS)
+        .await
+        .map_err(|e| error_page(&ArError::internal(e), None))?;
     tracing::info!(approver = name, "approver signed in");
     let mut resp = see_other(&next);
     set_cookie(&mut resp, session_cookie, &id, SESSION_SECONDS, secure);
     set_cookie(&mut resp, login_cookie, "", 0, secure);
-    resp
+    Ok(resp)
 }
 
-async fn logout(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let (_, _form) = match authorized_post(&st.access, &headers, &bytes).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
+async fn logout(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+    authorized_post(&st.access, &headers, &bytes).await?;
     let secure = st.access.settings().secure_cookies();
     let (session_cookie, _) = cookie_names(secure);
     if let Some(id) = cookie(&headers, session_cookie) {
         if let Err(e) = st.authority.store().delete_session(&sha256(id.as_bytes())).await {
-            return error_page(&ArError::internal(e), None);
+            return Err(error_page(&ArError::internal(e), None));
         }
     }
     let mut resp = see_other("/portal/login");
     set_cookie(&mut resp, session_cookie, "", 0, secure);
-    resp
+    Ok(resp)
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -373,15 +356,15 @@ fn status_badge(s: &str) -> String {
     format!("<span class=\"status {}\">{}</span>", esc(s), esc(s))
 }
 
-async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Response {
+async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let session = match current_session(&st.access, &headers).await {
         Ok(Some(s)) => s,
-        Ok(None) => return login_redirect("/portal"),
-        Err(e) => return error_page(&e, None),
+        Ok(None) => return Ok(login_redirect("/portal")),
+        Err(e) => return Err(error_page(&e, None)),
     };
     let (pending, recent) = match (st.access.list(Some(status::PENDING), 200).await, st.access.list(None, 30).await) {
         (Ok(p), Ok(r)) => (p, r),
-        (Err(e), _) | (_, Err(e)) => return error_page(&e, Some(&session)),
+        (Err(e), _) | (_, Err(e)) => return Err(error_page(&e, Some(&session))),
     };
     let mut body = String::from("<h1>Pending access requests</h1>");
     if pending.is_empty() {
@@ -422,7 +405,7 @@ async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Response 
         }
         body.push_str("</table>");
     }
-    html(StatusCode::OK, page("Access requests · missiongate", Some(&session), &body))
+    Ok(html(StatusCode::OK, page("Access requests · missiongate", Some(&session), &body)))
 }
 
 fn pretty(v: &serde_json::Value) -> String {
@@ -661,35 +644,45 @@ fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<
     page("Access request · missiongate", Some(s), &b)
 }
 
-async fn denial_page(State(st): State<HttpState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn denial_page(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let session = match current_session(&st.access, &headers).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            return login_redirect(&format!(
+            return Ok(login_redirect(&format!(
                 "/portal/d/{}",
                 form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
-            ))
+            )))
         }
-        Err(e) => return error_page(&e, None),
+        Err(e) => return Err(error_page(&e, None)),
     };
     match st.access.denial_page(&id).await {
-        Ok(Some(p)) => html(StatusCode::OK, render_denial(&st.access, &p, &session, None)),
-        Ok(None) => message_page(StatusCode::NOT_FOUND, "Not found", "no such denial", Some(&session)),
-        Err(e) => error_page(&e, Some(&session)),
+        Ok(Some(p)) => Ok(html(StatusCode::OK, render_denial(&st.access, &p, &session, None))),
+        Ok(None) => Err(message_page(StatusCode::NOT_FOUND, "Not found", "no such denial", Some(&session))),
+        Err(e) => Err(error_page(&e, Some(&session))),
     }
 }
 
-async fn decided(st: &HttpState, id: &str, session: &SessionRow, result: Result<(), ArError>) -> Response {
+async fn decided(
+    st: &HttpState,
+    id: &str,
+    session: &SessionRow,
+    result: Result<(), ArError>,
+) -> Result<Response, ApiError> {
     match result {
         Ok(()) => {
-            see_other(&format!("/portal/d/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()))
+            Ok(see_other(&format!("/portal/d/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())))
         }
+        // The denial page again, saying what went wrong.
         Err(e) => match st.access.denial_page(id).await {
             Ok(Some(p)) => {
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-                html(status, render_denial(&st.access, &p, session, Some(&e.detail)))
+                Err(ApiError::Page(status, render_denial(&st.access, &p, session, Some(&e.detail))))
             }
-            _ => error_page(&e, Some(session)),
+            _ => Err(error_page(&e, Some(session))),
         },
     }
 }
@@ -699,20 +692,17 @@ async fn form_task(st: &HttpState, denial_id: &str, form: &HashMap<String, Strin
     let task_id = form.get("task").cloned().unwrap_or_default();
     match st.authority.store().task(&task_id).await? {
         Some(t) if t.denial_id == denial_id => Ok(t.id),
-        _ => Err(ArError {
-            status: 404,
-            code: "unknown_task",
-            detail: "no such access request for this denial".into(),
-            retry_after: None,
-        }),
+        _ => Err(ArError::unknown_task().with_detail("no such access request for this denial")),
     }
 }
 
-async fn approve(State(st): State<HttpState>, Path(id): Path<String>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let (session, form) = match authorized_post(&st.access, &headers, &bytes).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
+async fn approve(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let (session, form) = authorized_post(&st.access, &headers, &bytes).await?;
     let result = async {
         let task = form_task(&st, &id, &form).await?;
         let minutes: i64 = form
@@ -727,11 +717,13 @@ async fn approve(State(st): State<HttpState>, Path(id): Path<String>, headers: H
     decided(&st, &id, &session, result).await
 }
 
-async fn deny(State(st): State<HttpState>, Path(id): Path<String>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let (session, form) = match authorized_post(&st.access, &headers, &bytes).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
+async fn deny(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let (session, form) = authorized_post(&st.access, &headers, &bytes).await?;
     let result = async {
         let task = form_task(&st, &id, &form).await?;
         let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty()).unwrap_or("denied by an approver");

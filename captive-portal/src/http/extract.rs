@@ -1,64 +1,44 @@
-//! Request extractors: strict JSON and form bodies, with the house's error answers.
-
-// Extractors here return a ready `Response` as their rejection, as axum's own do; it is built once on
-// the (cold) error path, so boxing it would only add noise.
-#![allow(clippy::result_large_err)]
+//! Request extractors: strict JSON and form bodies; a rejection is an [`ApiError`].
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use missiongate_wire::digest::is_json_media_type;
 
-use super::error::{oauth_error, problem_response};
+use super::error::{ApiError, Code};
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("invalid"))
 }
 
-pub(crate) fn body_rejection(e: &axum::extract::rejection::BytesRejection, oauth: bool) -> Response {
-    let (status, error, detail) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body is larger than 1 MiB")
-    } else {
-        (StatusCode::BAD_REQUEST, "invalid_request", "request body could not be read")
-    };
-    let mut resp = if oauth {
-        oauth_error(status, error, detail, &[])
-    } else {
-        problem_response(status, error, detail, None, &[])
-    };
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        // The rest of the body was not read: the connection cannot be reused.
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+/// A body that could not be read (too large, or broken off); `oauth` on the OAuth surfaces.
+pub(crate) fn body_rejection(e: &BytesRejection, oauth: bool) -> ApiError {
+    ApiError::body_unreadable(e.status() == StatusCode::PAYLOAD_TOO_LARGE, oauth)
 }
 
 /// Parse a JSON body strictly (I-JSON: no duplicate member names) into `T`.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
-    let value = missiongate_wire::jcs::parse_ijson(bytes).map_err(|e| {
-        problem_response(StatusCode::BAD_REQUEST, "invalid_request", &format!("request body: {e}"), None, &[])
-    })?;
-    serde_json::from_value(value).map_err(|e| {
-        problem_response(StatusCode::BAD_REQUEST, "invalid_request", &format!("request body: {e}"), None, &[])
-    })
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value =
+        missiongate_wire::jcs::parse_ijson(bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("request body: {e}")))
 }
 
-pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Response> {
+/// No `Content-Type`, or a JSON one; anything else is a 415 problem document.
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match content_type(headers) {
         None => Ok(()),
         Some(ct) if is_json_media_type(ct) => Ok(()),
-        Some(_) => Err(problem_response(
+        Some(_) => Err(ApiError::problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
+            Code::InvalidRequest,
             "Content-Type must be application/json",
-            None,
-            &[],
-        )),
+        )
+        .into()),
     }
 }
 
@@ -66,7 +46,7 @@ pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Respons
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers())?;
@@ -79,7 +59,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub struct OptionalJsonBody<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T> {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let headers = req.headers().clone();
@@ -96,17 +76,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T>
 pub struct FormBody(pub HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequest<S> for FormBody {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(ct) = content_type(req.headers()) {
             let essence = ct.split(';').next().unwrap_or("").trim();
             if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-                return Err(oauth_error(
+                return Err(ApiError::oauth(
                     StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                    Code::InvalidRequest,
                     "Content-Type must be application/x-www-form-urlencoded",
-                    &[],
                 ));
             }
         }
@@ -114,11 +93,10 @@ impl<S: Send + Sync> FromRequest<S> for FormBody {
         let mut out = HashMap::new();
         for (k, v) in form_urlencoded::parse(&bytes) {
             if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
-                return Err(oauth_error(
+                return Err(ApiError::oauth(
                     StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("parameter {k:?} is repeated"),
-                    &[],
+                    Code::InvalidRequest,
+                    format!("parameter {k:?} is repeated"),
                 ));
             }
         }

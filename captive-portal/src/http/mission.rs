@@ -1,10 +1,6 @@
 //! The Mission authority: OAuth metadata, JWKS, the token endpoint, Mission Status, the event feed and
 //! the operator's Mission API.
 
-// Handlers here return a ready `Response` as their error; it is built once on the (cold) error path,
-// so boxing it would only add noise.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 
 use axum::extract::{Path, RawQuery, State};
@@ -18,10 +14,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use missiongate_wire::claims::PollRequest;
-use missiongate_wire::problem::ProblemMission;
 use missiongate_wire::time::format_rfc3339;
 
-use super::error::{internal, json_response, oauth_error, problem_response, with_headers};
+use super::error::{json_response, with_headers, ApiError, Challenge, Code};
 use super::extract::{FormBody, JsonBody, OptionalJsonBody};
 use super::guard::{require_gateway, require_gateway_oauth, require_operator};
 use super::state::{HttpState, ACTOR_OPERATOR};
@@ -65,31 +60,6 @@ fn gateway_routes(state: &HttpState) -> Router<HttpState> {
         .route("/mission/events", post(mission_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_gateway));
     status.merge(events)
-}
-
-/// Operator-API mapping of service errors.
-fn operator_error(e: AuthorityError) -> Response {
-    match e {
-        AuthorityError::NotFound => {
-            problem_response(StatusCode::NOT_FOUND, "not_found", "mission not found", None, &[])
-        }
-        AuthorityError::Invalid(m) => problem_response(StatusCode::BAD_REQUEST, "invalid_request", &m, None, &[]),
-        AuthorityError::Conflict { ref id, ref state, .. } => {
-            let mission = ProblemMission { id: id.clone(), state: Some(state.to_string()) };
-            problem_response(StatusCode::CONFLICT, "conflict", &e.to_string(), Some(mission), &[])
-        }
-        AuthorityError::Inactive { ref state } => problem_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            &e.to_string(),
-            None,
-            &[("mission_error", Value::String(mission::mission_error(state).to_owned()))],
-        ),
-        AuthorityError::InvalidClient => {
-            problem_response(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed", None, &[])
-        }
-        AuthorityError::Internal(m) => internal(&m),
-    }
 }
 
 fn mission_view(m: &MissionRow) -> serde_json::Map<String, Value> {
@@ -141,18 +111,12 @@ async fn metadata(State(st): State<HttpState>) -> Response {
     json_response(StatusCode::OK, &st.authority.metadata())
 }
 
-async fn jwks(State(st): State<HttpState>) -> Response {
-    match st.authority.jwks().await {
-        Ok(set) => match serde_json::to_value(&set) {
-            Ok(v) => {
-                let mut resp = json_response(StatusCode::OK, &v);
-                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
-            }
-            Err(e) => internal(&e.to_string()),
-        },
-        Err(e) => internal(&e.to_string()),
-    }
+async fn jwks(State(st): State<HttpState>) -> Result<Response, ApiError> {
+    let set = st.authority.jwks().await.map_err(ApiError::internal)?;
+    let v = serde_json::to_value(&set).map_err(ApiError::internal)?;
+    let mut resp = json_response(StatusCode::OK, &v);
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
 fn required<'a>(form: &'a HashMap<String, String>, name: &str, max: usize) -> Result<&'a str, String> {
@@ -164,8 +128,20 @@ fn required<'a>(form: &'a HashMap<String, String>, name: &str, max: usize) -> Re
     }
 }
 
-async fn mission_status(State(st): State<HttpState>, FormBody(form): FormBody) -> Response {
-    let nonce_echo: Vec<(&str, Value)> = form.get("nonce").map(|n| ("nonce", json!(n))).into_iter().collect();
+/// An OAuth `invalid_request` for a missing or oversized form parameter.
+fn missing(m: String) -> ApiError {
+    ApiError::oauth(StatusCode::BAD_REQUEST, Code::InvalidRequest, m)
+}
+
+async fn mission_status(State(st): State<HttpState>, FormBody(form): FormBody) -> Result<Response, ApiError> {
+    // Every error echoes the `nonce` it was sent.
+    let echo = |status: StatusCode, code: Code, description: String| {
+        let body = ApiError::problem(status, code, description);
+        match form.get("nonce") {
+            Some(n) => body.member("nonce", json!(n)).oauth(),
+            None => body.oauth(),
+        }
+    };
     let parsed = (|| {
         Ok::<_, String>((
             required(&form, "mission_id", 256)?,
@@ -173,18 +149,13 @@ async fn mission_status(State(st): State<HttpState>, FormBody(form): FormBody) -
             required(&form, "nonce", 512)?,
         ))
     })();
-    let (mission_id, audience, nonce) = match parsed {
-        Ok(p) => p,
-        Err(m) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &m, &nonce_echo),
-    };
+    let (mission_id, audience, nonce) = parsed.map_err(|m| echo(StatusCode::BAD_REQUEST, Code::InvalidRequest, m))?;
     match st.authority.status(mission_id, audience, nonce).await {
-        Ok(jws) => with_headers((StatusCode::OK, jws).into_response(), CONTENT_TYPE_MISSION_STATUS),
-        Err(AuthorityError::NotFound) => {
-            oauth_error(StatusCode::NOT_FOUND, "not_found", "unknown mission", &nonce_echo)
-        }
+        Ok(jws) => Ok(with_headers((StatusCode::OK, jws).into_response(), CONTENT_TYPE_MISSION_STATUS)),
+        Err(AuthorityError::NotFound) => Err(echo(StatusCode::NOT_FOUND, Code::NotFound, "unknown mission".into())),
         Err(e) => {
             tracing::error!(error = %e, "mission status failed");
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "mission status is unavailable", &nonce_echo)
+            Err(echo(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "mission status is unavailable".into()))
         }
     }
 }
@@ -193,7 +164,7 @@ async fn mission_events(
     State(st): State<HttpState>,
     caller: Option<axum::Extension<Caller>>,
     JsonBody(req): JsonBody<PollRequest>,
-) -> Response {
+) -> Result<Response, ApiError> {
     // A poll that may wait holds one of its caller's long-poll slots while it waits.
     let long = !req.return_immediately.unwrap_or(false) && req.max_events != Some(0);
     let _slot = match (long, caller) {
@@ -201,38 +172,34 @@ async fn mission_events(
             Some(slot) => Some(slot),
             None => {
                 tracing::warn!(caller = %c, "too many long polls");
-                let mut resp = problem_response(
+                return Err(ApiError::problem(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    Code::RateLimited,
                     "this gateway already holds as many long polls as allowed; poll again later",
-                    None,
-                    &[("retry_after", json!(1))],
-                );
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-                return resp;
+                )
+                .retry_after(1)
+                .into());
             }
         },
         _ => None,
     };
-    match st.authority.poll(&req).await {
-        Ok(resp) => match serde_json::to_value(&resp) {
-            Ok(v) => json_response(StatusCode::OK, &v),
-            Err(e) => internal(&e.to_string()),
-        },
-        Err(e) => operator_error(e),
+    let resp = st.authority.poll(&req).await?;
+    let v = serde_json::to_value(&resp).map_err(ApiError::internal)?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// 401 `invalid_client`, with the Basic challenge when the client tried Basic.
+fn invalid_client(basic: bool) -> ApiError {
+    let body = ApiError::problem(StatusCode::UNAUTHORIZED, Code::InvalidClient, "client authentication failed");
+    if basic {
+        body.challenge(Challenge::Basic).oauth()
+    } else {
+        body.oauth()
     }
 }
 
 /// Client credentials: HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or form parameters.
-fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, String, bool), Response> {
-    let invalid_client = |basic: bool| {
-        let mut resp = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed", &[]);
-        if basic {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"missiongate\""));
-        }
-        resp
-    };
+fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, String, bool), ApiError> {
     let mut auth = headers.get_all(header::AUTHORIZATION).iter();
     let basic = match (auth.next(), auth.next()) {
         (None, _) => None,
@@ -252,22 +219,20 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
             };
             Some((decode(id), decode(secret)))
         }
-        _ => return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Authorization is repeated", &[])),
+        _ => return Err(ApiError::oauth(StatusCode::BAD_REQUEST, Code::InvalidRequest, "Authorization is repeated")),
     };
     match (basic, form.get("client_secret")) {
-        (Some(_), Some(_)) => Err(oauth_error(
+        (Some(_), Some(_)) => Err(ApiError::oauth(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            Code::InvalidRequest,
             "use one client authentication method, not both",
-            &[],
         )),
         (Some((id, secret)), None) => {
             if form.get("client_id").is_some_and(|f| *f != id) {
-                return Err(oauth_error(
+                return Err(ApiError::oauth(
                     StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                    Code::InvalidRequest,
                     "client_id differs from the Basic credentials",
-                    &[],
                 ));
             }
             Ok((id, secret, true))
@@ -280,39 +245,30 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
     }
 }
 
-async fn token(State(st): State<HttpState>, headers: HeaderMap, FormBody(form): FormBody) -> Response {
+async fn token(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required", &[]),
+        None => return Err(ApiError::oauth(StatusCode::BAD_REQUEST, Code::InvalidRequest, "grant_type is required")),
         Some(_) => {
-            return oauth_error(
+            return Err(ApiError::oauth(
                 StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
+                Code::UnsupportedGrantType,
                 "only grant_type=client_credentials is supported",
-                &[],
-            )
+            ))
         }
     }
-    let (client_id, client_secret, basic) = match client_credentials(&headers, &form) {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let mission_id = match required(&form, "mission_id", 256) {
-        Ok(m) => m,
-        Err(m) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &m, &[]),
-    };
+    let (client_id, client_secret, basic) = client_credentials(&headers, &form)?;
+    let mission_id = required(&form, "mission_id", 256).map_err(missing)?;
     match st.authority.authenticate_client(mission_id, &client_id, &client_secret).await {
         Ok(()) => {}
-        Err(AuthorityError::InvalidClient) => {
-            let mut resp = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed", &[]);
-            if basic {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"missiongate\""));
-            }
-            return resp;
-        }
-        Err(e) => return internal(&e.to_string()),
+        Err(AuthorityError::InvalidClient) => return Err(invalid_client(basic)),
+        Err(e) => return Err(ApiError::internal(e)),
     }
+    let bad_proof = |m: String| ApiError::oauth(StatusCode::BAD_REQUEST, Code::InvalidDpopProof, m);
     let mut proofs = headers.get_all("dpop").iter();
     let jkt = match (proofs.next(), proofs.next()) {
         (None, _) => None,
@@ -322,23 +278,23 @@ async fn token(State(st): State<HttpState>, headers: HeaderMap, FormBody(form): 
                 .to_str()
                 .map_err(|_| "DPoP header is not ASCII".to_owned())
                 .and_then(|p| st.authority.dpop().check(p, "POST", &htu, now_secs()).map_err(|e| e.to_string()));
-            match checked {
-                Ok(jkt) => Some(jkt),
-                Err(m) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", &m, &[]),
-            }
+            Some(checked.map_err(bad_proof)?)
         }
-        _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", "more than one DPoP header", &[]),
+        _ => return Err(bad_proof("more than one DPoP header".into())),
     };
     match st.authority.mint(mission_id, jkt).await {
-        Ok(minted) => token_response(&minted),
-        Err(AuthorityError::Inactive { state }) => oauth_error(
+        Ok(minted) => Ok(token_response(&minted)),
+        Err(AuthorityError::Inactive { state }) => Err(ApiError::problem(
             StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            &format!("the mission is {state}, not active"),
-            &[("mission_error", Value::String(mission::mission_error(&state).to_owned()))],
-        ),
-        Err(AuthorityError::NotFound) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown mission", &[]),
-        Err(e) => internal(&e.to_string()),
+            Code::InvalidGrant,
+            format!("the mission is {state}, not active"),
+        )
+        .member("mission_error", Value::String(mission::mission_error(&state).to_owned()))
+        .oauth()),
+        Err(AuthorityError::NotFound) => {
+            Err(ApiError::oauth(StatusCode::BAD_REQUEST, Code::InvalidGrant, "unknown mission"))
+        }
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 
@@ -346,71 +302,57 @@ async fn token(State(st): State<HttpState>, headers: HeaderMap, FormBody(form): 
 // Operator handlers
 // -------------------------------------------------------------------------------------------------
 
-async fn create_mission(State(st): State<HttpState>, JsonBody(req): JsonBody<CreateMission>) -> Response {
-    match st.authority.create(req, ACTOR_OPERATOR).await {
-        Ok(created) => {
-            let mut view = mission_view(&created.mission);
-            view.insert("client_secret".into(), Value::String(created.client_secret));
-            let mut resp = json_response(StatusCode::CREATED, &Value::Object(view));
-            if let Ok(loc) = HeaderValue::from_str(&format!("/operator/missions/{}", created.mission.id)) {
-                resp.headers_mut().insert(header::LOCATION, loc);
-            }
-            resp
-        }
-        Err(e) => operator_error(e),
+async fn create_mission(
+    State(st): State<HttpState>,
+    JsonBody(req): JsonBody<CreateMission>,
+) -> Result<Response, ApiError> {
+    let created = st.authority.create(req, ACTOR_OPERATOR).await?;
+    let mut view = mission_view(&created.mission);
+    view.insert("client_secret".into(), Value::String(created.client_secret));
+    let mut resp = json_response(StatusCode::CREATED, &Value::Object(view));
+    if let Ok(loc) = HeaderValue::from_str(&format!("/operator/missions/{}", created.mission.id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// `limit` of a listing: 1 to 1000, 100 when absent.
+fn parse_limit(v: &str) -> Result<u32, ApiError> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid("limit must be 1 to 1000")),
     }
 }
 
-async fn list_missions(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+async fn list_missions(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let mut state = None;
     let mut limit = 100u32;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "state" => state = Some(v.into_owned()),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => {
-                    return problem_response(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "limit must be 1 to 1000",
-                        None,
-                        &[],
-                    )
-                }
-            },
+            "limit" => limit = parse_limit(&v)?,
             _ => {}
         }
     }
-    match st.authority.list(state.as_deref(), limit).await {
-        Ok(rows) => {
-            let missions: Vec<Value> = rows.iter().map(|m| Value::Object(mission_view(m))).collect();
-            json_response(StatusCode::OK, &json!({ "missions": missions }))
-        }
-        Err(e) => operator_error(e),
-    }
+    let rows = st.authority.list(state.as_deref(), limit).await?;
+    let missions: Vec<Value> = rows.iter().map(|m| Value::Object(mission_view(m))).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "missions": missions })))
 }
 
-async fn show_mission(State(st): State<HttpState>, Path(id): Path<String>) -> Response {
-    match st.authority.get_with_trail(&id).await {
-        Ok((m, trail)) => {
-            let mut view = mission_view(&m);
-            view.insert("transitions".into(), Value::Array(trail.iter().map(transition_view).collect()));
-            json_response(StatusCode::OK, &Value::Object(view))
-        }
-        Err(e) => operator_error(e),
-    }
+async fn show_mission(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (m, trail) = st.authority.get_with_trail(&id).await?;
+    let mut view = mission_view(&m);
+    view.insert("transitions".into(), Value::Array(trail.iter().map(transition_view).collect()));
+    Ok(json_response(StatusCode::OK, &Value::Object(view)))
 }
 
 fn lifecycle_route(action: Action) -> MethodRouter<HttpState> {
     post(move |s: State<HttpState>, p: Path<String>| lifecycle(s, p, action))
 }
 
-async fn lifecycle(State(st): State<HttpState>, Path(id): Path<String>, action: Action) -> Response {
-    match st.authority.transition(&id, action, ACTOR_OPERATOR).await {
-        Ok(m) => json_response(StatusCode::OK, &Value::Object(mission_view(&m))),
-        Err(e) => operator_error(e),
-    }
+async fn lifecycle(State(st): State<HttpState>, Path(id): Path<String>, action: Action) -> Result<Response, ApiError> {
+    let m = st.authority.transition(&id, action, ACTOR_OPERATOR).await?;
+    Ok(json_response(StatusCode::OK, &Value::Object(mission_view(&m))))
 }
 
 /// Body of `POST /operator/missions/{id}/token`.
@@ -429,28 +371,16 @@ async fn operator_token(
     State(st): State<HttpState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<OperatorTokenRequest>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let jkt = body.and_then(|b| b.dpop_jkt);
-    if let Some(j) = &jkt {
-        if !is_jkt(j) {
-            return problem_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "dpop_jkt must be an RFC 7638 SHA-256 thumbprint (43 base64url characters)",
-                None,
-                &[],
-            );
-        }
+    if jkt.as_deref().is_some_and(|j| !is_jkt(j)) {
+        return Err(ApiError::invalid("dpop_jkt must be an RFC 7638 SHA-256 thumbprint (43 base64url characters)"));
     }
-    match st.authority.mint(&id, jkt).await {
-        Ok(minted) => token_response(&minted),
-        Err(e) => operator_error(e),
-    }
+    let minted = st.authority.mint(&id, jkt).await?;
+    Ok(token_response(&minted))
 }
 
-async fn rotate_keys(State(st): State<HttpState>) -> Response {
-    match st.authority.rotate_keys().await {
-        Ok((previous, kid)) => json_response(StatusCode::OK, &json!({"kid": kid, "previous_kid": previous})),
-        Err(e) => operator_error(e),
-    }
+async fn rotate_keys(State(st): State<HttpState>) -> Result<Response, ApiError> {
+    let (previous, kid) = st.authority.rotate_keys().await?;
+    Ok(json_response(StatusCode::OK, &json!({"kid": kid, "previous_kid": previous})))
 }

@@ -7,9 +7,9 @@
 //! | [`approver`] | the approver pages (`/portal`): sign-in, sessions, CSRF, the denial page |
 //! | [`ops`] | `/healthz`, `/metrics`, request logging, the fallbacks |
 //!
-//! and what they share, which imports none of them: [`state`] (the router's state), [`error`] (every
-//! response and error body), [`extract`] (strict JSON and form bodies) and [`guard`] (operator and
-//! gateway credentials). The import graph runs one way: this module → areas → shared leaves.
+//! and what they share, which imports none of them: [`state`] (the router's state), [`error`]
+//! ([`error::ApiError`]: every error answer, mapped in one place), [`extract`] (strict JSON and form
+//! bodies), [`guard`] (operator and gateway credentials) and [`page`] (the approver pages' HTML). The import graph runs one way: this module → areas → shared leaves.
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
@@ -42,12 +42,14 @@ pub mod extract;
 pub mod guard;
 pub mod mission;
 pub mod ops;
+pub mod page;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
 
+pub use error::ApiError;
 pub use extract::{FormBody, JsonBody, OptionalJsonBody};
 pub use mission::CONTENT_TYPE_MISSION_STATUS;
 pub use state::{HttpState, ACTOR_OPERATOR, BODY_LIMIT_BYTES};

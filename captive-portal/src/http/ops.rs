@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
-use super::error::{internal, json_response, problem_response};
+use super::error::{json_response, ApiError, Challenge, Code};
 use super::guard::bearer;
 use super::state::HttpState;
 use crate::util::secret_matches;
@@ -24,12 +24,14 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/metrics", get(metrics))
 }
 
-pub(crate) async fn not_found() -> Response {
-    problem_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None, &[])
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::problem(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint").into()
 }
 
-pub(crate) async fn method_not_allowed() -> Response {
-    problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here", None, &[])
+/// A known path with another method.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::problem(StatusCode::METHOD_NOT_ALLOWED, Code::MethodNotAllowed, "method not allowed here").into()
 }
 
 pub(crate) async fn log_request(req: Request, next: Next) -> Response {
@@ -42,7 +44,7 @@ pub(crate) async fn log_request(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text format, for the operator token or `--metrics-token`.
-async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> Response {
+async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let presented = bearer(&headers);
     let allowed = presented.is_some_and(|t| {
         // Both compared, whichever matches.
@@ -51,28 +53,21 @@ async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> Response {
         op | scraper
     });
     if !allowed {
-        let mut resp = problem_response(
+        return Err(ApiError::problem(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Code::Unauthorized,
             "/metrics requires Authorization: Bearer <metrics token or operator token>",
-            None,
-            &[],
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"missiongate-metrics\""));
-        return resp;
+        )
+        .challenge(Challenge::Metrics)
+        .into());
     }
     if let Err(e) = crate::notify::refresh_gauges(&st.access).await {
         tracing::warn!(error = %e, "metrics: database gauges not refreshed");
     }
-    match crate::metrics::METRICS.encode() {
-        Ok(text) => {
-            let mut resp = (StatusCode::OK, text).into_response();
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
-        }
-        Err(_) => internal("metrics could not be encoded"),
-    }
+    let text = crate::metrics::METRICS.encode().map_err(|_| ApiError::internal("metrics could not be encoded"))?;
+    let mut resp = (StatusCode::OK, text).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
