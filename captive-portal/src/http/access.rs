@@ -37,6 +37,7 @@ use super::extract::JsonBody;
 use super::guard::{require_gateway, require_operator};
 use super::state::{HttpState, ACTOR_OPERATOR};
 use crate::access::ArError;
+use crate::access_store::TaskStatus;
 
 /// Largest evaluation body.
 pub const EVALUATION_BODY_LIMIT: usize = 256 * 1024;
@@ -240,7 +241,7 @@ async fn submit(State(st): State<HttpState>, req: Request) -> Result<Response, A
 async fn task_status(State(st): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (view, task) = st.access.task_view(&id).await?;
     let mut resp = json_response(StatusCode::OK, &view);
-    if task.status == crate::access_store::status::PENDING {
+    if task.status == TaskStatus::Pending {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::access::RETRY_AFTER_SECONDS));
     }
     Ok(resp)

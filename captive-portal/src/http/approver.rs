@@ -40,7 +40,7 @@ use super::error::ApiError;
 use super::page::html;
 use super::state::HttpState;
 use crate::access::{Access, ArError, DenialPage};
-use crate::access_store::{status, SessionRow, TaskRow};
+use crate::access_store::{SessionRow, TaskRow, TaskStatus};
 use crate::util::{now_secs, random_b64, secret_matches, sha256};
 
 pub use super::page::CSP;
@@ -362,10 +362,11 @@ async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Result<Re
         Ok(None) => return Ok(login_redirect("/portal")),
         Err(e) => return Err(error_page(&e, None)),
     };
-    let (pending, recent) = match (st.access.list(Some(status::PENDING), 200).await, st.access.list(None, 30).await) {
-        (Ok(p), Ok(r)) => (p, r),
-        (Err(e), _) | (_, Err(e)) => return Err(error_page(&e, Some(&session))),
-    };
+    let (pending, recent) =
+        match (st.access.list(Some(TaskStatus::Pending.as_str()), 200).await, st.access.list(None, 30).await) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) | (_, Err(e)) => return Err(error_page(&e, Some(&session))),
+        };
     let mut body = String::from("<h1>Pending access requests</h1>");
     if pending.is_empty() {
         body.push_str("<p id=\"empty\">Nothing is waiting for a decision.</p>");
@@ -389,13 +390,13 @@ async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Result<Re
         }
         body.push_str("</table>");
     }
-    let decided: Vec<_> = recent.iter().filter(|r| r.task.status != status::PENDING).collect();
+    let decided: Vec<_> = recent.iter().filter(|r| r.task.status != TaskStatus::Pending).collect();
     if !decided.is_empty() {
         body.push_str("<h2>Recent decisions</h2><table><tr><th>Status</th><th>Agent</th><th>Destination</th><th>Operation</th><th>By</th><th></th></tr>");
         for r in decided {
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td><a href=\"/portal/d/{}\">Open</a></td></tr>",
-                status_badge(&r.task.status),
+                status_badge(r.task.status.as_str()),
                 esc(&r.denial.subject_id),
                 esc(&r.denial.resource_id),
                 esc(&r.denial.action_name),
@@ -481,7 +482,7 @@ pub(crate) fn constraints_html(report: Option<&serde_json::Value>) -> String {
 fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<&str>) -> String {
     let d = &p.denial;
     let now = now_secs();
-    let pending: Option<&TaskRow> = p.tasks.iter().find(|t| t.status == status::PENDING);
+    let pending: Option<&TaskRow> = p.tasks.iter().find(|t| t.status == TaskStatus::Pending);
     let live_grant = p.grants.iter().filter(|g| g.approved_until > now).max_by_key(|g| g.approved_until);
     let mut b = String::new();
     let headline = if d.parameter_digest.is_some() { "Approval required" } else { "Blocked egress" };

@@ -230,7 +230,7 @@ impl IntoResponse for ApiError {
             ApiError::Pdp(e) => {
                 crate::metrics::METRICS.evaluation(crate::metrics::Decision::error);
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                problem_response(status, e.code, &e.detail, None, &[])
+                problem_response(status, e.code.as_str(), &e.detail, None, &[])
             }
             ApiError::Problem(r) => {
                 let resp = problem_response(r.status, r.code.as_str(), &r.detail, r.mission.clone(), &r.extra);
@@ -292,7 +292,7 @@ fn access_problem(e: &ArError) -> Response {
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": e.status,
         "detail": e.detail,
-        "error": e.code,
+        "error": e.code.as_str(),
     });
     let mut body = body;
     if let (Some(secs), Some(obj)) = (e.retry_after, body.as_object_mut()) {
