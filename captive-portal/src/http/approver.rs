@@ -19,7 +19,8 @@
 //! - Every POST carries a CSRF token in a hidden field: the session's token (checked in constant
 //!   time), or for the sign-in form a double-submit cookie. A POST without it is a 403; so is a POST
 //!   that the browser labels `Sec-Fetch-Site: cross-site`.
-//! - Everything shown is HTML-escaped ([`esc`]), agent-supplied text above all; pages carry no script
+//! - Everything shown is HTML-escaped (the pages are built in [`super::page`], whose only way to
+//!   insert text escapes it), agent-supplied text above all; pages carry no script
 //!   and are served with `Content-Security-Policy: default-src 'none'; style-src 'self' 'unsafe-inline';
 //!   form-action 'self'; frame-ancestors 'none'; base-uri 'none'`, `X-Frame-Options: DENY`,
 //!   `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
@@ -34,16 +35,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
-use missiongate_wire::time::format_rfc3339;
-
 use super::error::ApiError;
-use super::page::html;
+use super::page::{self, html};
 use super::state::HttpState;
 use crate::access::{Access, ArError, DenialPage};
-use crate::access_store::{SessionRow, TaskRow, TaskStatus};
+use crate::access_store::{SessionRow, TaskStatus};
 use crate::util::{now_secs, random_b64, secret_matches, sha256};
 
-pub use super::page::CSP;
+pub use super::page::{esc, CSP};
 /// Lifetime of an approver session.
 pub const SESSION_SECONDS: i64 = 8 * 3600;
 /// Lifetime of the sign-in form's CSRF cookie.
@@ -60,69 +59,9 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/portal/d/{id}/deny", post(deny))
 }
 
-// -------------------------------------------------------------------------------------------------
-// HTML
-// -------------------------------------------------------------------------------------------------
-
-/// HTML-escape text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}\
-header{background:#1b1f24;color:#fff;padding:.6em 1.2em;display:flex;justify-content:space-between;align-items:center}\
-header form{margin:0}main{max-width:60em;margin:1.2em auto;padding:0 1.2em}\
-table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;vertical-align:top;padding:.45em .6em;border-bottom:1px solid #e3e6ea}\
-th{width:11em;color:#555;font-weight:600}pre{background:#fff;border:1px solid #d8dce1;padding:.7em;white-space:pre-wrap;word-break:break-word;max-height:28em;overflow:auto}\
-.status{display:inline-block;padding:.1em .6em;border-radius:1em;background:#e8eef7}.pending{background:#fff3cd}.approved{background:#d1f2dc}.denied,.cancelled,.expired{background:#f4d6d6}\
-.forms{display:flex;gap:1.2em;flex-wrap:wrap;margin:1em 0}.forms form{background:#fff;border:1px solid #d8dce1;padding:.8em;flex:1;min-width:18em}\
-button{font:inherit;padding:.35em 1em;cursor:pointer}button.approve{background:#1a7f37;color:#fff;border:0}button.deny{background:#b42318;color:#fff;border:0}\
-.note{color:#555;font-size:.9em}.err{background:#fde2e1;border:1px solid #f5b5b2;padding:.6em}.warn{background:#fff3cd;border:1px solid #f0d68a;padding:.6em}code{word-break:break-all}";
-
-fn page(title: &str, who: Option<&SessionRow>, body: &str) -> String {
-    let header = match who {
-        Some(s) => format!(
-            "<header><span>missiongate approver &middot; <a href=\"/portal\" style=\"color:#fff\">requests</a></span>\
-             <form method=\"post\" action=\"/portal/logout\"><span id=\"who\">{}</span> \
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form></header>",
-            esc(&s.approver),
-            esc(&s.csrf)
-        ),
-        None => "<header><span>missiongate approver</span></header>".to_owned(),
-    };
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{}</title><style>{STYLE}</style></head><body>{header}<main>{body}</main></body></html>",
-        esc(title)
-    )
-}
-
 /// A page that says what went wrong.
 fn message_page(status: StatusCode, title: &str, text: &str, who: Option<&SessionRow>) -> ApiError {
-    ApiError::Page(
-        status,
-        page(
-            title,
-            who,
-            &format!(
-                "<h1>{}</h1><p class=\"err\">{}</p><p><a href=\"/portal\">Back to the requests</a></p>",
-                esc(title),
-                esc(text)
-            ),
-        ),
-    )
+    ApiError::Page(status, page::page(title, who, &page::message(title, text)))
 }
 
 fn see_other(location: &str) -> Response {
@@ -131,10 +70,6 @@ fn see_other(location: &str) -> Response {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-fn when(t: i64) -> String {
-    format_rfc3339(t)
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -252,24 +187,9 @@ fn login_redirect(path: &str) -> Response {
 fn login_form(st: &HttpState, next: &str, failed: bool) -> Result<Response, ApiError> {
     let secure = st.access.settings().secure_cookies();
     let token = random_b64(24).map_err(|e| error_page(&ArError::internal(e), None))?;
-    let mut body = String::from("<h1>Approver sign-in</h1>");
-    if failed {
-        body.push_str("<p class=\"err\" id=\"login-error\">Sign-in failed.</p>");
-    }
-    if st.access.settings().approvers.is_empty() {
-        body.push_str("<p class=\"err\">No approvers are configured on this portal (<code>--approver</code>).</p>");
-    }
-    body.push_str(&format!(
-        "<form method=\"post\" action=\"/portal/login\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"next\" value=\"{}\">\
-         <p><label>Approver token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required></label></p>\
-         <p><button type=\"submit\" id=\"login\">Sign in</button></p></form>\
-         <p class=\"note\">Use your own approver credential. Agent access tokens are never accepted here.</p>",
-        esc(&token),
-        esc(next)
-    ));
+    let body = page::login(&token, next, failed, st.access.settings().approvers.is_empty());
     let status = if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    let mut resp = html(status, page("Sign in · missiongate", None, &body));
+    let mut resp = html(status, page::page("Sign in · missiongate", None, &body));
     let (_, login_cookie) = cookie_names(secure);
     set_cookie(&mut resp, login_cookie, &token, LOGIN_COOKIE_SECONDS, secure);
     Ok(resp)
@@ -352,10 +272,6 @@ async fn logout(State(st): State<HttpState>, headers: HeaderMap, bytes: Bytes) -
 // Pages
 // -------------------------------------------------------------------------------------------------
 
-fn status_badge(s: &str) -> String {
-    format!("<span class=\"status {}\">{}</span>", esc(s), esc(s))
-}
-
 async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let session = match current_session(&st.access, &headers).await {
         Ok(Some(s)) => s,
@@ -367,282 +283,12 @@ async fn list_page(State(st): State<HttpState>, headers: HeaderMap) -> Result<Re
             (Ok(p), Ok(r)) => (p, r),
             (Err(e), _) | (_, Err(e)) => return Err(error_page(&e, Some(&session))),
         };
-    let mut body = String::from("<h1>Pending access requests</h1>");
-    if pending.is_empty() {
-        body.push_str("<p id=\"empty\">Nothing is waiting for a decision.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"pending\"><tr><th>Agent</th><th>Mission</th><th>Destination</th><th>Operation</th><th>Requested</th><th></th></tr>",
-        );
-        for r in &pending {
-            let goal = r.mission.as_ref().map(|m| m.intent.goal.as_str()).unwrap_or("");
-            body.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code><br>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td>\
-                 <td><a href=\"/portal/d/{}\">Review</a></td></tr>",
-                esc(&r.denial.subject_id),
-                esc(&r.denial.mission_id),
-                esc(goal),
-                esc(&r.denial.resource_id),
-                esc(&r.denial.action_name),
-                esc(&when(r.task.created_at)),
-                esc(&r.denial.id),
-            ));
-        }
-        body.push_str("</table>");
-    }
-    let decided: Vec<_> = recent.iter().filter(|r| r.task.status != TaskStatus::Pending).collect();
-    if !decided.is_empty() {
-        body.push_str("<h2>Recent decisions</h2><table><tr><th>Status</th><th>Agent</th><th>Destination</th><th>Operation</th><th>By</th><th></th></tr>");
-        for r in decided {
-            body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td><a href=\"/portal/d/{}\">Open</a></td></tr>",
-                status_badge(r.task.status.as_str()),
-                esc(&r.denial.subject_id),
-                esc(&r.denial.resource_id),
-                esc(&r.denial.action_name),
-                esc(r.task.decided_by.as_deref().unwrap_or("")),
-                esc(&r.denial.id),
-            ));
-        }
-        body.push_str("</table>");
-    }
-    Ok(html(StatusCode::OK, page("Access requests · missiongate", Some(&session), &body)))
+    let body = page::list(&pending, &recent);
+    Ok(html(StatusCode::OK, page::page("Access requests · missiongate", Some(&session), &body)))
 }
 
-fn pretty(v: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-/// A short text from the gateway's constraint report: at most 64 characters, escaped by the caller.
-fn short(v: &serde_json::Value, key: &str) -> Option<String> {
-    v.get(key).and_then(serde_json::Value::as_str).map(|s| s.chars().take(64).collect())
-}
-
-/// The constraints the gateway checked for the blocked call (`context.constraints` of the PDP
-/// question, SPEC §2): which one the call exceeds and by how much, as escaped HTML. Empty when the
-/// gateway reported none.
-pub(crate) fn constraints_html(report: Option<&serde_json::Value>) -> String {
-    let Some(items) = report.and_then(serde_json::Value::as_array).filter(|a| !a.is_empty()) else {
-        return String::new();
-    };
-    let mut summary = Vec::new();
-    let mut list = String::new();
-    for c in items.iter().take(16) {
-        let name = short(c, "name").unwrap_or_else(|| "?".into());
-        let outcome = short(c, "outcome").unwrap_or_else(|| "?".into());
-        let (limit, currency) = (short(c, "limit"), short(c, "currency"));
-        let (requested, requested_currency) = (short(c, "requested"), short(c, "requested_currency"));
-        let why = match (outcome.as_str(), &limit, &currency) {
-            ("exceeded", Some(l), Some(cur)) => {
-                let by = short(c, "excess").map(|e| format!(" by {e} {cur}")).unwrap_or_default();
-                summary.push(format!("exceeds <code>{}</code>{}", esc(&name), esc(&by)));
-                format!(
-                    "exceeded{}: requested {} {}, the Mission allows at most {} {}",
-                    by,
-                    requested.as_deref().unwrap_or("?"),
-                    cur,
-                    l,
-                    cur
-                )
-            }
-            ("currency_mismatch", Some(l), Some(cur)) => {
-                let other = requested_currency.as_deref().unwrap_or("another currency");
-                summary.push(format!("is in {} where <code>{}</code> is in {}", esc(other), esc(&name), esc(cur)));
-                format!("currency mismatch: requested in {other}, the Mission allows at most {l} {cur}")
-            }
-            ("satisfied", Some(l), Some(cur)) => format!("satisfied (at most {l} {cur})"),
-            ("satisfied", _, _) => "satisfied".to_owned(),
-            ("violated", _, _) => {
-                summary.push(format!("violates <code>{}</code>", esc(&name)));
-                "violated: the call's value is not one the Mission allows".to_owned()
-            }
-            (o, _, _) => {
-                summary.push(format!("fails <code>{}</code> ({})", esc(&name), esc(o)));
-                format!("{o}: the call does not carry a usable value for it")
-            }
-        };
-        list.push_str(&format!(
-            "<li class=\"constraint\" data-outcome=\"{}\"><code>{}</code>: {}</li>",
-            esc(&outcome),
-            esc(&name),
-            esc(&why)
-        ));
-    }
-    let mut b = String::from("<h3>Mission constraints</h3>");
-    if !summary.is_empty() {
-        b.push_str(&format!(
-            "<p class=\"warn\" id=\"constraint-summary\">Outside the Mission's constraints: this call {}.</p>",
-            summary.join("; ")
-        ));
-    }
-    b.push_str(&format!("<ul id=\"constraints\">{list}</ul>"));
-    b
-}
-
-fn render_denial(access: &Access, p: &DenialPage, s: &SessionRow, error: Option<&str>) -> String {
-    let d = &p.denial;
-    let now = now_secs();
-    let pending: Option<&TaskRow> = p.tasks.iter().find(|t| t.status == TaskStatus::Pending);
-    let live_grant = p.grants.iter().filter(|g| g.approved_until > now).max_by_key(|g| g.approved_until);
-    let mut b = String::new();
-    let headline = if d.parameter_digest.is_some() { "Approval required" } else { "Blocked egress" };
-    b.push_str(&format!(
-        "<h1>{}: <code>{}</code> on <code>{}</code></h1>",
-        headline,
-        esc(&d.action_name),
-        esc(&d.resource_id)
-    ));
-    if let Some(e) = error {
-        b.push_str(&format!("<p class=\"err\" id=\"error\">{}</p>", esc(e)));
-    }
-    let state = if live_grant.is_some() {
-        "approved"
-    } else {
-        pending.map(|_| "pending").or_else(|| p.tasks.first().map(|t| t.status.as_str())).unwrap_or("not requested")
-    };
-    b.push_str(&format!("<p>Status: <span id=\"state\">{}</span></p>", status_badge(state)));
-    if let Some(g) = live_grant {
-        b.push_str(&format!(
-            "<p id=\"grant\">Approved by {} until {}{}.</p>",
-            esc(&g.approved_by),
-            esc(&when(g.approved_until)),
-            if g.single_use { " (one use)" } else { "" }
-        ));
-    }
-    let subj = &d.request.subject;
-    let props = |k: &str| subj.properties.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let mission_cell = match &p.mission {
-        Some(m) => format!(
-            "<code>{}</code> <span class=\"note\">({}, until {})</span><br><span id=\"goal\">{}</span>",
-            esc(&m.id),
-            esc(m.state.as_str()),
-            esc(&when(m.expires_at)),
-            esc(&m.intent.goal)
-        ),
-        None => {
-            format!("<code>{}</code> <span class=\"note\">at {}</span>", esc(&d.mission_id), esc(&d.mission_issuer))
-        }
-    };
-    b.push_str(&format!(
-        "<table class=\"facts\">\
-         <tr><th>Agent</th><td id=\"agent\"><code>{}</code> <span class=\"note\">sub {} &middot; iss {}</span></td></tr>\
-         <tr><th>Mission</th><td id=\"mission\">{}</td></tr>\
-         <tr><th>Destination</th><td id=\"destination\"><code>{}</code></td></tr>\
-         <tr><th>Operation</th><td id=\"operation\"><code>{}</code>{}</td></tr>\
-         <tr><th>Reason</th><td>{}</td></tr>\
-         <tr><th>Parameter digest</th><td><code>{}</code></td></tr>\
-         <tr><th>First blocked</th><td>{}</td></tr></table>",
-        esc(&subj.id),
-        esc(&props("sub")),
-        esc(&props("iss")),
-        mission_cell,
-        esc(&d.resource_id),
-        esc(&d.action_name),
-        // An MCP tool call names its tool (the gateway's `action.properties.mcp_tool`).
-        match d.request.action.properties.get("mcp_tool").and_then(|v| v.as_str()) {
-            Some(t) => format!(" <span class=\"note\">MCP tool</span> <code id=\"mcp-tool\">{}</code>", esc(t)),
-            None => String::new(),
-        },
-        esc(&d.reason),
-        esc(d.parameter_digest.as_deref().unwrap_or("none (destination-level)")),
-        esc(&when(d.created_at)),
-    ));
-    b.push_str(&constraints_html(d.request.context.other.get("constraints")));
-    match pending {
-        Some(t) => {
-            b.push_str(&format!("<h2>Access request <code>{}</code></h2>", esc(&t.id)));
-            b.push_str(&format!(
-                "<p class=\"note\">Submitted {} &middot; expires {}",
-                esc(&when(t.created_at)),
-                esc(&when(t.expires_at))
-            ));
-            if let Some(r) = t.requested_until {
-                b.push_str(&format!(" &middot; asks for access until {}", esc(&when(r))));
-            }
-            b.push_str("</p>");
-            b.push_str("<h3>Justification <span class=\"note\">(written by the agent: untrusted)</span></h3>");
-            b.push_str(&format!(
-                "<pre id=\"justification\">{}</pre>",
-                esc(t.justification.as_deref().unwrap_or("(none given)"))
-            ));
-            b.push_str("<h3>Parameters</h3>");
-            match &t.parameters {
-                Some(v) => {
-                    // What the approver must know of the body before the JSON: its media type, and
-                    // for a non-JSON body that only its hash is bound (SPEC §6, version 2).
-                    let member = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
-                    if let Some(method) = member("mcp_method") {
-                        // An MCP tool call (SPEC §7): the tool and its arguments are what is approved.
-                        b.push_str(&format!(
-                            "<p>MCP <code>{}</code> of tool <code id=\"call-tool\">{}</code> with arguments:</p>\
-                             <pre id=\"call-arguments\">{}</pre>",
-                            esc(method),
-                            esc(member("tool").unwrap_or("")),
-                            esc(&pretty(v.get("arguments").unwrap_or(&serde_json::json!({}))))
-                        ));
-                    }
-                    if let Some(ct) = member("content_type") {
-                        b.push_str(&format!(
-                            "<p>Content type: <code id=\"content-type\">{}</code></p>",
-                            esc(ct)
-                        ));
-                    }
-                    if let Some(hash) = member("body_sha256") {
-                        b.push_str(&format!(
-                            "<p class=\"warn\" id=\"raw-body\">Only a hash of the body is bound: the body is not \
-                             JSON, so its content is not shown here and cannot be checked on this page. \
-                             SHA-256 (base64url): <code>{}</code>. Approve only if you know, from elsewhere, \
-                             which bytes have this hash.</p>",
-                            esc(hash)
-                        ));
-                    }
-                    b.push_str(&format!("<pre id=\"parameters\">{}</pre>", esc(&pretty(v))));
-                    if d.parameter_digest.is_some() {
-                        b.push_str("<p class=\"note\">Verified: these parameters hash to the blocked call's parameter_digest. An approval allows exactly this call.</p>");
-                    } else {
-                        b.push_str("<p class=\"note\">Informational only: this destination-level denial is not bound to parameters.</p>");
-                    }
-                }
-                None => b.push_str("<p class=\"note\" id=\"parameters\">No parameters: an approval allows this operation on this destination.</p>"),
-            }
-            let default_min = (access.settings().default_approval_seconds / 60).max(1);
-            let max_min = (access.settings().max_approval_seconds / 60).max(1);
-            b.push_str(&format!(
-                "<div class=\"forms\">\
-                 <form method=\"post\" action=\"/portal/d/{id}/approve\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <input type=\"hidden\" name=\"task\" value=\"{task}\">\
-                 <p><label>Approve for <input type=\"number\" name=\"minutes\" id=\"minutes\" value=\"{default_min}\" min=\"1\" max=\"{max_min}\" required> minutes</label></p>\
-                 <p><button type=\"submit\" class=\"approve\" id=\"approve\">Approve</button></p></form>\
-                 <form method=\"post\" action=\"/portal/d/{id}/deny\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <input type=\"hidden\" name=\"task\" value=\"{task}\">\
-                 <p><label>Reason <input type=\"text\" name=\"reason\" id=\"deny-reason\" maxlength=\"500\"></label></p>\
-                 <p><button type=\"submit\" class=\"deny\" id=\"deny\">Deny</button></p></form></div>",
-                id = esc(&d.id),
-                csrf = esc(&s.csrf),
-                task = esc(&t.id),
-            ));
-        }
-        None if p.tasks.is_empty() => {
-            b.push_str("<p id=\"no-request\">The agent has not submitted an access request for this denial yet.</p>");
-        }
-        None => {}
-    }
-    if !p.audit.is_empty() {
-        b.push_str(
-            "<h2>History</h2><table id=\"history\"><tr><th>When</th><th>Who</th><th>What</th><th>Details</th></tr>",
-        );
-        for a in &p.audit {
-            b.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                esc(&when(a.at)),
-                esc(&a.actor),
-                esc(&a.action),
-                esc(&a.detail.to_string())
-            ));
-        }
-        b.push_str("</table>");
-    }
-    page("Access request · missiongate", Some(s), &b)
+fn render_denial(st: &HttpState, p: &DenialPage, s: &SessionRow, error: Option<&str>) -> String {
+    page::denial(st.access.settings(), p, s, error, now_secs())
 }
 
 async fn denial_page(
@@ -661,7 +307,7 @@ async fn denial_page(
         Err(e) => return Err(error_page(&e, None)),
     };
     match st.access.denial_page(&id).await {
-        Ok(Some(p)) => Ok(html(StatusCode::OK, render_denial(&st.access, &p, &session, None))),
+        Ok(Some(p)) => Ok(html(StatusCode::OK, render_denial(&st, &p, &session, None))),
         Ok(None) => Err(message_page(StatusCode::NOT_FOUND, "Not found", "no such denial", Some(&session))),
         Err(e) => Err(error_page(&e, Some(&session))),
     }
@@ -681,7 +327,7 @@ async fn decided(
         Err(e) => match st.access.denial_page(id).await {
             Ok(Some(p)) => {
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-                Err(ApiError::Page(status, render_denial(&st.access, &p, session, Some(&e.detail))))
+                Err(ApiError::Page(status, render_denial(st, &p, session, Some(&e.detail))))
             }
             _ => Err(error_page(&e, Some(session))),
         },
@@ -740,29 +386,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_and_next() {
-        assert_eq!(esc("<script>alert('x')</script>&\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;");
+    fn next_stays_under_portal() {
         assert_eq!(safe_next(Some("/portal/d/dn_1")), "/portal/d/dn_1");
         assert_eq!(safe_next(Some("https://evil.example/")), "/portal");
         assert_eq!(safe_next(Some("/portal//evil.example")), "/portal");
         assert_eq!(safe_next(Some("/portalx")), "/portal");
         assert_eq!(safe_next(None), "/portal");
-    }
-
-    #[test]
-    fn the_constraint_a_call_exceeds_and_by_how_much() {
-        let report = serde_json::json!([
-            {"name": "max_amount", "kind": "max_amount", "outcome": "exceeded", "limit": "500.00", "currency": "USD",
-             "requested": "500.01", "requested_currency": "USD", "excess": "0.01"},
-            {"name": "vendors", "kind": "list", "outcome": "satisfied"},
-            {"name": "<b>x</b>", "kind": "list", "outcome": "violated"}
-        ]);
-        let html = constraints_html(Some(&report));
-        assert!(html.contains("this call exceeds <code>max_amount</code> by 0.01 USD"), "{html}");
-        assert!(html.contains("requested 500.01 USD, the Mission allows at most 500.00 USD"), "{html}");
-        assert!(html.contains("<code>vendors</code>: satisfied"), "{html}");
-        assert!(html.contains("violates <code>&lt;b&gt;x&lt;/b&gt;</code>") && !html.contains("<b>"), "{html}");
-        assert_eq!(constraints_html(None), "");
-        assert_eq!(constraints_html(Some(&serde_json::json!([]))), "");
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! and what they share, which imports none of them: [`state`] (the router's state), [`error`]
 //! ([`error::ApiError`]: every error answer, mapped in one place), [`extract`] (strict JSON and form
-//! bodies), [`guard`] (operator and gateway credentials) and [`page`] (the approver pages' HTML). The import graph runs one way: this module → areas → shared leaves.
+//! bodies), [`guard`] (operator and gateway credentials) and [`page`] (the approver pages' HTML, built
+//! with [`page::Html`], whose only way to insert text escapes it). The import graph runs one way: this module → areas → shared leaves.
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
