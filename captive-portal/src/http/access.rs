@@ -33,7 +33,7 @@ use missiongate_wire::authzen::{
 use missiongate_wire::digest::is_json_media_type;
 
 use super::error::{json_response, ApiError, Code};
-use super::extract::JsonBody;
+use super::extract::{listing_query, JsonBody};
 use super::guard::{require_gateway, require_operator};
 use super::state::{HttpState, ACTOR_OPERATOR};
 use crate::access::ArError;
@@ -273,18 +273,7 @@ async fn captive(State(st): State<HttpState>, Path(id): Path<String>) -> Result<
 // -------------------------------------------------------------------------------------------------
 
 async fn op_list(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let mut status = None;
-    let mut limit = 100u32;
-    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "status" => status = Some(v.into_owned()),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => return Err(ArError::invalid("limit must be 1 to 1000").into()),
-            },
-            _ => {}
-        }
-    }
+    let (status, limit) = listing_query(query.as_deref(), "status").map_err(ArError::invalid)?;
     let rows = st.access.list(status.as_deref(), limit).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {

@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
@@ -55,8 +55,8 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/portal/login", get(login_page).post(login))
         .route("/portal/logout", post(logout))
         .route("/portal/d/{id}", get(denial_page))
-        .route("/portal/d/{id}/approve", post(approve))
-        .route("/portal/d/{id}/deny", post(deny))
+        .route("/portal/d/{id}/approve", decision_route(Choice::Approve))
+        .route("/portal/d/{id}/deny", decision_route(Choice::Deny))
 }
 
 /// A page that says what went wrong.
@@ -343,39 +343,45 @@ async fn form_task(st: &HttpState, denial_id: &str, form: &HashMap<String, Strin
     }
 }
 
-async fn approve(
-    State(st): State<HttpState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
-    let (session, form) = authorized_post(&st.access, &headers, &bytes).await?;
-    let result = async {
-        let task = form_task(&st, &id, &form).await?;
-        let minutes: i64 = form
-            .get("minutes")
-            .and_then(|m| m.trim().parse().ok())
-            .filter(|m| *m >= 1)
-            .ok_or_else(|| ArError::invalid("the duration must be a whole number of minutes"))?;
-        let actor = format!("approver:{}", session.approver);
-        st.access.approve(&task, minutes.saturating_mul(60), None, &actor).await.map(|_| ())
-    }
-    .await;
-    decided(&st, &id, &session, result).await
+/// What an approver's form decides.
+#[derive(Debug, Clone, Copy)]
+enum Choice {
+    /// `/portal/d/{id}/approve`: form `minutes`.
+    Approve,
+    /// `/portal/d/{id}/deny`: form `reason`.
+    Deny,
 }
 
-async fn deny(
+fn decision_route(choice: Choice) -> MethodRouter<HttpState> {
+    post(move |s: State<HttpState>, p: Path<String>, h: HeaderMap, b: Bytes| decide(s, p, h, b, choice))
+}
+
+async fn decide(
     State(st): State<HttpState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
+    choice: Choice,
 ) -> Result<Response, ApiError> {
     let (session, form) = authorized_post(&st.access, &headers, &bytes).await?;
     let result = async {
         let task = form_task(&st, &id, &form).await?;
-        let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty()).unwrap_or("denied by an approver");
         let actor = format!("approver:{}", session.approver);
-        st.access.deny(&task, reason, &actor).await.map(|_| ())
+        match choice {
+            Choice::Approve => {
+                let minutes: i64 = form
+                    .get("minutes")
+                    .and_then(|m| m.trim().parse().ok())
+                    .filter(|m| *m >= 1)
+                    .ok_or_else(|| ArError::invalid("the duration must be a whole number of minutes"))?;
+                st.access.approve(&task, minutes.saturating_mul(60), None, &actor).await.map(|_| ())
+            }
+            Choice::Deny => {
+                let reason =
+                    form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty()).unwrap_or("denied by an approver");
+                st.access.deny(&task, reason, &actor).await.map(|_| ())
+            }
+        }
     }
     .await;
     decided(&st, &id, &session, result).await

@@ -103,3 +103,21 @@ impl<S: Send + Sync> FromRequest<S> for FormBody {
         Ok(FormBody(out))
     }
 }
+
+/// The query of an operator listing, `?<filter>=...&limit=...`: the filter's value (the last one
+/// given) and the limit (1 to 1000, 100 when absent); a bad limit is `Err` with what to say.
+pub(crate) fn listing_query(query: Option<&str>, filter: &str) -> Result<(Option<String>, u32), &'static str> {
+    let mut value = None;
+    let mut limit = 100u32;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == filter {
+            value = Some(v.into_owned());
+        } else if k == "limit" {
+            limit = match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => return Err("limit must be 1 to 1000"),
+            };
+        }
+    }
+    Ok((value, limit))
+}

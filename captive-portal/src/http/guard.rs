@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::error::{ApiError, Challenge, Code, ErrorBody};
+use super::error::{ApiError, Challenge, Code};
 use super::state::HttpState;
 use crate::util::secret_matches;
 
@@ -14,8 +14,8 @@ fn peer_of(req: &Request) -> Option<std::net::SocketAddr> {
 }
 
 /// Let a gateway through, with its [`crate::gateway::Caller`] in the request's extensions for the
-/// handler; anyone else gets `refused` with the gateway challenge.
-async fn gateway_only(st: &HttpState, mut req: Request, next: Next, refused: ErrorBody) -> Result<Response, ApiError> {
+/// handler; anyone else gets a 401 with the gateway challenge, as an OAuth error on Mission Status.
+async fn gateway_only(st: &HttpState, mut req: Request, next: Next, oauth: bool) -> Result<Response, ApiError> {
     match st.gateway.check(req.headers(), peer_of(&req)) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -23,7 +23,14 @@ async fn gateway_only(st: &HttpState, mut req: Request, next: Next, refused: Err
         }
         Err(refusal) => {
             tracing::warn!(path = %req.uri().path(), ?refusal, "gateway surface refused a caller");
-            Err(refused.challenge(Challenge::Gateway).into())
+            let detail = if oauth {
+                "Mission Status answers gateways only: Authorization: Bearer <gateway credential>"
+            } else {
+                "this endpoint answers gateways only: Authorization: Bearer <gateway credential>"
+            };
+            let body =
+                ApiError::problem(StatusCode::UNAUTHORIZED, Code::Unauthorized, detail).challenge(Challenge::Gateway);
+            Err(if oauth { body.oauth() } else { body.into() })
         }
     }
 }
@@ -34,12 +41,7 @@ pub(crate) async fn require_gateway(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let refused = ApiError::problem(
-        StatusCode::UNAUTHORIZED,
-        Code::Unauthorized,
-        "this endpoint answers gateways only: Authorization: Bearer <gateway credential>",
-    );
-    gateway_only(&st, req, next, refused).await
+    gateway_only(&st, req, next, false).await
 }
 
 /// As [`require_gateway`], with the Mission Status draft's JSON error (`unauthorized`, 401).
@@ -48,15 +50,7 @@ pub(crate) async fn require_gateway_oauth(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let refused = ApiError::problem(
-        StatusCode::UNAUTHORIZED,
-        Code::Unauthorized,
-        "Mission Status answers gateways only: Authorization: Bearer <gateway credential>",
-    );
-    match gateway_only(&st, req, next, refused).await {
-        Err(ApiError::Problem(body)) => Err(ApiError::OAuth(body)),
-        other => other,
-    }
+    gateway_only(&st, req, next, true).await
 }
 
 /// The Bearer token of a request with exactly one `Authorization` header.

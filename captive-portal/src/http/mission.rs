@@ -17,7 +17,7 @@ use missiongate_wire::claims::PollRequest;
 use missiongate_wire::time::format_rfc3339;
 
 use super::error::{json_response, with_headers, ApiError, Challenge, Code};
-use super::extract::{FormBody, JsonBody, OptionalJsonBody};
+use super::extract::{listing_query, FormBody, JsonBody, OptionalJsonBody};
 use super::guard::{require_gateway, require_gateway_oauth, require_operator};
 use super::state::{HttpState, ACTOR_OPERATOR};
 use crate::authority::{AuthorityError, Minted};
@@ -316,24 +316,8 @@ async fn create_mission(
     Ok(resp)
 }
 
-/// `limit` of a listing: 1 to 1000, 100 when absent.
-fn parse_limit(v: &str) -> Result<u32, ApiError> {
-    match v.parse::<u32>() {
-        Ok(n) if (1..=1000).contains(&n) => Ok(n),
-        _ => Err(ApiError::invalid("limit must be 1 to 1000")),
-    }
-}
-
 async fn list_missions(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let mut state = None;
-    let mut limit = 100u32;
-    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "state" => state = Some(v.into_owned()),
-            "limit" => limit = parse_limit(&v)?,
-            _ => {}
-        }
-    }
+    let (state, limit) = listing_query(query.as_deref(), "state").map_err(ApiError::invalid)?;
     let rows = st.authority.list(state.as_deref(), limit).await?;
     let missions: Vec<Value> = rows.iter().map(|m| Value::Object(mission_view(m))).collect();
     Ok(json_response(StatusCode::OK, &json!({ "missions": missions })))
