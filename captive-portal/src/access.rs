@@ -1,7 +1,7 @@
 //! The PDP and Access Request Service (SPEC §4): AuthZEN Access Evaluation over the grants approvers
 //! made, requestable denials with a signed `binding_token` (AuthZEN Access Request and Approval
 //! Profile, "ARAP"), Access Request tasks, and the per-denial RFC 8908 document of the Captive Portal
-//! Egress Profile. HTTP-agnostic; [`crate::access_http`] and [`crate::portal`] map it onto routes.
+//! Egress Profile. HTTP-agnostic; [`crate::http::access`] and [`crate::http::approver`] map it onto routes.
 //!
 //! # Policy
 //!
@@ -38,8 +38,8 @@ use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
 use missiongate_wire::{b64, jcs};
 
 use crate::access_store::{
-    status, AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, GrantTuple,
-    RequesterLimits, TaskRow,
+    AuditRow, CreateTask, Decided, Decision, DenialDraft, DenialRow, EnsureDenial, GrantRow, GrantTuple,
+    RequesterLimits, TaskRow, TaskStatus,
 };
 use crate::authority::{Authority, AuthorityError, VerifyError};
 use crate::store::{MissionRow, StoreError};
@@ -139,15 +139,78 @@ impl AccessSettings {
     }
 }
 
-/// An Access Request / PDP failure, mapped to an `application/problem+json` answer.
+/// The `error` code of an Access Request / PDP failure: the ARAP error names, and the generic ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArCode {
+    /// `invalid_request`: the request is malformed (400; 413 and 415 for the body).
+    InvalidRequest,
+    /// `not_requestable`: the submission carries no denial to request access for (400).
+    NotRequestable,
+    /// `expired_denial`: the requestable denial has expired (410).
+    ExpiredDenial,
+    /// `invalid_denial_binding`: the submission does not match the denial it names (400).
+    InvalidDenialBinding,
+    /// `duplicate_request`: the `Idempotency-Key` was used with another body (409).
+    DuplicateRequest,
+    /// `unknown_task`: no such task (404).
+    UnknownTask,
+    /// `task_expired`: the task handle has expired (410).
+    TaskExpired,
+    /// `invalid_task_state`: the task is not in a state that allows this (409).
+    InvalidTaskState,
+    /// `rate_limited`: a per-requester limit is reached (429).
+    RateLimited,
+    /// `unavailable`: too busy right now (503).
+    Unavailable,
+    /// `server_error`: an internal failure (500).
+    ServerError,
+}
+
+impl ArCode {
+    /// The `error` member (and the last part of the `type` URN).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArCode::InvalidRequest => "invalid_request",
+            ArCode::NotRequestable => "not_requestable",
+            ArCode::ExpiredDenial => "expired_denial",
+            ArCode::InvalidDenialBinding => "invalid_denial_binding",
+            ArCode::DuplicateRequest => "duplicate_request",
+            ArCode::UnknownTask => "unknown_task",
+            ArCode::TaskExpired => "task_expired",
+            ArCode::InvalidTaskState => "invalid_task_state",
+            ArCode::RateLimited => "rate_limited",
+            ArCode::Unavailable => "unavailable",
+            ArCode::ServerError => "server_error",
+        }
+    }
+
+    /// Its HTTP status (an error may answer with another, see [`ArError::with_status`]).
+    pub fn status(self) -> u16 {
+        match self {
+            ArCode::InvalidRequest | ArCode::NotRequestable | ArCode::InvalidDenialBinding => 400,
+            ArCode::UnknownTask => 404,
+            ArCode::DuplicateRequest | ArCode::InvalidTaskState => 409,
+            ArCode::ExpiredDenial | ArCode::TaskExpired => 410,
+            ArCode::RateLimited => 429,
+            ArCode::ServerError => 500,
+            ArCode::Unavailable => 503,
+        }
+    }
+
+    /// The problem `type` URN.
+    pub fn type_urn(self) -> String {
+        format!("{ERROR_URN_PREFIX}{}", self.as_str())
+    }
+}
+
+/// An Access Request / PDP failure, mapped to an `application/problem+json` answer by
+/// [`crate::http::ApiError`].
 #[derive(Debug, Clone)]
 pub struct ArError {
     /// HTTP status.
     pub status: u16,
-    /// Problem code: one of the ARAP error names (`not_requestable`, `expired_denial`,
-    /// `invalid_denial_binding`, `duplicate_request`, `unknown_task`, `task_expired`,
-    /// `invalid_task_state`), or `invalid_request` / `server_error`.
-    pub code: &'static str,
+    /// Problem code.
+    pub code: ArCode,
     /// Human-readable detail (never token material).
     pub detail: String,
     /// Seconds to wait before trying again (`Retry-After` and `retry_after`), for 429 and 503.
@@ -155,44 +218,56 @@ pub struct ArError {
 }
 
 impl ArError {
-    fn new(status: u16, code: &'static str, detail: impl Into<String>) -> ArError {
-        ArError { status, code, detail: detail.into(), retry_after: None }
+    /// An error of `code`, with its status.
+    pub fn new(code: ArCode, detail: impl Into<String>) -> ArError {
+        ArError { status: code.status(), code, detail: detail.into(), retry_after: None }
     }
     /// 429 `rate_limited`: a per-requester limit is reached; try again after `retry_after` seconds.
     pub fn rate_limited(detail: impl Into<String>, retry_after: u64) -> ArError {
-        ArError { status: 429, code: "rate_limited", detail: detail.into(), retry_after: Some(retry_after.max(1)) }
+        ArError { retry_after: Some(retry_after.max(1)), ..Self::new(ArCode::RateLimited, detail) }
     }
     /// 503 `unavailable`: too busy right now.
     pub fn busy(detail: impl Into<String>) -> ArError {
-        ArError { status: 503, code: "unavailable", detail: detail.into(), retry_after: Some(1) }
+        ArError { retry_after: Some(1), ..Self::new(ArCode::Unavailable, detail) }
     }
     /// 400 `invalid_request`.
     pub fn invalid(detail: impl Into<String>) -> ArError {
-        Self::new(400, "invalid_request", detail)
+        Self::new(ArCode::InvalidRequest, detail)
     }
     fn binding(detail: impl Into<String>) -> ArError {
-        Self::new(400, "invalid_denial_binding", detail)
+        Self::new(ArCode::InvalidDenialBinding, detail)
     }
-    fn unknown_task() -> ArError {
-        Self::new(404, "unknown_task", "no such access request task")
+    /// 404 `unknown_task`.
+    pub fn unknown_task() -> ArError {
+        Self::new(ArCode::UnknownTask, "no such access request task")
     }
     fn state(detail: impl Into<String>) -> ArError {
-        Self::new(409, "invalid_task_state", detail)
+        Self::new(ArCode::InvalidTaskState, detail)
     }
     /// 500.
     pub fn internal(detail: impl std::fmt::Display) -> ArError {
         tracing::error!(error = %detail, "access request service failed");
-        Self::new(500, "server_error", "internal error")
+        Self::new(ArCode::ServerError, "internal error")
+    }
+    /// The same error with another HTTP status (415 and 413 `invalid_request`).
+    pub fn with_status(mut self, status: u16) -> ArError {
+        self.status = status;
+        self
+    }
+    /// The same error with another detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> ArError {
+        self.detail = detail.into();
+        self
     }
     /// The problem `type` URN.
     pub fn type_urn(&self) -> String {
-        format!("{ERROR_URN_PREFIX}{}", self.code)
+        self.code.type_urn()
     }
 }
 
 impl std::fmt::Display for ArError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.status, self.detail)
+        write!(f, "{} ({}): {}", self.code.as_str(), self.status, self.detail)
     }
 }
 
@@ -223,10 +298,53 @@ pub struct Submitted {
     pub task: TaskRow,
 }
 
+/// The `reason` of a PDP denial: a refusal (`next_action: none`) or a requestable denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The request names no Mission.
+    MissionRequired,
+    /// The Mission is not one this authority holds.
+    MissionUnknown,
+    /// The Mission is not active (or has expired).
+    MissionInactive,
+    /// The caller is not the Mission's client.
+    SubjectMismatch,
+    /// The Mission's authority changed since the token was minted.
+    AuthorityMismatch,
+    /// Approved with other parameters, or the single use was spent.
+    ParameterViolation,
+    /// The Captive Portal API names no denial this PDP made.
+    UnknownDenial,
+    /// The Mission has as many open requestable denials as allowed.
+    TooManyOpenRequests,
+    /// Requestable: the call carries a parameter digest, an approval allows exactly this call.
+    ApprovalRequired,
+    /// Requestable: the destination and operation are not allowed (destination-level).
+    EgressNotAllowed,
+}
+
+impl DenyReason {
+    /// The `reason` member.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::MissionRequired => "mission_required",
+            DenyReason::MissionUnknown => "mission_unknown",
+            DenyReason::MissionInactive => "mission_inactive",
+            DenyReason::SubjectMismatch => "subject_mismatch",
+            DenyReason::AuthorityMismatch => "authority_mismatch",
+            DenyReason::ParameterViolation => "parameter_violation",
+            DenyReason::UnknownDenial => "unknown_denial",
+            DenyReason::TooManyOpenRequests => "too_many_open_requests",
+            DenyReason::ApprovalRequired => "approval_required",
+            DenyReason::EgressNotAllowed => "egress_not_allowed",
+        }
+    }
+}
+
 /// What the policy says about a request.
 enum Verdict {
     Permit(Box<GrantRow>),
-    Refuse { reason: &'static str, mission_state: Option<String> },
+    Refuse { reason: DenyReason, mission_state: Option<String> },
     Request(Box<DenialRow>),
 }
 
@@ -442,23 +560,26 @@ impl Access {
     /// Apply the policy (module documentation). Creates or refreshes the denial when requestable.
     async fn verdict(&self, req: &EvaluationRequest, now: i64, purpose: Purpose) -> Result<Verdict, ArError> {
         let Some(mission) = &req.context.mission else {
-            return Ok(Verdict::Refuse { reason: "mission_required", mission_state: None });
+            return Ok(Verdict::Refuse { reason: DenyReason::MissionRequired, mission_state: None });
         };
         match self.local_mission(&mission.id, &mission.issuer).await? {
             None => {}
             Some(Err(())) => {
-                return Ok(Verdict::Refuse { reason: "mission_unknown", mission_state: Some("unknown".into()) })
+                return Ok(Verdict::Refuse {
+                    reason: DenyReason::MissionUnknown,
+                    mission_state: Some("unknown".into()),
+                })
             }
             Some(Ok(m)) => {
                 if !m.state.is_active() || now >= m.expires_at {
                     let state = if now >= m.expires_at { "expired".to_owned() } else { m.state.to_string() };
-                    return Ok(Verdict::Refuse { reason: "mission_inactive", mission_state: Some(state) });
+                    return Ok(Verdict::Refuse { reason: DenyReason::MissionInactive, mission_state: Some(state) });
                 }
                 if m.client_id != req.subject.id {
-                    return Ok(Verdict::Refuse { reason: "subject_mismatch", mission_state: None });
+                    return Ok(Verdict::Refuse { reason: DenyReason::SubjectMismatch, mission_state: None });
                 }
                 if mission.authority_hash.as_deref().is_some_and(|h| h != m.authority_hash) {
-                    return Ok(Verdict::Refuse { reason: "authority_mismatch", mission_state: None });
+                    return Ok(Verdict::Refuse { reason: DenyReason::AuthorityMismatch, mission_state: None });
                 }
             }
         }
@@ -492,12 +613,12 @@ impl Access {
             if store.used_grant(&tuple, now).await?.is_some() {
                 // Its one permit was issued (maybe lost on the way): the gateway answers 403
                 // parameter_violation; the agent asks again through the denial's Captive Portal API.
-                return Ok(Verdict::Refuse { reason: "parameter_violation", mission_state: None });
+                return Ok(Verdict::Refuse { reason: DenyReason::ParameterViolation, mission_state: None });
             }
             if store.grant_for_other_parameters(&tuple, now).await?.is_some() {
                 // Approved with other parameters and not used yet (SPEC section 6: a changed amount
                 // after approval is refused): the approval covers exactly the call that was approved.
-                return Ok(Verdict::Refuse { reason: "parameter_violation", mission_state: None });
+                return Ok(Verdict::Refuse { reason: DenyReason::ParameterViolation, mission_state: None });
             }
         }
         let binding = binding_object(req);
@@ -513,7 +634,9 @@ impl Access {
             resource_id: req.resource.id.clone(),
             action_name: req.action.name.clone(),
             parameter_digest: digest.clone(),
-            reason: if digest.is_some() { "approval_required" } else { "egress_not_allowed" }.to_owned(),
+            reason: if digest.is_some() { DenyReason::ApprovalRequired } else { DenyReason::EgressNotAllowed }
+                .as_str()
+                .to_owned(),
         };
         let ttl = self.settings.denial_ttl_seconds;
         let hint_expires_at = now + ttl;
@@ -545,7 +668,7 @@ impl Access {
             // The Captive Portal API never writes: it shows the stored hint, or a fresh one signed for
             // the same denial (binding tokens are checked by signature and evaluation id, not stored).
             let Some(mut d) = store.denial_by_binding(&draft.binding_hash).await? else {
-                return Ok(Verdict::Refuse { reason: "unknown_denial", mission_state: None });
+                return Ok(Verdict::Refuse { reason: DenyReason::UnknownDenial, mission_state: None });
             };
             if d.hint_expires_at < min_valid_until {
                 d.binding_token = sign(&d.evaluation_id, now, hint_expires_at);
@@ -557,7 +680,7 @@ impl Access {
         let max_open = self.settings.max_open_denials_per_mission;
         match store.ensure_denial(&draft, now, min_valid_until, hint_expires_at, max_open, sign).await? {
             EnsureDenial::Denial(d) => Ok(Verdict::Request(d)),
-            EnsureDenial::Limit => Ok(Verdict::Refuse { reason: "too_many_open_requests", mission_state: None }),
+            EnsureDenial::Limit => Ok(Verdict::Refuse { reason: DenyReason::TooManyOpenRequests, mission_state: None }),
         }
     }
 
@@ -620,12 +743,12 @@ impl Access {
             }
             Verdict::Refuse { reason, mission_state } => {
                 resp.context.evaluation_id = Some(new_id("eval_")?);
-                resp.context.reason = Some(reason.to_owned());
+                resp.context.reason = Some(reason.as_str().to_owned());
                 resp.context.next_action = Some("none".into());
                 if let (Some(state), Some(m)) = (mission_state, &req.context.mission) {
                     resp.context.other.insert("mission".into(), json!({"id": m.id, "state": state}));
                 }
-                tracing::info!(reason, resource = %req.resource.id, action = %req.action.name, "deny");
+                tracing::info!(reason = reason.as_str(), resource = %req.resource.id, action = %req.action.name, "deny");
             }
             Verdict::Request(d) => {
                 resp.context = ResponseContext {
@@ -723,7 +846,7 @@ impl Access {
         let sub: Submission =
             serde_json::from_value(value.clone()).map_err(|e| ArError::invalid(format!("request body: {e}")))?;
         let Some(echo) = sub.denial else {
-            return Err(ArError::new(400, "not_requestable", "the submission carries no denial to request access for"));
+            return Err(ArError::new(ArCode::NotRequestable, "the submission carries no denial to request access for"));
         };
         let Some(token) = echo.binding_token.as_deref() else {
             return Err(ArError::binding("denial.binding_token is required by this Access Request Service"));
@@ -765,14 +888,13 @@ impl Access {
             return if hash == body_hash {
                 Ok(Submitted { created: false, task })
             } else {
-                Err(ArError::new(409, "duplicate_request", "this Idempotency-Key was used with another request body"))
+                Err(ArError::new(ArCode::DuplicateRequest, "this Idempotency-Key was used with another request body"))
             };
         }
         let now = now_secs();
         if now > echoed.min(claims.exp) {
             return Err(ArError::new(
-                410,
-                "expired_denial",
+                ArCode::ExpiredDenial,
                 "the requestable denial has expired; retry the call for a fresh one",
             ));
         }
@@ -805,7 +927,7 @@ impl Access {
         let task = TaskRow {
             id: new_id("arq_")?,
             denial_id: denial.id.clone(),
-            status: status::PENDING.into(),
+            status: TaskStatus::Pending,
             submission: value,
             justification: sub.justification.clone(),
             parameters: sub.parameters.clone(),
@@ -840,7 +962,7 @@ impl Access {
             }
             CreateTask::Replayed(t) | CreateTask::Existing(t) => Ok(Submitted { created: false, task: t }),
             CreateTask::Conflict => {
-                Err(ArError::new(409, "duplicate_request", "this Idempotency-Key was used with another request body"))
+                Err(ArError::new(ArCode::DuplicateRequest, "this Idempotency-Key was used with another request body"))
             }
             CreateTask::KeyLimit(free_at) => {
                 // A key is freed when the oldest is pruned (the pruning runs every minute).
@@ -869,7 +991,7 @@ impl Access {
         let task = store.task(id).await?.ok_or_else(ArError::unknown_task)?;
         let now = now_secs();
         if now >= task.expires_at + self.settings.task_retention_seconds {
-            return Err(ArError::new(410, "task_expired", "the task handle has expired"));
+            return Err(ArError::new(ArCode::TaskExpired, "the task handle has expired"));
         }
         self.view_of(task, now).await
     }
@@ -902,7 +1024,7 @@ impl Access {
             "expires_at": format_rfc3339(t.expires_at),
         });
         if let Some(obj) = task.as_object_mut() {
-            if t.status == status::PENDING {
+            if t.status == TaskStatus::Pending {
                 obj.insert("links".into(), json!({"cancel": format!("{endpoint}/cancel")}));
             }
             if let Some(r) = &t.decision_reason {
@@ -1070,7 +1192,7 @@ impl Access {
             .await?
             .into_iter()
             .map(|(t, d)| (effective(t, now), d))
-            .filter(|(t, _)| status_filter.is_none_or(|f| f == t.status))
+            .filter(|(t, _)| status_filter.is_none_or(|f| f == t.status.as_str()))
             .collect();
         let mut out = Vec::with_capacity(rows.len());
         for (task, denial) in rows {
@@ -1123,8 +1245,8 @@ impl Access {
 /// A task as it is at `now`: a pending one past its `expires_at` is expired (the maintenance task
 /// writes that down within a second; readers do not wait for it).
 fn effective(mut t: TaskRow, now: i64) -> TaskRow {
-    if t.status == status::PENDING && t.expires_at <= now {
-        t.status = status::EXPIRED.into();
+    if t.status == TaskStatus::Pending && t.expires_at <= now {
+        t.status = TaskStatus::Expired;
         t.updated_at = t.expires_at;
     }
     t

@@ -11,6 +11,7 @@
 //! slow them down. Only a decision that must be atomic with what it read (consuming a single-use
 //! grant, creating a task under the per-requester limits) goes through the writer.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -19,20 +20,58 @@ use missiongate_wire::authzen::EvaluationRequest;
 
 use crate::store::{Store, StoreError};
 
-/// Task states (ARAP).
-pub mod status {
+/// The state of an Access Request task (ARAP). It is written to the database and to JSON as its
+/// lower-case name (`pending`, `approved`, ...), the strings the wire and the schema have always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
     /// Awaiting a decision.
-    pub const PENDING: &str = "pending";
+    Pending,
     /// Approved: a grant exists.
-    pub const APPROVED: &str = "approved";
+    Approved,
     /// Refused by an approver.
-    pub const DENIED: &str = "denied";
+    Denied,
     /// Not decided before `expires_at`.
-    pub const EXPIRED: &str = "expired";
+    Expired,
     /// Withdrawn by the requester.
-    pub const CANCELLED: &str = "cancelled";
+    Cancelled,
     /// Could not be completed.
-    pub const FAILED: &str = "failed";
+    Failed,
+}
+
+impl TaskStatus {
+    /// Every state.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Pending,
+        TaskStatus::Approved,
+        TaskStatus::Denied,
+        TaskStatus::Expired,
+        TaskStatus::Cancelled,
+        TaskStatus::Failed,
+    ];
+
+    /// Its name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Approved => "approved",
+            TaskStatus::Denied => "denied",
+            TaskStatus::Expired => "expired",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    /// The state named `s`, if any.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A requestable denial.
@@ -118,7 +157,7 @@ pub struct TaskRow {
     /// Its denial.
     pub denial_id: String,
     /// Status.
-    pub status: String,
+    pub status: TaskStatus,
     /// The submission body.
     pub submission: Value,
     /// The agent's justification (untrusted text).
@@ -307,7 +346,10 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRow, StoreError> {
     Ok(TaskRow {
         id: row.try_get("id")?,
         denial_id: row.try_get("denial_id")?,
-        status: row.try_get("status")?,
+        status: {
+            let name: String = row.try_get("status")?;
+            TaskStatus::parse(&name).ok_or_else(|| StoreError::Corrupt(format!("unknown task status {name:?}")))?
+        },
         submission: json_col(row, "submission")?,
         justification: row.try_get("justification")?,
         parameters: opt_json_col(row, "parameters")?,
@@ -680,7 +722,7 @@ impl Store {
                 ))
                 .bind(&task.id)
                 .bind(&task.denial_id)
-                .bind(&task.status)
+                .bind(task.status.as_str())
                 .bind(to_text(&task.submission)?)
                 .bind(&task.justification)
                 .bind(task.parameters.as_ref().map(to_text).transpose()?)
@@ -757,14 +799,14 @@ impl Store {
             tx.rollback().await?;
             return Ok(Decided::NotFound);
         };
-        if task.status != status::PENDING {
+        if task.status != TaskStatus::Pending {
             tx.rollback().await?;
             return Ok(Decided::NotPending(task));
         }
         if task.expires_at <= now {
             expire_in(&mut tx, &task, now).await?;
             tx.commit().await?;
-            task.status = status::EXPIRED.into();
+            task.status = TaskStatus::Expired;
             task.updated_at = now;
             return Ok(Decided::NotPending(task));
         }
@@ -793,16 +835,16 @@ impl Store {
                     "approved_until": g.approved_until, "single_use": g.single_use,
                     "parameter_digest": g.parameter_digest, "resource": g.resource_id, "action": g.action_name,
                 });
-                (status::APPROVED, None, Some(g.id.clone()), detail)
+                (TaskStatus::Approved, None, Some(g.id.clone()), detail)
             }
-            Decision::Deny(r) => (status::DENIED, Some(r.clone()), None, serde_json::json!({"reason": r})),
-            Decision::Cancel => (status::CANCELLED, None, None, serde_json::json!({})),
+            Decision::Deny(r) => (TaskStatus::Denied, Some(r.clone()), None, serde_json::json!({"reason": r})),
+            Decision::Cancel => (TaskStatus::Cancelled, None, None, serde_json::json!({})),
         };
         sqlx::query(
             "UPDATE access_tasks SET status = $1, updated_at = $2, decided_by = $3, decided_at = $4, decision_reason = $5, \
              grant_id = $6 WHERE id = $7",
         )
-        .bind(new_status)
+        .bind(new_status.as_str())
         .bind(now)
         .bind(actor)
         .bind(now)
@@ -827,7 +869,7 @@ impl Store {
         };
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
-        task.status = new_status.into();
+        task.status = new_status;
         task.updated_at = now;
         task.decided_by = Some(actor.to_owned());
         task.decided_at = Some(now);

@@ -12,14 +12,13 @@
 //! - [`dpop`]: RFC 9449 proof checks at the token endpoint;
 //! - [`authority`]: the service that ties them together (create, transition, mint, status, events);
 //! - [`access`], [`access_store`]: the AuthZEN PDP and the Access Request Service (requestable
-//!   denials, tasks, grants), with [`access_http`] for their routes and the Captive Portal API;
-//! - [`portal`]: the approver pages (the `user-portal-url` of every denial);
+//!   denials, tasks, grants);
 //! - [`gateway`]: who may call the gateway surfaces (PDP, Mission Status, event feed);
-//! - [`http`]: the axum router;
+//! - [`http`]: the axum router, one module per area (Mission authority, access requests and the
+//!   Captive Portal API, the approver pages, operations), with one error type for every answer;
 //! - [`cli`] and [`client`]: the command line, both the server and an HTTP client of it.
 
 pub mod access;
-pub mod access_http;
 pub mod access_store;
 pub mod authority;
 pub mod cli;
@@ -32,7 +31,6 @@ pub mod keys;
 pub mod metrics;
 pub mod mission;
 pub mod notify;
-pub mod portal;
 pub mod ready;
 pub mod serve;
 pub mod store;
