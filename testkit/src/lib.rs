@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
 pub mod http;
 pub mod portal;
 pub mod postgres;
