@@ -17,6 +17,7 @@ pub mod pdp;
 pub mod portal;
 pub mod raw;
 pub mod upstream;
+pub mod world;
 
 /// The launchers and the HTTP client live in the test kit, shared with the portal's own tests.
 pub use missiongate_testkit::{free_port, http, postgres, repo_root, spawn};
