@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -23,11 +25,10 @@ use missiongate_wire::{b64, time};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
 /// A second Mission state authority that also issues tokens.
+use common::*;
+
 const AS2: &str = "https://as2.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
 const HOST: &str = "api.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const HOST2: &str = "api.other.example";
@@ -35,14 +36,8 @@ const ORIGIN2: &str = "https://api.other.example";
 const MISSION: &str = "msn_7Qx";
 const PDP_PATH: &str = "/access/v1/evaluation";
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
 fn as2_key() -> SigningKey {
     SigningKey::from_secret_bytes(Alg::Es256, &[0x33; 32]).unwrap()
-}
-fn dpop_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::EdDsa, &[0x55; 32]).unwrap()
 }
 
 fn authority(cluster: &str) -> Value {
