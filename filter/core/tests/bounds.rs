@@ -19,7 +19,7 @@ use missiongate_core::engine::{Callout, Extra, PdpAnswer, MAX_CACHED_DECISIONS};
 use missiongate_core::keys::MAX_TABLES_PER_ISSUER;
 use missiongate_core::mission::{MissionCache, MAX_MISSIONS};
 use missiongate_core::token::{TokenCache, VerifiedToken};
-use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
+use missiongate_core::{Attempts, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
 use missiongate_wire::jose::{Alg, SigningKey};
 use missiongate_wire::{b64, time};
 use serde_json::{json, Value};
@@ -113,18 +113,6 @@ fn token_with(edit: impl FnOnce(&mut Value)) -> String {
         sign(&as2_key(), "k2", "at+jwt", &c)
     } else {
         sign(&as_key(), "k1", "at+jwt", &c)
-    }
-}
-
-fn request<'a>(method: &'a str, authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
-    Request {
-        method,
-        scheme: "https",
-        authority,
-        path,
-        authorization: Authz::One(authorization),
-        dpop: None,
-        dpop_count: 0,
     }
 }
 

@@ -139,14 +139,7 @@ fn lists_tenant_and_unmapped_keys() {
 
 fn config(pdp: bool) -> Value {
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "destinations": [{
             "authority": HOST,
             "origin": ORIGIN,
@@ -168,8 +161,7 @@ fn config(pdp: bool) -> Value {
         }]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
 }

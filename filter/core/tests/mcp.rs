@@ -38,14 +38,7 @@ fn engine_with(pdp: bool) -> Engine {
     let mut pass = mcp.clone();
     pass["client_messages"] = json!("pass");
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "destinations": [
             {"authority": MCP, "origin": ORIGIN, "mcp": mcp},
             {"authority": MCP_PASS, "origin": ORIGIN, "mcp": pass},
@@ -53,8 +46,7 @@ fn engine_with(pdp: bool) -> Engine {
         ]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     let config = Config::parse(c.to_string().as_bytes()).unwrap();
     let mut e = Engine::new(Rc::new(config), Seeds { nonce: [7; 32], ids: [8; 32] });

@@ -43,8 +43,7 @@ fn config(pdp: bool) -> Value {
         }]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
 }

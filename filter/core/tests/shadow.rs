@@ -21,6 +21,7 @@ use missiongate_wire::b64;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use common::request as req;
 /// The enforcing and the shadow destination: two names of one origin, so one token serves both.
 use common::*;
 
@@ -31,14 +32,7 @@ const MISSION: &str = "msn_shadow";
 
 fn config(filter_mode: &str, pdp: bool) -> Value {
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "mode": filter_mode,
         "destinations": [
             {"authority": ENFORCE, "origin": ORIGIN, "mode": "enforce"},
@@ -46,8 +40,7 @@ fn config(filter_mode: &str, pdp: bool) -> Value {
         ]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
 }
@@ -77,18 +70,6 @@ fn token_with(edit: impl FnOnce(&mut Value)) -> String {
 
 fn token() -> String {
     token_with(|_| {})
-}
-
-fn req<'a>(method: &'a str, authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
-    Request {
-        method,
-        scheme: "https",
-        authority,
-        path,
-        authorization: Authz::One(authorization),
-        dpop: None,
-        dpop_count: 0,
-    }
 }
 
 /// A replay store over a map that can also be read without writing (as the host's ledger can).

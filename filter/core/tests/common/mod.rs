@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 
 use missiongate_core::engine::StatusOutcome;
-use missiongate_core::{Engine, ReplayGuard};
+use missiongate_core::{Authz, Engine, ReplayGuard, Request};
 use missiongate_wire::jose::{Alg, SigningKey};
 use missiongate_wire::time;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A fixed instant (2027-01-15T08:00:00Z).
 pub const NOW: i64 = 1_800_000_000;
@@ -55,4 +55,36 @@ pub fn set_state(e: &mut Engine, mission: &str, state: &str, version: u64) -> St
     let body =
         as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &claims);
     e.on_status(0, mission, &nonce, Some(200), body.as_bytes(), NOW)
+}
+
+/// The configured issuer [`AS`]: its JWKS (`k1`) inline, a Mission state authority on the cluster
+/// `authority` for the audience [`GATEWAY_AUD`].
+pub fn issuer() -> Value {
+    json!({
+        "issuer": AS,
+        "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
+        "mission_authority": {
+            "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
+            "audience": GATEWAY_AUD
+        }
+    })
+}
+
+/// A PDP on the cluster `pdp` that caches no denial.
+pub fn pdp_config() -> Value {
+    json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
+           "deny_cache_seconds": 0})
+}
+
+/// An HTTPS request with one `Authorization` header and no DPoP proof.
+pub fn request<'a>(method: &'a str, authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
+    Request {
+        method,
+        scheme: "https",
+        authority,
+        path,
+        authorization: Authz::One(authorization),
+        dpop: None,
+        dpop_count: 0,
+    }
 }
