@@ -224,7 +224,7 @@ impl EnvoyCmd {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(crate::os_args(args));
         self
     }
 
@@ -234,7 +234,7 @@ impl EnvoyCmd {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.prefix = prefix.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self.prefix = crate::os_args(prefix).collect();
         self
     }
 

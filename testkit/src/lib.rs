@@ -21,6 +21,15 @@ pub mod postgres;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+/// Command-line arguments as owned strings.
+pub(crate) fn os_args<I, S>(args: I) -> impl Iterator<Item = std::ffi::OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    args.into_iter().map(|a| a.as_ref().to_owned())
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

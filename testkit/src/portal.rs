@@ -94,7 +94,7 @@ impl PortalCmd {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(crate::os_args(args));
         self
     }
 

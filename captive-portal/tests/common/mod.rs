@@ -54,6 +54,24 @@ pub async fn db_pool(db: &Path) -> sqlx::AnyPool {
     sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap()
 }
 
+/// Rows of each of `tables`, and the pending access tasks (`pending`), in the database a test
+/// portal uses.
+pub async fn row_counts(db: &Path, tables: &[&str]) -> std::collections::HashMap<String, i64> {
+    let pool = db_pool(db).await;
+    let mut out = std::collections::HashMap::new();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
+        out.insert((*t).to_owned(), n);
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tasks WHERE status = 'pending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    out.insert("pending".to_owned(), pending);
+    pool.close().await;
+    out
+}
+
 pub struct Portal {
     /// The process, launched by the test kit.
     pub process: PortalProcess,
