@@ -3,7 +3,7 @@
 #   make postgres        installs Debian's `postgresql` package when initdb is missing
 #   make test-postgres   the portal's whole suite (captive-portal/tests/*.rs) against a real Postgres
 #
-# The tests start their own server (tests/src/postgres.rs): initdb into a temporary directory, their
+# The tests start their own server (testkit/src/postgres.rs): initdb into a temporary directory, their
 # own port on 127.0.0.1, stopped and removed when the test process ends. Nothing is configured system
 # wide and no service is started. As root, initdb and postgres run as the package's `postgres` user.
 

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use missiongate_testkit::portal::{PortalCmd, PortalProcess};
 use missiongate_wire::claims::{
     AccessTokenClaims, MissionState, MissionStatusClaims, PollResponse, SetClaims, EVENT_MISSION_STATE,
 };
@@ -15,12 +15,10 @@ use missiongate_wire::jose::{verify_compact, Compact, Header, JwkSet, SigningKey
 use missiongate_wire::time::{format_rfc3339, parse_rfc3339};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// The test kit's Postgres server (`MISSIONGATE_TEST_DB=postgres` runs these tests against it).
-#[path = "../../tests/src/postgres.rs"]
-mod postgres;
+use missiongate_testkit::postgres;
 
 const BIN: &str = env!("CARGO_BIN_EXE_captive-portal");
 const OP: &str = "test-operator-token-0123456789abcdef";
@@ -31,7 +29,7 @@ fn now() -> i64 {
 }
 
 struct Portal {
-    child: Child,
+    process: PortalProcess,
     url: String,
     http: reqwest::Client,
     /// A client presenting the gateway credential (Mission Status and the event feed answer gateways only).
@@ -49,37 +47,22 @@ impl Portal {
     }
 
     async fn try_start(db: &Path, issuer: &str, extra: &[&str]) -> Result<Portal, String> {
-        let log = std::fs::File::create(db.with_extension(format!("log{}", now()))).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--db"])
-            .arg(postgres::db_arg(db))
-            .args(["--listen", "127.0.0.1:0", "--issuer", issuer, "--operator-token", OP])
-            .args(["--gateway-credential", GW, "--gateway-audience", GW_AUD])
+        let cmd = PortalCmd::new(BIN, postgres::db_arg(db))
+            .issuer(issuer)
+            .operator_token(OP)
+            .gateway(GW, GW_AUD)
             .args(extra)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .map_err(|_| "no listening line within 20 s".to_string())?
-            .unwrap();
-        let Some(line) = line else {
-            let status = child.wait().await.unwrap();
-            return Err(format!("portal exited: {status}"));
-        };
-        let url = line.strip_prefix("listening on ").expect("listening line").trim().to_string();
+            .log(db.with_extension(format!("log{}", now())))
+            .ready_within(Duration::from_secs(20));
+        let process = tokio::task::spawn_blocking(move || cmd.start()).await.map_err(|e| e.to_string())??;
+        let url = process.url.clone();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let mut auth = reqwest::header::HeaderMap::new();
         auth.insert(reqwest::header::AUTHORIZATION, format!("Bearer {GW}").parse().unwrap());
         let gw = reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(auth).build().unwrap();
-        Ok(Portal { child, url, http, gw })
+        Ok(Portal { process, url, http, gw })
     }
 
     fn url(&self, path: &str) -> String {
@@ -160,12 +143,21 @@ impl Portal {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id().unwrap()
+        self.process.pid().unwrap()
+    }
+
+    /// Wait until the process exits.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+        self.process.kill9();
     }
 }
 
@@ -871,7 +863,7 @@ async fn sigterm_ends_long_polls_and_exits_cleanly() {
     let t = Instant::now();
     let killed = std::process::Command::new("kill").args(["-TERM", &p.pid().to_string()]).status().unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), p.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "{status}");
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);

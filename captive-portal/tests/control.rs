@@ -16,19 +16,7 @@ use serde_json::{json, Value};
 
 /// Row counts of the access tables, read from the database file (read-only, beside the portal: WAL).
 pub async fn counts(db: &Path) -> HashMap<String, i64> {
-    let pool = db_pool(db).await;
-    let mut out = HashMap::new();
-    for t in ["denials", "access_tasks", "access_grants", "idempotency_keys", "access_audit"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
-        out.insert(t.to_owned(), n);
-    }
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tasks WHERE status = 'pending'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    out.insert("pending".to_owned(), pending);
-    pool.close().await;
-    out
+    row_counts(db, &["denials", "access_tasks", "access_grants", "idempotency_keys", "access_audit"]).await
 }
 
 async fn approve(p: &Portal, task: &str, secs: i64) {

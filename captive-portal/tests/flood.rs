@@ -153,17 +153,5 @@ async fn a_flood_of_agents_leaves_gateway_evaluations_fast_and_storage_bounded()
 }
 
 async fn crate_counts(db: &std::path::Path) -> std::collections::HashMap<String, i64> {
-    let pool = db_pool(db).await;
-    let mut out = std::collections::HashMap::new();
-    for t in ["denials", "access_tasks", "idempotency_keys", "access_audit"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
-        out.insert(t.to_owned(), n);
-    }
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tasks WHERE status = 'pending'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    out.insert("pending".to_owned(), pending);
-    pool.close().await;
-    out
+    row_counts(db, &["denials", "access_tasks", "idempotency_keys", "access_audit"]).await
 }

@@ -1,10 +1,10 @@
-//! Runs the real `captive-portal` binary on a real SQLite file, and drives it over HTTP.
+//! Runs the real `captive-portal` binary on a real SQLite file (launched by the test kit), and
+//! drives it over HTTP.
 
+use missiongate_testkit::portal::{PortalCmd, PortalProcess};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::http::{Req, Response};
 
@@ -25,17 +25,13 @@ pub fn portal_bin() -> PathBuf {
 
 /// A running portal.
 pub struct Portal {
-    child: Option<Child>,
+    process: PortalProcess,
     /// Port (stable across restarts).
     pub port: u16,
     /// Issuer URL.
     pub issuer: String,
     /// Database file.
     pub db: PathBuf,
-    /// Extra arguments given at start.
-    args: Vec<String>,
-    /// A database URL shared with other replicas (instead of the file `db`).
-    db_url: Option<String>,
 }
 
 impl Portal {
@@ -46,100 +42,50 @@ impl Portal {
 
     /// Start on a given port, on a fresh database.
     pub fn start_on(port: u16, extra: &[&str]) -> Portal {
-        let dir = crate::repo_root().join("target/e2e").join(crate::rand_id("portal-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut p = Portal {
-            child: None,
-            port,
-            issuer: format!("http://127.0.0.1:{port}"),
-            db: dir.join("portal.db"),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            db_url: None,
-        };
-        p.spawn();
-        p
+        let db = fresh_dir("portal-").join("portal.db");
+        Portal::launch(port, db.clone().into(), db, format!("http://127.0.0.1:{port}"), extra)
     }
 
     /// Start one replica of a deployment on `port`: on the shared database `db_url` (Postgres),
     /// under the issuer every replica of the deployment shares.
     pub fn start_replica(port: u16, db_url: &str, issuer: &str, extra: &[&str]) -> Portal {
-        let dir = crate::repo_root().join("target/e2e").join(crate::rand_id("replica-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut p = Portal {
-            child: None,
-            port,
-            issuer: issuer.to_owned(),
-            db: dir.join("portal.db"),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            db_url: Some(db_url.to_owned()),
-        };
-        p.spawn();
-        p
+        let db = fresh_dir("replica-").join("portal.db");
+        Portal::launch(port, db_url.into(), db, issuer.to_owned(), extra)
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.db.with_extension("log")).unwrap();
-        let mut cmd = Command::new(portal_bin());
-        let db: std::ffi::OsString = match &self.db_url {
-            Some(url) => url.into(),
-            None => self.db.clone().into(),
-        };
-        cmd.arg("serve")
-            .arg("--db")
-            .arg(db)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--issuer",
-                &self.issuer,
-                "--operator-token",
-                OPERATOR_TOKEN,
-                "--gateway-credential",
-                GATEWAY_CREDENTIAL,
-                "--gateway-audience",
-                GATEWAY_AUDIENCE,
-            ])
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = crate::spawn(cmd).unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        assert!(line.starts_with("listening on"), "portal did not start: {line:?}\n{}", self.logs());
-        self.child = Some(child);
+    /// Start on `db_arg` (a SQLite file or a Postgres URL), logging next to `db`.
+    fn launch(port: u16, db_arg: std::ffi::OsString, db: PathBuf, issuer: String, extra: &[&str]) -> Portal {
+        let log = db.with_extension("log");
+        let started = PortalCmd::new(portal_bin(), db_arg)
+            .port(port)
+            .issuer(&issuer)
+            .operator_token(OPERATOR_TOKEN)
+            .gateway(GATEWAY_CREDENTIAL, GATEWAY_AUDIENCE)
+            .args(extra)
+            .log(&log)
+            .ready_within(Duration::from_secs(30))
+            .start();
+        match started {
+            Ok(process) => Portal { process, port, issuer, db },
+            Err(e) => panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+        }
     }
 
     /// The portal's log.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(self.db.with_extension("log")).unwrap_or_default()
+        self.process.logs()
     }
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// Start again on the same port and database.
     pub fn restart(&mut self) {
-        self.kill9();
-        let start = Instant::now();
-        loop {
-            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() || start.elapsed() > Duration::from_secs(5)
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = self.process.restart() {
+            panic!("{e}\n{}", self.logs());
         }
-        self.spawn();
     }
 
     /// An operator call.
@@ -219,11 +165,9 @@ impl Portal {
     }
 }
 
-impl Drop for Portal {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// A fresh directory under `target/e2e`.
+fn fresh_dir(prefix: &str) -> PathBuf {
+    let dir = crate::repo_root().join("target/e2e").join(crate::rand_id(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -6,24 +6,20 @@ use missiongate_tests::envoy::{Envoy, Opts};
 use missiongate_tests::http::{connect, over, path_of, Req, Response};
 use missiongate_tests::portal::Portal;
 use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithPortal;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-struct World {
-    up: Upstream,
-    portal: Portal,
-    envoy: Envoy,
-}
+type World = WithPortal;
 
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let up = Upstream::start(None);
-        let portal = Portal::start(&["--status-fresh-seconds", "30"]);
-        let envoy =
-            Envoy::start(up.port, portal.port, Opts { concurrency: 2, events: true, pdp: true, ..Opts::default() });
-        World { up, portal, envoy }
+        WithPortal::start(
+            &["--status-fresh-seconds", "30"],
+            Opts { concurrency: 2, events: true, pdp: true, ..Opts::default() },
+        )
     })
 }
 

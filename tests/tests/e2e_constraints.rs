@@ -4,10 +4,9 @@
 //! `constraints` mapping (and `consequential: false`, so a call inside the Mission goes straight
 //! through and only a call outside its constraints is bound and asked about).
 
-use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::{assert_denied, path_of, Req, Response};
-use missiongate_tests::portal::Portal;
-use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithPortal;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -27,25 +26,16 @@ const CONSTRAINED_OPERATIONS: &str = concat!(
     r#""constraints": { "max_amount": { "amount": "/invoice/amount", "currency": "/invoice/currency" }, "vendors": { "one_of": "/vendor_id" } } }] }"#
 );
 
-struct World {
-    up: Upstream,
-    portal: Portal,
-    envoy: Envoy,
-}
+type World = WithPortal;
 
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let up = Upstream::start(None);
-        let portal =
-            Portal::start(&["--approver", &format!("{APPROVER}:{APPROVER_TOKEN}"), "--status-fresh-seconds", "30"]);
         let replace = vec![(SHIPPED_OPERATIONS.to_owned(), CONSTRAINED_OPERATIONS.to_owned())];
-        let envoy = Envoy::start(
-            up.port,
-            portal.port,
+        WithPortal::start(
+            &["--approver", &format!("{APPROVER}:{APPROVER_TOKEN}"), "--status-fresh-seconds", "30"],
             Opts { concurrency: 2, events: true, pdp: true, replace, ..Opts::default() },
-        );
-        World { up, portal, envoy }
+        )
     })
 }
 

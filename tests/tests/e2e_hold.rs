@@ -9,43 +9,19 @@
 //!   serve and the Wasm VM never failed.
 
 use bytes::Bytes;
-use missiongate_tests::authority::{Authority, Mode};
-use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::authority::Mode;
+use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::Req;
-use missiongate_tests::pdp::Pdp;
-use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithPdp;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-struct World {
-    up: Upstream,
-    auth: Authority,
-    pdp: Pdp,
-    envoy: Envoy,
-}
+type World = WithPdp;
 
 /// Envoy with the shipped config and `concurrency` workers; its PDP is the stand-in PDP.
 fn world(concurrency: u32) -> World {
-    let up = Upstream::start(None);
-    let auth = Authority::start();
-    let pdp = Pdp::start();
-    let cluster = format!(
-        "  clusters:\n  - name: pdp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: pdp\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]\n",
-        pdp.port
-    );
-    let replace = vec![
-        (
-            format!(
-                "\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"authority\", \"authority\": \"127.0.0.1:{}\"",
-                auth.port
-            ),
-            format!("\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"pdp\", \"authority\": \"127.0.0.1:{}\"", pdp.port),
-        ),
-        ("  clusters:\n".to_owned(), cluster),
-    ];
-    let envoy = Envoy::start(up.port, auth.port, Opts { pdp: true, replace, concurrency, ..Opts::default() });
-    World { up, auth, pdp, envoy }
+    WithPdp::start(Opts { concurrency, ..Opts::default() })
 }
 
 /// An HTTP/2 answer.

@@ -4,29 +4,19 @@
 //! decided on one path that the upstream then receives byte for byte. Each request carries a unique
 //! query marker, so what the recording upstream received is found exactly.
 
-use missiongate_tests::authority::Authority;
-use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::{assert_denied, Req, Response};
 use missiongate_tests::rand_id;
-use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithAuthority;
 use serde_json::json;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-struct World {
-    up: Upstream,
-    auth: Authority,
-    envoy: Envoy,
-}
+type World = WithAuthority;
 
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
-    W.get_or_init(|| {
-        let up = Upstream::start(None);
-        let auth = Authority::start();
-        let envoy = Envoy::start(up.port, auth.port, Opts { concurrency: 2, ..Opts::default() });
-        World { up, auth, envoy }
-    })
+    W.get_or_init(|| WithAuthority::start(Opts { concurrency: 2, ..Opts::default() }))
 }
 
 /// What a path form must come to.

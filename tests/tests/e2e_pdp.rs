@@ -3,11 +3,10 @@
 //! What the real portal answers is covered by `e2e_captive.rs`; here the PDP is made to misbehave
 //! and to grant permits with every kind of condition, so each of the filter's answers is seen.
 
-use missiongate_tests::authority::{Authority, Mode};
-use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::authority::Mode;
+use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::{assert_denied, Req, Response};
-use missiongate_tests::pdp::Pdp;
-use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithPdp;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -15,35 +14,12 @@ use std::time::{Duration, Instant};
 const BODY_A: &str = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
 const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
 
-struct World {
-    up: Upstream,
-    auth: Authority,
-    pdp: Pdp,
-    envoy: Envoy,
-}
+type World = WithPdp;
 
 /// Envoy with the shipped config, its PDP pointed at the stand-in PDP (its own cluster, so the PDP
 /// can fail while the authority stays up).
 fn world() -> World {
-    let up = Upstream::start(None);
-    let auth = Authority::start();
-    let pdp = Pdp::start();
-    let cluster = format!(
-        "  clusters:\n  - name: pdp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: pdp\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]\n",
-        pdp.port
-    );
-    let replace = vec![
-        (
-            format!(
-                "\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"authority\", \"authority\": \"127.0.0.1:{}\"",
-                auth.port
-            ),
-            format!("\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"pdp\", \"authority\": \"127.0.0.1:{}\"", pdp.port),
-        ),
-        ("  clusters:\n".to_owned(), cluster),
-    ];
-    let envoy = Envoy::start(up.port, auth.port, Opts { pdp: true, replace, ..Opts::default() });
-    World { up, auth, pdp, envoy }
+    WithPdp::start(Opts::default())
 }
 
 fn get(w: &World, path: &str, token: &str) -> Response {

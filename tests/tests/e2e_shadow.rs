@@ -6,11 +6,9 @@
 //! the shadow requests consume no single-use permit. Envoy's `/stats/prometheus` shows every
 //! counter of the filter, read with a Prometheus text-format parser.
 
-use missiongate_tests::authority::Authority;
-use missiongate_tests::envoy::{Envoy, Opts};
+use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::{assert_denied, Req, Response};
-use missiongate_tests::pdp::Pdp;
-use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithPdp;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,41 +20,18 @@ const BODY_A: &str = r#"{"amount":"423.50","currency":"USD","to":"acct_123"}"#;
 const BODY_B: &str = r#"{"amount":"4235.00","currency":"USD","to":"acct_123"}"#;
 const V2_DIGEST: &str = "sha-256:yLAZIL9150YK2-jnJ3yaKg4ewwCwZbTeuW5yu5qSRZk";
 
-struct World {
-    up: Upstream,
-    auth: Authority,
-    pdp: Pdp,
-    envoy: Envoy,
-}
+type World = WithPdp;
 
 /// The shipped config, its PDP pointed at the stand-in PDP, plus the shadow destination (same
 /// origin, so the same tokens, grants and digests hold on both names).
 fn world() -> World {
-    let up = Upstream::start(None);
-    let auth = Authority::start();
-    let pdp = Pdp::start();
-    let cluster = format!(
-        "  clusters:\n  - name: pdp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: pdp\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]\n",
-        pdp.port
-    );
-    let replace = vec![
-        (
-            format!(
-                "\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"authority\", \"authority\": \"127.0.0.1:{}\"",
-                auth.port
-            ),
-            format!("\"pdp\": {{ \"evaluation\": {{ \"cluster\": \"pdp\", \"authority\": \"127.0.0.1:{}\"", pdp.port),
-        ),
-        ("  clusters:\n".to_owned(), cluster),
-        (
+    let replace = vec![(
             "\"destinations\": [{".to_owned(),
             format!(
                 "\"destinations\": [{{ \"authority\": \"{SHADOW}\", \"origin\": \"https://api.partner.example\", \"mode\": \"shadow\", \"operations\": [{{ \"method\": \"POST\", \"path\": \"/v1/payments\", \"action\": \"payments.create\" }}] }}, {{"
             ),
-        ),
-    ];
-    let envoy = Envoy::start(up.port, auth.port, Opts { pdp: true, replace, ..Opts::default() });
-    World { up, auth, pdp, envoy }
+    )];
+    WithPdp::start(Opts { replace, ..Opts::default() })
 }
 
 fn get(w: &World, host: &str, path: &str, token: &str) -> Response {

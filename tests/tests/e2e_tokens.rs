@@ -5,6 +5,7 @@ use missiongate_tests::authority::{Authority, Mode, Signer};
 use missiongate_tests::envoy::{self, Envoy, Opts};
 use missiongate_tests::http::{assert_denied, Req, Response};
 use missiongate_tests::upstream::Upstream;
+use missiongate_tests::world::WithAuthority;
 use missiongate_tests::{now, rand_id};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -12,20 +13,11 @@ use std::time::{Duration, Instant};
 
 mod pki;
 
-struct World {
-    up: Upstream,
-    auth: Authority,
-    envoy: Envoy,
-}
+type World = WithAuthority;
 
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
-    W.get_or_init(|| {
-        let up = Upstream::start(None);
-        let auth = Authority::start();
-        let envoy = Envoy::start(up.port, auth.port, Opts { concurrency: 2, ..Opts::default() });
-        World { up, auth, envoy }
-    })
+    W.get_or_init(|| WithAuthority::start(Opts { concurrency: 2, ..Opts::default() }))
 }
 
 fn get(path: &str, token: &str) -> Response {

@@ -4,19 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 /// The test kit's Postgres server (`MISSIONGATE_TEST_DB=postgres` runs these tests against it).
-#[path = "../../../tests/src/postgres.rs"]
-pub mod postgres;
+pub use missiongate_testkit::postgres;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use missiongate_testkit::portal::{PortalCmd, PortalProcess};
 use missiongate_wire::time::format_rfc3339;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_captive-portal");
 pub const OP: &str = "test-operator-token-0123456789abcdef";
@@ -57,8 +54,27 @@ pub async fn db_pool(db: &Path) -> sqlx::AnyPool {
     sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap()
 }
 
+/// Rows of each of `tables`, and the pending access tasks (`pending`), in the database a test
+/// portal uses.
+pub async fn row_counts(db: &Path, tables: &[&str]) -> std::collections::HashMap<String, i64> {
+    let pool = db_pool(db).await;
+    let mut out = std::collections::HashMap::new();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&pool).await.unwrap();
+        out.insert((*t).to_owned(), n);
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tasks WHERE status = 'pending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    out.insert("pending".to_owned(), pending);
+    pool.close().await;
+    out
+}
+
 pub struct Portal {
-    pub child: Child,
+    /// The process, launched by the test kit.
+    pub process: PortalProcess,
     pub url: String,
     /// The public base URL the portal puts in the URLs it hands out.
     pub public: String,
@@ -84,54 +100,31 @@ impl Portal {
         public: Option<&str>,
         extra: &[&str],
     ) -> Result<Portal, String> {
-        let log = std::fs::File::create(log).unwrap();
         let approver = format!("{APPROVER}:{APPROVER_TOKEN}");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db"]).arg(db_arg).args([
-            "--listen",
-            listen,
-            "--issuer",
-            ISS,
-            "--operator-token",
-            OP,
-            "--approver",
-            &approver,
-            "--gateway-credential",
-            GW,
-            "--gateway-audience",
-            GW_AUD,
-        ]);
+        let mut cmd = PortalCmd::new(BIN, db_arg)
+            .listen(listen)
+            .issuer(ISS)
+            .operator_token(OP)
+            .gateway(GW, GW_AUD)
+            .args(["--approver", &approver]);
         if let Some(p) = public {
-            cmd.args(["--public-url", p]);
+            cmd = cmd.args(["--public-url", p]);
         }
-        let mut child = cmd
+        let cmd = cmd
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("MISSIONGATE_APPROVERS")
             .env_remove("MISSIONGATE_GATEWAY_CREDENTIALS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .map_err(|_| "no listening line within 20 s".to_string())?
-            .unwrap();
-        let Some(line) = line else {
-            let status = child.wait().await.unwrap();
-            return Err(format!("portal exited: {status}"));
-        };
-        let url = line.strip_prefix("listening on ").expect("listening line").trim().to_string();
+            .log(log)
+            .ready_within(Duration::from_secs(20));
+        let process = start(cmd).await?;
+        let url = process.url.clone();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Ok(Portal { child, url, public: public.unwrap_or(ISS).to_string(), http })
+        Ok(Portal { process, url, public: public.unwrap_or(ISS).to_string(), http })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -232,9 +225,14 @@ impl Portal {
     }
 
     pub async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+        self.process.kill9();
     }
+}
+
+/// Start a portal off the async runtime (the launcher waits for its `listening on` line), so the
+/// test's other tasks keep running meanwhile.
+pub async fn start(cmd: PortalCmd) -> Result<PortalProcess, String> {
+    tokio::task::spawn_blocking(move || cmd.start()).await.map_err(|e| e.to_string())?
 }
 
 /// The evaluation request the filter sends (SPEC §4).

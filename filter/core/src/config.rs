@@ -6,34 +6,20 @@
 use missiongate_wire::jose::{Alg, Jwk, JwkSet, VerifyingKey};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 
+use crate::config_error::err;
+use crate::tables::within_table_budget;
 use crate::uri;
 
+pub use crate::config_error::ConfigError;
 pub use crate::destinations::{
     is_consequential, valid_tool_name, ClientMessages, Destination, DestinationRef, McpServer, McpTool, Mode, Operation,
 };
 
-/// A configuration error, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// JSON path of the offending field.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid missiongate config: {}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
-}
+/// Longest JWKS document accepted by default (`jwks_max_bytes`).
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Most entries a JWKS may list by default (`jwks_max_keys`).
+pub const MAX_JWKS_KEYS: usize = 32;
 
 // ---------------------------------------------------------------- raw (as written) ---------------
 
@@ -512,11 +498,11 @@ fn validate_key_source(
     jwks_uri: Option<RawUpstream>,
     f: &str,
 ) -> Result<KeySource, ConfigError> {
-    let max_bytes = bounds.max_bytes.unwrap_or(crate::keys::MAX_JWKS_BYTES);
+    let max_bytes = bounds.max_bytes.unwrap_or(MAX_JWKS_BYTES);
     if !(1024..=4 * 1_048_576).contains(&max_bytes) {
         return Err(err(format!("{f}.jwks_max_bytes"), "must be between 1024 and 4194304"));
     }
-    let max_keys = bounds.max_keys.unwrap_or(crate::keys::MAX_JWKS_KEYS);
+    let max_keys = bounds.max_keys.unwrap_or(MAX_JWKS_KEYS);
     if !(1..=1000).contains(&max_keys) {
         return Err(err(format!("{f}.jwks_max_keys"), "must be between 1 and 1000"));
     }
@@ -795,7 +781,7 @@ fn parse_inline_jwks(v: serde_json::Value, field: &str) -> Result<Vec<(Option<St
                 .map_err(|e| err(format!("{field}.keys[{i}]"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(crate::keys::within_table_budget(keys))
+    Ok(within_table_budget(keys))
 }
 
 fn parse_mcp(m: RawMcp, f: &str) -> Result<McpServer, ConfigError> {

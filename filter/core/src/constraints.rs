@@ -19,7 +19,7 @@ use missiongate_wire::decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::ConfigError;
+use crate::config_error::{err, ConfigError};
 
 /// Longest JSON Pointer accepted in a mapping, in bytes.
 pub const MAX_POINTER_BYTES: usize = 256;
@@ -52,10 +52,6 @@ impl Mapping {
 
 /// The mappings of one operation (or tool), by constraint name.
 pub type Mappings = Vec<(String, Mapping)>;
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
-}
 
 /// A JSON Pointer (RFC 6901): empty, or `/`-separated reference tokens where `~` is only ever
 /// followed by `0` or `1`; at most [`MAX_POINTER_BYTES`].

@@ -405,7 +405,7 @@ impl Denial {
                 .map(|url| json!({"mode": "url", "url": url, "message": message, "elicitationId": evaluation_id}))
                 .collect();
             let data = json!({"elicitations": elicitations, "access_request": access_request});
-            let body = crate::mcp::error_body(id, crate::mcp::URL_ELICITATION_REQUIRED, message, data);
+            let body = crate::jsonrpc::error_body(id, crate::jsonrpc::URL_ELICITATION_REQUIRED, message, data);
             return Some(Response { status: 200, headers, body });
         }
         let problem = Problem {
@@ -423,7 +423,7 @@ impl Denial {
         if let Some(s) = self.retry_after {
             headers.push(("retry-after".to_owned(), s.to_string()));
         }
-        let body = crate::mcp::error_body(id, crate::mcp::REFUSED, &message, data);
+        let body = crate::jsonrpc::error_body(id, crate::jsonrpc::REFUSED, &message, data);
         Some(Response { status: 200, headers, body })
     }
 }

@@ -7,10 +7,11 @@ use std::rc::Rc;
 use crate::authority::{self, AuthorityMatch, Target};
 use crate::config::DestinationRef;
 use crate::config::{Config, KeySource, Mode, Upstream};
-use crate::constraints::{Checked, Params, COUNTERS as CONSTRAINT_COUNTERS};
+use crate::constraints::{Checked, Mapping, Params, COUNTERS as CONSTRAINT_COUNTERS};
 use crate::decision::{ConstraintEvidence, Decision, Denial, Evidence, Reason, Response, ALL_REASONS};
 use crate::dpop;
 use crate::keys::KeyStore;
+use crate::mcp;
 use crate::mission::{self, AnswerError, Applied, MissionCache, MissionView};
 use crate::token::{self, KeysWanted, TokenCache, TokenError, VerifiedToken};
 use crate::uri;
@@ -537,134 +538,14 @@ impl Engine {
         // 6. An MCP operation (SPEC §7): a POST to the MCP endpoint of a destination marked as an MCP
         // server is named by its JSON-RPC body, so the body is read (bounded) before anything else
         // is decided about it.
-        let mut mcp_bound: Option<(crate::mcp::Operation, Option<String>)> = None;
-        let mut mcp_digest: Option<String> = None;
-        let mut mcp_mappings: &[(String, crate::constraints::Mapping)] = &[];
-        let mut mcp_arguments: Option<serde_json::Value> = None;
-        if let Some(server) = dest.mcp().filter(|s| req.method == "POST" && s.is_endpoint(path)) {
-            let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
-            if body.len() > config.max_body_bytes {
-                return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
-            }
-            let refused = |this: &mut Engine, r: crate::mcp::Refused| {
-                this.jsonrpc_id = r.id;
-                Step::deny(r.reason, r.detail)
-            };
-            let message = crate::mcp::parse(body).map_err(|r| refused(self, r))?;
-            let op = crate::mcp::operation(server, &message);
-            ev.mcp_method = op.method.clone();
-            ev.mcp_tool = op.tool.clone();
-            ev.action = Some(op.action.clone());
-            self.jsonrpc_id = op.id.clone();
-            crate::mcp::check_headers(extra.headers, &message).map_err(|r| refused(self, r))?;
-            action = op.action.clone();
-            // Digested only if the call turns out consequential (or outside its constraints).
-            if config.pdp.is_some() {
-                mcp_digest = crate::mcp::call_digest(&format!("{}{}", dest.origin(), raw_target(req.path)), &message);
-            }
-            // A tools/call's constraints are checked on its `arguments`, where its tool entry maps them.
-            if let crate::mcp::Message::Request { call: Some((tool, arguments)), .. } = &message {
-                mcp_mappings = server.tool(tool).map_or(&[][..], |t| &t.constraints);
-                mcp_arguments = arguments.clone();
-            }
-            mcp_bound = Some((op, None));
+        let call = self.mcp_operation(&config, req, extra, &dest, path, ev)?;
+        if let Some(c) = &call {
+            action = c.op.action.clone();
         }
 
         // 7. Authority, then (outside it, or for a consequential call) the PDP.
-        // Containment: the current Authority Set from Mission Status, when it carried one, narrows
-        // the token's entries (SPEC §3).
-        let current = self.missions.current_authority(vt.mission_issuer, &vt.mission_id);
-        // Constraints are checked on the operation's parameters (its JSON body), read only when an
-        // entry whose constraints this operation maps covers the request (SPEC §2).
-        let mappings = if mcp_bound.is_some() {
-            mcp_mappings
-        } else {
-            authority::operation(dest.operations(), req.method, path).map_or(&[][..], |o| &o.constraints)
-        };
-        let parsed = match extra.body {
-            // An MCP operation's parameters are its tools/call `arguments` (the body was read).
-            Some(_) if mcp_bound.is_some() => mcp_arguments.take(),
-            Some(body) if !mappings.is_empty() => {
-                if body.len() > config.max_body_bytes {
-                    return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
-                }
-                json_params(extra.headers, body)
-            }
-            _ => None,
-        };
-        let params = match (extra.body, &parsed) {
-            (None, _) => Params::NotYet,
-            (Some(_), Some(v)) => Params::Json(v),
-            (Some(_), None) => Params::Absent,
-        };
-        let target =
-            Target { origin: dest.origin(), resource_id: dest.resource(), path, action: &action, mappings, params };
-        let mut checked = Vec::new();
-        let matched = authority::check_target(&vt.grants, current.as_deref().map(Vec::as_slice), &target, &mut checked);
-        if matched == AuthorityMatch::NeedParams {
-            return Err(Step::Need(Need::Body));
-        }
-        ev.constraints = checked
-            .iter()
-            .map(|c| ConstraintEvidence {
-                name: c.label().to_owned(),
-                outcome: c.outcome.as_str(),
-                counter: c.counter(),
-            })
-            .collect();
-        if matched == AuthorityMatch::Unenforceable {
-            return Err(Step::deny(
-                Reason::ConstraintUnrecognized,
-                "the authority entry has a constraint this gateway cannot enforce",
-            ));
-        }
-        // A call outside an entry only by its parameters is bound to them when the PDP is asked:
-        // an approval covers exactly that call (its digest), never the operation as such.
-        let violated = matched == AuthorityMatch::Violated;
-        let consequential = config.pdp.is_some()
-            && (violated
-                || match &mcp_bound {
-                    Some((op, _)) => op.consequential,
-                    None => dest.consequential(req.method, path),
-                });
-        if let Some((op, digest)) = mcp_bound.as_mut() {
-            if consequential {
-                *digest = mcp_digest.take();
-            }
-            // A tools/call outside its entry's constraints is not let through by `pass`.
-            op.pass &= !violated;
-        }
-        let pass = mcp_bound.as_ref().is_some_and(|(op, _)| op.pass);
-        let inside = matched == AuthorityMatch::Permit
-            || pass
-            || !violated
-                && (req.method == "CONNECT" || !consequential)
-                && config.egress_allow.iter().any(|o| o == dest.origin());
-        if !consequential && !inside && config.pdp.is_none() {
-            let detail = if violated {
-                "the request violates a constraint of the mission's authority"
-            } else {
-                "the request is outside the mission's authority"
-            };
-            return Err(Step::deny(Reason::InsufficientAuthority, detail));
-        }
-        let permit = if consequential || !inside {
-            self.evaluate(
-                req,
-                extra,
-                &dest,
-                &vt,
-                &action,
-                consequential,
-                &checked,
-                mcp_bound.as_ref(),
-                now,
-                replay,
-                ev,
-            )?
-        } else {
-            None
-        };
+        let authorised = self.authority(&config, req, extra, &dest, path, &vt, &action, call.as_ref(), ev)?;
+        let permit = self.pdp(&config, req, extra, &dest, path, &vt, &action, authorised, call, now, replay, ev)?;
 
         // 8. Last, the two single-use stores shared by every worker, in this order:
         // 1. The DPoP proof. Only a request that passed every other check gets here, so a proof is
@@ -758,6 +639,172 @@ impl Engine {
         Ok(())
     }
 
+    /// Stage 6: an MCP operation (SPEC §7). A POST to the MCP endpoint of a destination marked as
+    /// an MCP server is named by its JSON-RPC body (read, bounded, before anything else is decided
+    /// about it) and checked against its `Mcp-Method` / `Mcp-Name` headers; its refusals are then
+    /// JSON-RPC errors for its `id`. `None` for any other request.
+    fn mcp_operation<'c>(
+        &mut self,
+        config: &Config,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        dest: &'c DestinationRef<'_>,
+        path: &str,
+        ev: &mut Evidence,
+    ) -> Result<Option<McpCall<'c>>, Step> {
+        let Some(server) = dest.mcp().filter(|s| req.method == "POST" && s.is_endpoint(path)) else {
+            return Ok(None);
+        };
+        let Some(body) = extra.body else { return Err(Step::Need(Need::Body)) };
+        if body.len() > config.max_body_bytes {
+            return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
+        }
+        let refused = |this: &mut Engine, r: mcp::Refused| {
+            this.jsonrpc_id = r.id;
+            Step::deny(r.reason, r.detail)
+        };
+        let message = mcp::parse(body).map_err(|r| refused(self, r))?;
+        let op = mcp::operation(server, &message);
+        ev.mcp_method = op.method.clone();
+        ev.mcp_tool = op.tool.clone();
+        ev.action = Some(op.action.clone());
+        self.jsonrpc_id = op.id.clone();
+        mcp::check_headers(extra.headers, &message).map_err(|r| refused(self, r))?;
+        // Digested only if the call turns out consequential (or outside its constraints).
+        let digest = if config.pdp.is_some() {
+            mcp::call_digest(&format!("{}{}", dest.origin(), raw_target(req.path)), &message)
+        } else {
+            None
+        };
+        // A tools/call's constraints are checked on its `arguments`, where its tool entry maps them.
+        let (mappings, arguments) = match &message {
+            mcp::Message::Request { call: Some((tool, arguments)), .. } => {
+                (server.tool(tool).map_or(&[][..], |t| &t.constraints), arguments.clone())
+            }
+            _ => (&[][..], None),
+        };
+        Ok(Some(McpCall { op, digest, mappings, arguments }))
+    }
+
+    /// Stage 7: authority. The token's entries, narrowed by the current Authority Set from Mission
+    /// Status when it carried one (containment, SPEC §3), matched against the request; constraints
+    /// are checked on the operation's parameters (its JSON body, or a tools/call's `arguments`),
+    /// read only when an entry whose constraints this operation maps covers the request (SPEC §2).
+    #[allow(clippy::too_many_arguments)]
+    fn authority(
+        &mut self,
+        config: &Config,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        dest: &DestinationRef<'_>,
+        path: &str,
+        vt: &VerifiedToken,
+        action: &str,
+        call: Option<&McpCall<'_>>,
+        ev: &mut Evidence,
+    ) -> Result<Authorised, Step> {
+        let current = self.missions.current_authority(vt.mission_issuer, &vt.mission_id);
+        let mappings = match call {
+            Some(c) => c.mappings,
+            None => authority::operation(dest.operations(), req.method, path).map_or(&[][..], |o| &o.constraints),
+        };
+        let body_params;
+        let parsed = match (extra.body, call) {
+            // An MCP operation's parameters are its tools/call `arguments` (the body was read).
+            (Some(_), Some(c)) => c.arguments.as_ref(),
+            (Some(body), None) if !mappings.is_empty() => {
+                if body.len() > config.max_body_bytes {
+                    return Err(Step::deny(Reason::BodyTooLarge, "request body exceeds the limit for a bound call"));
+                }
+                body_params = json_params(extra.headers, body);
+                body_params.as_ref()
+            }
+            _ => None,
+        };
+        let params = match (extra.body, parsed) {
+            (None, _) => Params::NotYet,
+            (Some(_), Some(v)) => Params::Json(v),
+            (Some(_), None) => Params::Absent,
+        };
+        let target = Target { origin: dest.origin(), resource_id: dest.resource(), path, action, mappings, params };
+        let mut checked = Vec::new();
+        let matched = authority::check_target(&vt.grants, current.as_deref().map(Vec::as_slice), &target, &mut checked);
+        if matched == AuthorityMatch::NeedParams {
+            return Err(Step::Need(Need::Body));
+        }
+        ev.constraints = checked
+            .iter()
+            .map(|c| ConstraintEvidence {
+                name: c.label().to_owned(),
+                outcome: c.outcome.as_str(),
+                counter: c.counter(),
+            })
+            .collect();
+        if matched == AuthorityMatch::Unenforceable {
+            return Err(Step::deny(
+                Reason::ConstraintUnrecognized,
+                "the authority entry has a constraint this gateway cannot enforce",
+            ));
+        }
+        Ok(Authorised { matched, checked })
+    }
+
+    /// Stage 7, continued: the PDP, asked when the request is outside the Authority Set (and
+    /// `egress_allow`) or consequential; refused outright when outside and no PDP is configured.
+    /// An allowing answer may carry a single-use permit, taken last (stage 8).
+    #[allow(clippy::too_many_arguments)]
+    fn pdp(
+        &mut self,
+        config: &Config,
+        req: &Request<'_>,
+        extra: &Extra<'_>,
+        dest: &DestinationRef<'_>,
+        path: &str,
+        vt: &VerifiedToken,
+        action: &str,
+        authorised: Authorised,
+        call: Option<McpCall<'_>>,
+        now: i64,
+        replay: &mut dyn ReplayGuard,
+        ev: &mut Evidence,
+    ) -> Result<Option<UseOnce>, Step> {
+        let Authorised { matched, checked } = authorised;
+        // A call outside an entry only by its parameters is bound to them when the PDP is asked:
+        // an approval covers exactly that call (its digest), never the operation as such.
+        let violated = matched == AuthorityMatch::Violated;
+        let consequential = config.pdp.is_some()
+            && (violated
+                || match &call {
+                    Some(c) => c.op.consequential,
+                    None => dest.consequential(req.method, path),
+                });
+        let mcp_bound = call.map(|c| {
+            let mut op = c.op;
+            // A tools/call outside its entry's constraints is not let through by `pass`.
+            op.pass &= !violated;
+            (op, if consequential { c.digest } else { None })
+        });
+        let pass = mcp_bound.as_ref().is_some_and(|(op, _)| op.pass);
+        let inside = matched == AuthorityMatch::Permit
+            || pass
+            || !violated
+                && (req.method == "CONNECT" || !consequential)
+                && config.egress_allow.iter().any(|o| o == dest.origin());
+        if !consequential && !inside && config.pdp.is_none() {
+            let detail = if violated {
+                "the request violates a constraint of the mission's authority"
+            } else {
+                "the request is outside the mission's authority"
+            };
+            return Err(Step::deny(Reason::InsufficientAuthority, detail));
+        }
+        if consequential || !inside {
+            self.evaluate(req, extra, dest, vt, action, consequential, &checked, mcp_bound.as_ref(), now, replay, ev)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The PDP path (SPEC §4, §6): digest the call if consequential, use a cached decision or ask.
     /// An allowing answer may carry a single-use permit: it is returned, to be taken by the caller
     /// once every other check has passed.
@@ -771,7 +818,7 @@ impl Engine {
         action: &str,
         consequential: bool,
         constraints: &[Checked],
-        mcp: Option<&(crate::mcp::Operation, Option<String>)>,
+        mcp: Option<&(mcp::Operation, Option<String>)>,
         now: i64,
         replay: &mut dyn ReplayGuard,
         ev: &mut Evidence,
@@ -1436,6 +1483,24 @@ fn take_single_use(
 enum Step {
     Deny(Denial),
     Need(Need),
+}
+
+/// An MCP operation named by stage 6, as the later stages need it.
+struct McpCall<'c> {
+    op: mcp::Operation,
+    /// Its MCP Tool Call Profile digest (a `tools/call` when a PDP is configured), bound only if
+    /// the call turns out consequential.
+    digest: Option<String>,
+    /// Where its tool entry maps constraints into the call's `arguments`.
+    mappings: &'c [(String, Mapping)],
+    /// A `tools/call`'s `arguments`: the parameters its constraints are checked on.
+    arguments: Option<serde_json::Value>,
+}
+
+/// What stage 7 found: how the Authority Set matched and the constraints it checked.
+struct Authorised {
+    matched: AuthorityMatch,
+    checked: Vec<Checked>,
 }
 
 /// The parameters of a constrained call: its body, when the one `Content-Type` is a JSON media type

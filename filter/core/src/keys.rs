@@ -4,6 +4,9 @@
 use missiongate_wire::jose::{Alg, JoseError, Jwk, VerifyingKey};
 
 use crate::config::{Config, KeySource};
+pub use crate::config::{MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+use crate::tables::has_tables;
+pub use crate::tables::{within_table_budget, MAX_TABLES_PER_ISSUER};
 
 fn same_key(a: &VerifyingKey, b: &VerifyingKey) -> bool {
     match (a, b) {
@@ -12,34 +15,6 @@ fn same_key(a: &VerifyingKey, b: &VerifyingKey) -> bool {
         (VerifyingKey::Rsa(x, a), VerifyingKey::Rsa(y, b)) => x == y && a == b,
         _ => false,
     }
-}
-
-/// Longest JWKS document accepted by default (`jwks_max_bytes`).
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Most entries a JWKS may list by default (`jwks_max_keys`).
-pub const MAX_JWKS_KEYS: usize = 32;
-/// Most P-256 keys of one issuer that get precomputed verification tables (about 2.7 ms and
-/// 256 KiB each). The others verify on the slower table-free path, so a JWKS with many keys costs
-/// bounded time and memory to install, at every refresh.
-pub const MAX_TABLES_PER_ISSUER: usize = 8;
-
-fn has_tables(k: &VerifyingKey) -> bool {
-    matches!(k, VerifyingKey::P256(_, Some(_)))
-}
-
-/// Give tables to at most [`MAX_TABLES_PER_ISSUER`] P-256 keys: those in `keys` that already have
-/// them keep them, then new ones in document order until the budget is spent.
-pub fn within_table_budget(keys: Vec<(Option<String>, VerifyingKey)>) -> Vec<(Option<String>, VerifyingKey)> {
-    let mut budget = MAX_TABLES_PER_ISSUER.saturating_sub(keys.iter().filter(|(_, k)| has_tables(k)).count());
-    keys.into_iter()
-        .map(|(kid, k)| match k {
-            VerifyingKey::P256(_, None) if budget > 0 => {
-                budget -= 1;
-                (kid, k.precompute())
-            }
-            other => (kid, other),
-        })
-        .collect()
 }
 
 /// A JWK Set whose entries are read one by one, so an entry of a type this gateway does not use

@@ -5,6 +5,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod config_error;
 pub mod constraints;
 pub mod decision;
 pub mod destinations;
@@ -13,11 +14,13 @@ pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod head;
+pub mod jsonrpc;
 pub mod keys;
 pub mod ledger;
 pub mod mcp;
 pub mod mission;
 pub mod stream;
+pub mod tables;
 pub mod token;
 pub use missiongate_wire::uri;
 

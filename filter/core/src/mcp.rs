@@ -4,16 +4,12 @@
 //!
 //! Pure: no I/O. The digest of a `tools/call` is the MCP Tool Call Profile of `wire`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::config::{valid_tool_name, ClientMessages, McpServer};
 use crate::decision::Reason;
+use crate::destinations::{valid_tool_name, ClientMessages, McpServer};
+pub use crate::jsonrpc::{error_body, REFUSED, URL_ELICITATION_REQUIRED};
 use missiongate_wire::jcs::{self, IJsonError};
-
-/// JSON-RPC error code of a requestable denial: MCP's URL elicitation required (MCP 2025-11-25).
-pub const URL_ELICITATION_REQUIRED: i64 = -32042;
-/// JSON-RPC error code of every other refusal (implementation-defined server error range).
-pub const REFUSED: i64 = -32001;
 
 /// One JSON-RPC message the client sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,17 +227,4 @@ pub fn call_digest(target: &str, message: &Message) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// A JSON-RPC error response body for `id`.
-pub fn error_body(id: &Value, code: i64, message: &str, data: Value) -> Vec<u8> {
-    let mut error = Map::new();
-    error.insert("code".into(), code.into());
-    error.insert("message".into(), message.into());
-    error.insert("data".into(), data);
-    let mut out = Map::new();
-    out.insert("jsonrpc".into(), "2.0".into());
-    out.insert("id".into(), id.clone());
-    out.insert("error".into(), Value::Object(error));
-    serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
 }

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -17,17 +19,16 @@ use missiongate_core::engine::{Callout, Extra, PdpAnswer, MAX_CACHED_DECISIONS};
 use missiongate_core::keys::MAX_TABLES_PER_ISSUER;
 use missiongate_core::mission::{MissionCache, MAX_MISSIONS};
 use missiongate_core::token::{TokenCache, VerifiedToken};
-use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
+use missiongate_core::{Attempts, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
 use missiongate_wire::jose::{Alg, SigningKey};
 use missiongate_wire::{b64, time};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
 /// A second Mission state authority that also issues tokens.
+use common::*;
+
 const AS2: &str = "https://as2.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
 const HOST: &str = "api.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const HOST2: &str = "api.other.example";
@@ -35,14 +36,8 @@ const ORIGIN2: &str = "https://api.other.example";
 const MISSION: &str = "msn_7Qx";
 const PDP_PATH: &str = "/access/v1/evaluation";
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
 fn as2_key() -> SigningKey {
     SigningKey::from_secret_bytes(Alg::Es256, &[0x33; 32]).unwrap()
-}
-fn dpop_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::EdDsa, &[0x55; 32]).unwrap()
 }
 
 fn authority(cluster: &str) -> Value {
@@ -118,18 +113,6 @@ fn token_with(edit: impl FnOnce(&mut Value)) -> String {
         sign(&as2_key(), "k2", "at+jwt", &c)
     } else {
         sign(&as_key(), "k1", "at+jwt", &c)
-    }
-}
-
-fn request<'a>(method: &'a str, authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
-    Request {
-        method,
-        scheme: "https",
-        authority,
-        path,
-        authorization: Authz::One(authorization),
-        dpop: None,
-        dpop_count: 0,
     }
 }
 

@@ -6,22 +6,21 @@
 //! (`make test-wasm-core`). No RNG and no clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use missiongate_core::constraints::{check, parse_mappings, Mapping, Outcome};
 use missiongate_core::decision::Evidence;
 use missiongate_core::engine::{Extra, PdpAnswer};
-use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome as Decided, ReplayGuard, Request};
+use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome as Decided, Request};
 use missiongate_wire::constraints::{parse_constraint, Constraint};
 use missiongate_wire::jcs::parse_ijson;
-use missiongate_wire::jose::{Alg, SigningKey};
-use missiongate_wire::time;
 use serde_json::{json, Value};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
+use common::*;
+
 const HOST: &str = "api.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const MISSION: &str = "msn_7Qx";
@@ -138,20 +137,9 @@ fn lists_tenant_and_unmapped_keys() {
 
 // ------------------------------------------------------------------------- the engine --------
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
-
 fn config(pdp: bool) -> Value {
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "destinations": [{
             "authority": HOST,
             "origin": ORIGIN,
@@ -173,38 +161,15 @@ fn config(pdp: bool) -> Value {
         }]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
-}
-
-#[derive(Default)]
-struct MapGuard(HashMap<String, i64>);
-
-impl ReplayGuard for MapGuard {
-    fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
-        match self.0.get(key) {
-            Some(&t) if t > now => Ok(false),
-            _ => {
-                self.0.insert(key.to_owned(), until);
-                Ok(true)
-            }
-        }
-    }
 }
 
 fn engine(pdp: bool) -> Engine {
     let config = Config::parse(config(pdp).to_string().as_bytes()).unwrap();
     let mut e = Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: [7; 32], ids: [8; 32] });
-    let (_c, nonce) = e.status_callout(0, MISSION).unwrap();
-    let mission = json!({"id": MISSION, "issuer": AS, "state": "active", "version": 1,
-                         "fresh_until": time::format_rfc3339(NOW + 300)});
-    let claims =
-        json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": nonce, "iat": NOW, "exp": NOW + 60, "mission": mission});
-    let jws =
-        as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &claims);
-    e.on_status(0, MISSION, &nonce, Some(200), jws.as_bytes(), NOW);
+    set_state(&mut e, MISSION, "active", 1);
     e
 }
 

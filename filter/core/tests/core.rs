@@ -8,6 +8,8 @@
 // Test helpers (outside `#[test]` functions, where clippy.toml already allows these) fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -21,20 +23,15 @@ use sha2::{Digest, Sha256};
 
 // ------------------------------------------------------------------------- fixtures -----------
 
-/// A fixed instant (2027-01-15T08:00:00Z).
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
 /// Configured issuer of access tokens that is not a Mission state authority.
+use common::*;
+
 const OTHER_AS: &str = "https://tokens.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
 const HOST: &str = "api.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const MISSION: &str = "msn_7Qx";
 const RETRY_AFTER: u32 = 7;
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
 fn as_ed_key() -> SigningKey {
     SigningKey::from_secret_bytes(Alg::EdDsa, &[0x22; 32]).unwrap()
 }
@@ -88,22 +85,6 @@ fn engine_with(config: &Value) -> Engine {
 
 fn engine() -> Engine {
     engine_with(&config_json())
-}
-
-/// `ReplayGuard` over a map, as every worker would share it.
-#[derive(Default)]
-struct MapGuard(HashMap<String, i64>);
-
-impl ReplayGuard for MapGuard {
-    fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
-        match self.0.get(key) {
-            Some(&t) if t > now => Ok(false),
-            _ => {
-                self.0.insert(key.to_owned(), until);
-                Ok(true)
-            }
-        }
-    }
 }
 
 /// A replay store that cannot be reached.

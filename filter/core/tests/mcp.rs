@@ -7,19 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::rc::Rc;
 
 use missiongate_core::decision::{Evidence, Response};
 use missiongate_core::engine::{Extra, PdpAnswer};
-use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
-use missiongate_wire::jose::{Alg, SigningKey};
+use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, Request, Seeds};
 use missiongate_wire::time;
 use serde_json::{json, Value};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
+use common::*;
+
 const MCP: &str = "mcp.partner.example";
 /// The same server under a second name whose client messages pass.
 const MCP_PASS: &str = "mcp-pass.partner.example";
@@ -31,10 +30,6 @@ const M1_DIGEST: &str = "sha-256:VumVMDaxUyrb1aj7IoSEwyzXCgSy83iqcrdTFe30x_c";
 const M3_DIGEST: &str = "sha-256:tQBHpn5MxqmrpD2zCdhRlK0fIHiGubfyT82NTr10_mM";
 const M4_DIGEST: &str = "sha-256:QOQ38dSi29jvPE02iUwUxQDDAFrQCF9dx2c96RXIcyQ";
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
-
 fn engine_with(pdp: bool) -> Engine {
     let mcp = json!({"path": "/mcp", "tools": [
         {"name": "pay_invoice", "action": "payments:invoice.pay"},
@@ -43,14 +38,7 @@ fn engine_with(pdp: bool) -> Engine {
     let mut pass = mcp.clone();
     pass["client_messages"] = json!("pass");
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "destinations": [
             {"authority": MCP, "origin": ORIGIN, "mcp": mcp},
             {"authority": MCP_PASS, "origin": ORIGIN, "mcp": pass},
@@ -58,18 +46,11 @@ fn engine_with(pdp: bool) -> Engine {
         ]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     let config = Config::parse(c.to_string().as_bytes()).unwrap();
     let mut e = Engine::new(Rc::new(config), Seeds { nonce: [7; 32], ids: [8; 32] });
-    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
-    let claims = json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": nonce, "iat": NOW, "exp": NOW + 60,
-        "mission": {"id": MISSION, "issuer": AS, "state": "active", "version": 1,
-                    "fresh_until": time::format_rfc3339(NOW + 300)}});
-    let body =
-        as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &claims);
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW).refetch_keys, None);
+    assert_eq!(set_state(&mut e, MISSION, "active", 1).refetch_keys, None);
     e
 }
 
@@ -84,20 +65,7 @@ fn token() -> String {
     as_key().sign_compact(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}), &c)
 }
 
-#[derive(Default)]
-struct Guard(HashMap<String, i64>);
-
-impl ReplayGuard for Guard {
-    fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
-        match self.0.get(key) {
-            Some(&t) if t > now => Ok(false),
-            _ => {
-                self.0.insert(key.to_owned(), until);
-                Ok(true)
-            }
-        }
-    }
-}
+type Guard = MapGuard;
 
 fn post<'a>(authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
     Request {

@@ -9,24 +9,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use missiongate_core::engine::{Extra, PdpAnswer};
-use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request};
-use missiongate_wire::jose::{Alg, SigningKey};
-use missiongate_wire::time;
+use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, Request};
 use serde_json::{json, Value};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
+use common::*;
+
 const HOST: &str = "api.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const MISSION: &str = "msn_paths";
-
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
 
 fn config(pdp: bool) -> Value {
     let mut c = json!({
@@ -47,38 +43,16 @@ fn config(pdp: bool) -> Value {
         }]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
-}
-
-#[derive(Default)]
-struct MapGuard(HashMap<String, i64>);
-
-impl ReplayGuard for MapGuard {
-    fn remember(&mut self, key: &str, until: i64, now: i64) -> Result<bool, String> {
-        match self.0.get(key) {
-            Some(&t) if t > now => Ok(false),
-            _ => {
-                self.0.insert(key.to_owned(), until);
-                Ok(true)
-            }
-        }
-    }
 }
 
 /// An engine whose Mission is known to be active.
 fn engine(pdp: bool) -> Engine {
     let config = Config::parse(config(pdp).to_string().as_bytes()).unwrap();
     let mut e = Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: [9; 32], ids: [8; 32] });
-    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
-    let status = json!({"iss": AS, "aud": "https://gateway.example", "nonce": nonce, "iat": NOW, "exp": NOW + 60,
-        "mission": {"id": MISSION, "issuer": AS, "state": "active", "version": 1,
-                    "fresh_until": time::format_rfc3339(NOW + 300)}});
-    let jws =
-        as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &status);
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), jws.as_bytes(), NOW).refetch_keys, None);
+    assert_eq!(set_state(&mut e, MISSION, "active", 1).refetch_keys, None);
     e
 }
 

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -15,37 +17,22 @@ use missiongate_core::engine::{counter_names, Extra, PdpAnswer, ALL_STATS};
 use missiongate_core::head::Head;
 use missiongate_core::stream::{Host, State, Stream, Verdict};
 use missiongate_core::{Attempts, Authz, Config, Engine, Need, Outcome, ReplayGuard, Request, Seeds};
-use missiongate_wire::jose::{Alg, SigningKey};
-use missiongate_wire::{b64, time};
+use missiongate_wire::b64;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const NOW: i64 = 1_800_000_000;
-const AS: &str = "https://as.example";
-const GATEWAY_AUD: &str = "https://gateway.example";
+use common::request as req;
 /// The enforcing and the shadow destination: two names of one origin, so one token serves both.
+use common::*;
+
 const ENFORCE: &str = "api.partner.example";
 const SHADOW: &str = "shadow.partner.example";
 const ORIGIN: &str = "https://api.partner.example";
 const MISSION: &str = "msn_shadow";
 
-fn as_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::Es256, &[0x11; 32]).unwrap()
-}
-fn dpop_key() -> SigningKey {
-    SigningKey::from_secret_bytes(Alg::EdDsa, &[0x55; 32]).unwrap()
-}
-
 fn config(filter_mode: &str, pdp: bool) -> Value {
     let mut c = json!({
-        "issuers": [{
-            "issuer": AS,
-            "jwks": {"keys": [as_key().public_jwk(Some("k1"))]},
-            "mission_authority": {
-                "status": {"cluster": "authority", "authority": "as.example", "path": "/mission/status"},
-                "audience": GATEWAY_AUD
-            }
-        }],
+        "issuers": [issuer()],
         "mode": filter_mode,
         "destinations": [
             {"authority": ENFORCE, "origin": ORIGIN, "mode": "enforce"},
@@ -53,8 +40,7 @@ fn config(filter_mode: &str, pdp: bool) -> Value {
         ]
     });
     if pdp {
-        c["pdp"] = json!({"evaluation": {"cluster": "pdp", "authority": "pdp.example", "path": "/access/v1/evaluation"},
-                          "deny_cache_seconds": 0});
+        c["pdp"] = pdp_config();
     }
     c
 }
@@ -67,13 +53,7 @@ fn engine(filter_mode: &str, pdp: bool) -> Engine {
 }
 
 fn set_state(e: &mut Engine, state: &str, version: u64) {
-    let (_, nonce) = e.status_callout(0, MISSION).unwrap();
-    let claims = json!({"iss": AS, "aud": GATEWAY_AUD, "nonce": nonce, "iat": NOW, "exp": NOW + 60,
-        "mission": {"id": MISSION, "issuer": AS, "state": state, "version": version,
-                    "fresh_until": time::format_rfc3339(NOW + 300)}});
-    let body =
-        as_key().sign_compact(&json!({"alg": "ES256", "typ": "mission-status-response+jwt", "kid": "k1"}), &claims);
-    assert_eq!(e.on_status(0, MISSION, &nonce, Some(200), body.as_bytes(), NOW).refetch_keys, None);
+    assert_eq!(common::set_state(e, MISSION, state, version).refetch_keys, None);
 }
 
 fn token_with(edit: impl FnOnce(&mut Value)) -> String {
@@ -90,18 +70,6 @@ fn token_with(edit: impl FnOnce(&mut Value)) -> String {
 
 fn token() -> String {
     token_with(|_| {})
-}
-
-fn req<'a>(method: &'a str, authority: &'a str, path: &'a str, authorization: &'a str) -> Request<'a> {
-    Request {
-        method,
-        scheme: "https",
-        authority,
-        path,
-        authorization: Authz::One(authorization),
-        dpop: None,
-        dpop_count: 0,
-    }
 }
 
 /// A replay store over a map that can also be read without writing (as the host's ledger can).

@@ -1,13 +1,12 @@
 //! The bench's Envoy: `envoy/bench.yaml` rendered for this run, started pinned, and read through its admin API.
 
-use crate::settings::{pinned, Settings};
-use missiongate_tests::envoy::{envoy_bin, render, wasm_path, Opts};
-use missiongate_tests::http::Req;
+use crate::settings::Settings;
+use missiongate_testkit::envoy::{EnvoyCmd, EnvoyProcess};
+use missiongate_tests::envoy::{render, wasm_path, Opts};
 use missiongate_tests::{free_port, repo_root};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 /// The reference filters' module as `envoy/bench.yaml` names it (built by `make bench`).
 pub const REFERENCE_WASM: &str = "target/wasm32-wasip1/release/missiongate_bench_reference.wasm";
@@ -97,51 +96,32 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
 }
 
 pub struct EnvoyProc {
-    pub child: Child,
+    process: EnvoyProcess,
     pub admin: u16,
     pub ports: BTreeMap<String, u16>,
-    pub log: PathBuf,
     /// From spawn to the first 200 from `/ready`.
     pub ready_after: Duration,
 }
 
 impl EnvoyProc {
+    /// Start pinned to `envoy_cpu` (when set), `/ready` asked every 5 ms so `ready_after` is close.
     pub fn start(s: &Settings, cfg: &Config, tag: &str) -> EnvoyProc {
-        std::fs::create_dir_all(&s.work).unwrap();
-        let path = s.work.join(format!("envoy-{tag}.yaml"));
-        std::fs::write(&path, &cfg.yaml).unwrap();
-        let log = s.work.join(format!("envoy-{tag}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let t0 = Instant::now();
-        let child = pinned(s.envoy_cpu.as_deref(), envoy_bin())
-            .arg("-c")
-            .arg(&path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"])
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {}: {e} (run `make envoy` or set ENVOY_BIN)", envoy_bin().display())
-            });
-        let mut e = EnvoyProc { child, admin: cfg.admin, ports: cfg.ports.clone(), log, ready_after: Duration::ZERO };
-        loop {
-            if let Ok(Some(st)) = e.child.try_wait() {
-                panic!("envoy ({tag}) exited with {st}:\n{}", std::fs::read_to_string(&e.log).unwrap_or_default());
+        let cpu = s.envoy_cpu.as_deref();
+        let started = EnvoyCmd::new(
+            cfg.yaml.clone(),
+            s.work.join(format!("envoy-{tag}.yaml")),
+            s.work.join(format!("envoy-{tag}.log")),
+            cfg.admin,
+        )
+        .prefix(cpu.map(|c| vec!["taskset", "-c", c]).unwrap_or_default())
+        .poll_every(Duration::from_millis(5))
+        .start();
+        match started {
+            Ok(process) => {
+                EnvoyProc { admin: cfg.admin, ports: cfg.ports.clone(), ready_after: process.ready_after, process }
             }
-            if let Ok(r) = Req::new("GET", "/ready").header("Host", "admin").try_send(e.admin) {
-                if r.status == 200 {
-                    e.ready_after = t0.elapsed();
-                    break;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "envoy ({tag}) not ready after 60 s: see {}",
-                e.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+            Err(e) => panic!("envoy ({tag}): {e}"),
         }
-        e
     }
 
     pub fn port(&self, listener: &str) -> u16 {
@@ -150,7 +130,7 @@ impl EnvoyProc {
 
     /// VmRSS in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| {
@@ -161,7 +141,7 @@ impl EnvoyProc {
 
     /// Sum of the counters whose name ends with `suffix` (custom Wasm metrics are per VM).
     pub fn counter(&self, suffix: &str) -> u64 {
-        let text = Req::new("GET", "/stats?filter=missiongate").header("Host", "admin").send(self.admin).text();
+        let text = self.process.admin_get("/stats?filter=missiongate").text();
         text.lines()
             .filter_map(|l| l.split_once(": "))
             .filter(|(k, _)| k.ends_with(suffix))
@@ -172,7 +152,7 @@ impl EnvoyProc {
     /// Requests Envoy has counted on `listener` (`http.<stat_prefix>.downstream_rq_total`).
     pub fn requests(&self, listener: &str) -> u64 {
         let key = format!("http.{listener}.downstream_rq_total");
-        let text = Req::new("GET", &format!("/stats?filter={key}")).header("Host", "admin").send(self.admin).text();
+        let text = self.process.admin_get(&format!("/stats?filter={key}")).text();
         text.lines()
             .filter_map(|l| l.split_once(": "))
             .filter(|(k, _)| *k == key)
@@ -182,8 +162,7 @@ impl EnvoyProc {
 
     /// Answers with status 4xx and 5xx so far, per listener (`http.<stat_prefix>.downstream_rq_[45]xx`).
     pub fn non_2xx(&self) -> BTreeMap<String, [u64; 2]> {
-        let text =
-            Req::new("GET", "/stats?filter=downstream_rq_%5B45%5Dxx").header("Host", "admin").send(self.admin).text();
+        let text = self.process.admin_get("/stats?filter=downstream_rq_%5B45%5Dxx").text();
         let mut out: BTreeMap<String, [u64; 2]> = BTreeMap::new();
         for (k, v) in text.lines().filter_map(|l| l.split_once(": ")) {
             let Some(rest) = k.strip_prefix("http.") else { continue };
@@ -199,13 +178,6 @@ impl EnvoyProc {
     }
 
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for EnvoyProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.logs()
     }
 }

@@ -3,7 +3,7 @@
 //! loopback only, stopped and removed when the test process ends (a small guardian process waits for
 //! the test process to exit, so even a test binary that is killed leaves no server behind).
 //!
-//! Standard library only: `captive-portal`'s integration tests include this file by path too.
+//! Standard library only.
 //!
 //! `MISSIONGATE_TEST_DB=postgres` runs the portal tests against Postgres instead of SQLite:
 //! [`db_arg`] turns the SQLite path a test chose into the URL of a database of its own on the
