@@ -654,7 +654,7 @@ async fn a_replica_started_while_postgres_is_down_waits_and_becomes_ready_when_i
         let r = a.http.get(a.url("/operator/missions")).bearer_auth(OP).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().contains_key("retry-after"));
-        assert!(a.child.try_wait().unwrap().is_none(), "the replica exited while Postgres was down");
+        assert!(a.process.try_wait().unwrap().is_none(), "the replica exited while Postgres was down");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Each failed attempt is logged, plainly.
@@ -679,7 +679,7 @@ async fn a_replica_started_while_postgres_is_down_waits_and_becomes_ready_when_i
                 break;
             }
         }
-        assert!(a.child.try_wait().unwrap().is_none(), "the replica exited");
+        assert!(a.process.try_wait().unwrap().is_none(), "the replica exited");
         assert!(Instant::now() < deadline, "not ready within 90 s of Postgres starting");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
