@@ -70,8 +70,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn main() {
     // The machine may be loaded: the contenders interleave in every round, and what is reported is
     // the median over rounds of each round's ratio to the bare SHA-256 of the same bytes.
-    const ROUNDS: usize = 9;
-    for (size, n) in [(1024usize, 2000usize), (64 * 1024, 40), (1024 * 1024, 3)] {
+    const ROUNDS: usize = 15;
+    for (size, n) in [(1024usize, 2000usize), (64 * 1024, 30), (1024 * 1024, 3)] {
         let body = bodies::payment_batch(size);
         assert_eq!(run(&body, 1), run(&body, 1));
         let (mut r_stream, mut r_old, mut r_parse, mut sha_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -131,7 +131,7 @@ impl<'a> Canonical<'a> {
 
     fn run(&mut self) -> Result<(), IJsonError> {
         let mut open: Vec<Open> = Vec::new();
-        let mut pending: Vec<u32> = Vec::new();
+        let mut pending: Vec<Name> = Vec::new();
         let mut inexact = false;
         let mut i = self.skip_ws(0);
         'value: loop {
@@ -214,15 +214,17 @@ impl<'a> Canonical<'a> {
     }
 
     /// A member name at `i`, then `:`: the index of the value's first byte.
-    fn member_name(&mut self, i: usize, pending: &mut Vec<u32>) -> Result<usize, IJsonError> {
+    fn member_name(&mut self, i: usize, pending: &mut Vec<Name>) -> Result<usize, IJsonError> {
         match self.byte(i) {
             Some(b'"') => {}
             Some(_) => return Err(syntax("key must be a string")),
             None => return Err(syntax("EOF while parsing an object")),
         }
         let (tok, end) = self.string(i)?;
-        pending.push(to_u32(self.tape.len())?);
+        let at = to_u32(self.tape.len())?;
         self.tape.push(tok);
+        let prefix = name_prefix(name_bytes(self.input, &self.tape, &self.side, at));
+        pending.push(Name { prefix, at });
         let i = self.skip_ws(end);
         match self.byte(i) {
             Some(b':') => Ok(self.skip_ws(i + 1)),
@@ -232,19 +234,22 @@ impl<'a> Canonical<'a> {
     }
 
     /// Close the innermost container: an object's names are sorted (duplicates refused) now.
-    fn close(&mut self, open: &mut Vec<Open>, pending: &mut Vec<u32>) -> Result<(), IJsonError> {
+    fn close(&mut self, open: &mut Vec<Open>, pending: &mut Vec<Name>) -> Result<(), IJsonError> {
         let Some(top) = open.pop() else { return Err(syntax("unbalanced")) };
         let end = to_u32(self.tape.len())?;
         if top.object {
             let names = pending.get_mut(top.pending..).unwrap_or_default();
             let (input, tape, side) = (self.input, &self.tape, &self.side);
-            let key = |t: u32| name_bytes(input, tape, side, t);
-            if names.windows(2).any(|w| matches!(w, [a, b] if cmp_utf16_bytes(key(*a), key(*b)) != Ordering::Less)) {
-                names.sort_unstable_by(|a, b| cmp_utf16_bytes(key(*a), key(*b)));
+            let order = |a: &Name, b: &Name| match (a.prefix, b.prefix) {
+                (Some(x), Some(y)) if x != y => x.cmp(&y),
+                _ => cmp_utf16_bytes(name_bytes(input, tape, side, a.at), name_bytes(input, tape, side, b.at)),
+            };
+            if names.windows(2).any(|w| matches!(w, [a, b] if order(a, b) != Ordering::Less)) {
+                names.sort_unstable_by(order);
                 for w in names.windows(2) {
                     if let [a, b] = w {
-                        if key(*a) == key(*b) {
-                            let name = String::from_utf8_lossy(key(*a)).into_owned();
+                        if order(a, b) == Ordering::Equal {
+                            let name = String::from_utf8_lossy(name_bytes(input, tape, side, a.at)).into_owned();
                             return Err(IJsonError::DuplicateMember(name));
                         }
                     }
@@ -252,7 +257,7 @@ impl<'a> Canonical<'a> {
             }
             let start = to_u32(self.members.len())?;
             let count = to_u32(names.len())?;
-            self.members.extend_from_slice(names);
+            self.members.extend(names.iter().map(|n| n.at));
             pending.truncate(top.pending);
             if let Some(t) = self.tape.get_mut(top.tok) {
                 *t = Tok { kind: Kind::Obj, a: start, b: count, c: end };
@@ -533,14 +538,23 @@ impl<'a> Canonical<'a> {
                         if !core::mem::replace(first, false) {
                             out.put(b",");
                         }
-                        match self.tape.get(name as usize) {
-                            Some(Tok { kind: Kind::SideStr, a, b, .. }) => {
-                                write_string_bytes(out, self.side.get(*a as usize..*b as usize).unwrap_or_default());
+                        let (Some(key), value) = (self.tape.get(name as usize), self.tape.get(name as usize + 1))
+                        else {
+                            return;
+                        };
+                        match (key.kind, value) {
+                            // `"name":value` as one run of input when it is canonical as written.
+                            (Kind::Input, Some(v)) if v.kind == Kind::Input && v.a == key.b + 1 => {
+                                out.put(self.input.get(key.a as usize..v.b as usize).unwrap_or_default());
+                                continue;
                             }
-                            Some(Tok { a, b, .. }) => {
-                                out.put(self.input.get(*a as usize..*b as usize).unwrap_or_default())
+                            (Kind::SideStr, _) => {
+                                write_string_bytes(
+                                    out,
+                                    self.side.get(key.a as usize..key.b as usize).unwrap_or_default(),
+                                );
                             }
-                            None => return,
+                            _ => out.put(self.input.get(key.a as usize..key.b as usize).unwrap_or_default()),
                         }
                         out.put(b":");
                         cur = name + 1;
@@ -558,6 +572,26 @@ impl<'a> Canonical<'a> {
             _ => at + 1,
         }
     }
+}
+
+/// A member name while its object is open: its tape index, and its first eight bytes as a
+/// big-endian number (zero-padded) when none of them is 0xEE or above, which orders two names
+/// exactly as UTF-16 does whenever the two numbers differ (a cheap first comparison for the sort).
+#[derive(Clone, Copy)]
+struct Name {
+    prefix: Option<u64>,
+    at: u32,
+}
+
+fn name_prefix(bytes: &[u8]) -> Option<u64> {
+    let mut word = [0u8; 8];
+    for (w, &b) in word.iter_mut().zip(bytes) {
+        if b >= 0xEE {
+            return None;
+        }
+        *w = b;
+    }
+    Some(u64::from_be_bytes(word))
 }
 
 /// The decoded bytes of the member name at tape index `t` (without quotes).
