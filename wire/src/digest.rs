@@ -45,7 +45,7 @@ pub struct Sha256Sink {
     len: usize,
 }
 
-const SINK_BUF: usize = 512;
+const SINK_BUF: usize = 4096;
 
 impl Default for Sha256Sink {
     fn default() -> Self {

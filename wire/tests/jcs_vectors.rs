@@ -1160,8 +1160,8 @@ fn streaming_digest_equals_sha256_of_canonical_form() {
     });
 
     // The sink's buffer: any split of the writes gives the hash of their concatenation.
-    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    for step in [1usize, 7, 63, 64, 511, 512, 513, 1500, 5000] {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for step in [1usize, 7, 63, 64, 511, 512, 513, 1500, 4095, 4096, 4097, 10_000] {
         let mut sink = Sha256Sink::new();
         for chunk in data.chunks(step) {
             sink.put(chunk);
