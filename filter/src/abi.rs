@@ -175,10 +175,15 @@ pub fn header_pairs(map: Map) -> Result<Pairs, Status> {
 
 /// Up to `max` bytes of a buffer from its start (`Ok(empty)` when there is none).
 pub fn buffer(which: Buffer, max: usize) -> Result<Vec<u8>, Status> {
+    buffer_at(which, 0, max)
+}
+
+/// Up to `max` bytes of a buffer from byte `start` (an empty result when there is none).
+pub fn buffer_at(which: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Status> {
     counted();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: out-pointers to locals that outlive the call.
-    let status = unsafe { proxy_get_buffer_bytes(which as u32, 0, max, &mut data, &mut size) };
+    let status = unsafe { proxy_get_buffer_bytes(which as u32, start, max, &mut data, &mut size) };
     match status {
         OK => Ok(owned(data, size)),
         NOT_FOUND => Ok(Vec::new()),

@@ -19,6 +19,17 @@ pub(crate) struct Glue<'a> {
 
 impl Host for Glue<'_> {
     fn decide(&mut self, head: &Head, body: Option<&[u8]>, pdp: Option<&PdpAnswer>, attempts: Attempts) -> Outcome {
+        self.decide_hashed(head, body, None, pdp, attempts)
+    }
+
+    fn decide_hashed(
+        &mut self,
+        head: &Head,
+        body: Option<&[u8]>,
+        body_sha256: Option<&[u8; 32]>,
+        pdp: Option<&PdpAnswer>,
+        attempts: Attempts,
+    ) -> Outcome {
         let now = self.vm.now();
         let refused = |vm: &Vm, detail: &str| {
             let (resp, ev) = vm.refusal(Reason::GatewayError, detail);
@@ -31,7 +42,9 @@ impl Host for Glue<'_> {
             drop(guard);
             return refused(self.vm, "the filter is not configured");
         };
-        engine.decide_full(&head.request(), &head.extra(body, pdp), now, attempts, &mut SharedReplay)
+        let mut extra = head.extra(body, pdp);
+        extra.body_sha256 = body_sha256;
+        engine.decide_full(&head.request(), &extra, now, attempts, &mut SharedReplay)
     }
 
     fn refuse(&mut self, reason: Reason, detail: &str) -> (Response, Evidence) {
@@ -55,6 +68,20 @@ impl Host for Glue<'_> {
             }
             Err(e) => {
                 log(abi::Level::Error, &format!("missiongate: cannot read request body: status {}", e.0));
+                None
+            }
+        }
+    }
+
+    fn read_body_at(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        match abi::buffer_at(abi::Buffer::RequestBody, start, len) {
+            Ok(b) if b.len() == len => Some(b),
+            Ok(b) => {
+                log(abi::Level::Warn, &format!("missiongate: request body at {start}: {} of {len} bytes", b.len()));
+                None
+            }
+            Err(e) => {
+                log(abi::Level::Warn, &format!("missiongate: cannot read request body at {start}: status {}", e.0));
                 None
             }
         }

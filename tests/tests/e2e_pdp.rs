@@ -185,3 +185,42 @@ fn a_bound_call_is_evaluated_by_its_digest_and_its_evidence_never_holds_the_body
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A raw (not JSON) body is hashed as its chunks arrive (issue 16): 1 MiB sent in 64 KiB chunks binds
+/// to the digest of exactly those bytes, and the same body with its last byte changed does not.
+#[test]
+fn a_large_raw_body_sent_in_chunks_binds_to_its_digest() {
+    let w = world();
+    let (_, token) = w.auth.active_token();
+    let target = "https://api.partner.example/v1/payments";
+    let body: Vec<u8> =
+        (0..1024 * 1024u32).map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789\n"[(i % 37) as usize]).collect();
+    let (want, _) =
+        missiongate_wire::digest::parameter_digest("POST", target, None, Some((Some("text/plain"), &body))).unwrap();
+    w.pdp.answer(json!({"decision": true, "context": {"evaluation_id": "eval_raw_1",
+        "conditions": {"parameter_digest": want, "use_limit": 1}}}));
+    let post = |body: &[u8]| {
+        Req::new("POST", "/v1/payments")
+            .bearer(&token)
+            .header("content-type", "text/plain; charset=utf-8")
+            .chunked(body.chunks(64 * 1024).map(<[u8]>::to_vec).collect())
+            .send(w.envoy.port)
+    };
+    let r = post(&body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reqs = w.pdp.requests();
+    let e = reqs.last().unwrap();
+    assert_eq!(e["action"]["properties"]["parameter_digest"], want.as_str(), "{e}");
+    assert_eq!(w.up.seen("/v1/payments"), 1);
+
+    // The last byte changed: another digest, refused by the permit's condition.
+    let mut changed = body.clone();
+    if let Some(last) = changed.last_mut() {
+        *last = b'!';
+    }
+    assert_denied(&post(&changed), 403, "parameter_violation");
+    let reqs = w.pdp.requests();
+    let e = reqs.last().unwrap();
+    assert_ne!(e["action"]["properties"]["parameter_digest"], want.as_str(), "{e}");
+    assert_eq!(w.up.seen("/v1/payments"), 1);
+}

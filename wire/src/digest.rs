@@ -37,6 +37,59 @@ pub fn sha256_b64(bytes: impl AsRef<[u8]>) -> String {
     b64::encode(sha256(bytes))
 }
 
+/// A SHA-256 state fed through a small fixed buffer: a [`jcs::Sink`] that digests canonical bytes as
+/// they are written, so they are never held whole (a body's canonical form can be megabytes).
+pub struct Sha256Sink {
+    hasher: Sha256,
+    buf: [u8; SINK_BUF],
+    len: usize,
+}
+
+const SINK_BUF: usize = 4096;
+
+impl Default for Sha256Sink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256Sink {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self { hasher: Sha256::new(), buf: [0; SINK_BUF], len: 0 }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(self.buf.get(..self.len).unwrap_or_default());
+        self.len = 0;
+    }
+
+    /// The SHA-256 of everything written.
+    pub fn finish(mut self) -> [u8; 32] {
+        self.flush();
+        self.hasher.finalize().into()
+    }
+}
+
+impl jcs::Sink for Sha256Sink {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len.saturating_add(bytes.len());
+        if let Some(room) = self.buf.get_mut(self.len..end) {
+            room.copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        self.flush();
+        if bytes.len() >= SINK_BUF {
+            self.hasher.update(bytes);
+        } else if let Some(room) = self.buf.get_mut(..bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len = bytes.len();
+        }
+    }
+}
+
 /// `sha-256:` + base64url of `hash`.
 pub fn format_prefixed(hash: &[u8; 32]) -> String {
     let mut s = String::with_capacity(SHA256_PREFIX.len() + 43);
@@ -227,25 +280,25 @@ impl BodyParam {
 
     /// Append the body members (each followed by a comma), in canonical order:
     /// `body` < `body_sha256` < `content_type`.
-    fn write_members(&self, out: &mut Vec<u8>) {
+    fn write_members<S: jcs::Sink + ?Sized>(&self, out: &mut S) {
         match self {
             Self::None => return,
             Self::Json { value, .. } => {
-                out.extend_from_slice(b"\"body\":");
-                jcs::canonicalize_into(value, out);
+                out.put(b"\"body\":");
+                jcs::write_value(value, out);
             }
             Self::Canonical { bytes, .. } => {
-                out.extend_from_slice(b"\"body\":");
-                out.extend_from_slice(bytes);
+                out.put(b"\"body\":");
+                out.put(bytes);
             }
             Self::Raw { sha256, .. } => {
-                out.extend_from_slice(b"\"body_sha256\":");
-                jcs::write_string(out, &b64::encode(sha256));
+                out.put(b"\"body_sha256\":");
+                jcs::write_string_bytes(out, b64::encode(sha256).as_bytes());
             }
         }
-        out.extend_from_slice(b",\"content_type\":");
-        jcs::write_string(out, self.content_type().unwrap_or_default());
-        out.push(b',');
+        out.put(b",\"content_type\":");
+        jcs::write_string_bytes(out, self.content_type().unwrap_or_default().as_bytes());
+        out.put(b",");
     }
 }
 
@@ -403,26 +456,36 @@ impl<'a> ParameterObject<'a> {
 
     /// Append the JCS form of the parameter object to `out`.
     pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        self.write_to(out);
+    }
+
+    /// Write the JCS form of the parameter object to any sink.
+    fn write_to<S: jcs::Sink + ?Sized>(&self, out: &mut S) {
         // Member names in UTF-16 order: body < body_sha256 < content_type < headers < method < target.
-        out.push(b'{');
+        out.put(b"{");
         self.body.write_members(out);
+        self.write_tail(out);
+    }
+
+    /// The members after the body ones, and the closing brace.
+    fn write_tail<S: jcs::Sink + ?Sized>(&self, out: &mut S) {
         if let Some(headers) = &self.headers {
-            out.extend_from_slice(b"\"headers\":{");
+            out.put(b"\"headers\":{");
             for (i, (name, value)) in headers.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put(b",");
                 }
-                jcs::write_string(out, name);
-                out.push(b':');
-                jcs::write_string(out, value);
+                jcs::write_string_bytes(out, name.as_bytes());
+                out.put(b":");
+                jcs::write_string_bytes(out, value.as_bytes());
             }
-            out.extend_from_slice(b"},");
+            out.put(b"},");
         }
-        out.extend_from_slice(b"\"method\":");
-        jcs::write_string(out, &self.method);
-        out.extend_from_slice(b",\"target\":");
-        jcs::write_string(out, self.target);
-        out.push(b'}');
+        out.put(b"\"method\":");
+        jcs::write_string_bytes(out, self.method.as_bytes());
+        out.put(b",\"target\":");
+        jcs::write_string_bytes(out, self.target.as_bytes());
+        out.put(b"}");
     }
 
     /// The JCS form of the parameter object.
@@ -489,6 +552,65 @@ pub fn request_digest(
         Some((content_type, body))
     };
     parameter_digest(method, target, headers.as_deref(), body)
+}
+
+/// [`request_digest`] without the canonical bytes, which are never materialised: a JSON body is
+/// checked ([`jcs::Canonical`]) and then written in canonical form straight into the SHA-256 state
+/// through a small fixed buffer. The same digest, and the same errors, as [`request_digest`].
+///
+/// `body_sha256`: the SHA-256 of `body`, when the caller hashed it already (the filter hashes a body
+/// that is not JSON as its chunks arrive). It is used only if the body is bound by its hash
+/// (`body_sha256`, a media type other than JSON), and must be the hash of `body`.
+pub fn request_parameter_digest(
+    method: &str,
+    target: &str,
+    request_headers: &[(String, String)],
+    effect_headers: &[String],
+    body: &[u8],
+    body_sha256: Option<&[u8; 32]>,
+) -> Result<String, Unbindable> {
+    let headers = if effect_headers.is_empty() {
+        None
+    } else {
+        let named = |name: &str| effect_headers.iter().any(|h| h.eq_ignore_ascii_case(name));
+        Some(request_headers.iter().filter(|(name, _)| named(name)).cloned().collect::<Vec<_>>())
+    };
+    // The body members: none, a hash, or a checked JSON document (written while hashing).
+    let mut json: Option<(String, jcs::Canonical<'_>)> = None;
+    let mut param = BodyParam::None;
+    if !body.is_empty() {
+        let mut content_types =
+            request_headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, v)| v);
+        let content_type = content_types.next().map(String::as_str);
+        if content_types.next().is_some() {
+            return Err(Unbindable::ContentType);
+        }
+        let content_type = match content_type {
+            None => DEFAULT_CONTENT_TYPE.to_owned(),
+            Some(ct) => media_type_essence(ct).ok_or(Unbindable::ContentType)?,
+        };
+        if is_json_essence(&content_type) {
+            json = Some((content_type, jcs::Canonical::parse(body)?));
+        } else {
+            let sha256 = body_sha256.copied().unwrap_or_else(|| sha256(body));
+            param = BodyParam::Raw { content_type, sha256 };
+        }
+    }
+    let params = ParameterObject::new(method, target, headers.as_deref(), param)?;
+    let mut sink = Sha256Sink::new();
+    match &json {
+        Some((content_type, doc)) => {
+            use jcs::Sink as _;
+            sink.put(b"{\"body\":");
+            doc.write_to(&mut sink);
+            sink.put(b",\"content_type\":");
+            jcs::write_string_bytes(&mut sink, content_type.as_bytes());
+            sink.put(b",");
+            params.write_tail(&mut sink);
+        }
+        None => params.write_to(&mut sink),
+    }
+    Ok(format_prefixed(&sink.finish()))
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@
 //! JCS is not "serde_json with sorted keys": `serde_json` sorts by UTF-8 bytes and prints floats its own
 //! way (`1e21` as `1e21`, ECMAScript as `1e+21`).
 
-use std::borrow::Cow;
-
 use core::cell::Cell;
 use core::cmp::Ordering;
 use core::fmt;
@@ -250,7 +248,7 @@ impl<'a> DecimalText<'a> {
 }
 
 /// `true` when two decimal number texts denote the same value (`-0` and `0` both denote zero).
-fn decimal_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn decimal_eq(a: &[u8], b: &[u8]) -> bool {
     /// Leading zeros, significant digits, and the decimal exponent of the first significant digit.
     fn normal(d: &DecimalText<'_>) -> Option<(usize, usize, i64)> {
         let total = d.int.len().saturating_add(d.frac.len());
@@ -299,7 +297,7 @@ fn classify(err: &serde_json::Error) -> IJsonError {
 }
 
 /// `true` for U+FDD0..=U+FDEF and the last two code points of every plane.
-fn is_noncharacter(c: char) -> bool {
+pub(crate) fn is_noncharacter(c: char) -> bool {
     let n = u32::from(c);
     (0xFDD0..=0xFDEF).contains(&n) || (n & 0xFFFE) == 0xFFFE
 }
@@ -425,185 +423,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 // The lean path: bytes straight to canonical bytes
 // ---------------------------------------------------------------------------------------------------
 
-/// A parsed I-JSON value that borrows its strings from the input where it can (no escapes) and
-/// keeps object members in a vector sorted in UTF-16 order: what [`canonicalize_ijson`] needs and
-/// nothing more. A [`Value`] would own every string and member name and keep members in a
-/// `BTreeMap`, which costs the filter (under V8) about twice the time and several times the memory
-/// on a large body.
-enum Node<'a> {
-    Null,
-    Bool(bool),
-    /// Every number as its binary64 value, as ECMAScript reads it (RFC 8785 §3.2.2.3).
-    Num(f64),
-    Str(Cow<'a, str>),
-    Arr(Vec<Node<'a>>),
-    Obj(Vec<(Cow<'a, str>, Node<'a>)>),
-}
-
-/// Member names, borrowed when unescaped; checked like every other string.
-struct NameSeed<'f>(ValueSeed<'f>);
-
-impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NameSeed<'_> {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        check_chars(v).map_err(|f| self.0.fail(f))?;
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        check_chars(v).map_err(|f| self.0.fail(f))?;
-        Ok(Cow::Owned(v.to_owned()))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(self.0.string(v)?))
-    }
-}
-
-/// Deserializes one [`Node`] with the same I-JSON rules as [`ValueSeed`].
-#[derive(Clone, Copy)]
-struct NodeSeed<'f>(ValueSeed<'f>);
-
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
-    type Value = Node<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NodeSeed<'_> {
-    type Value = Node<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an I-JSON value")
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Node::Null)
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Node::Null)
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Node::Bool(v))
-    }
-
-    #[allow(clippy::cast_precision_loss)]
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Node::Num(v as f64))
-    }
-
-    #[allow(clippy::cast_precision_loss)]
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Node::Num(v as f64))
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        if v.is_finite() {
-            Ok(Node::Num(v))
-        } else {
-            Err(self.0.fail(IJsonError::NumberOutOfRange))
-        }
-    }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        check_chars(v).map_err(|f| self.0.fail(f))?;
-        Ok(Node::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        check_chars(v).map_err(|f| self.0.fail(f))?;
-        Ok(Node::Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Node::Str(Cow::Owned(self.0.string(v)?)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let inner = NodeSeed(self.0.enter()?);
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(item) = seq.next_element_seed(inner)? {
-            items.push(item);
-        }
-        Ok(Node::Arr(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let inner = self.0.enter()?;
-        let mut members: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
-        while let Some(name) = map.next_key_seed(NameSeed(inner))? {
-            let value = map.next_value_seed(NodeSeed(inner))?;
-            members.push((name, value));
-        }
-        // Sorted once, in canonical order; equal neighbours are duplicate names.
-        if members.windows(2).any(|w| matches!(w, [a, b] if cmp_utf16(&a.0, &b.0) != Ordering::Less)) {
-            members.sort_by(|a, b| cmp_utf16(&a.0, &b.0));
-            for w in members.windows(2) {
-                if let [a, b] = w {
-                    if a.0 == b.0 {
-                        return Err(inner.fail(IJsonError::DuplicateMember(a.0.clone().into_owned())));
-                    }
-                }
-            }
-        }
-        Ok(Node::Obj(members))
-    }
-}
-
-type NodeMember<'a> = (Cow<'a, str>, Node<'a>);
-type NodeMemberFn<'m, 'a> = fn(&'m NodeMember<'a>) -> (&'m str, &'m Node<'a>);
-type NodeMembers<'m, 'a> = core::iter::Map<core::slice::Iter<'m, NodeMember<'a>>, NodeMemberFn<'m, 'a>>;
-
-fn node_member<'m, 'a>(m: &'m NodeMember<'a>) -> (&'m str, &'m Node<'a>) {
-    (m.0.as_ref(), &m.1)
-}
-
-impl<'a> Tree for Node<'a> {
-    type Members<'m>
-        = NodeMembers<'m, 'a>
-    where
-        Self: 'm;
-
-    fn shape<'s>(&'s self) -> Shape<'s, Self> {
-        match self {
-            Node::Null => Shape::Null,
-            Node::Bool(b) => Shape::Bool(*b),
-            Node::Num(f) => Shape::Num(*f),
-            Node::Str(s) => Shape::Str(s),
-            Node::Arr(items) => Shape::Arr(items),
-            // Already in canonical order (sorted while parsing).
-            Node::Obj(members) => {
-                let f: NodeMemberFn<'s, 'a> = node_member;
-                Shape::Obj(members.iter().map(f))
-            }
-        }
-    }
-}
+pub use crate::jcs_stream::{Canonical, Sink};
 
 /// Parse strict I-JSON and append its RFC 8785 canonical form to `out`, without building a
-/// [`Value`]: the same acceptance rules and errors as [`parse_ijson`] (the tests hold the two paths
-/// to each other), for the filter's bound calls.
+/// [`Value`] (see [`Canonical`]): the same acceptance rules as [`parse_ijson`] (the tests hold the
+/// two paths to each other), for the filter's bound calls.
 pub fn canonicalize_ijson_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), IJsonError> {
-    let text = core::str::from_utf8(bytes).map_err(|_| IJsonError::InvalidUtf8)?;
-    let node = strict(text, |seed, de| NodeSeed(seed).deserialize(de))?;
-    write_tree(&node, out);
+    Canonical::parse(bytes)?.write_to(out);
     Ok(())
 }
 
@@ -661,100 +487,63 @@ fn members(map: &Map<String, Value>) -> Members<'_> {
     }
 }
 
-/// What the canonical writer needs of one JSON value.
-enum Shape<'t, T: Tree + 't> {
-    Null,
-    Bool(bool),
-    /// Written through its binary64 value.
-    Num(f64),
-    Str(&'t str),
-    Arr(&'t [T]),
-    /// Members in UTF-16 order of their names.
-    Obj(T::Members<'t>),
+enum Frame<'t> {
+    Array(core::slice::Iter<'t, Value>, bool),
+    Object(Members<'t>, bool),
 }
 
-/// A JSON tree the canonical writer can walk: [`Value`] (the portal, most tests) and the lean
-/// borrowed tree of [`canonicalize_ijson_into`] (the filter). One writer for both, so the two
-/// paths print alike by construction; the tests hold their parsers to each other.
-trait Tree: Sized {
-    type Members<'m>: Iterator<Item = (&'m str, &'m Self)>
-    where
-        Self: 'm;
-    fn shape(&self) -> Shape<'_, Self>;
-}
-
-impl Tree for Value {
-    type Members<'m> = Members<'m>;
-
-    fn shape(&self) -> Shape<'_, Self> {
-        match self {
-            Value::Null => Shape::Null,
-            Value::Bool(b) => Shape::Bool(*b),
-            Value::Number(n) => Shape::Num(number_f64(n)),
-            Value::String(s) => Shape::Str(s),
-            Value::Array(items) => Shape::Arr(items),
-            Value::Object(map) => Shape::Obj(members(map)),
-        }
-    }
-}
-
-enum Frame<'t, T: Tree + 't> {
-    Array(core::slice::Iter<'t, T>, bool),
-    Object(T::Members<'t>, bool),
-}
-
-/// Append the canonical form of `root`. Iterative: the depth of the tree costs heap (one small
-/// frame per open container), never stack.
-fn write_tree<T: Tree>(root: &T, out: &mut Vec<u8>) {
-    let mut stack: Vec<Frame<'_, T>> = Vec::new();
+/// Write the canonical form of `root` to `out`. Iterative: the depth of the tree costs heap (one
+/// small frame per open container), never stack.
+pub(crate) fn write_value<S: Sink + ?Sized>(root: &Value, out: &mut S) {
+    let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut next = Some(root);
     loop {
         if let Some(v) = next.take() {
-            match v.shape() {
-                Shape::Null => out.extend_from_slice(b"null"),
-                Shape::Bool(true) => out.extend_from_slice(b"true"),
-                Shape::Bool(false) => out.extend_from_slice(b"false"),
-                Shape::Num(f) => write_f64(out, f),
-                Shape::Str(s) => write_string(out, s),
-                Shape::Arr(items) => {
-                    out.push(b'[');
+            match v {
+                Value::Null => out.put(b"null"),
+                Value::Bool(true) => out.put(b"true"),
+                Value::Bool(false) => out.put(b"false"),
+                Value::Number(n) => put_f64(out, number_f64(n)),
+                Value::String(s) => write_string_bytes(out, s.as_bytes()),
+                Value::Array(items) => {
+                    out.put(b"[");
                     stack.push(Frame::Array(items.iter(), true));
                 }
-                Shape::Obj(members) => {
-                    out.push(b'{');
-                    stack.push(Frame::Object(members, true));
+                Value::Object(map) => {
+                    out.put(b"{");
+                    stack.push(Frame::Object(members(map), true));
                 }
             }
         }
         let Some(top) = stack.last_mut() else {
             break;
         };
-        let close = match top {
+        let close: Option<&[u8]> = match top {
             Frame::Array(items, first) => match items.next() {
                 Some(item) => {
                     if !core::mem::replace(first, false) {
-                        out.push(b',');
+                        out.put(b",");
                     }
                     next = Some(item);
                     None
                 }
-                None => Some(b']'),
+                None => Some(b"]"),
             },
             Frame::Object(members, first) => match members.next() {
                 Some((name, item)) => {
                     if !core::mem::replace(first, false) {
-                        out.push(b',');
+                        out.put(b",");
                     }
-                    write_string(out, name);
-                    out.push(b':');
+                    write_string_bytes(out, name.as_bytes());
+                    out.put(b":");
                     next = Some(item);
                     None
                 }
-                None => Some(b'}'),
+                None => Some(b"}"),
             },
         };
         if let Some(c) = close {
-            out.push(c);
+            out.put(c);
             stack.pop();
         }
     }
@@ -766,7 +555,7 @@ fn write_tree<T: Tree>(root: &T, out: &mut Vec<u8>) {
 /// Non-finite numbers cannot be held by a `serde_json::Value` built with this crate's features; should
 /// one appear anyway it is written as `null`, as ECMAScript's `JSON.stringify` does.
 pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
-    write_tree(value, out);
+    write_value(value, out);
 }
 
 /// Compare two strings by their UTF-16 code units (RFC 8785 §3.2.3), without transcoding.
@@ -775,7 +564,12 @@ pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
 /// (UTF-8 lead byte 0xEE/0xEF, one UTF-16 unit 0xE000..) and non-BMP characters (lead 0xF0..0xF4,
 /// surrogate units 0xD800..): there UTF-16 puts the non-BMP character first.
 pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
-    for (&x, &y) in a.as_bytes().iter().zip(b.as_bytes()) {
+    cmp_utf16_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`cmp_utf16`] over the UTF-8 bytes of two strings.
+pub(crate) fn cmp_utf16_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    for (&x, &y) in a.iter().zip(b) {
         if x != y {
             // The first differing byte lies in the first differing character, at the same offset in
             // both. If it is a continuation byte the lead bytes agree, and so do the orders.
@@ -808,20 +602,28 @@ fn number_f64(n: &Number) -> f64 {
 
 /// Append `f` as ECMAScript `Number.prototype.toString` prints it (`-0` as `0`); non-finite as `null`.
 pub fn write_f64(out: &mut Vec<u8>, f: f64) {
+    put_f64(out, f);
+}
+
+fn put_f64<S: Sink + ?Sized>(out: &mut S, f: f64) {
     if f.is_finite() {
         let mut buf = ryu_js::Buffer::new();
-        out.extend_from_slice(buf.format_finite(f).as_bytes());
+        out.put(buf.format_finite(f).as_bytes());
     } else {
-        out.extend_from_slice(b"null");
+        out.put(b"null");
     }
 }
 
 /// Append `s` as a JSON string escaped per RFC 8785 §3.2.2.2: only `"`, `\` and U+0000..U+001F are
 /// escaped (`\b \t \n \f \r` in short form, the rest as lower-case `\u00xx`); all else is raw UTF-8.
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len().saturating_add(2));
-    out.push(b'"');
+    out.reserve(s.len().saturating_add(2));
+    write_string_bytes(out, s.as_bytes());
+}
+
+/// [`write_string`] of the UTF-8 bytes of a string, to any sink.
+pub(crate) fn write_string_bytes<S: Sink + ?Sized>(out: &mut S, bytes: &[u8]) {
+    out.put(b"\"");
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short: &[u8] = match b {
@@ -835,18 +637,16 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
             0x00..=0x1F => b"",
             _ => continue,
         };
-        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        out.put(bytes.get(start..i).unwrap_or_default());
         if short.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(hex_digit(b >> 4));
-            out.push(hex_digit(b & 0x0F));
+            out.put(&[b'\\', b'u', b'0', b'0', hex_digit(b >> 4), hex_digit(b & 0x0F)]);
         } else {
-            out.extend_from_slice(short);
+            out.put(short);
         }
         start = i.saturating_add(1);
     }
-    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
-    out.push(b'"');
+    out.put(bytes.get(start..).unwrap_or_default());
+    out.put(b"\"");
 }
 
 fn hex_digit(nibble: u8) -> u8 {

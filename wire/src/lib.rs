@@ -12,6 +12,7 @@ pub mod decimal;
 pub mod digest;
 pub mod dpop;
 pub mod jcs;
+mod jcs_stream;
 pub mod jose;
 pub mod jws;
 pub mod p256_fast;

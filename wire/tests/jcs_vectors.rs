@@ -956,3 +956,216 @@ fn lean_path_agrees_with_value_path() {
     // The grammar must exercise both outcomes substantially, or this test proves little.
     assert!(ok > 3000 && refused > 3000, "accepted {ok}, refused {refused}");
 }
+
+// ------------------------------------------------------------------------------------------------
+// The streaming digest (issue 16): canonical bytes written straight into SHA-256
+// ------------------------------------------------------------------------------------------------
+
+/// The filter's digest never materialises the canonical form: `request_parameter_digest` checks a
+/// JSON body and writes it canonically into the SHA-256 state. On generated documents (numbers with
+/// exponents, `-0`, large and tiny magnitudes; escapes and surrogate pairs in names and values;
+/// unsorted, non-BMP and duplicate names; nesting up to and beyond the limit) it must give exactly
+/// `sha256` of the canonical bytes the value path prints, and refuse exactly what it refuses.
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn streaming_digest_equals_sha256_of_canonical_form() {
+    use missiongate_wire::digest::{request_parameter_digest, sha256, Sha256Sink};
+    use missiongate_wire::jcs::{Canonical, Sink};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+    fn number(r: &mut Rng) -> String {
+        let sign = if r.below(3) == 0 { "-" } else { "" };
+        let int = match r.below(5) {
+            0 => "0".to_owned(),
+            1 => format!("{}", r.below(10)),
+            2 => format!("{}", r.next() % 1_000_000_000_000_000),
+            3 => format!("{}", r.next()),
+            _ => format!("{}{}", r.below(9) + 1, "0".repeat(r.below(30) as usize)),
+        };
+        let frac = match r.below(5) {
+            0 | 1 => String::new(),
+            2 => format!(".{}", r.below(1000)),
+            3 => format!(".{}{}", "0".repeat(r.below(9) as usize), r.below(100_000)),
+            _ => format!(".{}0", r.below(10)),
+        };
+        let exp = match r.below(6) {
+            0 => format!("e{}", r.below(30)),
+            1 => format!("E-{}", r.below(330)),
+            2 => format!("e+{}", r.below(310)),
+            _ => String::new(),
+        };
+        format!("{sign}{int}{frac}{exp}")
+    }
+    fn string(r: &mut Rng) -> String {
+        const PIECES: &[&str] = &[
+            "a",
+            "b",
+            "sku",
+            "qty",
+            "\\u0061",
+            "\\u20ac",
+            "\u{20ac}",
+            "\\ud83d\\ude00",
+            "\u{1f600}",
+            "\u{fb33}",
+            "\\\"",
+            "\\\\",
+            "\\/",
+            "\\b\\f\\n\\r\\t",
+            "\\u0000",
+            "\\u001F",
+            "\u{7f}",
+            "\u{e000}",
+            "\u{10fffd}",
+            "é",
+            " ",
+        ];
+        const RARE: &[&str] = &["\\ud83d", "\\ude00", "\\uffff", "\u{fdd0}", "\\ud800\\u0041", "\\x"];
+        let mut s = String::from("\"");
+        for _ in 0..r.below(4) {
+            if r.below(60) == 0 {
+                s.push_str(RARE[r.below(RARE.len() as u64) as usize]);
+            } else {
+                s.push_str(PIECES[r.below(PIECES.len() as u64) as usize]);
+            }
+        }
+        s.push('"');
+        s
+    }
+    fn value(r: &mut Rng, depth: usize, out: &mut String) {
+        let leaf = depth >= 5 || r.below(3) == 0;
+        match if leaf { r.below(4) } else { 4 + r.below(2) } {
+            0 => out.push_str(&number(r)),
+            1 => out.push_str(&string(r)),
+            2 => out.push_str(["true", "false", "null", "-0", "-0.0e5", "1e21", "5e-324"][r.below(7) as usize]),
+            3 => out.push_str(&number(r)),
+            4 => {
+                out.push('{');
+                for i in 0..r.below(6) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&string(r));
+                    out.push_str([":", " : ", ":\n\t"][r.below(3) as usize]);
+                    value(r, depth + 1, out);
+                }
+                out.push('}');
+            }
+            _ => {
+                out.push('[');
+                for i in 0..r.below(6) {
+                    if i > 0 {
+                        out.push_str([",", " , "][r.below(2) as usize]);
+                    }
+                    value(r, depth + 1, out);
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    let json_ct = hdrs(&[("Content-Type", "application/json")]);
+    let stream = |doc: &[u8]| -> Result<[u8; 32], IJsonError> {
+        let c = Canonical::parse(doc)?;
+        let mut sink = Sha256Sink::new();
+        c.write_to(&mut sink);
+        Ok(sink.finish())
+    };
+    let mut corpus: Vec<Vec<u8>> = vec![
+        br#"{"a":1,"b":2,"a":1}"#.to_vec(),
+        br#"{"a":1,"\u0061":2}"#.to_vec(),
+        "{\"\u{1f600}\":1,\"\\ud83d\\ude00\":2}".as_bytes().to_vec(),
+        br#"[{"x":{"k":true,"k":false}}]"#.to_vec(),
+        format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH)).into_bytes(),
+        format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1)).into_bytes(),
+        format!("{}1{}", r#"{"z":{"a":"#.repeat(MAX_DEPTH / 2), "}}".repeat(MAX_DEPTH / 2)).into_bytes(),
+        format!("{}1{}", r#"{"a":"#.repeat(MAX_DEPTH + 1), "}".repeat(MAX_DEPTH + 1)).into_bytes(),
+        br#"[-0, 0.0, -0.000, 1e21, 1e-7, 0.000001, 0.0000001, 123.4500, 100e-9, 9007199254740992]"#.to_vec(),
+        br#"[9007199254740993]"#.to_vec(),
+        br#"[1e400]"#.to_vec(),
+        br#"[1e-400, "\ud800"]"#.to_vec(),
+    ];
+    let mut r = Rng(0x0123_4567_89ab_cdef);
+    for _ in 0..6000 {
+        let mut doc = String::new();
+        value(&mut r, 0, &mut doc);
+        corpus.push(doc.into_bytes());
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for doc in &corpus {
+        let shown = String::from_utf8_lossy(doc);
+        let via_value = parse_ijson(doc).map(|v| canonicalize(&v));
+        let streamed = stream(doc);
+        let bound = request_parameter_digest("POST", PAYMENTS, &json_ct, &[], doc, None);
+        match (&via_value, &streamed) {
+            (Ok(c), Ok(h)) => {
+                assert_eq!(*h, sha256(c), "{shown}");
+                assert_eq!(canonicalize_ijson(doc).as_ref(), Ok(c), "{shown}");
+                let (want, _) = request_digest("POST", PAYMENTS, &json_ct, &[], doc).unwrap();
+                assert_eq!(bound.as_ref(), Ok(&want), "{shown}");
+                ok += 1;
+            }
+            (Err(a), Err(b)) => {
+                let kind = |e: &IJsonError| std::mem::discriminant(e);
+                if kind(a) != kind(b) {
+                    assert!(
+                        matches!(a, IJsonError::DuplicateMember(_)) || matches!(b, IJsonError::DuplicateMember(_)),
+                        "{a:?} vs {b:?} for {shown}"
+                    );
+                }
+                assert_eq!(bound, Err(Unbindable::Body(b.clone())), "{shown}");
+                refused += 1;
+            }
+            _ => panic!("the paths disagree on {shown}: value {via_value:?}, streamed {streamed:?}"),
+        }
+    }
+    assert!(ok > 1500 && refused > 300, "accepted {ok}, refused {refused}");
+
+    // Duplicate names are refused by name, as before.
+    assert_eq!(stream(br#"{"a":1,"b":2,"a":1}"#), Err(IJsonError::DuplicateMember("a".into())));
+    assert_eq!(stream(br#"{"a":1,"\u0061":2}"#), Err(IJsonError::DuplicateMember("a".into())));
+
+    // A raw body: the same digest with or without its hash given, and a wrong media type is refused first.
+    let text = hdrs(&[("content-type", "text/plain"), ("idempotency-key", "k-1")]);
+    let effect = vec!["idempotency-key".to_owned()];
+    let raw = b"hello, partner".repeat(1000);
+    let (want, _) = request_digest("PUT", UPLOAD, &text, &effect, &raw).unwrap();
+    assert_eq!(request_parameter_digest("PUT", UPLOAD, &text, &effect, &raw, None).unwrap(), want);
+    assert_eq!(request_parameter_digest("PUT", UPLOAD, &text, &effect, &raw, Some(&sha256(&raw))).unwrap(), want);
+    let twice = hdrs(&[("content-type", "text/plain"), ("content-type", "text/plain")]);
+    assert_eq!(request_parameter_digest("PUT", UPLOAD, &twice, &[], &raw, None), Err(Unbindable::ContentType));
+    let repeated = hdrs(&[("idempotency-key", "a"), ("Idempotency-Key", "b"), ("content-type", "application/json")]);
+    // The body's fault is reported before the repeated header, as `request_digest` does.
+    assert_eq!(
+        request_parameter_digest("POST", PAYMENTS, &repeated, &effect, b"{\"a\":1,\"a\":2}", None),
+        request_digest("POST", PAYMENTS, &repeated, &effect, b"{\"a\":1,\"a\":2}").map(|(d, _)| d)
+    );
+    assert_eq!(
+        request_parameter_digest("POST", PAYMENTS, &repeated, &effect, b"{}", None),
+        Err(Unbindable::RepeatedHeader("idempotency-key".into()))
+    );
+    assert_eq!(request_parameter_digest("GET", PAYMENTS, &json_ct, &[], b"", None).unwrap(), {
+        request_digest("GET", PAYMENTS, &json_ct, &[], b"").unwrap().0
+    });
+
+    // The sink's buffer: any split of the writes gives the hash of their concatenation.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for step in [1usize, 7, 63, 64, 511, 512, 513, 1500, 4095, 4096, 4097, 10_000] {
+        let mut sink = Sha256Sink::new();
+        for chunk in data.chunks(step) {
+            sink.put(chunk);
+        }
+        assert_eq!(sink.finish(), sha256(&data), "chunks of {step}");
+    }
+}

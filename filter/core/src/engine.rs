@@ -124,6 +124,8 @@ pub struct Extra<'a> {
     pub unreadable: &'a [String],
     /// The complete body, once buffered (empty slice = no body).
     pub body: Option<&'a [u8]>,
+    /// The SHA-256 of `body`, when the host hashed it as it arrived (a body bound by its hash).
+    pub body_sha256: Option<&'a [u8; 32]>,
     /// The PDP's answer for this request, once it came.
     pub pdp: Option<&'a PdpAnswer>,
 }
@@ -852,14 +854,15 @@ impl Engine {
             let target = format!("{}{}", dest.origin(), raw_target(req.path));
             // Every header occurrence goes in: a repeated effect-bearing header (or Content-Type on a
             // body) is unbindable. The detail names the rule only, never body bytes or header values.
-            match missiongate_wire::digest::request_digest(
+            match missiongate_wire::digest::request_parameter_digest(
                 &req.method.to_ascii_uppercase(),
                 &target,
                 extra.headers,
                 dest.effect_headers(),
                 body,
+                extra.body_sha256,
             ) {
-                Ok((d, _)) => Some(d),
+                Ok(d) => Some(d),
                 Err(e) => {
                     return Err(Step::deny(
                         Reason::BodyNotCanonicalizable,

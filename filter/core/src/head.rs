@@ -121,7 +121,7 @@ impl Head {
 
     /// What the engine reads beyond the request line, with what the host has gathered.
     pub fn extra<'a>(&'a self, body: Option<&'a [u8]>, pdp: Option<&'a PdpAnswer>) -> Extra<'a> {
-        Extra { headers: &self.headers, unreadable: &self.unreadable, body, pdp }
+        Extra { headers: &self.headers, unreadable: &self.unreadable, body, body_sha256: None, pdp }
     }
 }
 

@@ -28,6 +28,8 @@
 use crate::decision::{Evidence, Reason, Response};
 use crate::engine::{Attempts, Callout, Need, Outcome, PdpAnswer};
 use crate::head::Head;
+use missiongate_wire::digest;
+use sha2::{Digest, Sha256};
 
 /// How a client event is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,26 @@ pub trait Host {
     fn reply(&mut self, response: &Response);
     /// Read the first `len` bytes of the request body Envoy holds (`None`: it could not be read).
     fn read_body(&mut self, len: usize) -> Option<Vec<u8>>;
+    /// Read `len` bytes of the request body Envoy holds, from byte `start`: how a body that is not
+    /// JSON is hashed as its chunks arrive. `None` (also the default): not read; the machine then
+    /// reads the whole body once it is complete, with [`Host::read_body`].
+    fn read_body_at(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        let _ = (start, len);
+        None
+    }
+    /// [`Host::decide`] with the SHA-256 of `body` when the machine computed it as the body arrived
+    /// (a body bound by its hash); the default ignores it (the engine then hashes the body itself).
+    fn decide_hashed(
+        &mut self,
+        head: &Head,
+        body: Option<&[u8]>,
+        body_sha256: Option<&[u8; 32]>,
+        pdp: Option<&PdpAnswer>,
+        attempts: Attempts,
+    ) -> Outcome {
+        let _ = body_sha256;
+        self.decide(head, body, pdp, attempts)
+    }
     /// Wait for a shared callout (keys, Mission Status): register and dispatch it if nobody has.
     /// Returns its timeout in milliseconds, or `None` when it could not be dispatched.
     fn wait(&mut self, need: &Need) -> Option<u64>;
@@ -113,6 +135,33 @@ pub struct Stream {
     complete: bool,
     /// Body bytes Envoy holds for the request (the last body callback's size).
     buffered: usize,
+    /// A body bound by its hash (not JSON), read and hashed chunk by chunk while it arrives, so
+    /// its end never costs a hash of the whole body at once.
+    raw: Option<RawBody>,
+    /// The SHA-256 of `body`, when `raw` computed it.
+    body_sha256: Option<[u8; 32]>,
+}
+
+/// The part of a body read so far, and its running SHA-256.
+#[derive(Debug, Clone, Default)]
+struct RawBody {
+    sha: Sha256,
+    bytes: Vec<u8>,
+}
+
+/// Whether a bound body of this request is digested by its hash (SPEC §6: any media type other than
+/// JSON, or no `Content-Type`), so it can be hashed as it arrives. Anything unusual (a repeated or
+/// unreadable `Content-Type`, one that is not a media type) is left to the engine on the whole body.
+fn bound_by_hash(head: &Head) -> bool {
+    if head.unreadable.iter().any(|h| h.eq_ignore_ascii_case("content-type")) {
+        return false;
+    }
+    let mut types = head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    match (types.next(), types.next()) {
+        (None, _) => true,
+        (Some((_, ct)), None) => digest::media_type_essence(ct).is_some_and(|e| !digest::is_json_media_type(&e)),
+        _ => false,
+    }
 }
 
 impl Default for Stream {
@@ -132,6 +181,8 @@ impl Stream {
             pdp: None,
             complete: false,
             buffered: 0,
+            raw: None,
+            body_sha256: None,
         }
     }
 
@@ -170,6 +221,7 @@ impl Stream {
                     self.deny(host, Reason::BodyTooLarge, "request body exceeds the limit for a bound call");
                     return Verdict::Pause;
                 }
+                self.hash_arrived(host);
                 if !self.complete {
                     return Verdict::Pause;
                 }
@@ -242,8 +294,46 @@ impl Stream {
     pub fn on_gone(&mut self) {
         self.state = State::Gone;
         self.head = None;
-        self.body = None;
+        self.forget_body();
         self.pdp = None;
+    }
+
+    fn forget_body(&mut self) {
+        self.body = None;
+        self.raw = None;
+        self.body_sha256 = None;
+    }
+
+    /// Read and hash the body bytes that arrived since the last call, if the body is hashed as it
+    /// arrives. If a part cannot be read, the whole body is read once complete instead.
+    fn hash_arrived(&mut self, host: &mut dyn Host) {
+        let Some(raw) = self.raw.as_mut() else { return };
+        let from = raw.bytes.len();
+        if self.buffered <= from {
+            if self.buffered < from {
+                self.raw = None;
+            }
+            return;
+        }
+        let len = self.buffered - from;
+        match host.read_body_at(from, len) {
+            Some(chunk) if chunk.len() == len => {
+                raw.sha.update(&chunk);
+                raw.bytes.extend_from_slice(&chunk);
+            }
+            _ => self.raw = None,
+        }
+    }
+
+    /// The complete body and its SHA-256, if it was hashed as it arrived.
+    fn finish_raw(&mut self, host: &mut dyn Host) -> Option<Vec<u8>> {
+        self.hash_arrived(host);
+        let raw = self.raw.take()?;
+        if raw.bytes.len() != self.buffered {
+            return None;
+        }
+        self.body_sha256 = Some(raw.sha.finalize().into());
+        Some(raw.bytes)
     }
 
     /// The answer to a client event once nothing is left to decide.
@@ -271,7 +361,7 @@ impl Stream {
         self.state = State::Denied;
         host.evidence(ev);
         host.reply(resp);
-        self.body = None;
+        self.forget_body();
         self.pdp = None;
     }
 
@@ -284,12 +374,18 @@ impl Stream {
                 self.deny(host, Reason::GatewayError, "the request headers are missing");
                 return Verdict::Pause;
             };
-            let outcome = host.decide(head, self.body.as_deref(), self.pdp.as_ref(), self.attempts);
+            let outcome = host.decide_hashed(
+                head,
+                self.body.as_deref(),
+                self.body_sha256.as_ref(),
+                self.pdp.as_ref(),
+                self.attempts,
+            );
             match outcome {
                 Outcome::Allow(ev) => {
                     self.state = State::Allowed;
                     host.evidence(&ev);
-                    self.body = None;
+                    self.forget_body();
                     self.pdp = None;
                     if client {
                         return Verdict::Continue;
@@ -312,9 +408,21 @@ impl Stream {
                     }
                     if !self.complete {
                         self.state = State::BufferingBody;
+                        if self.raw.is_none() && self.head.as_ref().is_some_and(bound_by_hash) {
+                            self.raw = Some(RawBody::default());
+                        }
+                        self.hash_arrived(host);
                         return Verdict::Pause;
                     }
-                    let body = if self.buffered == 0 { Some(Vec::new()) } else { host.read_body(self.buffered) };
+                    let body = if self.buffered == 0 {
+                        self.raw = None;
+                        Some(Vec::new())
+                    } else {
+                        match self.finish_raw(host) {
+                            Some(b) => Some(b),
+                            None => host.read_body(self.buffered),
+                        }
+                    };
                     match body {
                         Some(b) => self.body = Some(b),
                         None => {

@@ -680,3 +680,130 @@ fn a_ledger_bucket_is_bounded_and_refuses_when_full() {
     let r = Denial::new(Reason::ReplayStoreFull, "full").render("mg", None, "d");
     assert!(r.headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
 }
+
+// ------------------------------------------------------------------ raw bodies, hashed as they arrive
+
+/// What the engine was given: the body and its SHA-256, if the machine computed it.
+type Decided = (Option<Vec<u8>>, Option<[u8; 32]>);
+
+/// A host that holds the body Envoy buffered so far and can read any part of it.
+struct ChunkHost {
+    buffered: Vec<u8>,
+    /// `Some(n)`: ranged reads fail from the `n`-th on.
+    fail_ranged_from: Option<usize>,
+    ranged: Vec<(usize, usize)>,
+    whole: Vec<usize>,
+    decided: Vec<Decided>,
+}
+
+impl Host for ChunkHost {
+    fn decide(&mut self, head: &Head, body: Option<&[u8]>, pdp: Option<&PdpAnswer>, attempts: Attempts) -> Outcome {
+        self.decide_hashed(head, body, None, pdp, attempts)
+    }
+    fn decide_hashed(
+        &mut self,
+        _head: &Head,
+        body: Option<&[u8]>,
+        body_sha256: Option<&[u8; 32]>,
+        _pdp: Option<&PdpAnswer>,
+        _attempts: Attempts,
+    ) -> Outcome {
+        self.decided.push((body.map(<[u8]>::to_vec), body_sha256.copied()));
+        if body.is_none() {
+            return Outcome::Need(Need::Body);
+        }
+        Outcome::Allow(Evidence { decision: Decision::Allow, ..Evidence::default() })
+    }
+    fn refuse(&mut self, reason: Reason, detail: &str) -> (Response, Evidence) {
+        (Denial::new(reason, detail).render("mg", None, "d"), Evidence::default())
+    }
+    fn evidence(&mut self, _: &Evidence) {}
+    fn reply(&mut self, _: &Response) {}
+    fn read_body(&mut self, len: usize) -> Option<Vec<u8>> {
+        self.whole.push(len);
+        self.buffered.get(..len).map(<[u8]>::to_vec)
+    }
+    fn read_body_at(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        self.ranged.push((start, len));
+        if self.fail_ranged_from.is_some_and(|n| self.ranged.len() > n) {
+            return None;
+        }
+        self.buffered.get(start..start + len).map(<[u8]>::to_vec)
+    }
+    fn wait(&mut self, _: &Need) -> Option<u64> {
+        None
+    }
+    fn dispatch_pdp(&mut self, _: &Callout) -> bool {
+        false
+    }
+    fn resume(&mut self) {}
+    fn max_body(&self) -> usize {
+        1 << 20
+    }
+}
+
+fn chunk_run(content_type: Option<&str>, fail_ranged_from: Option<usize>) -> ChunkHost {
+    let mut pairs = vec![
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "api.example"),
+        (":path", "/v1/x"),
+        ("authorization", "Bearer t"),
+    ];
+    if let Some(ct) = content_type {
+        pairs.push(("content-type", ct));
+    }
+    let mut host = ChunkHost {
+        buffered: Vec::new(),
+        fail_ranged_from,
+        ranged: Vec::new(),
+        whole: Vec::new(),
+        decided: Vec::new(),
+    };
+    let mut s = Stream::new();
+    assert_eq!(s.on_headers(&mut host, Head::from_pairs(&pairs), false, NOW), Verdict::Pause);
+    assert_eq!(*s.state(), State::BufferingBody);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<&[u8]> = body.chunks(16_384).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        host.buffered.extend_from_slice(c);
+        let eos = i + 1 == chunks.len();
+        let size = host.buffered.len();
+        let v = s.on_body(&mut host, size, eos, NOW);
+        assert_eq!(v, if eos { Verdict::Continue } else { Verdict::Pause });
+    }
+    assert_eq!(*s.state(), State::Allowed);
+    let (got, _) = host.decided.last().unwrap();
+    assert_eq!(got.as_deref(), Some(&body[..]), "the engine sees the whole body, unchanged");
+    host
+}
+
+/// A body bound by its hash (not JSON) is read and hashed chunk by chunk: each range once, in
+/// order, and the engine gets its SHA-256 with the bytes; a JSON body is read once, whole, as before;
+/// a host that cannot read a range leaves the whole body to be read at its end.
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn raw_bodies_are_hashed_as_their_chunks_arrive() {
+    for ct in [Some("text/plain; charset=utf-8"), None, Some("application/octet-stream")] {
+        let host = chunk_run(ct, None);
+        let mut at = 0;
+        for &(start, len) in &host.ranged {
+            assert_eq!(start, at, "{ct:?}: ranges are read in order, once each");
+            at += len;
+        }
+        assert_eq!(at, host.buffered.len());
+        assert!(host.ranged.len() >= 6, "{ct:?}: {:?}", host.ranged);
+        assert!(host.whole.is_empty(), "{ct:?}: the whole body is never read again");
+        let (_, sha) = host.decided.last().unwrap();
+        assert_eq!(*sha, Some(missiongate_wire::digest::sha256(&host.buffered)), "{ct:?}");
+    }
+    for ct in ["application/json", "application/problem+json", "not a media type"] {
+        let host = chunk_run(Some(ct), None);
+        assert!(host.ranged.is_empty(), "{ct}: {:?}", host.ranged);
+        assert_eq!(host.whole, vec![host.buffered.len()], "{ct}");
+        assert_eq!(host.decided.last().unwrap().1, None, "{ct}");
+    }
+    let host = chunk_run(Some("text/plain"), Some(2));
+    assert_eq!(host.whole, vec![host.buffered.len()], "after a failed range the body is read whole");
+    assert_eq!(host.decided.last().unwrap().1, None);
+}
