@@ -14,6 +14,7 @@
 //!   then run in front of both replicas with a gateway behind it; a replica killed or cut off from
 //!   the database leaves the rotation and nothing fails.
 
+use missiongate_testkit::envoy::EnvoyCmd;
 use missiongate_tests::envoy::{self, Envoy, Opts};
 use missiongate_tests::http::{Req, Response};
 use missiongate_tests::portal::Portal;
@@ -469,50 +470,6 @@ fn kill_9_of_a_replica_and_a_postgres_restart_under_load() {
     drop(pg);
 }
 
-/// The balancer: a plain Envoy (no filter, so not `envoy::Envoy`, which checks the filter's VM).
-struct Balancer {
-    child: std::process::Child,
-}
-
-impl Balancer {
-    fn start(yaml: &str, admin: u16) -> Balancer {
-        let dir = missiongate_tests::repo_root().join("target/e2e");
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join(format!("portal-lb-{admin}.yaml"));
-        std::fs::write(&cfg, yaml).unwrap();
-        let log = std::fs::File::create(dir.join(format!("portal-lb-{admin}.log"))).unwrap();
-        let mut cmd = std::process::Command::new(envoy::envoy_bin());
-        cmd.arg("-c")
-            .arg(&cfg)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"])
-            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-            .stderr(std::process::Stdio::from(log));
-        let mut child = missiongate_tests::spawn(cmd).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(child.try_wait().unwrap().is_none(), "the balancer exited");
-            if let Ok(r) = Req::new("GET", "/ready").header("Host", "admin").try_send(admin) {
-                if r.status == 200 {
-                    return Balancer { child };
-                }
-            }
-            assert!(Instant::now() < deadline, "the balancer is not ready after 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `deploy/replicas/portal-lb.yaml` for these ports.
 fn portal_lb(listen: u16, admin: u16, a: u16, b: u16) -> String {
     let path = missiongate_tests::repo_root().join("deploy/replicas/portal-lb.yaml");
@@ -538,7 +495,10 @@ fn two_replicas_behind_the_shipped_portal_load_balancer() {
     let (pa, pb) = (missiongate_tests::free_port(), missiongate_tests::free_port());
     let mut a = Portal::start_replica(pa, &db, &issuer, &FRESH);
     let b = Portal::start_replica(pb, &db, &issuer, &FRESH);
-    let mut lb = Balancer::start(&portal_lb(lb_port, lb_admin, pa, pb), lb_admin);
+    // The balancer: a plain Envoy (no filter, so not `envoy::Envoy`, which checks the filter's VM).
+    let mut lb = EnvoyCmd::in_e2e_dir(portal_lb(lb_port, lb_admin, pa, pb), &format!("portal-lb-{lb_admin}"), lb_admin)
+        .start()
+        .unwrap();
     let up = Upstream::start(None);
     let gw = Envoy::start(up.port, lb_port, Opts { concurrency: 1, events: true, pdp: true, ..Opts::default() });
 
