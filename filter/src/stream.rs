@@ -183,7 +183,8 @@ impl HttpContext for HttpStream {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.vm.enter(self.id);
         // The core decides (and reads `now`) only when the body is complete; a chunk before that is
-        // only counted, so it costs no clock read. (A refusal for size reads the clock itself.)
+        // counted and, for a raw body bound to its digest, hashed as it arrives, with no clock read.
+        // (A refusal for size reads the clock itself.)
         let now = if end_of_stream { self.vm.now() } else { self.vm.recent_now() };
         let v = self.vm.drive(self.id, |m, g| m.on_body(g, body_size, end_of_stream, now));
         action(v.unwrap_or(Verdict::Pause))

@@ -208,10 +208,17 @@ fn a_large_raw_body_sent_in_chunks_binds_to_its_digest() {
     };
     let r = post(&body);
     assert_eq!(r.status, 200, "{}", r.text());
+    // Exactly the bytes that were digested reached the upstream.
+    let sent = missiongate_wire::b64::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    assert_eq!(r.json()["body_sha256"], sent.as_str());
+    assert_eq!(r.json()["body_len"], body.len());
     let reqs = w.pdp.requests();
     let e = reqs.last().unwrap();
     assert_eq!(e["action"]["properties"]["parameter_digest"], want.as_str(), "{e}");
     assert_eq!(w.up.seen("/v1/payments"), 1);
+    // Hashed chunk by chunk: the filter never fell back to one whole read at end of stream.
+    let logs = w.envoy.logs();
+    assert!(!logs.contains("missiongate: request body at") && !logs.contains("cannot read request body at"), "{logs}");
 
     // The last byte changed: another digest, refused by the permit's condition.
     let mut changed = body.clone();
