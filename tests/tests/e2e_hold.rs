@@ -19,9 +19,14 @@ use std::time::{Duration, Instant};
 
 type World = WithPdp;
 
-/// Envoy with the shipped config and `concurrency` workers; its PDP is the stand-in PDP.
+/// Envoy with the shipped config and `concurrency` workers; its PDP is the stand-in PDP. The
+/// callout timeouts are raised from the shipped 1 s to 5 s: these tests hold a request on a
+/// dependency that answers after 800 ms, and on a loaded machine 200 ms was too thin a margin
+/// before the timeout (a 503 instead of the dependency's answer). What a timeout does is tested
+/// in `e2e_pdp` and `e2e_tokens`.
 fn world(concurrency: u32) -> World {
-    WithPdp::start(Opts { concurrency, ..Opts::default() })
+    let replace = vec![("\"timeout_ms\": 1000".to_owned(), "\"timeout_ms\": 5000".to_owned())];
+    WithPdp::start(Opts { concurrency, replace, ..Opts::default() })
 }
 
 /// An HTTP/2 answer.
