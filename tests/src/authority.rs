@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,56 @@ pub enum Mode {
     Garbage,
     /// Status answers a bare 404 (no body): what a wrong endpoint path looks like.
     Bare404,
+}
+
+/// A gate a test closes to hold every answer of a stand-in until it opens it again: the test sees
+/// the filter waiting on the dependency (a request has arrived at the closed gate), checks what must
+/// hold meanwhile, then lets the answer go. Nothing races a clock.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    arrived: AtomicU64,
+}
+
+impl Gate {
+    /// Hold every answer from now on (and count arrivals from zero).
+    pub fn close(&self) {
+        self.arrived.store(0, Ordering::SeqCst);
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Let every held answer, and those after it, go.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
+    /// Requests that reached the gate since it was closed.
+    pub fn arrived(&self) -> u64 {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Block until a request has reached the closed gate (true), or `within` passed (false).
+    pub fn wait_for_arrival(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.arrived() == 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// In a handler: wait here while the gate is closed.
+    pub(crate) async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        while self.closed.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// How a [`Signer`] signs.
@@ -158,6 +209,8 @@ struct Inner {
     jwks_log: Vec<(Instant, Instant)>,
     /// JWKS requests received (counted on arrival, before any delay).
     jwks_received: u64,
+    /// Holds every answer while closed.
+    gate: Arc<Gate>,
 }
 
 /// A running stand-in authority.
@@ -178,6 +231,8 @@ struct StatusForm {
 }
 
 async fn delay(inner: &Arc<Mutex<Inner>>) -> Mode {
+    let gate = Arc::clone(&inner.lock().unwrap().gate);
+    gate.pass().await;
     let mode = inner.lock().unwrap().mode;
     if let Mode::Slow(d) = mode {
         tokio::time::sleep(d).await;
@@ -404,6 +459,7 @@ impl Authority {
             status_log: Vec::new(),
             jwks_log: Vec::new(),
             jwks_received: 0,
+            gate: Arc::new(Gate::default()),
         }));
         let a = Authority { port, issuer, inner, task: Mutex::new(None) };
         a.open();
@@ -444,6 +500,11 @@ impl Authority {
     /// Set the failure mode.
     pub fn set_mode(&self, m: Mode) {
         self.inner.lock().unwrap().mode = m;
+    }
+
+    /// The gate in front of the JWKS and Mission Status answers.
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.inner.lock().unwrap().gate)
     }
 
     /// Publish a new key; it becomes the signing key. Returns it.

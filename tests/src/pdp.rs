@@ -2,7 +2,7 @@
 //! tests: the answer it gives, and failure modes (closed, unavailable, slow, garbage). It records
 //! every evaluation request it receives, so tests can check the filter's side of the wire.
 
-use crate::authority::Mode;
+use crate::authority::{Gate, Mode};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,8 @@ struct Inner {
     requests: Vec<Value>,
     rules: Vec<Rule>,
     log: Vec<Evaluation>,
+    /// Holds every answer while closed.
+    gate: Arc<Gate>,
 }
 
 /// A running stand-in PDP.
@@ -45,6 +47,8 @@ pub struct Pdp {
 
 async fn evaluation(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::Bytes) -> Response {
     let received = Instant::now();
+    let gate = Arc::clone(&inner.lock().unwrap().gate);
+    gate.pass().await;
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let ruled = inner.lock().unwrap().rules.iter().find_map(|r| r(&request));
     if let Some((delay, answer)) = ruled {
@@ -79,6 +83,7 @@ impl Pdp {
             requests: Vec::new(),
             rules: Vec::new(),
             log: Vec::new(),
+            gate: Arc::new(Gate::default()),
         }));
         let p = Pdp { port: crate::free_port(), inner, task: Mutex::new(None) };
         p.open();
@@ -99,6 +104,11 @@ impl Pdp {
     /// The failure mode.
     pub fn set_mode(&self, m: Mode) {
         self.inner.lock().unwrap().mode = m;
+    }
+
+    /// The gate in front of every answer.
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.inner.lock().unwrap().gate)
     }
 
     /// The answer to every evaluation from now on.

@@ -9,21 +9,20 @@
 //!   serve and the Wasm VM never failed.
 
 use bytes::Bytes;
-use missiongate_tests::authority::Mode;
+use missiongate_tests::authority::Gate;
 use missiongate_tests::envoy::Opts;
 use missiongate_tests::http::Req;
 use missiongate_tests::world::WithPdp;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type World = WithPdp;
 
 /// Envoy with the shipped config and `concurrency` workers; its PDP is the stand-in PDP. The
-/// callout timeouts are raised from the shipped 1 s to 5 s: these tests hold a request on a
-/// dependency that answers after 800 ms, and on a loaded machine 200 ms was too thin a margin
-/// before the timeout (a 503 instead of the dependency's answer). What a timeout does is tested
-/// in `e2e_pdp` and `e2e_tokens`.
+/// callout timeouts are raised from the shipped 1 s to 5 s: these tests hold a dependency's answer
+/// while they look, and on a loaded machine the look may take longer than 1 s. What a timeout does
+/// is tested in `e2e_pdp` and `e2e_tokens`.
 fn world(concurrency: u32) -> World {
     let replace = vec![("\"timeout_ms\": 1000".to_owned(), "\"timeout_ms\": 5000".to_owned())];
     WithPdp::start(Opts { concurrency, replace, ..Opts::default() })
@@ -92,22 +91,32 @@ fn bearer(token: &str) -> (&'static str, Vec<u8>) {
     ("authorization", format!("Bearer {token}").into_bytes())
 }
 
-/// Send `req` in the background; after `hold` (shorter than the dependency's delay) the upstream
-/// must not have seen `path` and no answer may have come; then the answer is returned.
+/// Send `req` in the background with `gate` (in front of the dependency it will wait on) closed.
+/// Once the request has reached the gate, and a moment more in which a wrongly released request
+/// would reach the upstream, the upstream must not have seen `path` again and no answer may have come;
+/// then the gate opens and the answer is returned. Nothing here races a clock: the dependency
+/// answers only when the test lets it.
 fn held(
     w: &World,
     path: &str,
-    hold: Duration,
+    gate: &Gate,
     req: impl std::future::Future<Output = H2Response> + Send + 'static,
 ) -> H2Response {
+    let before = w.up.seen(path);
+    gate.close();
     let task = missiongate_tests::rt().spawn(req);
-    std::thread::sleep(hold);
-    assert_eq!(w.up.seen(path), 0, "{path}: the undecided request reached the upstream");
-    assert!(!task.is_finished(), "{path}: answered before the dependency did");
-    let started = Instant::now();
-    let r = missiongate_tests::rt().block_on(task).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10));
-    r
+    let asked = gate.wait_for_arrival(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = w.up.seen(path);
+    let finished = task.is_finished();
+    gate.open();
+    assert!(asked, "{path}: the dependency was never asked");
+    assert_eq!(seen, before, "{path}: the undecided request reached the upstream");
+    assert!(!finished, "{path}: answered before the dependency did");
+    let r = missiongate_tests::rt().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("an answer once the dependency answered")
+    });
+    r.unwrap()
 }
 
 fn reason(r: &H2Response) -> String {
@@ -117,25 +126,26 @@ fn reason(r: &H2Response) -> String {
 #[test]
 fn h2_trailers_never_push_an_undecided_request_through() {
     let w = world(1);
-    let slow = Duration::from_millis(800);
-    let hold = Duration::from_millis(400);
+    let (authority, pdp) = (w.auth.gate(), w.pdp.gate());
     let trailers = || Some(vec![("x-checksum", "abc")]);
 
-    // 1. Waiting for Mission Status (a Mission not seen yet; the authority is slow and says revoked).
+    // 1. Waiting for Mission Status (a Mission not seen yet; the authority, held, says revoked).
     let (mission, token) = w.auth.active_token();
     w.auth.set_mission(&mission, "revoked");
-    w.auth.set_mode(Mode::Slow(slow));
     let path = "/v1/hold-status";
     let r = held(
         &w,
         path,
-        hold,
+        &authority,
         h2_send(w.envoy.port, "POST", path, vec![bearer(&token)], vec![b"a".to_vec()], trailers()),
     );
     assert_eq!((r.status, reason(&r).as_str()), (401, "mission_inactive"), "{r:?}");
     assert_eq!(w.up.seen(path), 0);
 
     // 2. Waiting for the issuer's keys (a new kid), then Mission Status: allowed once both came.
+    // An unknown kid is refetched only when the last JWKS fetch is `jwks_min_refetch_seconds` (1 s,
+    // counted in whole seconds) old; before that it is refused at once. Let that pass first.
+    std::thread::sleep(Duration::from_millis(2100));
     let signer = w.auth.rotate("k-hold");
     let (mission, _) = w.auth.active_token();
     let token = signer.sign("at+jwt", &w.auth.claims(&mission));
@@ -143,28 +153,26 @@ fn h2_trailers_never_push_an_undecided_request_through() {
     let r = held(
         &w,
         path,
-        hold,
+        &authority,
         h2_send(w.envoy.port, "POST", path, vec![bearer(&token)], vec![b"b".to_vec()], trailers()),
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(w.up.seen(path), 1);
-    w.auth.set_mode(Mode::Normal);
 
-    // 3. Waiting for the PDP (outside the Authority Set): a slow refusal is the answer.
+    // 3. Waiting for the PDP (outside the Authority Set): a held refusal is the answer.
     let (_, token) = w.auth.active_token();
     w.pdp.answer(json!({"decision": false, "context": {"reason": "held"}}));
-    w.pdp.set_mode(Mode::Slow(slow));
     let path = "/v2/hold-pdp";
     let r = held(
         &w,
         path,
-        hold,
+        &pdp,
         h2_send(w.envoy.port, "POST", path, vec![bearer(&token)], vec![b"c".to_vec()], trailers()),
     );
     assert_eq!((r.status, reason(&r).as_str()), (403, "pdp_denied"), "{r:?}");
     assert_eq!(w.up.seen(path), 0);
 
-    // 4. The body of a bound call, ended by trailers: the trailers complete it, the PDP (slow)
+    // 4. The body of a bound call, ended by trailers: the trailers complete it, the PDP (held)
     // decides on its digest, and the permit forwards exactly that body.
     let (_, token) = w.auth.active_token();
     w.pdp.answer(json!({"decision": true, "context": {"evaluation_id": missiongate_tests::rand_id("eval_")}}));
@@ -173,7 +181,7 @@ fn h2_trailers_never_push_an_undecided_request_through() {
     let path = "/v1/payments";
     let headers = vec![bearer(&token), ("content-type", b"application/json".to_vec())];
     let port = w.envoy.port;
-    let r = held(&w, path, hold, h2_send(port, "POST", path, headers, vec![a.to_vec(), b.to_vec()], trailers()));
+    let r = held(&w, path, &pdp, h2_send(port, "POST", path, headers, vec![a.to_vec(), b.to_vec()], trailers()));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(w.up.seen(path), 1);
     let echoed = r.json();
@@ -188,15 +196,10 @@ fn h2_trailers_never_push_an_undecided_request_through() {
     w.pdp.answer(json!({"decision": false, "context": {"reason": "no"}}));
     let headers = vec![bearer(&token), ("content-type", b"application/json".to_vec())];
     let before = w.up.seen(path);
-    let task =
-        missiongate_tests::rt().spawn(h2_send(port, "POST", path, headers, vec![a.to_vec(), b.to_vec()], trailers()));
-    std::thread::sleep(hold);
-    assert_eq!(w.up.seen(path), before, "a refused bound call reached the upstream early");
-    let r = missiongate_tests::rt().block_on(task).unwrap();
+    let r = held(&w, path, &pdp, h2_send(port, "POST", path, headers, vec![a.to_vec(), b.to_vec()], trailers()));
     assert_eq!((r.status, reason(&r).as_str()), (403, "pdp_denied"), "{r:?}");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(w.up.seen(path), before);
-    w.pdp.set_mode(Mode::Normal);
+    assert_eq!(w.up.seen(path), before, "a refused bound call reached the upstream");
     w.envoy.assert_healthy();
 }
 
