@@ -211,3 +211,99 @@ fn rs256_tokens_get_the_same_answer_from_boringssl_and_from_rust() {
     let ps = Signer::rsa("rsa-e2e", "a2048", "PS256").sign("at+jwt", &claims);
     both("valid PS256 token", &Req::new("GET", "/v1/items").bearer(&ps), 200, "");
 }
+
+/// The Envoy process serving `port` (its config lives in a directory named after the port).
+fn envoy_pid(port: u16) -> u32 {
+    let tag = format!("envoy-{port}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        let exe = cmd.split('\0').next().unwrap_or_default();
+        if cmd.contains(&tag) && exe.ends_with("envoy") {
+            return pid;
+        }
+    }
+    panic!("no Envoy process for :{port}");
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Envoy CPU time per request on each gateway, same requests, interleaved blocks (`--ignored`;
+/// VERIFYSIG_ROUNDS, VERIFYSIG_BLOCK). Prints, per scenario, ms of Envoy CPU per request on each and
+/// the ratio of the sums and the median per-round ratio. Run at nice 19 on a loaded host: CPU time,
+/// not wall clock, and only the ratio means much.
+#[test]
+#[ignore]
+fn measure_envoy_cpu_per_request_host_against_pure() {
+    let w = world();
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (rounds, block) = (env("VERIFYSIG_ROUNDS", 10), env("VERIFYSIG_BLOCK", 200));
+    let (hp, pp) = (envoy_pid(w.host.port), envoy_pid(w.pure.port));
+    let holder = SigningKey::generate_p256();
+    let id = rand_id("msn_");
+    w.auth.set_mission(&id, "active");
+    let mut claims = w.auth.claims(&id);
+    claims["cnf"] = json!({"jkt": thumbprint(&holder)});
+    let bound = w.auth.token(&claims);
+    let plain = w.auth.claims(&id);
+    let tick_ms = 10.0;
+    type Make<'a> = Box<dyn Fn() -> Req + 'a>;
+    let scenarios: Vec<(&str, Make)> = vec![
+        (
+            "DPoP-bound token, fresh ES256 proof per request",
+            Box::new(|| dpop(&bound, &proof(&holder, &holder, &bound))),
+        ),
+        (
+            "fresh RS256 token per request (cold: not in the token cache)",
+            Box::new(|| {
+                let mut c = plain.clone();
+                c["jti"] = json!(rand_id("jti_"));
+                Req::new("GET", "/v1/items").bearer(&w.rsa.sign("at+jwt", &c))
+            }),
+        ),
+    ];
+    for (name, make) in scenarios {
+        let (mut sum_h, mut sum_p, mut ratios) = (0u64, 0u64, Vec::new());
+        for round in 0..rounds {
+            let reqs: Vec<Req> = (0..block).map(|_| make()).collect();
+            let run = |port: u16, pid: u32| {
+                let t0 = cpu_ticks(pid);
+                for r in &reqs {
+                    assert_eq!(r.send(port).status, 200, "{name}");
+                }
+                cpu_ticks(pid) - t0
+            };
+            let (h, p) = if round % 2 == 0 {
+                let h = run(w.host.port, hp);
+                (h, run(w.pure.port, pp))
+            } else {
+                let p = run(w.pure.port, pp);
+                (run(w.host.port, hp), p)
+            };
+            sum_h += h;
+            sum_p += p;
+            if h > 0 {
+                ratios.push(p as f64 / h as f64);
+            }
+        }
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        let n = (rounds * block) as f64;
+        println!(
+            "verifysig-e2e: {name}: Envoy CPU per request: host {:.3} ms, pure {:.3} ms; pure/host {:.2} (sum), median per round {:.2} ({} rounds x {} requests)",
+            sum_h as f64 * tick_ms / n,
+            sum_p as f64 * tick_ms / n,
+            sum_p as f64 / sum_h.max(1) as f64,
+            ratios.get(ratios.len() / 2).copied().unwrap_or(0.0),
+            rounds,
+            block
+        );
+    }
+}
