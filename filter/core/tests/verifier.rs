@@ -174,7 +174,7 @@ fn calls() -> usize {
 
 // ---- the tests -----------------------------------------------------------------------------------
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_arguments_carry_openssls_own_encodings() {
     let v = vectors();
@@ -203,7 +203,7 @@ fn the_arguments_carry_openssls_own_encodings() {
     assert_eq!(a, want);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn der_integers_are_minimal_and_positive() {
     let mut r = [0u8; 32];
@@ -224,7 +224,7 @@ fn der_integers_are_minimal_and_positive() {
     assert_eq!(der.len(), 40);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn only_inputs_both_paths_agree_on_go_to_the_host() {
     let ec = SigningKey::from_secret_bytes(Alg::Es256, &[0x31; 32]).unwrap();
@@ -271,7 +271,7 @@ fn only_inputs_both_paths_agree_on_go_to_the_host() {
     assert_eq!(route(&rkey, Alg::Es256, msg, &sig), Route::Pure);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_answer_is_read_strictly() {
     assert_eq!(answer(&[0x08, 0x01]), Some(true));
@@ -291,7 +291,7 @@ fn the_answer_is_read_strictly() {
     assert_eq!(answer(&[0x08, 0x80]), None);
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_probe_vector_is_a_valid_signature() {
     let (spki, der_sig, msg) = probe_vector();
@@ -302,7 +302,7 @@ fn the_probe_vector_is_a_valid_signature() {
     assert_eq!(stand_in_verdict(&arguments(&spki, &der_sig, &tampered)), Some(false));
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_probe_keeps_the_pure_path_unless_the_host_answers_right() {
     assert!(HostVerifier::probe(stand_in).is_ok());
@@ -335,7 +335,7 @@ fn agree(host: &HostVerifier, cases: &[Case<'_>]) {
     }
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_host_verifier_answers_as_the_pure_path() {
     let host = HostVerifier::probe(stand_in).unwrap();
@@ -402,7 +402,7 @@ fn the_host_verifier_answers_as_the_pure_path() {
     assert_eq!(calls() - before, routed, "not every routed signature reached the host");
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn a_host_that_fails_mid_life_leaves_the_answer_to_the_pure_path() {
     thread_local! {
