@@ -5,6 +5,8 @@
 #                          (min / median over the blocks) and what both paths answer on valid,
 #                          tampered, wrong-key and malformed inputs. About 15 s; VERIFYSIG_PROBE
 #                          ("<rounds> <per_block>", default "40 20"). VERIFYSIG-FINDINGS.md has the figures.
+#                          VERIFYSIG_PROBE="diff 1000": instead, the filter's HostVerifier against the
+#                          pure path on pseudo-random ES256 and RS256 inputs; logs the disagreements.
 
 .PHONY: verifysig-probe
 verifysig-probe: wasm-target

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run the probe once in a real Envoy (nice 19, one worker, a random base id and ports) and print
-# its `verifysig:` log lines. Usage: bench/verifysig-probe/run.sh ["<rounds> <per_block>"]
+# its `verifysig:` log lines. Usage: bench/verifysig-probe/run.sh ["<rounds> <per_block>" | "diff <n>"]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -17,7 +17,7 @@ pid=$!
 rounds=${config%% *}
 i=0
 while [ $i -lt 600 ]; do
-  if grep -q "verifysig: rounds" "$dir/envoy.log" 2>/dev/null; then break; fi
+  if grep -qE "verifysig: (rounds|diff)" "$dir/envoy.log" 2>/dev/null; then break; fi
   if ! kill -0 $pid 2>/dev/null; then break; fi
   sleep 1
   i=$((i + 1))

@@ -7,6 +7,11 @@
 //! over the blocks (a `warn` line starting `verifysig:`), and what each path answered on valid,
 //! tampered, wrong-key and malformed inputs. The plugin configuration is `"<rounds> <per_block>"`
 //! (default `"40 20"`). Never part of a deployment: `make verifysig-probe` (mk/verifysig.mk).
+//!
+//! With the configuration `"diff <n>"` it instead runs a differential check at configure: the
+//! filter's `HostVerifier` (BoringSSL through `verify_signature` where `route` says so) against the
+//! pure path on `n` rounds of pseudo-random ES256 keys, messages and mangled signatures, plus RS256 on
+//! the fixed RSA test keys, and logs how many inputs each got and how many answers differed.
 
 use missiongate_wire::jose::{Alg, Jwk, VerifyingKey};
 use proxy_wasm::traits::{Context, RootContext};
@@ -269,6 +274,10 @@ impl RootContext for Probe {
             }
         };
         let text = String::from_utf8_lossy(&config);
+        if let Some(n) = text.trim().strip_prefix("diff") {
+            differential(n.trim().parse().unwrap_or(500));
+            return true;
+        }
         let mut it = text.split_whitespace().filter_map(|w| w.parse::<usize>().ok());
         self.rounds = it.next().unwrap_or(40);
         self.per_block = it.next().unwrap_or(20);
@@ -420,4 +429,149 @@ fn agreement(v: &Vectors) {
         lines.push(format!("{name}: pure {pure} foreign {foreign:?}"));
     }
     log(&format!("verifysig: agreement | {}", lines.join(" | ")));
+}
+
+// ---- differential mode ---------------------------------------------------------------------------
+
+const RSA_TEST_KEYS: &str = include_str!("../../../wire/tests/data/rsa_test_keys.json");
+
+fn envoy_verify_signature(arguments: &[u8]) -> Option<Vec<u8>> {
+    let name = missiongate_core::verifier::FOREIGN_FUNCTION;
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut len = 0usize;
+    // SAFETY: as in `foreign_verify`.
+    unsafe {
+        let st = proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            arguments.as_ptr(),
+            arguments.len(),
+            &mut ptr,
+            &mut len,
+        );
+        if st != 0 {
+            return None;
+        }
+        Some(if ptr.is_null() { Vec::new() } else { Vec::from_raw_parts(ptr, len, len) })
+    }
+}
+
+/// xorshift64*: reproducible inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7,
+    0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+fn order_minus(x: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_ORDER[i]) - i16::from(x[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = d.rem_euclid(256) as u8;
+    }
+    out
+}
+
+fn differential(rounds: usize) {
+    use missiongate_core::verifier::{route, HostVerifier, Route};
+    use missiongate_wire::jose::{PureVerifier, SigningKey, Verifier};
+    let host = match HostVerifier::probe(envoy_verify_signature) {
+        Ok(h) => h,
+        Err(e) => {
+            log(&format!("verifysig: diff: no host verifier: {e}"));
+            return;
+        }
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut checked, mut routed, mut accepted, mut differ) = (0usize, 0usize, 0usize, Vec::new());
+    let mut check = |what: &str, key: &VerifyingKey, alg: Alg, msg: &[u8], sig: &[u8]| {
+        let h = host.verify(key, alg, msg, sig).is_ok();
+        let p = PureVerifier.verify(key, alg, msg, sig).is_ok();
+        checked += 1;
+        routed += usize::from(matches!(route(key, alg, msg, sig), Route::Foreign(_)));
+        accepted += usize::from(p);
+        if h != p && differ.len() < 10 {
+            differ.push(format!("{what}: host {h} pure {p}"));
+        }
+    };
+    for _ in 0..rounds {
+        let Ok(sk) = SigningKey::from_secret_bytes(Alg::Es256, &rng.bytes(32)) else { continue };
+        let key = match sk.public_jwk(None).verifying_key() {
+            Ok(k) => k,
+            Err(_) => continue,
+        };
+        let len = rng.below(600);
+        let msg = rng.bytes(len);
+        let sig = sk.sign_bytes(&msg);
+        check("valid", &key, Alg::Es256, &msg, &sig);
+        let high = [&sig[..32], &order_minus(&sig[32..])[..]].concat();
+        check("high-S", &key, Alg::Es256, &msg, &high);
+        let mut flipped = sig.clone();
+        let bit = rng.below(512);
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        check("bit flip", &key, Alg::Es256, &msg, &flipped);
+        check("random r||s", &key, Alg::Es256, &msg, &rng.bytes(64));
+        let mut near = sig.clone();
+        let k = rng.below(3);
+        let mut edge = P256_ORDER.to_vec();
+        edge[31] = edge[31].wrapping_sub(k as u8); // n, n-1, n-2
+        near[32..].copy_from_slice(&edge);
+        check("s near n", &key, Alg::Es256, &msg, &near);
+        let mut other = msg.clone();
+        other.push(rng.next() as u8);
+        check("other message", &key, Alg::Es256, &other, &sig);
+        check("swapped", &key, Alg::Es256, &msg, &[&sig[32..], &sig[..32]].concat());
+        let small = [&[0u8; 31][..], &[1u8][..], &sig[32..]].concat();
+        check("r = 1", &key, Alg::Es256, &msg, &small);
+    }
+    // RS256 on the fixed test keys.
+    let keys: serde_json::Value = serde_json::from_str(RSA_TEST_KEYS).unwrap_or_default();
+    let rsa: Vec<SigningKey> = ["a2048", "b2048", "c2048"]
+        .iter()
+        .filter_map(|n| {
+            let k = keys.get(*n)?;
+            let p = hex(k.get("p")?.as_str()?);
+            let q = hex(k.get("q")?.as_str()?);
+            SigningKey::rsa_from_primes(Alg::Rs256, &p, &q).ok()
+        })
+        .collect();
+    for i in 0..rounds.min(60) {
+        let Some(sk) = rsa.get(i % rsa.len().max(1)) else { break };
+        let Ok(key) = sk.public_jwk(None).verifying_key() else { continue };
+        let len = rng.below(600);
+        let msg = rng.bytes(len);
+        let sig = sk.sign_bytes(&msg);
+        check("rs256 valid", &key, Alg::Rs256, &msg, &sig);
+        let mut flipped = sig.clone();
+        let bit = rng.below(sig.len() * 8);
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        check("rs256 bit flip", &key, Alg::Rs256, &msg, &flipped);
+        check("rs256 random", &key, Alg::Rs256, &msg, &rng.bytes(sig.len()));
+        let mut other = msg.clone();
+        other.push(1);
+        check("rs256 other message", &key, Alg::Rs256, &other, &sig);
+    }
+    log(&format!(
+        "verifysig: diff: {checked} inputs, {routed} routed to verify_signature, {accepted} accepted, {} disagreements {:?}",
+        differ.len(),
+        differ
+    ));
 }
