@@ -108,6 +108,14 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_call_foreign_function(
+        name_data: *const u8,
+        name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
 }
 
 fn check(status: u32) -> Result<(), Status> {
@@ -189,6 +197,24 @@ pub fn buffer_at(which: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Sta
         NOT_FOUND => Ok(Vec::new()),
         s => Err(Status(s)),
     }
+}
+
+/// Call the host's foreign function `name` (Envoy's `verify_signature`, say): its result bytes.
+pub fn call_foreign(name: &str, arguments: &[u8]) -> Result<Vec<u8>, Status> {
+    counted();
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: pointers and lengths of live buffers; out-pointers to locals that outlive the call.
+    check(unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            arguments.as_ptr(),
+            arguments.len(),
+            &mut data,
+            &mut size,
+        )
+    })?;
+    Ok(owned(data, size))
 }
 
 /// Answer the current request locally.

@@ -7,6 +7,7 @@ use crate::{abi, log, Vm};
 use missiongate_core::decision::Reason;
 use missiongate_core::engine::counter_names;
 use missiongate_core::stream::Stream;
+use missiongate_core::verifier::{HostVerifier, FOREIGN_FUNCTION};
 use missiongate_core::{Config, Engine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -39,6 +40,30 @@ fn seed() -> [u8; 32] {
         }
     }
     seed
+}
+
+/// Envoy's `verify_signature` foreign function, through [`abi::call_foreign`].
+fn envoy_verify_signature(arguments: &[u8]) -> Option<Vec<u8>> {
+    abi::call_foreign(FOREIGN_FUNCTION, arguments).ok()
+}
+
+/// Hand ES256 under keys without tables and RS256 to Envoy's BoringSSL when this host has
+/// `verify_signature` and it answers a known vector right (probed once per configuration); the pure
+/// path otherwise, and always when the VM's environment sets `MISSIONGATE_VERIFIER=pure` (the
+/// operator's way back, and the e2e test's reference). Returns the line to log.
+fn choose_verifier(engine: &mut Engine) -> String {
+    if std::env::var("MISSIONGATE_VERIFIER").is_ok_and(|v| v == "pure") {
+        return "missiongate: signatures verified in Rust (MISSIONGATE_VERIFIER=pure)".into();
+    }
+    match HostVerifier::probe(envoy_verify_signature) {
+        Ok(v) => {
+            engine.set_verifier(Rc::new(v));
+            "missiongate: signatures verified by Envoy's verify_signature for ES256 without key tables and RS256, \
+             in Rust otherwise"
+                .into()
+        }
+        Err(why) => format!("missiongate: signatures verified in Rust ({why})"),
+    }
 }
 
 impl Vm {
@@ -132,8 +157,9 @@ impl RootContext for Root {
         // baseline-compiled code a fresh VM runs) is built on the first tick, after start rather
         // than in the way of Envoy's readiness; a request that needs it before then builds it itself.
         self.generator_pending = true;
-        *self.vm.engine.borrow_mut() =
-            Some(Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() }));
+        let mut engine = Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() });
+        log(abi::Level::Info, &choose_verifier(&mut engine));
+        *self.vm.engine.borrow_mut() = Some(engine);
         if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
             log(abi::Level::Critical, &format!("missiongate: set_tick_period failed: status {}", e.0));
             return false;

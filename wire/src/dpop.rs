@@ -7,7 +7,7 @@
 //! [`Step`] to its own message.
 
 use crate::claims::{DpopClaims, TYP_DPOP};
-use crate::jose::Alg;
+use crate::jose::{Alg, PureVerifier, Verifier};
 use crate::jws;
 
 /// Longest proof accepted, in bytes.
@@ -110,6 +110,16 @@ pub fn check<E>(
     expect: &Expect<'_>,
     claims: impl FnOnce(&DpopClaims) -> Result<(), E>,
 ) -> Result<Checked, Refusal<E>> {
+    check_with(proof, expect, claims, &PureVerifier)
+}
+
+/// [`check`] with the caller's [`Verifier`] for the proof's signature.
+pub fn check_with<E>(
+    proof: &str,
+    expect: &Expect<'_>,
+    claims: impl FnOnce(&DpopClaims) -> Result<(), E>,
+    verifier: &dyn Verifier,
+) -> Result<Checked, Refusal<E>> {
     let step = Refusal::Step;
     if proof.len() > MAX_PROOF_BYTES {
         return Err(step(Step::TooLarge));
@@ -129,7 +139,7 @@ pub fn check<E>(
     if expect.jkt.is_some_and(|want| want != jkt) {
         return Err(step(Step::KeyMismatch));
     }
-    opened.verify(&key).map_err(|s| {
+    opened.verify_with(&key, verifier).map_err(|s| {
         step(match s {
             jws::Step::SignatureEncoding => Step::SignatureEncoding,
             _ => Step::Signature,

@@ -482,7 +482,10 @@ fn members(map: &Map<String, Value>) -> Members<'_> {
         Members::InOrder(map.iter())
     } else {
         let mut sorted: Vec<(&String, &Value)> = map.iter().collect();
-        sorted.sort_unstable_by(|a, b| cmp_utf16(a.0, b.0));
+        // Stable, not `sort_unstable_by`: the result is the same (member names are distinct and the
+        // UTF-16 order is total), and the unstable sort was a 19.8 KB instantiation in the filter's
+        // .wasm at opt-level 3 against about 7 KB for this one.
+        sorted.sort_by(|a, b| cmp_utf16(a.0, b.0));
         Members::Sorted(sorted.into_iter())
     }
 }

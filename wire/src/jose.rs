@@ -299,6 +299,12 @@ impl RsaKey {
         Ok(RsaKey(std::sync::Arc::new(key)))
     }
 
+    /// The modulus `n` and the public exponent `e`, unsigned big-endian without leading zeros.
+    pub fn components(&self) -> (Vec<u8>, Vec<u8>) {
+        use rsa::traits::PublicKeyParts;
+        (self.0.n().to_bytes_be(), self.0.e().to_bytes_be())
+    }
+
     /// Modulus length in bits.
     pub fn bits(&self) -> usize {
         use rsa::traits::PublicKeyParts;
@@ -389,6 +395,24 @@ impl VerifyingKey {
             }
             VerifyingKey::Rsa(key, _) => key.verify(alg, signing_input, signature),
         }
+    }
+}
+
+/// Who checks a signature for [`crate::jws`] and [`crate::dpop`]: [`PureVerifier`] (this crate, what
+/// every caller gets by default), or a host's own that must answer exactly as [`VerifyingKey::verify`]
+/// does for every input (the filter hands some signatures to Envoy's BoringSSL where it is faster).
+pub trait Verifier {
+    /// Verify `signature` over `signing_input` with `key` and `alg`, as [`VerifyingKey::verify`].
+    fn verify(&self, key: &VerifyingKey, alg: Alg, signing_input: &[u8], signature: &[u8]) -> Result<(), JoseError>;
+}
+
+/// [`VerifyingKey::verify`], pure Rust.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PureVerifier;
+
+impl Verifier for PureVerifier {
+    fn verify(&self, key: &VerifyingKey, alg: Alg, signing_input: &[u8], signature: &[u8]) -> Result<(), JoseError> {
+        key.verify(alg, signing_input, signature)
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`verify`], which runs them in order). Each caller keeps its own policy: which `typ`, which
 //! algorithms, where keys come from, and how a refused step is reported.
 
-use crate::jose::{Alg, Compact, Header, VerifyingKey};
+use crate::jose::{Alg, Compact, Header, PureVerifier, Verifier, VerifyingKey};
 
 /// Every algorithm missiongate knows (all asymmetric: `none` and HMAC never parse).
 pub const ALL_ALGS: [Alg; 4] = [Alg::Es256, Alg::EdDsa, Alg::Rs256, Alg::Ps256];
@@ -92,8 +92,13 @@ impl Opened<'_> {
 
     /// Check the signature with `key` (found by the caller, by `kid`).
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), Step> {
+        self.verify_with(key, &PureVerifier)
+    }
+
+    /// [`Opened::verify`] with the caller's [`Verifier`].
+    pub fn verify_with(&self, key: &VerifyingKey, verifier: &dyn Verifier) -> Result<(), Step> {
         let sig = self.parts.signature_bytes().map_err(|_| Step::SignatureEncoding)?;
-        key.verify(self.alg, self.parts.signing_input.as_bytes(), &sig).map_err(|_| Step::Signature)
+        verifier.verify(key, self.alg, self.parts.signing_input.as_bytes(), &sig).map_err(|_| Step::Signature)
     }
 }
 
@@ -112,9 +117,19 @@ pub fn verify<'k, E>(
     policy: &Policy<'_>,
     key: impl FnOnce(&Header, Alg) -> Result<&'k VerifyingKey, E>,
 ) -> Result<(Header, Vec<u8>), Refusal<E>> {
+    verify_with(token, policy, key, &PureVerifier)
+}
+
+/// [`verify`] with the caller's [`Verifier`].
+pub fn verify_with<'k, E>(
+    token: &str,
+    policy: &Policy<'_>,
+    key: impl FnOnce(&Header, Alg) -> Result<&'k VerifyingKey, E>,
+    verifier: &dyn Verifier,
+) -> Result<(Header, Vec<u8>), Refusal<E>> {
     let opened = open(token, policy).map_err(Refusal::Step)?;
     let k = key(&opened.header, opened.alg).map_err(Refusal::Key)?;
-    opened.verify(k).map_err(Refusal::Step)?;
+    opened.verify_with(k, verifier).map_err(Refusal::Step)?;
     let payload = opened.payload().map_err(Refusal::Step)?;
     Ok((opened.header, payload))
 }

@@ -965,7 +965,7 @@ impl FastP256Key {
     /// Precompute the table for `key`.
     #[must_use]
     pub fn new(key: &VerifyingKey) -> FastP256Key {
-        let q = key.as_affine().to_encoded_point(false);
+        let q = uncompressed(key);
         let table = affine_from_encoded(&q).and_then(|q| build_table(&q)).unwrap_or_default();
         FastP256Key { table }
     }
@@ -978,7 +978,7 @@ impl FastP256Key {
         use std::sync::{Arc, Mutex, Weak};
         type Cache = Vec<(Box<[u8]>, Weak<FastP256Key>)>;
         static CACHE: Mutex<Cache> = Mutex::new(Vec::new());
-        let id: Box<[u8]> = key.as_affine().to_encoded_point(false).as_bytes().into();
+        let id: Box<[u8]> = uncompressed(key).as_bytes().into();
         let Ok(mut cache) = CACHE.lock() else {
             return Arc::new(FastP256Key::new(key));
         };
@@ -1017,6 +1017,13 @@ impl FastP256Key {
     }
 }
 
+/// The key's uncompressed SEC1 encoding (`04 || x || y`): one copy of `p256`'s conversion for
+/// every caller (the filter's foreign-function verifier builds the key's SPKI from it).
+#[inline(never)]
+pub fn uncompressed(key: &VerifyingKey) -> p256::EncodedPoint {
+    key.as_affine().to_encoded_point(false)
+}
+
 /// Window width for the one-shot (no per-key table) path.
 const W_ONESHOT: usize = 5;
 const WINDOWS_ONESHOT: usize = 256usize.div_ceil(W_ONESHOT);
@@ -1036,7 +1043,7 @@ fn verify_once_inner(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Option<bool>
         return None;
     }
     let prep = prepare(msg, sig)?;
-    let q = affine_from_encoded(&key.as_affine().to_encoded_point(false))?;
+    let q = affine_from_encoded(&uncompressed(key))?;
     let q = if prep.u2.1 { neg_affine(&q) } else { q };
     // small[d - 1] = d * Q for d in 1..=16.
     let mut small = Vec::with_capacity(1 << (W_ONESHOT - 1));

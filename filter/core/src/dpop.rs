@@ -2,6 +2,7 @@
 
 use missiongate_wire::claims::{is_safe_id, DpopClaims};
 use missiongate_wire::dpop::{self, Step};
+use missiongate_wire::jose::{PureVerifier, Verifier};
 
 use crate::config::DpopConfig;
 use crate::decision::{Denial, Reason};
@@ -39,6 +40,17 @@ pub struct Bound<'a> {
 
 /// Check `proof` for the request in `bound`.
 pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Result<CheckedProof, Denial> {
+    check_with(cfg, proof, bound, now, &PureVerifier)
+}
+
+/// [`check`] with the host's [`Verifier`] for the proof's signature.
+pub fn check_with(
+    cfg: &DpopConfig,
+    proof: &str,
+    bound: &Bound<'_>,
+    now: i64,
+    verifier: &dyn Verifier,
+) -> Result<CheckedProof, Denial> {
     let Bound { method, origin, path, token, jkt } = *bound;
     let window = cfg.iat_window_seconds;
     let expect = dpop::Expect {
@@ -60,7 +72,7 @@ pub fn check(cfg: &DpopConfig, proof: &str, bound: &Bound<'_>, now: i64) -> Resu
         }
         Ok(())
     };
-    let checked = dpop::check(proof, &expect, shape).map_err(|r| match r {
+    let checked = dpop::check_with(proof, &expect, shape, verifier).map_err(|r| match r {
         dpop::Refusal::Caller(denial) => denial,
         dpop::Refusal::Step(step) => bad(match step {
             Step::TooLarge => "DPoP proof too large",

@@ -1,6 +1,7 @@
 //! The decision engine: one per Wasm VM (one per Envoy worker). The host layer feeds it requests and
 //! callout answers; it answers with a decision or with what it needs fetched first.
 
+use missiongate_wire::jose::{PureVerifier, Verifier};
 use missiongate_wire::problem::ProblemMission;
 use std::rc::Rc;
 
@@ -302,6 +303,18 @@ pub struct Engine {
     /// The JSON-RPC `id` of the MCP request being decided, once its body was read: its refusals
     /// are rendered as JSON-RPC errors for it (SPEC §7).
     jsonrpc_id: Option<serde_json::Value>,
+    /// Who checks signatures: the pure path unless the host sets its own ([`Engine::set_verifier`]).
+    verifier: SignatureVerifier,
+}
+
+/// The engine's [`Verifier`] (a newtype only so that `Engine` stays `Debug` without every verifier
+/// having to be).
+struct SignatureVerifier(Rc<dyn Verifier>);
+
+impl std::fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier")
+    }
 }
 
 impl Engine {
@@ -332,7 +345,15 @@ impl Engine {
             decisions_cache: std::collections::HashMap::new(),
             status_logged: std::collections::HashMap::new(),
             jsonrpc_id: None,
+            verifier: SignatureVerifier(Rc::new(PureVerifier)),
         }
+    }
+
+    /// Check every signature (access tokens, DPoP proofs, Mission Status and event answers) with
+    /// `verifier`, which must answer exactly as the pure path does (the filter passes one that asks
+    /// Envoy's BoringSSL where that is faster: [`crate::verifier`]).
+    pub fn set_verifier(&mut self, verifier: Rc<dyn Verifier>) {
+        self.verifier = SignatureVerifier(verifier);
     }
 
     fn stat(&mut self, s: Stat) {
@@ -532,7 +553,8 @@ impl Engine {
 
         // 4. Per request (README step 3): the token's expiry and audience above, then the sender
         // constraint.
-        let proof = sender_constraint(&config, req, &vt, is_dpop, &dest, path, token, now)?;
+        let signed = Signed { dest: &dest, path, token, now, verifier: &*self.verifier.0 };
+        let proof = sender_constraint(&config, req, &vt, is_dpop, &signed)?;
 
         // 5. Mission state.
         self.mission_state(&vt, now, attempts)?;
@@ -577,7 +599,7 @@ impl Engine {
             }
             None => {
                 self.stat(Stat::TokenCacheMiss);
-                match token::verify(config, &self.keys, token, now) {
+                match token::verify_with(config, &self.keys, token, now, &*self.verifier.0) {
                     Ok(v) => {
                         let v = Rc::new(v);
                         self.tokens.insert(token, Rc::clone(&v), now, config.clock_skew);
@@ -1219,7 +1241,15 @@ impl Engine {
     ) -> StatusOutcome {
         let mut out = StatusOutcome::default();
         let cause = match status {
-            Some(200) => match mission::verify_status(&self.config, &self.keys, issuer, body, mission_id, nonce, now) {
+            Some(200) => match mission::verify_status_with(
+                &self.config,
+                &self.keys,
+                issuer,
+                body,
+                (mission_id, nonce),
+                now,
+                &*self.verifier.0,
+            ) {
                 Ok(v) => {
                     self.stat(Stat::StatusFetchOk);
                     self.missions.put_status(issuer, v, now);
@@ -1316,7 +1346,7 @@ impl Engine {
             self.stat(Stat::EventsPollFailed);
             return (0, false, None);
         }
-        match mission::verify_events(&self.config, &self.keys, issuer, body, now) {
+        match mission::verify_events_with(&self.config, &self.keys, issuer, body, now, &*self.verifier.0) {
             Ok(poll) => {
                 self.stat(Stat::EventsPollOk);
                 for _ in 0..poll.refused.len() {
@@ -1408,19 +1438,26 @@ fn credentials<'r>(config: &Config, req: &Request<'r>) -> Result<(&'r str, bool)
     Ok((token, is_dpop))
 }
 
+/// What a DPoP proof is checked against, and with what.
+#[derive(Clone, Copy)]
+struct Signed<'a> {
+    dest: &'a DestinationRef<'a>,
+    path: &'a str,
+    token: &'a str,
+    now: i64,
+    verifier: &'a dyn Verifier,
+}
+
 /// Stage 4: the sender constraint. A DPoP-bound token needs exactly one valid proof for this
 /// request (remembered against replay only at the end, stage 8).
-#[allow(clippy::too_many_arguments)]
 fn sender_constraint(
     config: &Config,
     req: &Request<'_>,
     vt: &VerifiedToken,
     is_dpop: bool,
-    dest: &DestinationRef<'_>,
-    path: &str,
-    token: &str,
-    now: i64,
+    signed: &Signed<'_>,
 ) -> Result<Option<dpop::CheckedProof>, Step> {
+    let Signed { dest, path, token, now, verifier } = *signed;
     Ok(match (&vt.cnf_jkt, is_dpop) {
         (Some(_), false) => return Err(Step::deny(Reason::DpopBoundAsBearer, "DPoP-bound token presented as Bearer")),
         (None, true) => {
@@ -1434,7 +1471,7 @@ fn sender_constraint(
                 _ => return Err(Step::deny(Reason::InvalidDpopProof, "exactly one DPoP header is required")),
             };
             let bound = dpop::Bound { method: req.method, origin: dest.origin(), path, token, jkt };
-            Some(dpop::check(&config.dpop, p, &bound, now).map_err(Step::Deny)?)
+            Some(dpop::check_with(&config.dpop, p, &bound, now, verifier).map_err(Step::Deny)?)
         }
     })
 }

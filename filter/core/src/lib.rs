@@ -22,6 +22,7 @@ pub mod mission;
 pub mod stream;
 pub mod tables;
 pub mod token;
+pub mod verifier;
 pub use missiongate_wire::uri;
 
 pub use config::{Config, ConfigError};

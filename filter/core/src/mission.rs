@@ -4,6 +4,7 @@
 use missiongate_wire::claims::{
     MissionState, MissionStatusClaims, MissionStatusError, PollResponse, SetClaims, TYP_MISSION_STATUS, TYP_SET,
 };
+use missiongate_wire::jose::{PureVerifier, Verifier};
 use missiongate_wire::jws;
 use missiongate_wire::time::parse_rfc3339;
 use std::collections::HashMap;
@@ -298,13 +299,21 @@ pub enum AnswerError {
     Invalid(&'static str),
 }
 
-fn verify_jws(config: &Config, keys: &KeyStore, issuer: usize, text: &str, typ: &str) -> Result<Vec<u8>, AnswerError> {
+fn verify_jws(
+    config: &Config,
+    keys: &KeyStore,
+    issuer: usize,
+    text: &str,
+    typ: &str,
+    verifier: &dyn Verifier,
+) -> Result<Vec<u8>, AnswerError> {
     let policy = jws::Policy { typ: jws::Typ::Exact(typ), algs: &config.algs };
-    let found = jws::verify(text.trim(), &policy, |header, alg| match keys.find(issuer, header.kid.as_deref(), alg) {
+    let key = |header: &missiongate_wire::jose::Header, alg| match keys.find(issuer, header.kid.as_deref(), alg) {
         KeyLookup::Found(k) => Ok(k),
         KeyLookup::Unknown | KeyLookup::NotLoaded => Err(AnswerError::UnknownKey),
         KeyLookup::WrongType => Err(AnswerError::Invalid("alg does not match the key type")),
-    });
+    };
+    let found = jws::verify_with(text.trim(), &policy, key, verifier);
     match found {
         Ok((_, payload)) => Ok(payload),
         Err(jws::Refusal::Key(e)) => Err(e),
@@ -331,6 +340,20 @@ pub fn verify_status(
     nonce: &str,
     now: i64,
 ) -> Result<VerifiedStatus, AnswerError> {
+    verify_status_with(config, keys, issuer, body, (mission_id, nonce), now, &PureVerifier)
+}
+
+/// [`verify_status`] with the host's [`Verifier`]; `expect` is the mission id and the nonce.
+pub fn verify_status_with(
+    config: &Config,
+    keys: &KeyStore,
+    issuer: usize,
+    body: &[u8],
+    expect: (&str, &str),
+    now: i64,
+    verifier: &dyn Verifier,
+) -> Result<VerifiedStatus, AnswerError> {
+    let (mission_id, nonce) = expect;
     if body.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::Invalid("answer too large"));
     }
@@ -338,7 +361,7 @@ pub fn verify_status(
         return Err(AnswerError::Invalid("answer is not text"));
     };
     let Some(ma) = &cfg.mission_authority else { return Err(AnswerError::Invalid("not a mission authority")) };
-    let payload = verify_jws(config, keys, issuer, text, TYP_MISSION_STATUS)?;
+    let payload = verify_jws(config, keys, issuer, text, TYP_MISSION_STATUS, verifier)?;
     let claims: MissionStatusClaims = serde_json::from_slice(&payload).map_err(|_| AnswerError::Invalid("claims"))?;
     if claims.iss != cfg.issuer {
         return Err(AnswerError::Invalid("iss"));
@@ -455,6 +478,18 @@ pub fn verify_events(
     body: &[u8],
     now: i64,
 ) -> Result<VerifiedPoll, AnswerError> {
+    verify_events_with(config, keys, issuer, body, now, &PureVerifier)
+}
+
+/// [`verify_events`] with the host's [`Verifier`].
+pub fn verify_events_with(
+    config: &Config,
+    keys: &KeyStore,
+    issuer: usize,
+    body: &[u8],
+    now: i64,
+    verifier: &dyn Verifier,
+) -> Result<VerifiedPoll, AnswerError> {
     if body.len() > 4 * MAX_ANSWER_BYTES {
         return Err(AnswerError::Invalid("answer too large"));
     }
@@ -471,7 +506,7 @@ pub fn verify_events(
             refuse("invalid_request", "not a compact JWS");
             continue;
         };
-        let payload = match verify_jws(config, keys, issuer, jws, TYP_SET) {
+        let payload = match verify_jws(config, keys, issuer, jws, TYP_SET, verifier) {
             Ok(p) => p,
             Err(AnswerError::UnknownKey) => {
                 out.unknown_key += 1;

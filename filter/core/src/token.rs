@@ -1,6 +1,7 @@
 //! Access-token validation (SPEC §2): cheap checks first, the signature once, the result cached.
 
 use missiongate_wire::claims::{is_safe_id, AccessTokenClaims, Audience, TYP_ACCESS_TOKEN};
+use missiongate_wire::jose::{PureVerifier, Verifier};
 use missiongate_wire::jws;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -76,6 +77,17 @@ fn deny(reason: Reason, detail: &str) -> TokenError {
 
 /// Verify a compact access token fully. `now` is Unix seconds.
 pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+    verify_with(config, keys, token, now, &PureVerifier)
+}
+
+/// [`verify`] with the host's [`Verifier`] for the signature.
+pub fn verify_with(
+    config: &Config,
+    keys: &KeyStore,
+    token: &str,
+    now: i64,
+    verifier: &dyn Verifier,
+) -> Result<VerifiedToken, TokenError> {
     if token.len() > config.max_token_bytes {
         return Err(deny(Reason::TokenTooLarge, "token exceeds the size limit"));
     }
@@ -154,7 +166,7 @@ pub fn verify(config: &Config, keys: &KeyStore, token: &str, now: i64) -> Result
         KeyLookup::Unknown => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::UnknownKid }),
         KeyLookup::NotLoaded => return Err(TokenError::NeedKeys { issuer, why: KeysWanted::NotLoaded }),
     };
-    opened.verify(key).map_err(|step| match step {
+    opened.verify_with(key, verifier).map_err(|step| match step {
         jws::Step::SignatureEncoding => deny(Reason::TokenMalformed, "token signature encoding"),
         _ => replaced(Reason::BadSignature, "token signature is not valid"),
     })?;
