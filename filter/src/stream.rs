@@ -120,6 +120,9 @@ impl Vm {
     }
 
     /// Run an event on another request's machine, from a callout answer or the tick.
+    // Out of line: each of its callers' closures inlined the stream machine's event here, into the
+    // tick's one large function (issue 16: VM start, VMSTART-FINDINGS.md).
+    #[inline(never)]
     pub(crate) fn drive_from_afar(&self, ctx: u32, f: impl FnOnce(&mut Stream, &mut Glue<'_>)) {
         if !self.streams.borrow().contains_key(&ctx) {
             return;

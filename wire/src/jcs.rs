@@ -484,8 +484,9 @@ fn members(map: &Map<String, Value>) -> Members<'_> {
         let mut sorted: Vec<(&String, &Value)> = map.iter().collect();
         // Stable, not `sort_unstable_by`: the result is the same (member names are distinct and the
         // UTF-16 order is total), and the unstable sort was a 19.8 KB instantiation in the filter's
-        // .wasm at opt-level 3 against about 7 KB for this one.
-        sorted.sort_by(|a, b| cmp_utf16(a.0, b.0));
+        // .wasm at opt-level 3 against about 7 KB for this one. The comparison is a call of its own
+        // (see `cmp_utf16_out_of_line`) so that it is not inlined into every step of the sort.
+        sorted.sort_by(|a, b| cmp_utf16_out_of_line(a.0, b.0));
         Members::Sorted(sorted.into_iter())
     }
 }
@@ -567,6 +568,15 @@ pub fn canonicalize_into(value: &Value, out: &mut Vec<u8>) {
 /// (UTF-8 lead byte 0xEE/0xEF, one UTF-16 unit 0xE000..) and non-BMP characters (lead 0xF0..0xF4,
 /// surrogate units 0xD800..): there UTF-16 puts the non-BMP character first.
 pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    cmp_utf16_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`cmp_utf16`] as one call, for the sort in `members`: inlined into every comparison of the
+/// standard library's sort (at opt-level 3) it made that sort a single ~20 KB function, which alone
+/// took about a sixth of V8's TurboFan compile time of the whole filter at Envoy start (issue 16,
+/// VMSTART-FINDINGS.md). A call per comparison costs little next to the byte loop it runs.
+#[inline(never)]
+fn cmp_utf16_out_of_line(a: &str, b: &str) -> Ordering {
     cmp_utf16_bytes(a.as_bytes(), b.as_bytes())
 }
 
