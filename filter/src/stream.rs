@@ -4,7 +4,7 @@
 use crate::shared::SharedReplay;
 use crate::{abi, log, send, Vm};
 use missiongate_core::decision::{Evidence, Reason, Response};
-use missiongate_core::engine::{Attempts, Callout, Need, Outcome, PdpAnswer};
+use missiongate_core::engine::{Attempts, Callout, Need, Outcome, PdpAnswer, Stat};
 use missiongate_core::head::Head;
 use missiongate_core::stream::{Host, State, Stream, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -103,6 +103,14 @@ impl Host for Glue<'_> {
 
     fn max_body(&self) -> usize {
         self.vm.engine.try_borrow().ok().and_then(|g| g.as_ref().map(|e| e.config.max_body_bytes)).unwrap_or(0)
+    }
+
+    fn hash_fell_back(&mut self) {
+        if let Ok(mut guard) = self.vm.engine.try_borrow_mut() {
+            if let Some(engine) = guard.as_mut() {
+                engine.stat(Stat::BodyHashFallback);
+            }
+        }
     }
 }
 

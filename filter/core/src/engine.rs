@@ -180,10 +180,11 @@ pub enum Stat {
     EventsPollFailed,
     EventsApplied,
     EventsRejected,
+    BodyHashFallback,
 }
 
 /// Every stat, for counter definition.
-pub const ALL_STATS: [Stat; 14] = [
+pub const ALL_STATS: [Stat; 15] = [
     Stat::TokenCacheHit,
     Stat::TokenCacheMiss,
     Stat::MissionCacheHit,
@@ -198,6 +199,7 @@ pub const ALL_STATS: [Stat; 14] = [
     Stat::EventsPollFailed,
     Stat::EventsApplied,
     Stat::EventsRejected,
+    Stat::BodyHashFallback,
 ];
 
 impl Stat {
@@ -218,6 +220,7 @@ impl Stat {
             Stat::EventsPollFailed => "callout.events.failed",
             Stat::EventsApplied => "events.applied",
             Stat::EventsRejected => "events.rejected",
+            Stat::BodyHashFallback => "body.hash_fallback",
         }
     }
 }
@@ -356,7 +359,8 @@ impl Engine {
         self.verifier = SignatureVerifier(verifier);
     }
 
-    fn stat(&mut self, s: Stat) {
+    /// Count one `s` (for the host layer's own events, such as [`Stat::BodyHashFallback`]).
+    pub fn stat(&mut self, s: Stat) {
         if let Some(i) = ALL_STATS.iter().position(|x| *x == s) {
             if let Some(c) = self.stats.get_mut(i) {
                 *c += 1;

@@ -115,6 +115,9 @@ pub trait Host {
     fn resume(&mut self);
     /// Largest body a bound call may have.
     fn max_body(&self) -> usize;
+    /// A body that was being hashed as it arrived could not be (a part of it could not be read),
+    /// so it will be read and hashed whole at its end: counted, so that operators see it.
+    fn hash_fell_back(&mut self) {}
 }
 
 /// How long beyond a callout's own timeout a request waits before the tick gives up on it.
@@ -312,6 +315,7 @@ impl Stream {
         if self.buffered <= from {
             if self.buffered < from {
                 self.raw = None;
+                host.hash_fell_back();
             }
             return;
         }
@@ -321,7 +325,10 @@ impl Stream {
                 raw.sha.update(&chunk);
                 raw.bytes.extend_from_slice(&chunk);
             }
-            _ => self.raw = None,
+            _ => {
+                self.raw = None;
+                host.hash_fell_back();
+            }
         }
     }
 
@@ -330,6 +337,7 @@ impl Stream {
         self.hash_arrived(host);
         let raw = self.raw.take()?;
         if raw.bytes.len() != self.buffered {
+            host.hash_fell_back();
             return None;
         }
         self.body_sha256 = Some(raw.sha.finalize().into());

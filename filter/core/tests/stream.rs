@@ -694,6 +694,7 @@ struct ChunkHost {
     ranged: Vec<(usize, usize)>,
     whole: Vec<usize>,
     decided: Vec<Decided>,
+    fell_back: usize,
 }
 
 impl Host for ChunkHost {
@@ -740,6 +741,9 @@ impl Host for ChunkHost {
     fn max_body(&self) -> usize {
         1 << 20
     }
+    fn hash_fell_back(&mut self) {
+        self.fell_back += 1;
+    }
 }
 
 fn chunk_run(content_type: Option<&str>, fail_ranged_from: Option<usize>) -> ChunkHost {
@@ -759,6 +763,7 @@ fn chunk_run(content_type: Option<&str>, fail_ranged_from: Option<usize>) -> Chu
         ranged: Vec::new(),
         whole: Vec::new(),
         decided: Vec::new(),
+        fell_back: 0,
     };
     let mut s = Stream::new();
     assert_eq!(s.on_headers(&mut host, Head::from_pairs(&pairs), false, NOW), Verdict::Pause);
@@ -794,6 +799,7 @@ fn raw_bodies_are_hashed_as_their_chunks_arrive() {
         assert_eq!(at, host.buffered.len());
         assert!(host.ranged.len() >= 6, "{ct:?}: {:?}", host.ranged);
         assert!(host.whole.is_empty(), "{ct:?}: the whole body is never read again");
+        assert_eq!(host.fell_back, 0, "{ct:?}");
         let (_, sha) = host.decided.last().unwrap();
         assert_eq!(*sha, Some(missiongate_wire::digest::sha256(&host.buffered)), "{ct:?}");
     }
@@ -802,8 +808,10 @@ fn raw_bodies_are_hashed_as_their_chunks_arrive() {
         assert!(host.ranged.is_empty(), "{ct}: {:?}", host.ranged);
         assert_eq!(host.whole, vec![host.buffered.len()], "{ct}");
         assert_eq!(host.decided.last().unwrap().1, None, "{ct}");
+        assert_eq!(host.fell_back, 0, "{ct}: a JSON body read whole is not a fallback");
     }
     let host = chunk_run(Some("text/plain"), Some(2));
     assert_eq!(host.whole, vec![host.buffered.len()], "after a failed range the body is read whole");
     assert_eq!(host.decided.last().unwrap().1, None);
+    assert_eq!(host.fell_back, 1, "the fallback is reported to the host once");
 }
