@@ -23,10 +23,12 @@ use missiongate_core::config::EvidenceLog;
 use missiongate_core::decision::{Decision, Denial, Evidence, Reason, Response};
 use missiongate_core::engine::Need;
 use missiongate_core::stream::Stream;
+use missiongate_core::verifier::HostVerifier;
 use missiongate_core::Engine;
 use proxy_wasm::traits::RootContext;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use callouts::Kind;
 
@@ -66,6 +68,9 @@ struct Vm {
     pdp_lost: RefCell<Vec<u32>>,
     events_in_flight: RefCell<HashMap<usize, bool>>,
     metrics: RefCell<HashMap<String, u32>>,
+    /// The host verifier the engine uses, if the probe chose it: its tally is flushed as
+    /// `verify.foreign`.
+    verifier: RefCell<Option<Rc<HostVerifier>>>,
     root_id: Cell<u32>,
     /// The context whose callback is running (the SDK routes a callout's answer to it).
     active: Cell<u32>,

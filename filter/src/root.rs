@@ -5,7 +5,7 @@ use crate::shared::init_buckets;
 use crate::stream::HttpStream;
 use crate::{abi, log, Vm};
 use missiongate_core::decision::Reason;
-use missiongate_core::engine::counter_names;
+use missiongate_core::engine::{counter_names, Stat};
 use missiongate_core::stream::Stream;
 use missiongate_core::verifier::{HostVerifier, FOREIGN_FUNCTION};
 use missiongate_core::{Config, Engine};
@@ -51,18 +51,22 @@ fn envoy_verify_signature(arguments: &[u8]) -> Option<Vec<u8>> {
 /// `verify_signature` and it answers a known vector right (probed once per configuration); the pure
 /// path otherwise, and always when the VM's environment sets `MISSIONGATE_VERIFIER=pure` (the
 /// operator's way back, and the e2e test's reference). Returns the line to log.
-fn choose_verifier(engine: &mut Engine) -> String {
+fn choose_verifier(engine: &mut Engine) -> (String, Option<Rc<HostVerifier>>) {
     if std::env::var("MISSIONGATE_VERIFIER").is_ok_and(|v| v == "pure") {
-        return "missiongate: signatures verified in Rust (MISSIONGATE_VERIFIER=pure)".into();
+        return ("missiongate: signatures verified in Rust (MISSIONGATE_VERIFIER=pure)".into(), None);
     }
     match HostVerifier::probe(envoy_verify_signature) {
         Ok(v) => {
-            engine.set_verifier(Rc::new(v));
-            "missiongate: signatures verified by Envoy's verify_signature for ES256 without key tables and RS256, \
-             in Rust otherwise"
-                .into()
+            let v = Rc::new(v);
+            engine.set_verifier(v.clone());
+            (
+                "missiongate: signatures verified by Envoy's verify_signature for ES256 without key tables and RS256, \
+                 in Rust otherwise"
+                    .into(),
+                Some(v),
+            )
         }
-        Err(why) => format!("missiongate: signatures verified in Rust ({why})"),
+        Err(why) => (format!("missiongate: signatures verified in Rust ({why})"), None),
     }
 }
 
@@ -91,8 +95,12 @@ impl Vm {
     }
 
     fn flush_counters(&self) {
+        let foreign = self.verifier.borrow().as_ref().map_or(0, |v| v.take_answered());
         let mut deltas = match self.engine.borrow_mut().as_mut() {
-            Some(e) => e.take_counters(),
+            Some(e) => {
+                e.stat_n(Stat::VerifyForeign, foreign);
+                e.take_counters()
+            }
             None => return,
         };
         let uncounted = self.uncounted.replace(0);
@@ -158,7 +166,9 @@ impl RootContext for Root {
         // than in the way of Envoy's readiness; a request that needs it before then builds it itself.
         self.generator_pending = true;
         let mut engine = Engine::new(Rc::new(config), missiongate_core::Seeds { nonce: seed(), ids: seed() });
-        log(abi::Level::Info, &choose_verifier(&mut engine));
+        let (line, verifier) = choose_verifier(&mut engine);
+        log(abi::Level::Info, &line);
+        *self.vm.verifier.borrow_mut() = verifier;
         *self.vm.engine.borrow_mut() = Some(engine);
         if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
             log(abi::Level::Critical, &format!("missiongate: set_tick_period failed: status {}", e.0));

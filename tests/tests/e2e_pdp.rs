@@ -221,10 +221,11 @@ fn a_large_raw_body_sent_in_chunks_binds_to_its_digest() {
     let e = reqs.last().unwrap();
     assert_eq!(e["action"]["properties"]["parameter_digest"], want.as_str(), "{e}");
     assert_eq!(w.up.seen("/v1/payments"), 1);
-    // Hashed chunk by chunk: the filter never fell back to one whole read at end of stream. The
-    // fallback is counted before the decision, and both are flushed together, so once the allow is
-    // on /stats a fallback would be too.
+    // Hashed chunk by chunk: the filter never fell back to one whole read at end of stream. A
+    // fallback is counted before the decision, so it is flushed no later than the allow; the pause
+    // lets the flush that carried the allow finish.
     assert!(w.envoy.wait_counter(&stat("decision.allowed"), allowed + 1) > allowed);
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(w.envoy.counter(&stat("body.hash_fallback")), fallbacks, "{}", w.envoy.logs());
 
     // The last byte changed: another digest, refused by the permit's condition.

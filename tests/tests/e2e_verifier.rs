@@ -98,6 +98,24 @@ fn both(what: &str, req: &Req, status: u16, want_reason: &str) {
     assert_eq!(reason(&h), want_reason, "{what}");
 }
 
+/// Signatures a gateway's filter had Envoy's `verify_signature` answer (counted as the tick flushes).
+const FOREIGN: &str = "wasmcustom.missiongate.verify.foreign";
+
+/// Wait until the shipped gateway's `verify.foreign` has grown by at least `by` since `before`
+/// (other tests of this file run at the same time and only add to it), and check that the pure
+/// gateway, which defines the same counter, never counted one.
+fn reached_boringssl(what: &str, before: u64, by: u64) {
+    let w = world();
+    let now = w.host.wait_counter(FOREIGN, before + by);
+    assert!(
+        now >= before + by,
+        "{what}: only {} of at least {by} signatures were answered by verify_signature",
+        now - before
+    );
+    assert!(w.pure.stats().lines().any(|l| l.starts_with(&format!("{FOREIGN}: "))), "{}", w.pure.stats());
+    assert_eq!(w.pure.counter(FOREIGN), 0, "{what}: the pure gateway used verify_signature");
+}
+
 fn dpop(token: &str, proof: &str) -> Req {
     Req::new("GET", "/v1/items").header("Authorization", &format!("DPoP {token}")).header("DPoP", proof)
 }
@@ -129,6 +147,7 @@ fn dpop_proofs_get_the_same_answer_from_boringssl_and_from_rust() {
     claims["cnf"] = json!({"jkt": thumbprint(&holder)});
     let token = w.auth.token(&claims);
     let bad = "invalid_dpop_proof";
+    let before = w.host.counter(FOREIGN);
 
     both("valid proof", &dpop(&token, &proof(&holder, &holder, &token)), 200, "");
     // The other valid S for the same (r, s): both accept (neither path normalises S).
@@ -179,6 +198,9 @@ fn dpop_proofs_get_the_same_answer_from_boringssl_and_from_rust() {
     }
     // After all of that, a valid proof still passes on both.
     both("valid proof again", &dpop(&token, &proof(&holder, &holder, &token)), 200, "");
+    // At least the two valid proofs, the high-S one, the tampered one and the wrong key's were
+    // answered by BoringSSL (the proof keys have no tables), not only in Rust.
+    reached_boringssl("DPoP proofs", before, 5);
 }
 
 #[test]
@@ -188,6 +210,7 @@ fn rs256_tokens_get_the_same_answer_from_boringssl_and_from_rust() {
     w.auth.set_mission(&id, "active");
     let claims = w.auth.claims(&id);
     let token = w.rsa.sign("at+jwt", &claims);
+    let before = w.host.counter(FOREIGN);
     both("valid RS256 token", &Req::new("GET", "/v1/items").bearer(&token), 200, "");
     let flipped = resign(&token, |mut s| {
         s[128] ^= 0x10;
@@ -210,6 +233,8 @@ fn rs256_tokens_get_the_same_answer_from_boringssl_and_from_rust() {
     // A PS256 token under the same key stays in Rust on both; still accepted.
     let ps = Signer::rsa("rsa-e2e", "a2048", "PS256").sign("at+jwt", &claims);
     both("valid PS256 token", &Req::new("GET", "/v1/items").bearer(&ps), 200, "");
+    // At least the valid token, the flipped bit and the wrong key were answered by BoringSSL.
+    reached_boringssl("RS256 tokens", before, 3);
 }
 
 /// The Envoy process serving `port` (its config lives in a directory named after the port).

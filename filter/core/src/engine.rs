@@ -181,10 +181,11 @@ pub enum Stat {
     EventsApplied,
     EventsRejected,
     BodyHashFallback,
+    VerifyForeign,
 }
 
 /// Every stat, for counter definition.
-pub const ALL_STATS: [Stat; 15] = [
+pub const ALL_STATS: [Stat; 16] = [
     Stat::TokenCacheHit,
     Stat::TokenCacheMiss,
     Stat::MissionCacheHit,
@@ -200,6 +201,7 @@ pub const ALL_STATS: [Stat; 15] = [
     Stat::EventsApplied,
     Stat::EventsRejected,
     Stat::BodyHashFallback,
+    Stat::VerifyForeign,
 ];
 
 impl Stat {
@@ -221,6 +223,7 @@ impl Stat {
             Stat::EventsApplied => "events.applied",
             Stat::EventsRejected => "events.rejected",
             Stat::BodyHashFallback => "body.hash_fallback",
+            Stat::VerifyForeign => "verify.foreign",
         }
     }
 }
@@ -361,9 +364,14 @@ impl Engine {
 
     /// Count one `s` (for the host layer's own events, such as [`Stat::BodyHashFallback`]).
     pub fn stat(&mut self, s: Stat) {
+        self.stat_n(s, 1);
+    }
+
+    /// Count `n` of `s` (the host layer's tallies, such as [`Stat::VerifyForeign`]).
+    pub fn stat_n(&mut self, s: Stat, n: u64) {
         if let Some(i) = ALL_STATS.iter().position(|x| *x == s) {
             if let Some(c) = self.stats.get_mut(i) {
-                *c += 1;
+                *c = c.saturating_add(n);
             }
         }
     }

@@ -11,7 +11,9 @@
 
 use std::cell::Cell;
 
-use missiongate_core::verifier::{answer, arguments, ecdsa_der, probe_vector, route, rsa_spki, HostVerifier, Route};
+use missiongate_core::verifier::{
+    answer, arguments, ecdsa_der, probe_vector, probe_vector_rs256, route, rsa_spki, HostVerifier, Route,
+};
 use missiongate_wire::b64;
 use missiongate_wire::jose::{Alg, Jwk, PureVerifier, SigningKey, Verifier, VerifyingKey};
 use serde_json::{json, Value};
@@ -222,6 +224,11 @@ fn der_integers_are_minimal_and_positive() {
     assert_eq!(&der[..6], &[0x30, 4 + 34, 0x02, 2, 0x7f, 1]);
     assert_eq!(&der[6..10], &[0x02, 32, 0, 0x90]);
     assert_eq!(der.len(), 40);
+    // Lengths past 0xffff take the minimal long form too (no such key is taken today).
+    let big = rsa_spki(&vec![0x7f; 70_000], &[1, 0, 1]);
+    assert_eq!(&big[..2], &[0x30, 0x83]);
+    let total = usize::from(big[2]) << 16 | usize::from(big[3]) << 8 | usize::from(big[4]);
+    assert_eq!(total + 5, big.len());
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -294,12 +301,13 @@ fn the_answer_is_read_strictly() {
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn the_probe_vector_is_a_valid_signature() {
-    let (spki, der_sig, msg) = probe_vector();
-    let args = arguments(&spki, &der_sig, &msg);
-    assert_eq!(stand_in_verdict(&args), Some(true));
-    let mut tampered = msg.clone();
-    tampered[0] ^= 1;
-    assert_eq!(stand_in_verdict(&arguments(&spki, &der_sig, &tampered)), Some(false));
+    for (spki, der_sig, msg) in [probe_vector(), probe_vector_rs256()] {
+        let args = arguments(&spki, &der_sig, &msg);
+        assert_eq!(stand_in_verdict(&args), Some(true));
+        let mut tampered = msg.clone();
+        tampered[0] ^= 1;
+        assert_eq!(stand_in_verdict(&arguments(&spki, &der_sig, &tampered)), Some(false));
+    }
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -321,7 +329,30 @@ fn the_probe_keeps_the_pure_path_unless_the_host_answers_right() {
     assert_eq!(HostVerifier::probe(absent).err(), Some("verify_signature is not available"));
     assert_eq!(HostVerifier::probe(yes).err(), Some("verify_signature accepts a tampered signature"));
     assert_eq!(HostVerifier::probe(no).err(), Some("verify_signature refuses a valid signature"));
-    assert_eq!(HostVerifier::probe(garbage).err(), Some("verify_signature refuses a valid signature"));
+    assert_eq!(
+        HostVerifier::probe(garbage).err(),
+        Some("verify_signature answered a valid signature with something unreadable")
+    );
+    // A host that gets ES256 right but not RS256 (it cannot read an RSA key) is not used either.
+    fn ec_only(args: &[u8]) -> Option<Vec<u8>> {
+        let (ec_spki, _, _) = probe_vector();
+        if args.windows(ec_spki.len()).any(|w| w == ec_spki.as_slice()) {
+            stand_in(args)
+        } else {
+            Some(vec![0x12, 3, b'b', b'a', b'd'])
+        }
+    }
+    assert_eq!(HostVerifier::probe(ec_only).err(), Some("verify_signature refuses a valid signature"));
+    // One that accepts every RSA signature is caught by the tampered RS256 twin.
+    fn rsa_yes(args: &[u8]) -> Option<Vec<u8>> {
+        let (rsa_spki, _, _) = probe_vector_rs256();
+        if args.windows(rsa_spki.len()).any(|w| w == rsa_spki.as_slice()) {
+            Some(vec![0x08, 0x01])
+        } else {
+            stand_in(args)
+        }
+    }
+    assert_eq!(HostVerifier::probe(rsa_yes).err(), Some("verify_signature accepts a tampered signature"));
 }
 
 /// Every input of `cases` gets the same answer from the host verifier and the pure path.
@@ -398,8 +429,11 @@ fn the_host_verifier_answers_as_the_pure_path() {
     let routed = cases.iter().filter(|(_, k, a, m, sig)| matches!(route(k, *a, m, sig), Route::Foreign(_))).count();
     assert!(routed >= 7 + 60 + 4, "too few cases reach the host: {routed}");
     let before = calls();
+    assert_eq!(host.take_answered(), 0, "the probe is not counted");
     agree(&host, &cases);
     assert_eq!(calls() - before, routed, "not every routed signature reached the host");
+    assert_eq!(host.take_answered(), routed as u64, "every signature the host answered is counted");
+    assert_eq!(host.take_answered(), 0);
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), test)]
