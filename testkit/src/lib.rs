@@ -40,6 +40,34 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free loopback port for a server that is stopped and started again on the same port while
+/// the test goes on (Postgres in the restart tests): one below the kernel's ephemeral range, so no
+/// outgoing connection can be given it as its local port while the server is down. A port from
+/// [`free_port`] lies inside that range, and a restart then failed now and then to bind it
+/// (`pg_ctl: could not start server`) because one of the test's own connections held it.
+pub fn restartable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    const FROM: u16 = 20000;
+    if low <= FROM + 1000 {
+        return free_port();
+    }
+    let span = u32::from(low - FROM);
+    let mut x =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..200 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = FROM + ((x >> 8) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// Wait (at most `within`) until `port` on loopback can be bound again, as after a process that
 /// listened on it was killed.
 pub fn wait_port_free(port: u16, within: std::time::Duration) {

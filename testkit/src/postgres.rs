@@ -62,10 +62,6 @@ pub fn pg_bin_dir() -> Result<PathBuf, String> {
     versions.pop().map(|(_, b)| b).ok_or_else(|| "no /usr/lib/postgresql/*/bin/initdb: run `make postgres`".into())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
@@ -102,7 +98,7 @@ impl PgServer {
         if let Some(user) = &run_as {
             run(Command::new("chown").arg(format!("{user}:")).arg(&dir), "chown")?;
         }
-        let server = PgServer { bin, dir, data, port: free_port(), run_as };
+        let server = PgServer { bin, dir, data, port: crate::restartable_port(), run_as };
         // The guardian: stops the server and removes the directory once this process is gone.
         server.spawn_guardian()?;
         let mut initdb = server.cmd("initdb");
@@ -158,7 +154,12 @@ impl PgServer {
         let mut ctl = self.cmd("pg_ctl");
         ctl.arg("-D").arg(&self.data).arg("-l").arg(self.dir.join("server.log")).args(["-o", &opts, "-w", "-t", "120"]);
         ctl.arg("start");
-        run(&mut ctl, "pg_ctl start")
+        run(&mut ctl, "pg_ctl start").map_err(|e| {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{e}\nport {}; the server log ends:\n{}", self.port, tail.join("\n"))
+        })
     }
 
     /// Stop the server (`fast`: connections are closed at once, as in a restart).
