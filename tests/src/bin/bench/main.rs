@@ -21,8 +21,9 @@
 //! Settings (environment): see `settings.rs` and mk/bench.mk.
 //!
 //! Modules: `settings` (environment), `scenarios` (what is measured), `envoy` (the bench's Envoy),
-//! `load` (wrk), `revocation`, `hostcalls`, `figures` (rows, ratios, targets, verdict), `report`
-//! (latest.md / latest.json), `chart` (latest.png), `check` (`--check`).
+//! `load` (wrk), `revocation`, `hostcalls`, `verifiers` (which signature verifier each VM chose),
+//! `figures` (rows, ratios, targets, verdict), `report` (latest.md / latest.json), `chart`
+//! (latest.png), `check` (`--check`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -36,6 +37,7 @@ mod report;
 mod revocation;
 mod scenarios;
 mod settings;
+mod verifiers;
 
 use envoy::{render_bench, Backends, Config, EnvoyProc};
 use load::{loadavg, precheck, script, wrk, Run};
@@ -148,6 +150,8 @@ fn run(s: &Settings) -> Report {
     let (ready_native, ready_filter) = measure_starts(s, &stack);
     let rss_native = measure_rss(s, &stack.render(Listeners::Native), &scs, &mut inputs, "native");
     let rss_filter = measure_rss(s, &stack.render(Listeners::Filter), &scs, &mut inputs, "filter");
+    let verifiers = verifiers::probe(s, &stack.backends());
+    eprintln!("bench: signature verifiers: {verifiers:?}");
 
     // The run, on an Envoy with every listener.
     let envoy = EnvoyProc::start(s, &stack.render(Listeners::All), "bench");
@@ -217,6 +221,7 @@ fn run(s: &Settings) -> Report {
         pdp_evaluations: stack.pdp_hits.load(Ordering::SeqCst),
         non_2xx,
         envoy_errors,
+        verifiers,
     }
 }
 

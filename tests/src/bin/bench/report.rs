@@ -6,6 +6,7 @@ use crate::hostcalls::HostCalls;
 use crate::load::{loadavg, median};
 use crate::revocation::Revocation;
 use crate::settings::Settings;
+use crate::verifiers::Verifier;
 use missiongate_tests::envoy::{envoy_bin, wasm_path};
 use missiongate_tests::{now, repo_root};
 use serde_json::{json, Value};
@@ -103,6 +104,8 @@ pub struct Report {
     pub pdp_evaluations: u64,
     pub non_2xx: BTreeMap<String, [u64; 2]>,
     pub envoy_errors: Vec<String>,
+    /// The signature verifier each missiongate VM chose, as it logged it.
+    pub verifiers: Vec<Verifier>,
 }
 
 /// The targets, in the order the report lists them.
@@ -249,6 +252,7 @@ fn json_report(s: &Settings, r: &Report, generated: &str) -> Value {
         "hostcalls": r.hostcalls,
         "cold_path_token_cache": { "hits": r.cold_hits, "misses": r.cold_misses, "tokens_used": r.cold_used, "pool": s.cold_tokens },
         "dpop_proofs": { "used": r.dpop_used, "used_pure": r.dpop_pure_used, "pool": s.dpop_proofs },
+        "verifiers": r.verifiers,
         "non_2xx_during_rounds": r.non_2xx.iter().map(|(k, v)| (k.clone(), json!({ "4xx": v[0], "5xx": v[1] }))).collect::<serde_json::Map<String, Value>>(),
         "authority": { "status_fetches_during_rounds": r.status_fetches, "jwks_fetches": r.jwks_fetches, "pdp_evaluations": r.pdp_evaluations },
     })
@@ -287,6 +291,7 @@ fn markdown(s: &Settings, r: &Report, generated: &str) -> String {
         m.load_at_end
     )
     .unwrap();
+    verifiers_line(&mut md, &r.verifiers);
     writeln!(md, "## Targets\n\n| target | measured | spread | wanted | result | detail |\n|---|---|---|---|---|---|")
         .unwrap();
     for t in &r.targets {
@@ -301,6 +306,32 @@ fn markdown(s: &Settings, r: &Report, generated: &str) -> String {
     notes(&mut md, s, r);
     md
 }
+
+/// Which signature verifier each missiongate VM chose (`choose_verifier`'s log line).
+fn verifiers_line(md: &mut String, verifiers: &[Verifier]) {
+    let each: Vec<String> = verifiers
+        .iter()
+        .map(|v| {
+            format!(
+                "VM `{}` ({}): {}",
+                v.vm_id,
+                v.listeners.join(", "),
+                v.said
+                    .as_deref()
+                    .map_or_else(|| "**said nothing** (no log line within 10 s)".into(), |x| format!("\"{x}\""))
+            )
+        })
+        .collect();
+    writeln!(
+        md,
+        "{VERIFIERS}, as each VM logged it when configured (filter/src/root.rs `choose_verifier`): {}.\n",
+        each.join("; ")
+    )
+    .unwrap();
+}
+
+/// How `latest.md` introduces the verifiers (`--check` looks for it).
+pub const VERIFIERS: &str = "Signature verifiers";
 
 fn rows_table(md: &mut String, rows: &[Row]) {
     writeln!(
