@@ -1,7 +1,9 @@
 //! `bench --check DIR`: the report in DIR is complete (every row, target and section, and a verdict).
 
 use crate::figures::{Row, Target};
-use crate::scenarios::scenarios;
+use crate::report::VERIFIERS;
+use crate::scenarios::{scenarios, DPOP, DPOP_PURE};
+use crate::verifiers::Verifier;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -38,6 +40,30 @@ pub fn check(dir: &Path) -> Result<(), String> {
             return Err(format!("latest.md has no row {:?}", sc.title));
         }
     }
+    // Which verifier signed off each DPoP row: every missiongate VM said which it chose, and the
+    // pure row's VM (not mg_dpop's) chose pure Rust because its environment says so.
+    let verifiers: Vec<Verifier> =
+        serde_json::from_value(v["verifiers"].clone()).map_err(|e| format!("verifiers: {e}"))?;
+    if let Some(v) = verifiers.iter().find(|v| v.said.is_none()) {
+        return Err(format!("VM {} did not say which signature verifier it chose", v.vm_id));
+    }
+    let listener = |id: &str| scenarios().into_iter().find(|sc| sc.id == id).map(|sc| sc.listener);
+    let (dpop, pure) = (listener(DPOP).unwrap_or_default(), listener(DPOP_PURE).unwrap_or_default());
+    let (dpop_vm, pure_vm) = (Verifier::of(&verifiers, dpop), Verifier::of(&verifiers, pure));
+    match (dpop_vm, pure_vm) {
+        (Some(d), Some(p))
+            if d.vm_id != p.vm_id
+                && p.said.as_deref().is_some_and(|x| x.contains("MISSIONGATE_VERIFIER=pure"))
+                && !d.said.as_deref().is_some_and(|x| x.contains("MISSIONGATE_VERIFIER=pure")) => {}
+        _ => {
+            return Err(format!(
+                "{pure} is not on a VM of its own forced to pure Rust (MISSIONGATE_VERIFIER=pure) next to {dpop}: {verifiers:?}"
+            ))
+        }
+    }
+    if !md.contains(VERIFIERS) {
+        return Err("latest.md does not say which signature verifier each VM chose".into());
+    }
     let targets: Vec<Target> = serde_json::from_value(v["targets"].clone()).map_err(|e| format!("targets: {e}"))?;
     for name in [
         "hot path vs jwt_authn",
@@ -60,7 +86,9 @@ pub fn check(dir: &Path) -> Result<(), String> {
             return Err(format!("target {:?} has no ratio or spread", t.name));
         }
     }
-    for key in ["wasm_bytes", "memory", "start", "revocation", "revocation_replicas", "hostcalls", "reliable"] {
+    for key in
+        ["wasm_bytes", "memory", "start", "revocation", "revocation_replicas", "hostcalls", "verifiers", "reliable"]
+    {
         if v[key].is_null() {
             return Err(format!("latest.json has no {key}"));
         }

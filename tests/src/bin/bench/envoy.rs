@@ -17,6 +17,8 @@ pub struct Config {
     pub admin: u16,
     /// listener name -> port
     pub ports: BTreeMap<String, u16>,
+    /// listener name -> the `vm_id` of its Wasm filter (listeners with one).
+    pub vm_ids: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,6 +57,7 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
         );
     let mut out = Vec::new();
     let mut ports = BTreeMap::new();
+    let mut vm_ids = BTreeMap::new();
     let mut in_listeners = false;
     let mut current: Option<(String, bool, bool)> = None; // (name, kept, port substituted)
     for line in base.lines() {
@@ -85,6 +88,9 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
                 ports.insert(name.clone(), port);
                 *done = true;
             }
+            if let Some(vm) = line.trim_start().strip_prefix("vm_id: ") {
+                vm_ids.insert(name.clone(), vm.trim().to_owned());
+            }
         }
         if line.trim_start().starts_with("inline_string: '{\"keys\"") {
             let (head, _) = line.split_once('\'').unwrap();
@@ -92,7 +98,7 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
         }
         out.push(line);
     }
-    Config { yaml: out.join("\n") + "\n", admin, ports }
+    Config { yaml: out.join("\n") + "\n", admin, ports, vm_ids }
 }
 
 pub struct EnvoyProc {
@@ -106,6 +112,11 @@ pub struct EnvoyProc {
 impl EnvoyProc {
     /// Start pinned to `envoy_cpu` (when set), `/ready` asked every 5 ms so `ready_after` is close.
     pub fn start(s: &Settings, cfg: &Config, tag: &str) -> EnvoyProc {
+        Self::start_with(s, cfg, tag, &[])
+    }
+
+    /// The same with further arguments to Envoy (`--component-log-level wasm:info`, say).
+    pub fn start_with(s: &Settings, cfg: &Config, tag: &str, args: &[&str]) -> EnvoyProc {
         let cpu = s.envoy_cpu.as_deref();
         let started = EnvoyCmd::new(
             cfg.yaml.clone(),
@@ -115,6 +126,7 @@ impl EnvoyProc {
         )
         .prefix(cpu.map(|c| vec!["taskset", "-c", c]).unwrap_or_default())
         .poll_every(Duration::from_millis(5))
+        .args(args)
         .start();
         match started {
             Ok(process) => {

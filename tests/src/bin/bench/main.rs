@@ -21,8 +21,9 @@
 //! Settings (environment): see `settings.rs` and mk/bench.mk.
 //!
 //! Modules: `settings` (environment), `scenarios` (what is measured), `envoy` (the bench's Envoy),
-//! `load` (wrk), `revocation`, `hostcalls`, `figures` (rows, ratios, targets, verdict), `report`
-//! (latest.md / latest.json), `chart` (latest.png), `check` (`--check`).
+//! `load` (wrk), `revocation`, `hostcalls`, `verifiers` (which signature verifier each VM chose),
+//! `figures` (rows, ratios, targets, verdict), `report` (latest.md / latest.json), `chart`
+//! (latest.png), `check` (`--check`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -36,6 +37,7 @@ mod report;
 mod revocation;
 mod scenarios;
 mod settings;
+mod verifiers;
 
 use envoy::{render_bench, Backends, Config, EnvoyProc};
 use load::{loadavg, precheck, script, wrk, Run};
@@ -45,7 +47,9 @@ use missiongate_tests::portal::Portal;
 use missiongate_tests::{now, rand_id, repo_root, rt};
 use report::{Footprint, Machine, Report};
 use revocation::{portal_can_revoke, revocations, revocations_across_replicas, Revocation};
-use scenarios::{claims, is_native, scenarios, Scenario, Tok, COLD, GET_PATH, KIB, ORIGIN};
+use scenarios::{
+    claims, has_own_vm, is_native, scenarios, Scenario, Tok, COLD, DPOP, DPOP_PURE, GET_PATH, KIB, ORIGIN,
+};
 use serde_json::{json, Value};
 use settings::Settings;
 use std::collections::BTreeMap;
@@ -146,6 +150,8 @@ fn run(s: &Settings) -> Report {
     let (ready_native, ready_filter) = measure_starts(s, &stack);
     let rss_native = measure_rss(s, &stack.render(Listeners::Native), &scs, &mut inputs, "native");
     let rss_filter = measure_rss(s, &stack.render(Listeners::Filter), &scs, &mut inputs, "filter");
+    let verifiers = verifiers::probe(s, &stack.backends());
+    eprintln!("bench: signature verifiers: {verifiers:?}");
 
     // The run, on an Envoy with every listener.
     let envoy = EnvoyProc::start(s, &stack.render(Listeners::All), "bench");
@@ -208,12 +214,14 @@ fn run(s: &Settings) -> Report {
         cold_hits: rounds.cold_hits,
         cold_misses: rounds.cold_misses,
         cold_used: inputs.cursor(COLD),
-        dpop_used: inputs.cursor("get_mg_dpop"),
+        dpop_used: inputs.cursor(DPOP),
+        dpop_pure_used: inputs.cursor(DPOP_PURE),
         status_fetches,
         jwks_fetches: stack.auth.jwks_hits(),
         pdp_evaluations: stack.pdp_hits.load(Ordering::SeqCst),
         non_2xx,
         envoy_errors,
+        verifiers,
     }
 }
 
@@ -246,7 +254,8 @@ struct Stack {
 enum Listeners {
     /// Envoy's own filters only: "without the filter".
     Native,
-    /// Those and missiongate's: "with the filter" (memory, start time).
+    /// Those and missiongate's on its one shared VM: "with the filter" (memory, start time). Not
+    /// `mg_dpop_pure`, whose VM of its own would count a second filter.
     Filter,
     /// Every listener, the reference filters too: the run.
     All,
@@ -279,7 +288,9 @@ impl Stack {
         let with_portal = self.portal.is_ok();
         render_bench(&self.backends(), &|l: &str| match which {
             Listeners::Native => is_native(l),
-            Listeners::Filter => (is_native(l) || l.starts_with("mg_")) && (with_portal || l != "mg_portal"),
+            Listeners::Filter => {
+                (is_native(l) || (l.starts_with("mg_") && !has_own_vm(l))) && (with_portal || l != "mg_portal")
+            }
             Listeners::All => with_portal || l != "mg_portal",
         })
     }

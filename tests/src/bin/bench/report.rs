@@ -6,6 +6,7 @@ use crate::hostcalls::HostCalls;
 use crate::load::{loadavg, median};
 use crate::revocation::Revocation;
 use crate::settings::Settings;
+use crate::verifiers::Verifier;
 use missiongate_tests::envoy::{envoy_bin, wasm_path};
 use missiongate_tests::{now, repo_root};
 use serde_json::{json, Value};
@@ -97,11 +98,14 @@ pub struct Report {
     pub cold_misses: u64,
     pub cold_used: usize,
     pub dpop_used: usize,
+    pub dpop_pure_used: usize,
     pub status_fetches: u64,
     pub jwks_fetches: u64,
     pub pdp_evaluations: u64,
     pub non_2xx: BTreeMap<String, [u64; 2]>,
     pub envoy_errors: Vec<String>,
+    /// The signature verifier each missiongate VM chose, as it logged it.
+    pub verifiers: Vec<Verifier>,
 }
 
 /// The targets, in the order the report lists them.
@@ -247,7 +251,8 @@ fn json_report(s: &Settings, r: &Report, generated: &str) -> Value {
         "revocation_replicas": r.revocation_replicas,
         "hostcalls": r.hostcalls,
         "cold_path_token_cache": { "hits": r.cold_hits, "misses": r.cold_misses, "tokens_used": r.cold_used, "pool": s.cold_tokens },
-        "dpop_proofs": { "used": r.dpop_used, "pool": s.dpop_proofs },
+        "dpop_proofs": { "used": r.dpop_used, "used_pure": r.dpop_pure_used, "pool": s.dpop_proofs },
+        "verifiers": r.verifiers,
         "non_2xx_during_rounds": r.non_2xx.iter().map(|(k, v)| (k.clone(), json!({ "4xx": v[0], "5xx": v[1] }))).collect::<serde_json::Map<String, Value>>(),
         "authority": { "status_fetches_during_rounds": r.status_fetches, "jwks_fetches": r.jwks_fetches, "pdp_evaluations": r.pdp_evaluations },
     })
@@ -286,6 +291,7 @@ fn markdown(s: &Settings, r: &Report, generated: &str) -> String {
         m.load_at_end
     )
     .unwrap();
+    verifiers_line(&mut md, &r.verifiers);
     writeln!(md, "## Targets\n\n| target | measured | spread | wanted | result | detail |\n|---|---|---|---|---|---|")
         .unwrap();
     for t in &r.targets {
@@ -300,6 +306,32 @@ fn markdown(s: &Settings, r: &Report, generated: &str) -> String {
     notes(&mut md, s, r);
     md
 }
+
+/// Which signature verifier each missiongate VM chose (`choose_verifier`'s log line).
+fn verifiers_line(md: &mut String, verifiers: &[Verifier]) {
+    let each: Vec<String> = verifiers
+        .iter()
+        .map(|v| {
+            format!(
+                "VM `{}` ({}): {}",
+                v.vm_id,
+                v.listeners.join(", "),
+                v.said
+                    .as_deref()
+                    .map_or_else(|| "**said nothing** (no log line within 10 s)".into(), |x| format!("\"{x}\""))
+            )
+        })
+        .collect();
+    writeln!(
+        md,
+        "{VERIFIERS}, as each VM logged it when configured (filter/src/root.rs `choose_verifier`): {}.\n",
+        each.join("; ")
+    )
+    .unwrap();
+}
+
+/// How `latest.md` introduces the verifiers (`--check` looks for it).
+pub const VERIFIERS: &str = "Signature verifiers";
 
 fn rows_table(md: &mut String, rows: &[Row]) {
     writeln!(
@@ -373,7 +405,7 @@ fn footprint_table(md: &mut String, r: &Report) {
         "\n## Footprint\n\n| | without the filter | with the filter | difference |\n|---|---|---|---|\n\
          | `.wasm` size (`{}`) | | {} bytes ({:.2} MiB) | |\n\
          | Envoy VmRSS after warm-up | {:.1} MiB | {:.1} MiB | {:+.1} MiB |\n\
-         | VmRSS of the bench's Envoy (reference filters too) after the whole run | | {:.1} MiB | |\n\
+         | VmRSS of the bench's Envoy (reference filters and `mg_dpop_pure`'s VM too) after the whole run | | {:.1} MiB | |\n\
          | Envoy start to `/ready` (median of {}) | {:.0} ms | {:.0} ms | {:+.0} ms (VM start) |\n",
         m.wasm_display(),
         fmt_int(m.wasm_bytes as f64),
@@ -388,7 +420,7 @@ fn footprint_table(md: &mut String, r: &Report) {
         f.vm_start_ms()
     )
     .unwrap();
-    writeln!(md, "Without the filter: Envoy's own listeners only. With it: those and every missiongate listener (which share one VM per thread); the reference filters are not in either.\n").unwrap();
+    writeln!(md, "Without the filter: Envoy's own listeners only. With it: those and every missiongate listener that shares the one VM per thread (all but `mg_dpop_pure`, which has a VM of its own); the reference filters are not in either.\n").unwrap();
 }
 
 fn revocation_section(md: &mut String, rev: &Revocation, replicas: &Revocation) {
@@ -456,7 +488,7 @@ fn notes(md: &mut String, s: &Settings, r: &Report) {
         r.cold_misses,
         if cold_total > 0 { r.cold_hits as f64 * 100.0 / cold_total as f64 } else { 0.0 },
         pool_note(r.cold_used, s.cold_tokens, "a token"),
-        pool_note(r.dpop_used, s.dpop_proofs, "a proof"),
+        dpop_note(r, s),
         r.status_fetches,
         r.jwks_fetches,
         r.pdp_evaluations
@@ -498,6 +530,29 @@ fn notes(md: &mut String, s: &Settings, r: &Report) {
     }
 }
 
+/// Each DPoP listener (its own replay ledger: `mg_dpop_pure` runs on a VM of its own) takes the
+/// proofs from the start of the pool.
+fn dpop_note(r: &Report, s: &Settings) -> String {
+    let note = |used: usize| {
+        if used <= s.dpop_proofs {
+            format!("{} of the pool's {} used", fmt_int(used as f64), fmt_int(s.dpop_proofs as f64))
+        } else {
+            format!(
+                "the pool of {} ran out ({} needed): some came round again (raise BENCH_DPOP_PROOFS)",
+                fmt_int(s.dpop_proofs as f64),
+                fmt_int(used as f64)
+            )
+        }
+    };
+    let fresh = r.dpop_used <= s.dpop_proofs && r.dpop_pure_used <= s.dpop_proofs;
+    format!(
+        "{} `mg_dpop`: {}; `mg_dpop_pure` (a VM of its own, hence its own replay ledger, takes the same proofs in the same order): {}.",
+        if fresh { "Every request carried a proof its listener had never seen." } else { "Proofs came round again." },
+        note(r.dpop_used),
+        note(r.dpop_pure_used)
+    )
+}
+
 fn png(s: &Settings, r: &Report, generated: &str) {
     let (m, f) = (&r.machine, &r.footprint);
     let by_id: BTreeMap<&str, &Row> = r.rows.iter().map(|x| (x.id.as_str(), x)).collect();
@@ -537,6 +592,7 @@ fn png(s: &Settings, r: &Report, generated: &str) {
         bar("get_ref_empty", None, " empty Rust filter / no filter", None, true),
         bar("get_mg_cold", None, "cold path / jwt_authn no cache", Some(0.5), false),
         bar("get_mg_dpop", None, "DPoP / jwt_authn no cache", Some(1.0), false),
+        bar("get_mg_dpop_pure", Some("get_mg_dpop"), " DPoP, Rust / verify_signature", None, true),
         bar("post_1k_mg", None, "POST 1 KiB / buffer filter", None, false),
         bar("post_64k_mg", None, "POST 64 KiB / buffer filter", Some(0.5), false),
         bar("post_1m_mg", None, "POST 1 MiB / buffer filter", None, false),

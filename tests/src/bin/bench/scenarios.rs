@@ -67,6 +67,10 @@ impl Scenario {
 
 /// The cold-path scenario.
 pub const COLD: &str = "get_mg_cold";
+/// The DPoP scenario.
+pub const DPOP: &str = "get_mg_dpop";
+/// The DPoP scenario on a VM forced to verify signatures in pure Rust (`MISSIONGATE_VERIFIER=pure`).
+pub const DPOP_PURE: &str = "get_mg_dpop_pure";
 
 pub fn scenarios() -> Vec<Scenario> {
     let s = |id, title, listener, body, tok, role, baseline, also| Scenario {
@@ -145,7 +149,7 @@ pub fn scenarios() -> Vec<Scenario> {
             &["get_ref_empty", "get_mg_hot"],
         ),
         s(
-            "get_mg_dpop",
+            DPOP,
             "GET, missiongate, DPoP-bound token, new proof each request",
             "mg_dpop",
             None,
@@ -153,6 +157,18 @@ pub fn scenarios() -> Vec<Scenario> {
             Main,
             Some("get_jwt_nocache"),
             &["get_mg_hot"],
+        ),
+        // Right after mg_dpop, so that the two are measured seconds apart in every round: `also vs`
+        // mg_dpop is the BoringSSL-vs-Rust ratio of the proofs' signature checks.
+        s(
+            DPOP_PURE,
+            "GET, missiongate, DPoP, signatures in Rust (MISSIONGATE_VERIFIER=pure)",
+            "mg_dpop_pure",
+            None,
+            Dpop,
+            Diagnostic,
+            Some("get_jwt_nocache"),
+            &["get_mg_dpop"],
         ),
         s("post_1k_none", "POST 1 KiB, no filter", "none", Some(KIB), Hot, Native, None, &[]),
         s(
@@ -253,6 +269,13 @@ pub fn scenarios() -> Vec<Scenario> {
 /// Listeners without the Wasm filter (the "without the filter" Envoy keeps only these).
 pub fn is_native(listener: &str) -> bool {
     !listener.starts_with("mg_") && !listener.starts_with("ref_")
+}
+
+/// missiongate listeners on a VM of their own rather than the shared `vm_id: missiongate`
+/// (`mg_dpop_pure`: `MISSIONGATE_VERIFIER=pure` in its VM's environment). Memory and start time
+/// are measured without them, so that they stay one filter's cost.
+pub fn has_own_vm(listener: &str) -> bool {
+    listener == "mg_dpop_pure"
 }
 
 // ------------------------------------------------------------------------------ inputs ------------
