@@ -4,7 +4,7 @@
 #                     then checks the report has every row; `make test` runs it so the bench cannot rot.
 # The bench is tests/src/bin/bench/ with envoy/bench.yaml; bench/README.md says how to read the results.
 # Settings (environment): BENCH_ROUNDS (5), BENCH_DURATION (s per round, 5), BENCH_WARMUP (s, 2),
-# BENCH_CONNECTIONS (8), BENCH_COLD_TOKENS (40000), BENCH_DPOP_PROOFS (100000), BENCH_STARTS (3),
+# BENCH_CONNECTIONS (8), BENCH_COLD_TOKENS (40000), BENCH_DPOP_PROOFS (200000), BENCH_STARTS (3),
 # BENCH_REVOCATIONS (100), BENCH_OUT, BENCH_ENVOY_CPU (0), BENCH_LOAD_CPU (1), BENCH_WASM (another build
 # of the filter, measured in its place), BENCH_QUIET_NONE_RPS (45000: Envoy without a filter on a quiet
 # host), BENCH_QUIET_FRACTION (0.6) and BENCH_MAX_SPREAD (0.15): below that fraction of the quiet figure,
@@ -16,7 +16,7 @@
 
 BENCH_SMOKE_OUT := target/bench-smoke
 BENCH_SMOKE_ENV := BENCH_ROUNDS=1 BENCH_DURATION=2 BENCH_WARMUP=0 BENCH_STARTS=1 BENCH_REVOCATIONS=3 \
-                   BENCH_COLD_TOKENS=64 BENCH_DPOP_PROOFS=4000 BENCH_OUT=$(BENCH_SMOKE_OUT) \
+                   BENCH_COLD_TOKENS=64 BENCH_DPOP_PROOFS=24000 BENCH_OUT=$(BENCH_SMOKE_OUT) \
                    BENCH_HOSTCALLS_WASM=$(CURDIR)/target/hostcalls/not-built-for-the-smoke-run.wasm
 
 .PHONY: wrk bench-reference bench-hostcalls

@@ -54,7 +54,7 @@ impl Settings {
             warmup: env_or("BENCH_WARMUP", 2u32),
             connections: env_or("BENCH_CONNECTIONS", 8u32).max(1),
             cold_tokens: env_or("BENCH_COLD_TOKENS", 40_000usize).max(2),
-            dpop_proofs: env_or("BENCH_DPOP_PROOFS", 100_000usize).max(2),
+            dpop_proofs: env_or("BENCH_DPOP_PROOFS", 200_000usize).max(2),
             quiet_none_rps: env_or("BENCH_QUIET_NONE_RPS", 45_000f64),
             quiet_fraction: env_or("BENCH_QUIET_FRACTION", 0.6f64),
             max_spread: env_or("BENCH_MAX_SPREAD", 0.15f64),
