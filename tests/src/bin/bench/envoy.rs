@@ -57,6 +57,9 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
         );
     let mut out = Vec::new();
     let mut ports = BTreeMap::new();
+    // free_port() binds port 0 and lets it go, so two calls can answer the same port; one config
+    // with two listeners on it does not load ("duplicate address"), so each port is taken once.
+    let mut taken = std::collections::BTreeSet::from([admin, portal, b.pdp]);
     let mut vm_ids = BTreeMap::new();
     let mut in_listeners = false;
     let mut current: Option<(String, bool, bool)> = None; // (name, kept, port substituted)
@@ -80,7 +83,12 @@ pub fn render_bench(b: &Backends<'_>, keep: &dyn Fn(&str) -> bool) -> Config {
                 continue;
             }
             if !*done && line.contains("port_value: ") {
-                let port = free_port();
+                let port = loop {
+                    let p = free_port();
+                    if taken.insert(p) {
+                        break p;
+                    }
+                };
                 let (head, _) = line.split_once("port_value: ").unwrap();
                 let tail = line.split_once("port_value: ").unwrap().1;
                 let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());

@@ -180,7 +180,9 @@ pub fn revocations_across_replicas(s: &Settings, backends: &Backends<'_>) -> Rev
         Ok(u) => u,
         Err(e) => return not(format!("Postgres: {e}")),
     };
-    let (port_a, port_b) = (free_port(), free_port());
+    // Two calls of free_port() can answer the same port; the replicas need two.
+    let port_a = free_port();
+    let port_b = std::iter::repeat_with(free_port).find(|&p| p != port_a).unwrap_or(0);
     // Every replica of a deployment shares one issuer; the Envoy's config names B's address.
     let issuer = format!("http://127.0.0.1:{port_b}");
     let args = ["--status-fresh-seconds", "30"];
